@@ -1,0 +1,367 @@
+//! Deterministic application of state-machine commands to the replicated state.
+//!
+//! Invariant: everything here is a pure function of (current state, log index, command). No
+//! clock, no randomness, no I/O other than the state's own write transaction; time comes from
+//! the leader-stamped `leader_time_unix_ms` of the command. Every replica applying the same log
+//! therefore holds the same bytes.
+//!
+//! A command that fails validation (bad spec, stale revision, dangling reference) changes
+//! nothing and returns a `CommandError`; the entry still counts as applied.
+
+use std::collections::BTreeSet;
+
+use konnect_proto::json::struct_to_json;
+use konnect_proto::state::v1 as pb;
+use pb::command_result::Result as Outcome;
+use pb::{ChangeAction, ErrorCode};
+use prost::Message;
+
+use super::state::*;
+use crate::resources;
+use crate::store::{StoreError, WriteTxn};
+
+type Applied = Result<pb::CommandResult, StoreError>;
+
+fn ok(r: Outcome) -> pb::CommandResult {
+    pb::CommandResult { result: Some(r) }
+}
+
+fn fail(code: ErrorCode, message: impl Into<String>) -> pb::CommandResult {
+    fail_at(code, None, "", message)
+}
+
+fn fail_at(code: ErrorCode, write_index: Option<usize>, field: &str, message: impl Into<String>) -> pb::CommandResult {
+    ok(Outcome::Error(pb::CommandError {
+        code: code as i32,
+        message: message.into(),
+        write_index: write_index.map(|i| i as u32),
+        field: field.to_string(),
+    }))
+}
+
+/// Applies one command carried by the log entry at `index`.
+pub fn apply_command(txn: &mut WriteTxn, index: u64, cmd: &pb::Command) -> Applied {
+    // Leader time never goes backwards in the state, even across a leader change with skew.
+    let last_time = u64_value(txn.get(SM_META, KEY_LEADER_TIME)?);
+    let now = last_time.max(cmd.leader_time_unix_ms);
+    txn.put(SM_META, KEY_LEADER_TIME, &now.to_be_bytes())?;
+
+    match &cmd.op {
+        None => Ok(fail(ErrorCode::Invalid, "empty command")),
+        Some(pb::command::Op::InitCluster(init)) => init_cluster(txn, init),
+        Some(pb::command::Op::Apply(a)) => apply_resources(txn, index, now, a),
+        Some(pb::command::Op::Delete(d)) => delete_resource(txn, index, now, d),
+    }
+}
+
+fn init_cluster(txn: &mut WriteTxn, init: &pb::InitCluster) -> Applied {
+    if let Some(existing) = txn.get(SM_META, KEY_CLUSTER_ID)? {
+        return Ok(fail(
+            ErrorCode::AlreadyInitialized,
+            format!(
+                "the cluster is already initialised (cluster id {})",
+                String::from_utf8_lossy(&existing)
+            ),
+        ));
+    }
+    let Some(token) = &init.first_token else {
+        return Ok(fail(ErrorCode::Invalid, "init without a first admin token"));
+    };
+    txn.put(SM_META, KEY_CLUSTER_ID, init.cluster_id.as_bytes())?;
+    txn.put(ADMIN_TOKENS, &token.secret_sha256, &token.encode_to_vec())?;
+    Ok(ok(Outcome::InitCluster(pb::InitClusterResult {
+        cluster_id: init.cluster_id.clone(),
+    })))
+}
+
+fn get_resource(txn: &WriteTxn, kind: &str, name: &str) -> Result<Option<pb::Resource>, StoreError> {
+    txn.get(RESOURCES, &resource_key(kind, name))?
+        .map(|b| decode(&b, "resource"))
+        .transpose()
+}
+
+/// Every stored resource of `kind`.
+fn resources_of_kind(txn: &WriteTxn, kind: &str) -> Result<Vec<pb::Resource>, StoreError> {
+    let (lo, hi) = kind_range(kind);
+    txn.range(RESOURCES, lo.as_slice()..hi.as_slice(), usize::MAX)?
+        .into_iter()
+        .map(|(_, v)| decode(&v, "resource"))
+        .collect()
+}
+
+fn revision_mismatch(kind: &str, name: &str, expected: u64, actual: Option<u64>) -> String {
+    match (expected, actual) {
+        (0, Some(rev)) => format!("{kind} {name:?} already exists (revision {rev})"),
+        (_, None) => format!("{kind} {name:?} does not exist (expected revision {expected})"),
+        (_, Some(rev)) => format!(
+            "{kind} {name:?} is at revision {rev}, not {expected}: it changed since you read it; read it again and retry"
+        ),
+    }
+}
+
+struct Planned<'a> {
+    write: &'a pb::ResourceWrite,
+    spec_json: serde_json::Value,
+    existing: Option<pb::Resource>,
+    action: ChangeAction,
+}
+
+fn apply_resources(txn: &mut WriteTxn, index: u64, now: u64, a: &pb::ApplyResources) -> Applied {
+    // 1. Check every write on its own.
+    let mut names: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut planned = Vec::with_capacity(a.writes.len());
+    for (i, w) in a.writes.iter().enumerate() {
+        let Some(def) = resources::kind(&w.kind) else {
+            return Ok(fail_at(
+                ErrorCode::Invalid,
+                Some(i),
+                "kind",
+                format!("unknown kind {:?} (known kinds: {})", w.kind, resources::known_kind_names()),
+            ));
+        };
+        if let Err(e) = resources::validate_name(&w.name).and_then(|_| resources::validate_labels(&w.labels)) {
+            return Ok(fail_at(ErrorCode::Invalid, Some(i), &e.field, e.message));
+        }
+        let spec_json = struct_to_json(&w.spec.clone().unwrap_or_default());
+        if let Err(e) = (def.validate)(&spec_json) {
+            return Ok(fail_at(ErrorCode::Invalid, Some(i), &e.field, e.message));
+        }
+        if !names.insert((&w.kind, &w.name)) {
+            return Ok(fail_at(
+                ErrorCode::Invalid,
+                Some(i),
+                "name",
+                format!("{} {:?} appears more than once", w.kind, w.name),
+            ));
+        }
+        let existing = get_resource(txn, &w.kind, &w.name)?;
+        if let Some(expected) = w.expected_revision {
+            let actual = existing.as_ref().map(|r| r.revision);
+            if actual.unwrap_or(0) != expected {
+                return Ok(fail_at(
+                    ErrorCode::RevisionMismatch,
+                    Some(i),
+                    "",
+                    revision_mismatch(&w.kind, &w.name, expected, actual),
+                ));
+            }
+        }
+        let action = match &existing {
+            None => ChangeAction::Created,
+            Some(r) if r.labels == w.labels && r.spec == w.spec => ChangeAction::Unchanged,
+            Some(_) => ChangeAction::Updated,
+        };
+        planned.push(Planned {
+            write: w,
+            spec_json,
+            existing,
+            action,
+        });
+    }
+
+    // 2. Prune: resources of the applied kinds that the file no longer has.
+    let mut deletes: Vec<pb::Resource> = Vec::new();
+    for kind in &a.prune_kinds {
+        if resources::kind(kind).is_none() {
+            return Ok(fail_at(
+                ErrorCode::Invalid,
+                None,
+                "prune_kinds",
+                format!("unknown kind {kind:?} (known kinds: {})", resources::known_kind_names()),
+            ));
+        }
+        for r in resources_of_kind(txn, kind)? {
+            if !names.contains(&(r.kind.as_str(), r.name.as_str())) {
+                deletes.push(r);
+            }
+        }
+    }
+    let deleted: BTreeSet<(String, String)> =
+        deletes.iter().map(|r| (r.kind.clone(), r.name.clone())).collect();
+
+    // 3. Referential integrity of the state as it would be after this command.
+    for (i, p) in planned.iter().enumerate() {
+        let def = resources::kind(&p.write.kind).expect("kind checked in step 1");
+        for reference in (def.references)(&p.spec_json) {
+            let in_batch = names.contains(&(reference.kind, reference.name.as_str()));
+            let stored = !deleted.contains(&(reference.kind.to_string(), reference.name.clone()))
+                && txn.get(RESOURCES, &resource_key(reference.kind, &reference.name))?.is_some();
+            if !in_batch && !stored {
+                return Ok(fail_at(
+                    ErrorCode::Invalid,
+                    Some(i),
+                    &reference.field,
+                    format!("unknown {} {:?}", reference.kind.to_lowercase(), reference.name),
+                ));
+            }
+        }
+    }
+    for d in &deletes {
+        if let Some(msg) = referrer_of(txn, d, &names, &deleted)? {
+            return Ok(fail(ErrorCode::InUse, msg));
+        }
+    }
+
+    // 4. Write.
+    let mut changes = Vec::new();
+    let mut events = EventLog::open(txn, index)?;
+    for p in &planned {
+        if p.action != ChangeAction::Unchanged {
+            let r = pb::Resource {
+                kind: p.write.kind.clone(),
+                name: p.write.name.clone(),
+                labels: p.write.labels.clone(),
+                spec: p.write.spec.clone(),
+                revision: index,
+                create_revision: p.existing.as_ref().map_or(index, |e| e.create_revision),
+                updated_unix_ms: now,
+            };
+            txn.put(RESOURCES, &resource_key(&r.kind, &r.name), &r.encode_to_vec())?;
+            events.record(txn, pb::EventType::Put, r)?;
+        }
+        changes.push(pb::ResourceChange {
+            kind: p.write.kind.clone(),
+            name: p.write.name.clone(),
+            action: p.action as i32,
+            revision: if p.action == ChangeAction::Unchanged {
+                p.existing.as_ref().map_or(index, |e| e.revision)
+            } else {
+                index
+            },
+        });
+    }
+    for mut d in deletes {
+        txn.delete(RESOURCES, &resource_key(&d.kind, &d.name))?;
+        changes.push(pb::ResourceChange {
+            kind: d.kind.clone(),
+            name: d.name.clone(),
+            action: ChangeAction::Deleted as i32,
+            revision: index,
+        });
+        d.revision = index;
+        d.updated_unix_ms = now;
+        events.record(txn, pb::EventType::Delete, d)?;
+    }
+    events.close(txn)?;
+    Ok(ok(Outcome::Apply(pb::ApplyResult {
+        changes,
+        revision: index,
+    })))
+}
+
+/// A stored resource that refers to `target` and survives this command, described for an
+/// error message.
+fn referrer_of(
+    txn: &WriteTxn,
+    target: &pb::Resource,
+    written: &BTreeSet<(&str, &str)>,
+    deleted: &BTreeSet<(String, String)>,
+) -> Result<Option<String>, StoreError> {
+    for def in resources::kinds_referring_to(&target.kind) {
+        for r in resources_of_kind(txn, def.name)? {
+            // Writes in this batch were checked against the new state already.
+            if written.contains(&(r.kind.as_str(), r.name.as_str()))
+                || deleted.contains(&(r.kind.clone(), r.name.clone()))
+            {
+                continue;
+            }
+            let spec = struct_to_json(&r.spec.clone().unwrap_or_default());
+            for reference in (def.references)(&spec) {
+                if reference.kind == target.kind && reference.name == target.name {
+                    return Ok(Some(format!(
+                        "cannot delete {} {:?}: {} {:?} refers to it ({}); change or delete that first",
+                        target.kind, target.name, r.kind, r.name, reference.field
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn delete_resource(txn: &mut WriteTxn, index: u64, now: u64, d: &pb::DeleteResource) -> Applied {
+    if resources::kind(&d.kind).is_none() {
+        return Ok(fail_at(
+            ErrorCode::Invalid,
+            None,
+            "kind",
+            format!("unknown kind {:?} (known kinds: {})", d.kind, resources::known_kind_names()),
+        ));
+    }
+    let Some(mut existing) = get_resource(txn, &d.kind, &d.name)? else {
+        return Ok(fail(ErrorCode::NotFound, format!("{} {:?} not found", d.kind, d.name)));
+    };
+    if let Some(expected) = d.expected_revision {
+        if existing.revision != expected {
+            return Ok(fail(
+                ErrorCode::RevisionMismatch,
+                revision_mismatch(&d.kind, &d.name, expected, Some(existing.revision)),
+            ));
+        }
+    }
+    if let Some(msg) = referrer_of(txn, &existing, &BTreeSet::new(), &BTreeSet::new())? {
+        return Ok(fail(ErrorCode::InUse, msg));
+    }
+    txn.delete(RESOURCES, &resource_key(&d.kind, &d.name))?;
+    existing.revision = index;
+    existing.updated_unix_ms = now;
+    let mut events = EventLog::open(txn, index)?;
+    events.record(txn, pb::EventType::Delete, existing)?;
+    events.close(txn)?;
+    Ok(ok(Outcome::Apply(pb::ApplyResult {
+        changes: vec![pb::ResourceChange {
+            kind: d.kind.clone(),
+            name: d.name.clone(),
+            action: ChangeAction::Deleted as i32,
+            revision: index,
+        }],
+        revision: index,
+    })))
+}
+
+/// Appends change events of one log entry to the bounded watch history.
+struct EventLog {
+    revision: u64,
+    seq: u32,
+    count: u64,
+}
+
+impl EventLog {
+    fn open(txn: &WriteTxn, revision: u64) -> Result<EventLog, StoreError> {
+        Ok(EventLog {
+            revision,
+            seq: 0,
+            count: u64_value(txn.get(SM_META, KEY_EVENT_COUNT)?),
+        })
+    }
+
+    fn record(&mut self, txn: &mut WriteTxn, kind: pb::EventType, resource: pb::Resource) -> Result<(), StoreError> {
+        let ev = pb::ResourceEvent {
+            r#type: kind as i32,
+            resource: Some(resource),
+        };
+        txn.put(EVENTS, &event_key(self.revision, self.seq), &ev.encode_to_vec())?;
+        self.seq += 1;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Drops the oldest events beyond [`WATCH_HISTORY`] and records how far history now reaches.
+    fn close(self, txn: &mut WriteTxn) -> Result<(), StoreError> {
+        let mut count = self.count;
+        if count > WATCH_HISTORY {
+            let excess = (count - WATCH_HISTORY) as usize;
+            let oldest = txn.range(EVENTS, .., excess)?;
+            if let Some((last_key, _)) = oldest.last() {
+                let through = event_revision(last_key);
+                for (k, _) in &oldest {
+                    txn.delete(EVENTS, k)?;
+                }
+                count -= oldest.len() as u64;
+                txn.put(SM_META, KEY_COMPACTED_REVISION, &through.to_be_bytes())?;
+            }
+        }
+        txn.put(SM_META, KEY_EVENT_COUNT, &count.to_be_bytes())?;
+        Ok(())
+    }
+}

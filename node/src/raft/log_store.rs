@@ -1,0 +1,238 @@
+//! The Raft log, persisted in its own redb file (`raft-log.redb`) through the `store` facade.
+//!
+//! Invariant: `append` reports an entry flushed to openraft only after the write transaction
+//! holding it has committed with fsync, so an acknowledged entry survives kill -9 and power loss.
+//! Entries are stored as `konnect.state.v1.Entry` protobuf, keyed by big-endian log index.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use konnect_proto::state::v1 as pb;
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
+use prost::Message;
+
+use super::codec::{entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
+use super::{storage_err, LogId, NodeId, StorageError, TypeConfig};
+use crate::store::{key_u64, u64_key, Store, Table};
+
+const LOG: Table = Table("log");
+const META: Table = Table("raft_meta");
+const TABLES: &[Table] = &[LOG, META];
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// The durable Raft log. Cloning shares the same file; openraft uses a clone as its reader.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+}
+
+impl LogStore {
+    pub fn open(path: &std::path::Path) -> Result<LogStore, crate::store::StoreError> {
+        Ok(LogStore {
+            store: Store::open(path, TABLES)?,
+        })
+    }
+
+    /// Runs blocking store work off the async runtime's worker threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+        f: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let store = self.store.clone();
+        let s2 = subject.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| storage_err(s2, verb, e))?
+            .map_err(|e| storage_err(subject, verb, e))
+    }
+
+    fn read_meta_log_id(store: &Store, key: &[u8]) -> Result<Option<LogId>, String> {
+        let txn = store.read().map_err(|e| e.to_string())?;
+        match txn.get(META, key).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(bytes) => {
+                let id = pb::LogId::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+                Ok(Some(log_id_from_pb(&id)))
+            }
+        }
+    }
+}
+
+/// Converts any `RangeBounds<u64>` to a half-open `[lo, hi)`.
+fn half_open(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let lo = match range.start_bound() {
+        Bound::Included(x) => *x,
+        Bound::Excluded(x) => x.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let hi = match range.end_bound() {
+        Bound::Included(x) => x.saturating_add(1),
+        Bound::Excluded(x) => *x,
+        Bound::Unbounded => u64::MAX,
+    };
+    (lo, hi)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (lo, hi) = half_open(&range);
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Read, move |store| {
+            let txn = store.read().map_err(|e| e.to_string())?;
+            let rows = txn
+                .range(LOG, &u64_key(lo)[..]..&u64_key(hi)[..], usize::MAX)
+                .map_err(|e| e.to_string())?;
+            rows.into_iter()
+                .map(|(_, v)| {
+                    let e = pb::Entry::decode(v.as_slice()).map_err(|e| e.to_string())?;
+                    entry_from_pb(e).map_err(|e| e.to_string())
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Read, |store| {
+            let last_purged = LogStore::read_meta_log_id(store, KEY_LAST_PURGED)?;
+            let txn = store.read().map_err(|e| e.to_string())?;
+            let last = match txn.last(LOG).map_err(|e| e.to_string())? {
+                Some((_, v)) => {
+                    let e = pb::Entry::decode(v.as_slice()).map_err(|e| e.to_string())?;
+                    Some(entry_from_pb(e).map_err(|e| e.to_string())?.log_id)
+                }
+                None => last_purged,
+            };
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &openraft::Vote<NodeId>) -> Result<(), StorageError> {
+        let bytes = vote_to_pb(vote).encode_to_vec();
+        self.blocking(ErrorSubject::Vote, ErrorVerb::Write, move |store| {
+            let mut txn = store.write().map_err(|e| e.to_string())?;
+            txn.put(META, KEY_VOTE, &bytes).map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<openraft::Vote<NodeId>>, StorageError> {
+        self.blocking(ErrorSubject::Vote, ErrorVerb::Read, |store| {
+            let txn = store.read().map_err(|e| e.to_string())?;
+            match txn.get(META, KEY_VOTE).map_err(|e| e.to_string())? {
+                None => Ok(None),
+                Some(b) => {
+                    let v = pb::Vote::decode(b.as_slice()).map_err(|e| e.to_string())?;
+                    Ok(Some(vote_from_pb(&v)))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.blocking(ErrorSubject::Store, ErrorVerb::Write, move |store| {
+            let mut txn = store.write().map_err(|e| e.to_string())?;
+            match committed {
+                Some(id) => txn.put(META, KEY_COMMITTED, &log_id_to_pb(&id).encode_to_vec()),
+                None => txn.delete(META, KEY_COMMITTED),
+            }
+            .map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.blocking(ErrorSubject::Store, ErrorVerb::Read, |store| {
+            LogStore::read_meta_log_id(store, KEY_COMMITTED)
+        })
+        .await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let rows: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.log_id.index, entry_to_pb(&e).encode_to_vec()))
+            .collect();
+        let result = self
+            .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |store| {
+                let mut txn = store.write().map_err(|e| e.to_string())?;
+                for (index, bytes) in &rows {
+                    txn.put(LOG, &u64_key(*index), bytes).map_err(|e| e.to_string())?;
+                }
+                // Durable before the callback: commit fsyncs.
+                txn.commit().map_err(|e| e.to_string())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |store| {
+            let mut txn = store.write().map_err(|e| e.to_string())?;
+            txn.delete_range(LOG, &u64_key(log_id.index)[..]..)
+                .map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |store| {
+            let mut txn = store.write().map_err(|e| e.to_string())?;
+            txn.put(META, KEY_LAST_PURGED, &log_id_to_pb(&log_id).encode_to_vec())
+                .map_err(|e| e.to_string())?;
+            txn.delete_range(LOG, ..=&u64_key(log_id.index)[..])
+                .map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+}
+
+/// The highest log index present, for status output; `None` for an empty log.
+pub fn last_index(store: &LogStore) -> Option<u64> {
+    let txn = store.store.read().ok()?;
+    let (k, _) = txn.last(LOG).ok()??;
+    key_u64(&k).ok()
+}

@@ -1,0 +1,259 @@
+//! Layout of the replicated state in its redb file (`state.redb`) and the read API over it.
+//!
+//! Tables (all keys bytes, values protobuf from `state.proto` unless noted):
+//! - `sm_meta`: last applied log id, last membership, cluster id, last leader time, watch
+//!   history bookkeeping.
+//! - `resources`: `Kind \0 name` -> `Resource`.
+//! - `events`: big-endian (revision, sequence) -> `ResourceEvent`; the bounded watch history.
+//! - `admin_tokens`: SHA-256 of the secret -> `AdminToken`.
+//!
+//! Reads go through [`StateReader`], which sees one consistent point in time per call.
+//! Writes happen only in `apply.rs` and in snapshot installation.
+
+use konnect_proto::state::v1 as pb;
+use prost::Message;
+
+use crate::store::{u64_key, Store, StoreError, Table};
+
+pub const SM_META: Table = Table("sm_meta");
+pub const RESOURCES: Table = Table("resources");
+pub const EVENTS: Table = Table("events");
+pub const ADMIN_TOKENS: Table = Table("admin_tokens");
+
+/// Every table of the state machine; a snapshot copies exactly these.
+pub const TABLES: &[Table] = &[SM_META, RESOURCES, EVENTS, ADMIN_TOKENS];
+
+pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+pub const KEY_LEADER_TIME: &[u8] = b"leader_time_unix_ms";
+/// Watch history: revisions at or below this are no longer kept.
+pub const KEY_COMPACTED_REVISION: &[u8] = b"compacted_revision";
+pub const KEY_EVENT_COUNT: &[u8] = b"event_count";
+
+/// How many resource change events the watch history keeps (etcd keeps by revision too).
+pub const WATCH_HISTORY: u64 = 10_000;
+
+pub fn resource_key(kind: &str, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(kind.len() + name.len() + 1);
+    k.extend_from_slice(kind.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The key range holding every resource of `kind`.
+pub fn kind_range(kind: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = kind.as_bytes().to_vec();
+    lo.push(0);
+    let mut hi = kind.as_bytes().to_vec();
+    hi.push(1);
+    (lo, hi)
+}
+
+pub fn event_key(revision: u64, seq: u32) -> Vec<u8> {
+    let mut k = u64_key(revision).to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn event_revision(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[..8]);
+    u64::from_be_bytes(b)
+}
+
+pub fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError {
+        op: what,
+        message: format!("corrupt record: {e}"),
+    })
+}
+
+pub fn u64_value(bytes: Option<Vec<u8>>) -> u64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// One page of a resource listing.
+pub struct ResourcePage {
+    pub items: Vec<pb::Resource>,
+    /// Key to continue after, when more may follow.
+    pub next_key: Option<Vec<u8>>,
+    /// Applied revision the page was read at.
+    pub revision: u64,
+}
+
+/// Outcome of reading watch history.
+pub enum History {
+    Events(Vec<(u64, pb::ResourceEvent)>),
+    /// The requested revision is older than the kept history.
+    Compacted { compacted_revision: u64 },
+}
+
+/// Read access to the replicated state, served locally.
+#[derive(Clone)]
+pub struct StateReader {
+    store: Store,
+}
+
+impl StateReader {
+    pub fn new(store: Store) -> StateReader {
+        StateReader { store }
+    }
+
+    pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        let txn = self.store.read()?;
+        Ok(txn
+            .get(SM_META, KEY_CLUSTER_ID)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Index of the last applied log entry (the state's revision); 0 before any.
+    pub fn applied_revision(&self) -> Result<u64, StoreError> {
+        let txn = self.store.read()?;
+        Ok(match txn.get(SM_META, KEY_LAST_APPLIED)? {
+            Some(b) => decode::<pb::LogId>(&b, "last applied")?.index,
+            None => 0,
+        })
+    }
+
+    pub fn get_resource(&self, kind: &str, name: &str) -> Result<Option<pb::Resource>, StoreError> {
+        let txn = self.store.read()?;
+        txn.get(RESOURCES, &resource_key(kind, name))?
+            .map(|b| decode(&b, "resource"))
+            .transpose()
+    }
+
+    /// Resources of `kind` (all kinds when empty) after `after_key`, filtered by `selector`,
+    /// up to `limit`.
+    pub fn list_resources(
+        &self,
+        kind: &str,
+        selector: &LabelSelector,
+        after_key: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ResourcePage, StoreError> {
+        let txn = self.store.read()?;
+        let revision = match txn.get(SM_META, KEY_LAST_APPLIED)? {
+            Some(b) => decode::<pb::LogId>(&b, "last applied")?.index,
+            None => 0,
+        };
+        let (lo, hi) = if kind.is_empty() {
+            (Vec::new(), vec![0xff; 1])
+        } else {
+            kind_range(kind)
+        };
+        let mut items = Vec::new();
+        let mut cursor: Vec<u8> = match after_key {
+            Some(k) if k >= lo.as_slice() => k.to_vec(),
+            _ => lo.clone(),
+        };
+        let mut first = after_key.is_none();
+        let mut next_key = None;
+        // Scan in chunks so a selective label filter does not load the whole table at once.
+        'scan: loop {
+            let rows = if first {
+                txn.range(RESOURCES, cursor.as_slice()..hi.as_slice(), 256)?
+            } else {
+                txn.range(
+                    RESOURCES,
+                    (
+                        std::ops::Bound::Excluded(cursor.as_slice()),
+                        std::ops::Bound::Excluded(hi.as_slice()),
+                    ),
+                    256,
+                )?
+            };
+            first = false;
+            if rows.is_empty() {
+                break;
+            }
+            for (k, v) in rows {
+                cursor = k.clone();
+                let r: pb::Resource = decode(&v, "resource")?;
+                if selector.matches(&r.labels) {
+                    items.push(r);
+                    if items.len() == limit {
+                        next_key = Some(k);
+                        break 'scan;
+                    }
+                }
+            }
+        }
+        Ok(ResourcePage {
+            items,
+            next_key,
+            revision,
+        })
+    }
+
+    /// Change events after `from_revision` (exclusive) for `kind` (all when empty).
+    pub fn events_after(&self, from_revision: u64, kind: &str, limit: usize) -> Result<History, StoreError> {
+        let txn = self.store.read()?;
+        let compacted = u64_value(txn.get(SM_META, KEY_COMPACTED_REVISION)?);
+        if from_revision < compacted {
+            return Ok(History::Compacted {
+                compacted_revision: compacted,
+            });
+        }
+        let start = event_key(from_revision.saturating_add(1), 0);
+        let rows = txn.range(EVENTS, start.as_slice().., limit)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let ev: pb::ResourceEvent = decode(&v, "event")?;
+            let matches = kind.is_empty() || ev.resource.as_ref().is_some_and(|r| r.kind == kind);
+            if matches {
+                out.push((event_revision(&k), ev));
+            }
+        }
+        Ok(History::Events(out))
+    }
+
+    pub fn token_by_hash(&self, sha256: &[u8]) -> Result<Option<pb::AdminToken>, StoreError> {
+        let txn = self.store.read()?;
+        txn.get(ADMIN_TOKENS, sha256)?
+            .map(|b| decode(&b, "admin token"))
+            .transpose()
+    }
+}
+
+/// `key=value,key!=value`: every term must hold.
+#[derive(Debug, Default, Clone)]
+pub struct LabelSelector {
+    terms: Vec<(String, String, bool)>,
+}
+
+impl LabelSelector {
+    pub fn parse(s: &str) -> Result<LabelSelector, String> {
+        let mut terms = Vec::new();
+        for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (k, v, eq) = if let Some((k, v)) = term.split_once("!=") {
+                (k, v, false)
+            } else if let Some((k, v)) = term.split_once("==") {
+                (k, v, true)
+            } else if let Some((k, v)) = term.split_once('=') {
+                (k, v, true)
+            } else {
+                return Err(format!(
+                    "label selector term {term:?} is not key=value or key!=value"
+                ));
+            };
+            let k = k.trim();
+            if k.is_empty() {
+                return Err(format!("label selector term {term:?} has an empty key"));
+            }
+            terms.push((k.to_string(), v.trim().to_string(), eq));
+        }
+        Ok(LabelSelector { terms })
+    }
+
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.terms.iter().all(|(k, v, eq)| {
+            let has = labels.get(k).is_some_and(|x| x == v);
+            has == *eq
+        })
+    }
+}
