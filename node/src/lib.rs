@@ -1,5 +1,12 @@
-//! konnect node library: everything the `konnect` binary runs. See docs/ARCHITECTURE.md.
+//! konnect node library: everything the `konnect` binary runs. See docs/ARCHITECTURE.md for
+//! the code map and the invariants each module keeps.
 
+pub mod admin;
+pub mod bootstrap;
+pub mod config;
+pub mod node;
 pub mod raft;
 pub mod resources;
+pub mod status;
 pub mod store;
+pub mod telemetry;

@@ -88,7 +88,8 @@ pub struct ResourcePage {
 
 /// Outcome of reading watch history.
 pub enum History {
-    Events(Vec<(u64, pb::ResourceEvent)>),
+    /// Events in order, and the applied revision they are complete up to.
+    Events(Vec<(u64, pb::ResourceEvent)>, u64),
     /// The requested revision is older than the kept history.
     Compacted { compacted_revision: u64 },
 }
@@ -190,10 +191,15 @@ impl StateReader {
         })
     }
 
-    /// Change events after `from_revision` (exclusive) for `kind` (all when empty).
+    /// Change events after `from_revision` (exclusive) for `kind` (all when empty). The history
+    /// is bounded ([`WATCH_HISTORY`]), so reading all of it at once is bounded too.
     pub fn events_after(&self, from_revision: u64, kind: &str, limit: usize) -> Result<History, StoreError> {
         let txn = self.store.read()?;
         let compacted = u64_value(txn.get(SM_META, KEY_COMPACTED_REVISION)?);
+        let applied = match txn.get(SM_META, KEY_LAST_APPLIED)? {
+            Some(b) => decode::<pb::LogId>(&b, "last applied")?.index,
+            None => 0,
+        };
         if from_revision < compacted {
             return Ok(History::Compacted {
                 compacted_revision: compacted,
@@ -209,7 +215,7 @@ impl StateReader {
                 out.push((event_revision(&k), ev));
             }
         }
-        Ok(History::Events(out))
+        Ok(History::Events(out, applied))
     }
 
     pub fn token_by_hash(&self, sha256: &[u8]) -> Result<Option<pb::AdminToken>, StoreError> {

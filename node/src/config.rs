@@ -1,0 +1,322 @@
+//! Every setting of `konnect serve`, documented where it is declared. Each is a flag, an
+//! environment variable (`KONNECT_*`) and a key of the TOML file given with `--config`;
+//! flags and environment win over the file, the file wins over the defaults written here.
+//! docs/configuration.md repeats these words (a test checks that every flag is listed there).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings as given on the command line, in the environment or in the TOML file.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings, keys spelled like the flags with `_` for `-`
+    /// (`node_id = 1`). Flags and environment variables override it.
+    #[arg(long, env = "KONNECT_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Development mode: a single node that initialises itself, keeps data in ./konnect-data
+    /// (unless --data-dir), writes the admin token to a 0600 file there and prints where to go
+    /// next.
+    #[arg(long, env = "KONNECT_DEV")]
+    #[serde(default)]
+    pub dev: bool,
+
+    /// This node's id, a positive integer unique in the cluster. Required unless --dev.
+    #[arg(long, env = "KONNECT_NODE_ID")]
+    pub node_id: Option<u64>,
+
+    /// Availability zone (or region) of this node, shown in `cluster status`. Default: "default".
+    #[arg(long, env = "KONNECT_ZONE")]
+    pub zone: Option<String>,
+
+    /// Directory for the Raft log, the replicated state and snapshots. Default: ./konnect-data.
+    #[arg(long, env = "KONNECT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address for node-to-node traffic (Raft, bootstrap, write forwarding); other nodes
+    /// dial it. Default: 127.0.0.1:7101.
+    #[arg(long, env = "KONNECT_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+
+    /// Address of the gRPC admin API (konnectctl). Default: 127.0.0.1:7201 (loopback only).
+    #[arg(long, env = "KONNECT_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Address the gateway serves proxied traffic on. Default: 127.0.0.1:8080.
+    #[arg(long, env = "KONNECT_PROXY_ADDR")]
+    pub proxy_addr: Option<SocketAddr>,
+
+    /// Address of the HTTP status endpoint (/healthz, /readyz, /metrics). Default: 127.0.0.1:7301.
+    #[arg(long, env = "KONNECT_STATUS_ADDR")]
+    pub status_addr: Option<SocketAddr>,
+
+    /// The initial cluster: `ID=HOST:PORT` peer addresses, comma separated, this node included
+    /// (`1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101`). `konnectctl cluster init` forms the
+    /// cluster from this list. A node that will join later with `cluster add-node` needs none.
+    #[arg(long, env = "KONNECT_PEERS")]
+    pub peers: Option<String>,
+
+    /// Leader heartbeat interval in milliseconds; also the Raft RPC timeout. Default: 100.
+    /// Same zone: 50-100. Across regions: at least 3x the round-trip time.
+    #[arg(long, env = "KONNECT_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Lower bound of the randomised election timeout in milliseconds. Default: 600.
+    /// Same zone: 300-1000. Across regions: at least 10x the round-trip time.
+    #[arg(long, env = "KONNECT_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+
+    /// Upper bound of the randomised election timeout in milliseconds. Default: twice the
+    /// lower bound.
+    #[arg(long, env = "KONNECT_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+
+    /// Build a snapshot after this many log entries since the last one. Default: 5000.
+    #[arg(long, env = "KONNECT_SNAPSHOT_AFTER_ENTRIES")]
+    pub snapshot_after_entries: Option<u64>,
+
+    /// Log entries kept after a snapshot, so slightly lagging followers catch up from the log
+    /// instead of a snapshot. Default: 1000.
+    #[arg(long, env = "KONNECT_LOG_KEEP_AFTER_SNAPSHOT")]
+    pub log_keep_after_snapshot: Option<u64>,
+
+    /// Log filter in `tracing` syntax (`info`, `konnect=debug,openraft=warn`). Default: info
+    /// for konnect, warn for libraries.
+    #[arg(long, env = "KONNECT_LOG")]
+    pub log: Option<String>,
+
+    /// Log line format: `text` or `json`. Default: text.
+    #[arg(long, env = "KONNECT_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// A setting that cannot be used, named by its flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings resolved to concrete values and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dev: bool,
+    pub node_id: u64,
+    pub zone: String,
+    pub data_dir: PathBuf,
+    pub peer_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub proxy_addr: SocketAddr,
+    pub status_addr: SocketAddr,
+    pub peers: BTreeMap<u64, String>,
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    pub snapshot_after_entries: u64,
+    pub log_keep_after_snapshot: u64,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("built-in default address is valid")
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        let (id, a) = item
+            .split_once('=')
+            .ok_or_else(|| bad("--peers", format!("{item:?} is not ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| bad("--peers", format!("{item:?}: node id {id:?} is not a positive integer")))?;
+        if id == 0 {
+            return Err(bad("--peers", format!("{item:?}: node ids start at 1")));
+        }
+        let a = a.trim();
+        let (host, port) = a
+            .rsplit_once(':')
+            .ok_or_else(|| bad("--peers", format!("{item:?}: address {a:?} has no port")))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad("--peers", format!("{item:?}: address {a:?} is not HOST:PORT")));
+        }
+        if peers.insert(id, a.to_string()).is_some() {
+            return Err(bad("--peers", format!("node {id} is listed twice")));
+        }
+    }
+    Ok(peers)
+}
+
+impl ServeArgs {
+    /// Reads the `--config` file, if any, and fills in what flags and environment left unset.
+    pub fn with_file(self) -> Result<ServeArgs, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
+        let file: ServeArgs =
+            toml::from_str(&text).map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
+        Ok(ServeArgs {
+            config: self.config,
+            dev: self.dev || file.dev,
+            node_id: self.node_id.or(file.node_id),
+            zone: self.zone.or(file.zone),
+            data_dir: self.data_dir.or(file.data_dir),
+            peer_addr: self.peer_addr.or(file.peer_addr),
+            admin_addr: self.admin_addr.or(file.admin_addr),
+            proxy_addr: self.proxy_addr.or(file.proxy_addr),
+            status_addr: self.status_addr.or(file.status_addr),
+            peers: self.peers.or(file.peers),
+            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
+            election_timeout_min_ms: self.election_timeout_min_ms.or(file.election_timeout_min_ms),
+            election_timeout_max_ms: self.election_timeout_max_ms.or(file.election_timeout_max_ms),
+            snapshot_after_entries: self.snapshot_after_entries.or(file.snapshot_after_entries),
+            log_keep_after_snapshot: self.log_keep_after_snapshot.or(file.log_keep_after_snapshot),
+            log: self.log.or(file.log),
+            log_format: self.log_format.or(file.log_format),
+        })
+    }
+
+    /// Applies defaults and checks the combination.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let a = self.with_file()?;
+        let node_id = match (a.node_id, a.dev) {
+            (Some(0), _) => return Err(bad("--node-id", "node ids start at 1")),
+            (Some(id), _) => id,
+            (None, true) => 1,
+            (None, false) => return Err(bad("--node-id", "required (or use --dev for a single-node trial)")),
+        };
+        let peer_addr = a.peer_addr.unwrap_or_else(|| addr("127.0.0.1:7101"));
+        let mut peers = match &a.peers {
+            Some(p) => parse_peers(p)?,
+            None => BTreeMap::new(),
+        };
+        if a.dev && peers.is_empty() {
+            peers.insert(node_id, peer_addr.to_string());
+        }
+        if let Some(listed) = peers.get(&node_id) {
+            if listed != &peer_addr.to_string() {
+                return Err(bad(
+                    "--peers",
+                    format!("lists node {node_id} at {listed}, but --peer-addr is {peer_addr}"),
+                ));
+            }
+        } else if !peers.is_empty() {
+            return Err(bad("--peers", format!("does not list this node ({node_id})")));
+        }
+        let heartbeat_ms = a.heartbeat_ms.unwrap_or(100);
+        let min = a.election_timeout_min_ms.unwrap_or(600);
+        let max = a.election_timeout_max_ms.unwrap_or(min * 2);
+        if heartbeat_ms == 0 {
+            return Err(bad("--heartbeat-ms", "must be at least 1"));
+        }
+        if min <= heartbeat_ms {
+            return Err(bad(
+                "--election-timeout-min-ms",
+                format!("{min} must exceed the heartbeat ({heartbeat_ms} ms), ideally by 3x or more"),
+            ));
+        }
+        if max <= min {
+            return Err(bad(
+                "--election-timeout-max-ms",
+                format!("{max} must exceed the minimum election timeout ({min} ms)"),
+            ));
+        }
+        let log_format = match a.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(bad("--log-format", format!("{other:?} is not text or json"))),
+        };
+        let snapshot_after_entries = a.snapshot_after_entries.unwrap_or(5000);
+        if snapshot_after_entries == 0 {
+            return Err(bad("--snapshot-after-entries", "must be at least 1"));
+        }
+        Ok(Settings {
+            dev: a.dev,
+            node_id,
+            zone: a.zone.unwrap_or_else(|| if a.dev { "dev".into() } else { "default".into() }),
+            data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("konnect-data")),
+            peer_addr,
+            admin_addr: a.admin_addr.unwrap_or_else(|| addr("127.0.0.1:7201")),
+            proxy_addr: a.proxy_addr.unwrap_or_else(|| addr("127.0.0.1:8080")),
+            status_addr: a.status_addr.unwrap_or_else(|| addr("127.0.0.1:7301")),
+            peers,
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            election_timeout_min: Duration::from_millis(min),
+            election_timeout_max: Duration::from_millis(max),
+            snapshot_after_entries,
+            log_keep_after_snapshot: a.log_keep_after_snapshot.unwrap_or(1000),
+            log: a.log.unwrap_or_else(|| "warn,konnect=info".into()),
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_list_errors_name_the_bad_item() {
+        assert_eq!(parse_peers("1=127.0.0.1:7101, 2=h:7102").unwrap().len(), 2);
+        let e = parse_peers("1=127.0.0.1").unwrap_err().to_string();
+        assert!(e.contains("\"1=127.0.0.1\""), "{e}");
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
+        std::fs::write(&file, "node_id = 2\nzone = \"az-b\"\nheartbeat_ms = 50\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            zone: Some("az-c".into()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.node_id, 2);
+        assert_eq!(s.zone, "az-c");
+        assert_eq!(s.heartbeat, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
+        std::fs::write(&file, "node-idd = 2\n").unwrap();
+        let e = ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+}

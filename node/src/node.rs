@@ -1,0 +1,279 @@
+//! Wires a node together: opens the stores, starts Raft, binds the peer, admin and status
+//! listeners, bootstraps `--dev` mode, and owns shutdown (SIGINT/SIGTERM).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use konnect_proto::admin::v1::cluster_server::ClusterServer;
+use konnect_proto::admin::v1::resources_server::ResourcesServer;
+use konnect_proto::peer::v1::peer_server::PeerServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::auth::Authenticator;
+use crate::admin::cluster::ClusterService;
+use crate::admin::resources::ResourceService;
+use crate::config::Settings;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{ClusterIdentity, PeerChannels};
+use crate::raft::peer_service::PeerService;
+use crate::raft::proposer::Proposer;
+use crate::raft::state::StateReader;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{NodeMeta, Raft};
+use crate::{bootstrap, status, telemetry};
+
+/// Everything the admin API and the status endpoint need from the running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub settings: Arc<Settings>,
+    pub meta: NodeMeta,
+    pub raft: Raft,
+    pub proposer: Proposer,
+    pub reader: StateReader,
+    pub channels: PeerChannels,
+    /// Last applied log index, updated after every apply.
+    pub applied: watch::Receiver<u64>,
+}
+
+/// A startup failure, said in terms of the setting or file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("data dir {path}: {message}")]
+    DataDir { path: PathBuf, message: String },
+    #[error("{flag} {addr}: cannot listen: {source}")]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("dev bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { flag, addr, source })
+}
+
+fn raft_config(s: &Settings) -> Result<openraft::Config, StartError> {
+    openraft::Config {
+        cluster_name: "konnect".into(),
+        heartbeat_interval: s.heartbeat.as_millis() as u64,
+        election_timeout_min: s.election_timeout_min.as_millis() as u64,
+        election_timeout_max: s.election_timeout_max.as_millis() as u64,
+        // Per snapshot chunk; chunks are a few MB, so allow a slow disk or link.
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(s.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: s.log_keep_after_snapshot,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(settings: Settings) -> Result<(), StartError> {
+    let metrics_handle = telemetry::init_metrics().map_err(StartError::Metrics)?;
+    let data_dir = settings.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir {
+        path: data_dir.clone(),
+        message: e.to_string(),
+    })?;
+    let store_err = |e: crate::store::StoreError| StartError::DataDir {
+        path: data_dir.clone(),
+        message: e.to_string(),
+    };
+    let log_store = LogStore::open(&data_dir.join("raft-log.redb")).map_err(store_err)?;
+    let (state_machine, reader, applied) = StateMachine::open(&data_dir).map_err(store_err)?;
+
+    // Bind everything before starting Raft, so a port clash fails fast and clearly.
+    let peer_listener = bind("--peer-addr", settings.peer_addr).await?;
+    let admin_listener = bind("--admin-addr", settings.admin_addr).await?;
+    let status_listener = bind("--status-addr", settings.status_addr).await?;
+    if !settings.admin_addr.ip().is_loopback() {
+        tracing::warn!(
+            admin_addr = %settings.admin_addr,
+            "the admin API listens on a non-loopback address without TLS: anyone who can reach it can try tokens; bind it to loopback or a private network"
+        );
+    }
+
+    let identity = ClusterIdentity::new(reader.clone());
+    let channels = PeerChannels::new(identity.clone(), Duration::from_secs(2));
+    let raft = Raft::new(
+        settings.node_id,
+        Arc::new(raft_config(&settings)?),
+        channels.clone(),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+    telemetry::spawn_raft_metrics(raft.clone());
+
+    let meta = NodeMeta {
+        peer_addr: settings.peer_addr.to_string(),
+        admin_addr: settings.admin_addr.to_string(),
+        zone: settings.zone.clone(),
+        proxy_addr: settings.proxy_addr.to_string(),
+        status_addr: settings.status_addr.to_string(),
+    };
+    let proposer = Proposer::new(raft.clone(), channels.clone(), applied.clone());
+    let node = NodeHandle {
+        settings: Arc::new(settings.clone()),
+        meta: meta.clone(),
+        raft: raft.clone(),
+        proposer: proposer.clone(),
+        reader: reader.clone(),
+        channels: channels.clone(),
+        applied,
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let peer = PeerService {
+        node_id: settings.node_id,
+        meta: meta.clone(),
+        raft: raft.clone(),
+        identity: identity.clone(),
+        proposer: proposer.clone(),
+    };
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            PeerServer::new(peer)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(shutdown_rx.clone()));
+    let peer_task = tokio::spawn(peer_server);
+
+    let auth = Authenticator::new(reader.clone());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ClusterServer<ClusterService>>()
+        .await;
+    health_reporter
+        .set_serving::<ResourcesServer<ResourceService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(konnect_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Raft(format!("reflection: {e}")))?;
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ClusterServer::new(ClusterService {
+            node: node.clone(),
+            auth: auth.clone(),
+        }))
+        .add_service(ResourcesServer::new(ResourceService {
+            node: node.clone(),
+            auth,
+        }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(admin_listener), stopped(shutdown_rx.clone()));
+    let admin_task = tokio::spawn(admin_server);
+    let status_task = tokio::spawn(status::serve(
+        status_listener,
+        node.clone(),
+        metrics_handle,
+        shutdown_rx.clone(),
+    ));
+
+    tracing::info!(
+        node_id = settings.node_id,
+        zone = %settings.zone,
+        peer = %settings.peer_addr,
+        admin = %settings.admin_addr,
+        status = %settings.status_addr,
+        "konnect node started"
+    );
+    if settings.dev {
+        dev_bootstrap(&node).await?;
+    } else if identity.get().is_none() {
+        tracing::info!("not part of a cluster yet: run `konnectctl cluster init` once the nodes of --peers are up");
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::join!(peer_task, admin_task, status_task);
+    let _ = raft.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `--dev`: initialise a one-node cluster on first start and tell the user where to go next.
+async fn dev_bootstrap(node: &NodeHandle) -> Result<(), StartError> {
+    let token_file = node.settings.data_dir.join("admin-token");
+    if node.channels.identity.get().is_none() {
+        let done = bootstrap::init_cluster(node)
+            .await
+            .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+        write_secret_file(&token_file, &done.admin_token).map_err(|e| StartError::DataDir {
+            path: token_file.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    let s = &node.settings;
+    let token_note = if token_file.exists() {
+        format!("{} (mode 0600)", token_file.display())
+    } else {
+        format!("{} is missing: it was deleted after the first start", token_file.display())
+    };
+    println!(
+        "konnect is running in development mode (one node, data in {data})\n\
+         \n  admin API (gRPC)  http://{admin}\
+         \n  status            http://{status}/readyz   http://{status}/metrics\
+         \n  admin token       {token_note}\
+         \n\nNext, try:\
+         \n  konnectctl --endpoint http://{admin} --token-file {token} cluster status\
+         \n  konnectctl --endpoint http://{admin} --token-file {token} apply -f docs/examples/echo.yaml\n",
+        data = s.data_dir.display(),
+        admin = s.admin_addr,
+        status = s.status_addr,
+        token = token_file.display(),
+    );
+    Ok(())
+}
+
+/// Writes `contents` to a new file readable only by its owner.
+fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

@@ -1,0 +1,59 @@
+//! Logging (tracing) and metrics (Prometheus text via the `metrics` facade).
+//!
+//! Metric names follow `konnect_<area>_<what>_<unit>`; labels stay low-cardinality.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+use crate::raft::{Raft, RaftMetrics};
+
+/// Installs the global log subscriber. `filter` is a tracing filter (`info,konnect=debug`).
+pub fn init_logging(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn,konnect=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Installs the global metrics recorder and returns the handle that renders /metrics.
+pub fn init_metrics() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ])
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
+
+fn record_raft(m: &RaftMetrics) {
+    metrics::gauge!("konnect_raft_term").set(m.current_term as f64);
+    metrics::gauge!("konnect_raft_leader_id").set(m.current_leader.map_or(0.0, |l| l as f64));
+    metrics::gauge!("konnect_raft_is_leader").set(if m.current_leader == Some(m.id) { 1.0 } else { 0.0 });
+    metrics::gauge!("konnect_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+    metrics::gauge!("konnect_raft_applied_index").set(m.last_applied.map_or(0, |l| l.index) as f64);
+    metrics::gauge!("konnect_raft_snapshot_index").set(m.snapshot.map_or(0, |l| l.index) as f64);
+    if let Some(replication) = &m.replication {
+        let last = m.last_log_index.unwrap_or(0);
+        for (peer, matched) in replication {
+            let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+            metrics::gauge!("konnect_raft_replication_lag_entries", "peer" => peer.to_string()).set(lag as f64);
+        }
+    }
+}
+
+/// Keeps the Raft gauges current until Raft shuts down.
+pub fn spawn_raft_metrics(raft: Raft) {
+    let mut rx = raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            record_raft(&rx.borrow_and_update());
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
