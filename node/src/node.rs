@@ -74,7 +74,6 @@ fn raft_config(s: &Settings) -> Result<openraft::Config, StartError> {
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(s.snapshot_after_entries),
         max_in_snapshot_log_to_keep: s.log_keep_after_snapshot,
-        purge_batch_size: 256,
         ..Default::default()
     }
     .validate()

@@ -7,12 +7,14 @@
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
 
-/// The JSON object given is not an object.
-#[derive(Debug, thiserror::Error)]
-#[error("spec must be a mapping (an object), not {0}")]
-pub struct NotAnObject(pub &'static str);
+/// A spec that is not a JSON object cannot become a `google.protobuf.Struct`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a spec must be a JSON object, found {found}")]
+pub struct SpecNotObject {
+    pub found: &'static str,
+}
 
-pub fn json_to_struct(v: &serde_json::Value) -> Result<Struct, NotAnObject> {
+pub fn json_to_struct(v: &serde_json::Value) -> Result<Struct, SpecNotObject> {
     match v {
         serde_json::Value::Object(map) => Ok(Struct {
             fields: map
@@ -21,7 +23,9 @@ pub fn json_to_struct(v: &serde_json::Value) -> Result<Struct, NotAnObject> {
                 .collect(),
         }),
         serde_json::Value::Null => Ok(Struct::default()),
-        other => Err(NotAnObject(json_type(other))),
+        other => Err(SpecNotObject {
+            found: json_type_name(other),
+        }),
     }
 }
 
@@ -38,7 +42,7 @@ pub fn json_to_value(v: &serde_json::Value) -> Value {
     let kind = match v {
         serde_json::Value::Null => Kind::NullValue(0),
         serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
         serde_json::Value::String(s) => Kind::StringValue(s.clone()),
         serde_json::Value::Array(a) => Kind::ListValue(ListValue {
             values: a.iter().map(json_to_value).collect(),
@@ -63,10 +67,11 @@ pub fn value_to_json(v: &Value) -> serde_json::Value {
     }
 }
 
-/// Whole numbers within the exactly representable range become integers.
+/// Whole numbers within the exactly representable range become integers; a non-finite
+/// number becomes null.
 fn number_to_json(n: f64) -> serde_json::Value {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    if n.fract() == 0.0 && n.abs() <= EXACT {
+    if n.is_finite() && n.fract() == 0.0 && n.abs() <= EXACT {
         if n < 0.0 {
             return serde_json::Value::from(n as i64);
         }
@@ -77,13 +82,14 @@ fn number_to_json(n: f64) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-fn json_type(v: &serde_json::Value) -> &'static str {
+/// How a JSON value's type reads in an error message (`a list`, `an object`).
+pub fn json_type_name(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",
         serde_json::Value::Number(_) => "a number",
         serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
 }
@@ -104,6 +110,6 @@ mod tests {
     #[test]
     fn a_spec_that_is_not_a_mapping_is_refused() {
         let err = json_to_struct(&serde_json::json!([1])).unwrap_err();
-        assert_eq!(err.to_string(), "spec must be a mapping (an object), not a list");
+        assert_eq!(err.to_string(), "a spec must be a JSON object, found an array");
     }
 }

@@ -1,0 +1,26 @@
+//! The `konnectctl` commands: `cluster` (membership), `resources` (apply, get, delete,
+//! watch) and `output` (tables, JSON and YAML views of the proto types).
+
+pub mod cluster;
+pub mod output;
+pub mod resources;
+
+use konnect_client::{Client, ClientError};
+
+use output::OutputFormat;
+
+/// What every command needs from the global options.
+pub struct Context {
+    /// Admin endpoints, already normalised (`http://host:port`).
+    pub endpoints: Vec<String>,
+    /// The admin token; never printed.
+    pub token: Option<String>,
+    pub output: OutputFormat,
+}
+
+impl Context {
+    /// Connects to the first reachable endpoint.
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(self.endpoints.clone(), self.token.clone()).await
+    }
+}

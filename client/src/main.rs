@@ -1,0 +1,158 @@
+//! `konnectctl`: command-line parsing, the global options and error reporting; each command
+//! group lives in `cli/`.
+
+mod cli;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use konnect_client::{parse_endpoint_list, ClientError, ManifestErrors};
+
+use cli::output::OutputFormat;
+use cli::Context;
+
+/// Manage a konnect cluster through its admin API.
+#[derive(Parser)]
+#[command(name = "konnectctl", version, max_term_width = 100)]
+struct Cli {
+    /// Admin API endpoints, comma-separated; a bare host:port means http://host:port. Each
+    /// call starts at the endpoint that answered last and moves to the next one when a node
+    /// cannot be reached or is unavailable.
+    #[arg(
+        long,
+        global = true,
+        env = "KONNECT_ENDPOINT",
+        default_value = "http://127.0.0.1:7201",
+        value_name = "URL[,URL...]"
+    )]
+    endpoint: String,
+
+    /// Admin token, sent as `authorization: Bearer <token>`.
+    #[arg(
+        long,
+        global = true,
+        env = "KONNECT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+
+    /// Read the admin token from this file (surrounding whitespace is ignored). Takes
+    /// precedence over --token and KONNECT_TOKEN.
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = OutputFormat::Table
+    )]
+    output: OutputFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Form the cluster, show its state, add or remove nodes.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
+    /// Create or update the resources of a YAML manifest in one atomic write.
+    Apply(cli::resources::ApplyArgs),
+    /// Show one resource, or list resources of a kind.
+    Get(cli::resources::GetArgs),
+    /// Delete one resource.
+    Delete(cli::resources::DeleteArgs),
+    /// Print changes to resources as they happen, until interrupted.
+    Watch(cli::resources::WatchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = match &cli.token_file {
+        Some(path) => Some(read_token_file(path)?),
+        None => cli.token.filter(|token| !token.trim().is_empty()),
+    };
+    let context = Context {
+        endpoints: parse_endpoint_list(&cli.endpoint)?,
+        token,
+        output: cli.output,
+    };
+    match cli.command {
+        Command::Cluster(command) => cli::cluster::run(&context, command).await,
+        Command::Apply(args) => cli::resources::apply(&context, args).await,
+        Command::Get(args) => cli::resources::get(&context, args).await,
+        Command::Delete(args) => cli::resources::delete(&context, args).await,
+        Command::Watch(args) => cli::resources::watch(&context, args).await,
+    }
+}
+
+fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let contents = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = contents.trim();
+    if token.is_empty() {
+        bail!(
+            "token file {} is empty: write the admin token printed by `konnectctl cluster init` into it",
+            path.display()
+        );
+    }
+    Ok(token.to_string())
+}
+
+/// Prints `error: ...` lines to stderr: one per manifest problem, otherwise one for the
+/// error and its causes, with a hint where the fix is known.
+fn report(error: &anyhow::Error) {
+    if let Some(ManifestErrors(problems)) = error.downcast_ref::<ManifestErrors>() {
+        for problem in problems {
+            eprintln!("error: {problem}");
+        }
+        return;
+    }
+    let mut text = format!("{error:#}");
+    if let Some(client_error) = error.downcast_ref::<ClientError>() {
+        match client_error.code() {
+            tonic::Code::Unauthenticated => {
+                text.push_str("; pass --token or --token-file, or set KONNECT_TOKEN")
+            }
+            tonic::Code::PermissionDenied => text.push_str("; use a token whose role allows this"),
+            _ => {}
+        }
+    }
+    eprintln!("error: {text}");
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(|io_error| io_error.kind() == io::ErrorKind::BrokenPipe)
+}

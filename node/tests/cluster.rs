@@ -1,0 +1,151 @@
+//! End to end: three real `konnect` processes form a cluster, replicate writes, survive the
+//! leader's kill -9, catch up after restart, and grow and shrink by a fourth node that joins
+//! from a snapshot.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_a_follower_is_readable_on_every_node() {
+    let cluster = Cluster::start_initialised(3, &[]).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+
+    let applied = cluster
+        .client_of(follower)
+        .apply(vec![service("echo", 9001), route("echo", "/echo", "echo")], vec![])
+        .await
+        .expect("apply through a follower");
+    assert_eq!(applied.changes.len(), 2);
+
+    for n in &cluster.nodes {
+        let r = cluster
+            .client_of(n.id)
+            .get("Route", "echo", true)
+            .await
+            .unwrap_or_else(|e| panic!("node {} lacks the route: {e}", n.id));
+        assert_eq!(r.revision, applied.revision);
+    }
+
+    // Every node reports the same members, with their zones, and the same leader.
+    let status = cluster.status(follower).await;
+    assert_eq!(status.leader_id, Some(leader));
+    let zones: Vec<String> = status
+        .members
+        .iter()
+        .map(|m| m.info.clone().unwrap_or_default().zone)
+        .collect();
+    assert_eq!(zones, vec!["az-a", "az-b", "az-c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_another_and_the_restarted_node_catches_up() {
+    let mut cluster = Cluster::start_initialised(3, &[]).await;
+    let old_leader = cluster.leader().await;
+    cluster
+        .client_any()
+        .apply(vec![service("before", 9001)], vec![])
+        .await
+        .expect("first write");
+
+    cluster.node(old_leader).kill9();
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader);
+
+    let after = cluster
+        .client_any()
+        .apply(vec![service("after", 9002)], vec![])
+        .await
+        .expect("write after failover");
+
+    cluster.node(old_leader).start();
+    // A linearizable read on the restarted node waits until it has applied the leader's log.
+    let r = cluster
+        .client_of(old_leader)
+        .get("Service", "after", true)
+        .await
+        .expect("restarted node catches up");
+    assert_eq!(r.revision, after.revision);
+    let listed = cluster.client_of(old_leader).list("Service", "", false).await.unwrap();
+    let names: Vec<_> = listed.items.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["after", "before"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_from_a_snapshot_after_log_purge_and_leaves_again() {
+    let extra = ["--snapshot-after-entries", "20", "--log-keep-after-snapshot", "5"];
+    let mut cluster = Cluster::start_initialised(3, &extra).await;
+    let client = cluster.client_any();
+    for i in 0..60 {
+        client
+            .apply(vec![service(&format!("svc-{i:03}"), 9000 + i)], vec![])
+            .await
+            .expect("write");
+    }
+    let leader = cluster.leader().await;
+    wait_for("the leader to purge its log after a snapshot", Duration::from_secs(20), || async {
+        let s = cluster.client_of(leader).status().await.ok()?;
+        (s.purged_index.unwrap_or(0) > 5).then_some(())
+    })
+    .await;
+
+    // Node 4 starts empty, with no --peers: it waits to be added.
+    let ports = free_ports(3);
+    let mut fourth = NodeProc::new(cluster.dir.path(), 4, "az-d", None, &ports, &extra);
+    fourth.start();
+    let peer_addr = fourth.peer.clone();
+    cluster.nodes.push(fourth);
+
+    let members = client.add_node(4, &peer_addr, false).await.expect("add node 4");
+    assert_eq!(members.members.len(), 4);
+    let added = members.members.iter().find(|m| m.node_id == 4).expect("node 4 listed");
+    assert_eq!(added.role, "voter");
+    assert_eq!(added.info.as_ref().map(|i| i.zone.as_str()), Some("az-d"));
+    let s4 = cluster.status(4).await;
+    assert!(
+        s4.snapshot_index.unwrap_or(0) > 0,
+        "node 4 should have installed a snapshot: {s4:?}"
+    );
+    let listed = cluster.client_of(4).list("Service", "", true).await.expect("list on node 4");
+    assert_eq!(listed.items.len(), 60);
+
+    let after = client.remove_node(4).await.expect("remove node 4");
+    assert_eq!(after.members.len(), 3);
+    assert!(after.members.iter().all(|m| m.node_id != 4));
+    // The cluster still takes writes with three voters.
+    client.apply(vec![service("after-removal", 9999)], vec![]).await.expect("write after removal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill9_of_the_leader() {
+    let mut cluster = Cluster::start_initialised(3, &[]).await;
+    let victim = cluster.leader().await;
+    let client = cluster.client_any();
+    let mut acknowledged = Vec::new();
+    for i in 0..80u16 {
+        if i == 30 {
+            cluster.node(victim).kill9();
+        }
+        if i == 60 {
+            cluster.node(victim).start();
+        }
+        let name = format!("w-{i:03}");
+        match client.apply(vec![service(&name, 9000 + i)], vec![]).await {
+            Ok(_) => acknowledged.push(name),
+            // Unavailable during the election: the write may or may not have happened.
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "unexpected error: {e}"),
+        }
+    }
+    assert!(acknowledged.len() >= 60, "too few writes acknowledged: {}", acknowledged.len());
+    for n in &cluster.nodes {
+        let listed = cluster.client_of(n.id).list("Service", "", true).await.expect("list");
+        let names: std::collections::BTreeSet<_> = listed.items.iter().map(|r| r.name.clone()).collect();
+        for w in &acknowledged {
+            assert!(names.contains(w), "node {} lost acknowledged write {w}", n.id);
+        }
+    }
+}

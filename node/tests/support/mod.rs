@@ -1,0 +1,262 @@
+//! Test harness: real `konnect` processes on loopback ports, each with its own temporary data
+//! directory, driven through the Rust admin client. A failing test prints each node's log.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use konnect_client::Client;
+use konnect_proto::admin::v1::{ResourceInput, StatusResponse};
+
+pub const KONNECT: &str = env!("CARGO_BIN_EXE_konnect");
+
+/// Free loopback ports, held until the caller is ready to hand them to a process.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub peer: String,
+    pub admin: String,
+    pub status: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub extra_args: Vec<String>,
+    pub peers: Option<String>,
+    pub zone: String,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn new(root: &Path, id: u64, zone: &str, peers: Option<String>, ports: &[u16], extra: &[&str]) -> NodeProc {
+        NodeProc {
+            id,
+            peer: format!("127.0.0.1:{}", ports[0]),
+            admin: format!("127.0.0.1:{}", ports[1]),
+            status: format!("127.0.0.1:{}", ports[2]),
+            data_dir: root.join(format!("node{id}")),
+            log_path: root.join(format!("node{id}.log")),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            peers,
+            zone: zone.to_string(),
+            child: None,
+        }
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open node log");
+        let mut cmd = Command::new(KONNECT);
+        cmd.arg("serve")
+            .args(["--node-id", &self.id.to_string()])
+            .args(["--zone", &self.zone])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--peer-addr", &self.peer])
+            .args(["--admin-addr", &self.admin])
+            .args(["--status-addr", &self.status])
+            .args(["--proxy-addr", "127.0.0.1:0"])
+            .args(["--log", "warn,konnect=info,openraft=warn"])
+            .args(&self.extra_args)
+            .env_remove("KONNECT_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log);
+        if let Some(p) = &self.peers {
+            cmd.args(["--peers", p]);
+        }
+        self.child = Some(cmd.spawn().expect("spawn konnect"));
+        self.wait_listening();
+    }
+
+    /// Blocks until the admin port accepts connections (the node binds all ports at once).
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.admin).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("node {} exited with {status}:\n{}", self.id, self.log());
+            }
+            assert!(Instant::now() < deadline, "node {} did not start listening:\n{}", self.id, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    pub token: Option<String>,
+}
+
+pub const ZONES: [&str; 4] = ["az-a", "az-b", "az-c", "az-d"];
+
+impl Cluster {
+    /// Starts `n` nodes that share one `--peers` list (not yet initialised).
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<Vec<u16>> = free_ports(3 * n).chunks(3).map(|c| c.to_vec()).collect();
+        let peers = (0..n)
+            .map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i][0]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let mut node = NodeProc::new(dir.path(), i as u64 + 1, ZONES[i % 4], Some(peers.clone()), &ports[i], extra);
+            node.start();
+            nodes.push(node);
+        }
+        Cluster { dir, nodes, token: None }
+    }
+
+    /// Starts `n` nodes and initialises them through node 1.
+    pub async fn start_initialised(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::start(n, extra);
+        let init = c.client_without_token(0).init().await.expect("cluster init");
+        c.token = Some(init.admin_token);
+        c
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    pub fn client_without_token(&self, index: usize) -> Client {
+        Client::new(vec![self.nodes[index].admin_url()], None).expect("client")
+    }
+
+    /// A client talking only to node `id`.
+    pub fn client_of(&self, id: u64) -> Client {
+        let n = self.nodes.iter().find(|n| n.id == id).expect("node id");
+        Client::new(vec![n.admin_url()], self.token.clone()).expect("client")
+    }
+
+    /// A client that fails over across every running node.
+    pub fn client_any(&self) -> Client {
+        let eps = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.admin_url())
+            .collect();
+        Client::new(eps, self.token.clone()).expect("client")
+    }
+
+    /// Waits until every running node agrees on one leader; returns its id.
+    pub async fn leader(&self) -> u64 {
+        wait_for("all running nodes to agree on a leader", Duration::from_secs(20), || async {
+            let mut seen = BTreeMap::new();
+            for n in self.nodes.iter().filter(|n| n.is_running()) {
+                match self.client_of(n.id).status().await {
+                    Ok(s) => {
+                        seen.insert(n.id, s.leader_id);
+                    }
+                    Err(_) => return None,
+                }
+            }
+            let leaders: std::collections::BTreeSet<Option<u64>> = seen.values().copied().collect();
+            let agreed = match (leaders.len(), leaders.first()) {
+                (1, Some(Some(l))) if self.nodes.iter().any(|n| n.id == *l && n.is_running()) => Some(*l),
+                _ => None,
+            };
+            agreed
+        })
+        .await
+    }
+
+    pub async fn status(&self, id: u64) -> StatusResponse {
+        self.client_of(id).status().await.expect("status")
+    }
+
+    pub fn dump_logs(&self) {
+        for n in &self.nodes {
+            eprintln!("===== node {} log =====\n{}", n.id, n.log());
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}
+
+/// Polls `probe` until it yields a value or `timeout` passes (then panics naming `what`).
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn service(name: &str, port: u16) -> ResourceInput {
+    ResourceInput {
+        kind: "Service".into(),
+        name: name.into(),
+        labels: Default::default(),
+        spec: Some(
+            konnect_proto::json::json_to_struct(&serde_json::json!({
+                "targets": [{"url": format!("http://127.0.0.1:{port}"), "weight": 100}]
+            }))
+            .unwrap(),
+        ),
+    }
+}
+
+pub fn route(name: &str, path: &str, service: &str) -> ResourceInput {
+    ResourceInput {
+        kind: "Route".into(),
+        name: name.into(),
+        labels: Default::default(),
+        spec: Some(
+            konnect_proto::json::json_to_struct(&serde_json::json!({"paths": [path], "service": service})).unwrap(),
+        ),
+    }
+}
