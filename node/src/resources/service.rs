@@ -89,7 +89,7 @@ mod tests {
         let e = ServiceSpec::parse(&json!({"targets": []})).unwrap_err();
         assert_eq!(e.field, "spec.targets");
         let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "wieght": 1}]})).unwrap_err();
-        assert_eq!(e.field, "spec.targets[0]");
+        assert_eq!(e.field, "spec.targets[0].wieght");
         assert!(e.message.contains("unknown field `wieght`"), "{e}");
         let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "weight": "x"}]})).unwrap_err();
         assert_eq!(e.field, "spec.targets[0].weight");
