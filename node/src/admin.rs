@@ -67,7 +67,9 @@ impl AdminError {
                 field: e.field,
             },
             ErrorCode::NotFound => AdminError::NotFound(message),
-            ErrorCode::AlreadyExists | ErrorCode::AlreadyInitialized => AdminError::AlreadyExists(message),
+            ErrorCode::AlreadyExists | ErrorCode::AlreadyInitialized => {
+                AdminError::AlreadyExists(message)
+            }
             ErrorCode::RevisionMismatch => AdminError::Conflict(message),
             ErrorCode::InUse => AdminError::FailedPrecondition(message),
         }
@@ -108,7 +110,10 @@ impl From<AdminError> for tonic::Status {
             tracing::error!(error = %m, "admin request failed");
         }
         let mut status = tonic::Status::new(code, e.to_string());
-        if let AdminError::Invalid { write_index, field, .. } = &e {
+        if let AdminError::Invalid {
+            write_index, field, ..
+        } = &e
+        {
             if let Some(i) = write_index {
                 if let Ok(v) = i.to_string().parse() {
                     status.metadata_mut().insert(WRITE_INDEX_HEADER, v);

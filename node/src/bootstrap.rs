@@ -28,13 +28,19 @@ pub struct Initialised {
 }
 
 /// Asks the node at `peer_addr` who it is, retrying while it is starting up.
-pub async fn identify(node: &NodeHandle, peer_addr: &str, deadline: Instant) -> Result<peer::IdentifyResponse, AdminError> {
+pub async fn identify(
+    node: &NodeHandle,
+    peer_addr: &str,
+    deadline: Instant,
+) -> Result<peer::IdentifyResponse, AdminError> {
     loop {
         let mut client = node
             .channels
             .client(peer_addr)
             .map_err(|s| AdminError::invalid(s.message().to_string()))?;
-        let req = node.channels.request(peer::IdentifyRequest {}, Duration::from_secs(3));
+        let req = node
+            .channels
+            .request(peer::IdentifyRequest {}, Duration::from_secs(3));
         match client.identify(req).await {
             Ok(r) => return Ok(r.into_inner()),
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {

@@ -149,10 +149,12 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
         let (id, a) = item
             .split_once('=')
             .ok_or_else(|| bad("--peers", format!("{item:?} is not ID=HOST:PORT")))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| bad("--peers", format!("{item:?}: node id {id:?} is not a positive integer")))?;
+        let id: u64 = id.trim().parse().map_err(|_| {
+            bad(
+                "--peers",
+                format!("{item:?}: node id {id:?} is not a positive integer"),
+            )
+        })?;
         if id == 0 {
             return Err(bad("--peers", format!("{item:?}: node ids start at 1")));
         }
@@ -161,7 +163,10 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
             .rsplit_once(':')
             .ok_or_else(|| bad("--peers", format!("{item:?}: address {a:?} has no port")))?;
         if host.is_empty() || port.parse::<u16>().is_err() {
-            return Err(bad("--peers", format!("{item:?}: address {a:?} is not HOST:PORT")));
+            return Err(bad(
+                "--peers",
+                format!("{item:?}: address {a:?} is not HOST:PORT"),
+            ));
         }
         if peers.insert(id, a.to_string()).is_some() {
             return Err(bad("--peers", format!("node {id} is listed twice")));
@@ -178,8 +183,8 @@ impl ServeArgs {
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
-        let file: ServeArgs =
-            toml::from_str(&text).map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
+        let file: ServeArgs = toml::from_str(&text)
+            .map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
         Ok(ServeArgs {
             config: self.config,
             dev: self.dev || file.dev,
@@ -192,10 +197,16 @@ impl ServeArgs {
             status_addr: self.status_addr.or(file.status_addr),
             peers: self.peers.or(file.peers),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
-            election_timeout_min_ms: self.election_timeout_min_ms.or(file.election_timeout_min_ms),
-            election_timeout_max_ms: self.election_timeout_max_ms.or(file.election_timeout_max_ms),
+            election_timeout_min_ms: self
+                .election_timeout_min_ms
+                .or(file.election_timeout_min_ms),
+            election_timeout_max_ms: self
+                .election_timeout_max_ms
+                .or(file.election_timeout_max_ms),
             snapshot_after_entries: self.snapshot_after_entries.or(file.snapshot_after_entries),
-            log_keep_after_snapshot: self.log_keep_after_snapshot.or(file.log_keep_after_snapshot),
+            log_keep_after_snapshot: self
+                .log_keep_after_snapshot
+                .or(file.log_keep_after_snapshot),
             log: self.log.or(file.log),
             log_format: self.log_format.or(file.log_format),
         })
@@ -208,7 +219,12 @@ impl ServeArgs {
             (Some(0), _) => return Err(bad("--node-id", "node ids start at 1")),
             (Some(id), _) => id,
             (None, true) => 1,
-            (None, false) => return Err(bad("--node-id", "required (or use --dev for a single-node trial)")),
+            (None, false) => {
+                return Err(bad(
+                    "--node-id",
+                    "required (or use --dev for a single-node trial)",
+                ))
+            }
         };
         let peer_addr = a.peer_addr.unwrap_or_else(|| addr("127.0.0.1:7101"));
         let mut peers = match &a.peers {
@@ -226,7 +242,10 @@ impl ServeArgs {
                 ));
             }
         } else if !peers.is_empty() {
-            return Err(bad("--peers", format!("does not list this node ({node_id})")));
+            return Err(bad(
+                "--peers",
+                format!("does not list this node ({node_id})"),
+            ));
         }
         let heartbeat_ms = a.heartbeat_ms.unwrap_or(100);
         let min = a.election_timeout_min_ms.unwrap_or(600);
@@ -237,7 +256,9 @@ impl ServeArgs {
         if min <= heartbeat_ms {
             return Err(bad(
                 "--election-timeout-min-ms",
-                format!("{min} must exceed the heartbeat ({heartbeat_ms} ms), ideally by 3x or more"),
+                format!(
+                    "{min} must exceed the heartbeat ({heartbeat_ms} ms), ideally by 3x or more"
+                ),
             ));
         }
         if max <= min {
@@ -249,7 +270,12 @@ impl ServeArgs {
         let log_format = match a.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(bad("--log-format", format!("{other:?} is not text or json"))),
+            other => {
+                return Err(bad(
+                    "--log-format",
+                    format!("{other:?} is not text or json"),
+                ))
+            }
         };
         let snapshot_after_entries = a.snapshot_after_entries.unwrap_or(5000);
         if snapshot_after_entries == 0 {
@@ -258,7 +284,13 @@ impl ServeArgs {
         Ok(Settings {
             dev: a.dev,
             node_id,
-            zone: a.zone.unwrap_or_else(|| if a.dev { "dev".into() } else { "default".into() }),
+            zone: a.zone.unwrap_or_else(|| {
+                if a.dev {
+                    "dev".into()
+                } else {
+                    "default".into()
+                }
+            }),
             data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("konnect-data")),
             peer_addr,
             admin_addr: a.admin_addr.unwrap_or_else(|| addr("127.0.0.1:7201")),
@@ -286,7 +318,10 @@ mod tests {
         let e = parse_peers("1=127.0.0.1").unwrap_err().to_string();
         assert!(e.contains("\"1=127.0.0.1\""), "{e}");
         assert!(parse_peers("x=a:1").is_err());
-        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().to_string().contains("twice"));
+        assert!(parse_peers("1=a:1,1=b:2")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 
     #[test]

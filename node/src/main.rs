@@ -30,7 +30,10 @@ fn main() -> std::process::ExitCode {
                 }
             };
             konnect::telemetry::init_logging(&settings.log, settings.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");

@@ -61,7 +61,9 @@ pub enum StartError {
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { flag, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { flag, addr, source })
 }
 
 fn raft_config(s: &Settings) -> Result<openraft::Config, StartError> {
@@ -156,7 +158,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(shutdown_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(peer_listener),
+            stopped(shutdown_rx.clone()),
+        );
     let peer_task = tokio::spawn(peer_server);
 
     let auth = Authenticator::new(reader.clone());
@@ -182,7 +187,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
             node: node.clone(),
             auth,
         }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(admin_listener), stopped(shutdown_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(admin_listener),
+            stopped(shutdown_rx.clone()),
+        );
     let admin_task = tokio::spawn(admin_server);
     let status_task = tokio::spawn(status::serve(
         status_listener,
@@ -244,7 +252,10 @@ async fn dev_bootstrap(node: &NodeHandle) -> Result<(), StartError> {
     let token_note = if token_file.exists() {
         format!("{} (mode 0600)", token_file.display())
     } else {
-        format!("{} is missing: it was deleted after the first start", token_file.display())
+        format!(
+            "{} is missing: it was deleted after the first start",
+            token_file.display()
+        )
     };
     println!(
         "konnect is running in development mode (one node, data in {data})\n\

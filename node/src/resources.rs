@@ -70,7 +70,10 @@ pub fn kinds_referring_to(target_kind: &str) -> Vec<&'static KindDef> {
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -87,7 +90,9 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 }
 
 /// Checks label keys and values: non-empty keys up to 63 characters, values up to 253.
-pub fn validate_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), SpecError> {
+pub fn validate_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), SpecError> {
     for (k, v) in labels {
         if k.is_empty() || k.len() > 63 || k.contains([',', '=', '!']) {
             return Err(SpecError::new(
@@ -110,7 +115,11 @@ pub fn validate_labels(labels: &std::collections::BTreeMap<String, String>) -> R
 pub fn parse_spec<T: DeserializeOwned>(spec: &serde_json::Value) -> Result<T, SpecError> {
     serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
+        let field = if path == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{path}")
+        };
         SpecError::new(field, e.into_inner().to_string())
     })
 }

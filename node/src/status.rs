@@ -41,18 +41,30 @@ fn text(status: StatusCode, body: String, content_type: &str) -> Response<Full<B
         .expect("static response parts are valid")
 }
 
-async fn route(node: NodeHandle, metrics: PrometheusHandle, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(
+    node: NodeHandle,
+    metrics: PrometheusHandle,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => match not_ready_reason(&node) {
-            None => text(StatusCode::OK, "{\"ready\":true}\n".into(), "application/json"),
+            None => text(
+                StatusCode::OK,
+                "{\"ready\":true}\n".into(),
+                "application/json",
+            ),
             Some(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{}\n", serde_json::json!({"ready": false, "reason": why})),
                 "application/json",
             ),
         },
-        "/metrics" => text(StatusCode::OK, metrics.render(), "text/plain; version=0.0.4"),
+        "/metrics" => text(
+            StatusCode::OK,
+            metrics.render(),
+            "text/plain; version=0.0.4",
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             "{\"error\":\"not found: try /healthz, /readyz or /metrics\"}\n".into(),
@@ -62,7 +74,12 @@ async fn route(node: NodeHandle, metrics: PrometheusHandle, req: Request<Incomin
 }
 
 /// Serves until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, node: NodeHandle, metrics: PrometheusHandle, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    node: NodeHandle,
+    metrics: PrometheusHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
@@ -77,7 +94,8 @@ pub async fn serve(listener: TcpListener, node: NodeHandle, metrics: PrometheusH
         let node = node.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| route(node.clone(), metrics.clone(), req));
+            let svc =
+                hyper::service::service_fn(move |req| route(node.clone(), metrics.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

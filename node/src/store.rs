@@ -50,9 +50,8 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database at `path` and makes sure every table in `tables` exists.
     pub fn open(path: &Path, tables: &'static [Table]) -> Result<Store> {
-        let db = redb::Database::create(path).map_err(|e| {
-            StoreError::new("open", format!("{}: {e}", path.display()))
-        })?;
+        let db = redb::Database::create(path)
+            .map_err(|e| StoreError::new("open", format!("{}: {e}", path.display())))?;
         let store = Store {
             db: Arc::new(db),
             tables,
@@ -107,7 +106,12 @@ impl ReadTxn {
     }
 
     /// Rows with keys in `range`, in key order, at most `limit` of them.
-    pub fn range<'a, R>(&self, table: Table, range: R, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
+    pub fn range<'a, R>(
+        &self,
+        table: Table,
+        range: R,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
     where
         R: RangeBounds<&'a [u8]> + 'a,
     {
@@ -115,7 +119,11 @@ impl ReadTxn {
             .txn
             .open_table(table.def())
             .map_err(|e| StoreError::new("open table", e))?;
-        collect_range(t.range::<&[u8]>(range).map_err(|e| StoreError::new("range", e))?, limit)
+        collect_range(
+            t.range::<&[u8]>(range)
+                .map_err(|e| StoreError::new("range", e))?,
+            limit,
+        )
     }
 
     /// The last row of the table, if any.
@@ -187,7 +195,8 @@ impl WriteTxn {
             .txn
             .open_table(table.def())
             .map_err(|e| StoreError::new("open table", e))?;
-        t.insert(key, value).map_err(|e| StoreError::new("insert", e))?;
+        t.insert(key, value)
+            .map_err(|e| StoreError::new("insert", e))?;
         Ok(())
     }
 
@@ -201,7 +210,12 @@ impl WriteTxn {
     }
 
     /// Rows with keys in `range`, in key order, at most `limit` of them.
-    pub fn range<'a, R>(&self, table: Table, range: R, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
+    pub fn range<'a, R>(
+        &self,
+        table: Table,
+        range: R,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
     where
         R: RangeBounds<&'a [u8]> + 'a,
     {
@@ -260,9 +274,9 @@ pub fn u64_key(n: u64) -> [u8; 8] {
 
 /// Decodes a key written by [`u64_key`].
 pub fn key_u64(key: &[u8]) -> Result<u64> {
-    let bytes: [u8; 8] = key
-        .try_into()
-        .map_err(|_| StoreError::new("decode key", format!("expected 8 bytes, got {}", key.len())))?;
+    let bytes: [u8; 8] = key.try_into().map_err(|_| {
+        StoreError::new("decode key", format!("expected 8 bytes, got {}", key.len()))
+    })?;
     Ok(u64::from_be_bytes(bytes))
 }
 

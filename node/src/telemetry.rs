@@ -11,7 +11,9 @@ use crate::raft::{Raft, RaftMetrics};
 /// Installs the global log subscriber. `filter` is a tracing filter (`info,konnect=debug`).
 pub fn init_logging(filter: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn,konnect=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -23,7 +25,8 @@ pub fn init_logging(filter: &str, format: LogFormat) {
 pub fn init_metrics() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
         .set_buckets(&[
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
         ])
         .map_err(|e| e.to_string())?
         .install_recorder()
@@ -33,7 +36,11 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
 fn record_raft(m: &RaftMetrics) {
     metrics::gauge!("konnect_raft_term").set(m.current_term as f64);
     metrics::gauge!("konnect_raft_leader_id").set(m.current_leader.map_or(0.0, |l| l as f64));
-    metrics::gauge!("konnect_raft_is_leader").set(if m.current_leader == Some(m.id) { 1.0 } else { 0.0 });
+    metrics::gauge!("konnect_raft_is_leader").set(if m.current_leader == Some(m.id) {
+        1.0
+    } else {
+        0.0
+    });
     metrics::gauge!("konnect_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
     metrics::gauge!("konnect_raft_applied_index").set(m.last_applied.map_or(0, |l| l.index) as f64);
     metrics::gauge!("konnect_raft_snapshot_index").set(m.snapshot.map_or(0, |l| l.index) as f64);
@@ -41,7 +48,8 @@ fn record_raft(m: &RaftMetrics) {
         let last = m.last_log_index.unwrap_or(0);
         for (peer, matched) in replication {
             let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
-            metrics::gauge!("konnect_raft_replication_lag_entries", "peer" => peer.to_string()).set(lag as f64);
+            metrics::gauge!("konnect_raft_replication_lag_entries", "peer" => peer.to_string())
+                .set(lag as f64);
         }
     }
 }

@@ -19,14 +19,22 @@ async fn init_twice_is_refused_and_changes_nothing() {
     let after = cluster.status(1).await;
     assert_eq!(after.cluster_id, before.cluster_id);
     // The first token still works; no second token was created.
-    cluster.client_of(2).list("Service", "", false).await.expect("first token still valid");
+    cluster
+        .client_of(2)
+        .list("Service", "", false)
+        .await
+        .expect("first token still valid");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_wrong_tokens_get_the_same_unauthenticated_answer() {
     let cluster = Cluster::start_initialised(1, &[]).await;
     let url = cluster.nodes[0].admin_url();
-    let none = Client::new(vec![url.clone()], None).unwrap().status().await.unwrap_err();
+    let none = Client::new(vec![url.clone()], None)
+        .unwrap()
+        .status()
+        .await
+        .unwrap_err();
     let wrong = Client::new(vec![url.clone()], Some("kadm_00".into()))
         .unwrap()
         .status()
@@ -36,7 +44,11 @@ async fn missing_or_wrong_tokens_get_the_same_unauthenticated_answer() {
         let mut t = cluster.token.clone().unwrap();
         t.pop();
         t.push('x');
-        Client::new(vec![url], Some(t)).unwrap().status().await.unwrap_err()
+        Client::new(vec![url], Some(t))
+            .unwrap()
+            .status()
+            .await
+            .unwrap_err()
     };
     for e in [&none, &wrong, &almost] {
         assert_eq!(e.code(), Code::Unauthenticated, "{e}");
@@ -48,7 +60,13 @@ async fn missing_or_wrong_tokens_get_the_same_unauthenticated_answer() {
         .await
         .unwrap_err();
     assert_eq!(writes.code(), Code::Unauthenticated);
-    assert!(cluster.client_of(1).list("", "", false).await.unwrap().items.is_empty());
+    assert!(cluster
+        .client_of(1)
+        .list("", "", false)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,10 +80,19 @@ async fn a_stale_expected_revision_is_refused_and_changes_nothing() {
         .expect("update at the current revision");
     assert!(updated.revision > created.revision);
 
-    let stale = c.update(service("echo", 9003), Some(created.revision)).await.unwrap_err();
+    let stale = c
+        .update(service("echo", 9003), Some(created.revision))
+        .await
+        .unwrap_err();
     assert_eq!(stale.code(), Code::Aborted, "{stale}");
-    assert!(stale.message().contains("changed since you read it"), "{stale}");
-    let stale_delete = c.delete("Service", "echo", Some(created.revision)).await.unwrap_err();
+    assert!(
+        stale.message().contains("changed since you read it"),
+        "{stale}"
+    );
+    let stale_delete = c
+        .delete("Service", "echo", Some(created.revision))
+        .await
+        .unwrap_err();
     assert_eq!(stale_delete.code(), Code::Aborted);
 
     let now = c.get("Service", "echo", false).await.unwrap();
@@ -81,7 +108,13 @@ async fn invalid_specs_and_dangling_references_name_the_field_and_change_nothing
 
     // A valid service and a route to a service that does not exist: neither is applied.
     let err = c
-        .apply(vec![service("billing-svc", 9001), route("billing", "/bill", "bill")], vec![])
+        .apply(
+            vec![
+                service("billing-svc", 9001),
+                route("billing", "/bill", "bill"),
+            ],
+            vec![],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -95,22 +128,40 @@ async fn invalid_specs_and_dangling_references_name_the_field_and_change_nothing
 
     let mut typo = service("x", 1);
     typo.spec = Some(
-        konnect_proto::json::json_to_struct(&serde_json::json!({"targets": [{"url": "http://a:1", "wieght": 5}]}))
-            .unwrap(),
+        konnect_proto::json::json_to_struct(
+            &serde_json::json!({"targets": [{"url": "http://a:1", "wieght": 5}]}),
+        )
+        .unwrap(),
     );
     let err = c.apply(vec![typo], vec![]).await.unwrap_err();
-    assert!(err.message().starts_with("spec.targets[0].wieght: unknown field `wieght`"), "{err}");
+    assert!(
+        err.message()
+            .starts_with("spec.targets[0].wieght: unknown field `wieght`"),
+        "{err}"
+    );
 
-    assert!(c.list("", "", false).await.unwrap().items.is_empty(), "nothing may be written");
+    assert!(
+        c.list("", "", false).await.unwrap().items.is_empty(),
+        "nothing may be written"
+    );
 
     // A service still used by a route cannot be deleted, alone or by pruning.
-    c.apply(vec![service("echo", 9001), route("echo", "/echo", "echo")], vec![])
-        .await
-        .unwrap();
+    c.apply(
+        vec![service("echo", 9001), route("echo", "/echo", "echo")],
+        vec![],
+    )
+    .await
+    .unwrap();
     let err = c.delete("Service", "echo", None).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("Route \"echo\" refers to it"), "{err}");
-    let err = c.apply(vec![service("other", 9002)], vec!["Service".into()]).await.unwrap_err();
+    assert!(
+        err.message().contains("Route \"echo\" refers to it"),
+        "{err}"
+    );
+    let err = c
+        .apply(vec![service("other", 9002)], vec!["Service".into()])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert_eq!(c.list("Service", "", false).await.unwrap().items.len(), 1);
 }
@@ -123,25 +174,45 @@ async fn init_refuses_a_peer_that_belongs_to_another_cluster() {
     let a_peers = format!("3=127.0.0.1:{}", ports[6]);
     let mut a = NodeProc::new(dir.path(), 3, "az-c", Some(a_peers), &ports[6..9], &[]);
     a.start();
-    let a_init = Client::new(vec![a.admin_url()], None).unwrap().init().await.unwrap();
+    let a_init = Client::new(vec![a.admin_url()], None)
+        .unwrap()
+        .init()
+        .await
+        .unwrap();
 
     // Cluster B lists A's node as its node 3.
     let b_peers = format!(
         "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
         ports[0], ports[3], ports[6]
     );
-    let mut b1 = NodeProc::new(dir.path(), 1, "az-a", Some(b_peers.clone()), &ports[0..3], &[]);
+    let mut b1 = NodeProc::new(
+        dir.path(),
+        1,
+        "az-a",
+        Some(b_peers.clone()),
+        &ports[0..3],
+        &[],
+    );
     let mut b2 = NodeProc::new(dir.path(), 2, "az-b", Some(b_peers), &ports[3..6], &[]);
     b1.start();
     b2.start();
-    let err = Client::new(vec![b1.admin_url()], None).unwrap().init().await.unwrap_err();
+    let err = Client::new(vec![b1.admin_url()], None)
+        .unwrap()
+        .init()
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(
-        err.message().contains(&format!("already belongs to cluster {}", a_init.cluster_id)),
+        err.message()
+            .contains(&format!("already belongs to cluster {}", a_init.cluster_id)),
         "{err}"
     );
     // Nothing changed: B is still uninitialised, A still has only itself.
-    let again = Client::new(vec![b2.admin_url()], None).unwrap().init().await.unwrap_err();
+    let again = Client::new(vec![b2.admin_url()], None)
+        .unwrap()
+        .init()
+        .await
+        .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition, "{again}");
     let a_status = Client::new(vec![a.admin_url()], Some(a_init.admin_token))
         .unwrap()
@@ -178,7 +249,9 @@ async fn watch_follows_changes_and_refuses_compacted_history() {
 
     // 11,000 changes push the first ones out of the 10,000-event history.
     for batch in 0..11 {
-        let items = (0..1000).map(|i| service(&format!("bulk-{batch}-{i}"), 1)).collect();
+        let items = (0..1000)
+            .map(|i| service(&format!("bulk-{batch}-{i}"), 1))
+            .collect();
         c.apply(items, vec![]).await.unwrap();
     }
     let mut old = c.watch("Service", first.revision).await.map(|s| s.boxed());
@@ -187,4 +260,43 @@ async fn watch_follows_changes_and_refuses_compacted_history() {
         Ok(s) => s.next().await.expect("an item").unwrap_err().to_string(),
     };
     assert!(err.contains("compacted"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_through_everything_and_filter_by_labels() {
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let c = cluster.client_of(1);
+    let items = (0..7)
+        .map(|i| {
+            let mut s = service(&format!("s{i}"), 9000 + i);
+            s.labels.insert(
+                "tier".into(),
+                if i % 2 == 0 { "gold" } else { "free" }.into(),
+            );
+            s
+        })
+        .collect();
+    c.apply(items, vec![]).await.unwrap();
+
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = c.list_page("Service", "", 3, &token, false).await.unwrap();
+        pages += 1;
+        names.extend(page.items.into_iter().map(|r| r.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(names, (0..7).map(|i| format!("s{i}")).collect::<Vec<_>>());
+    assert!(pages >= 3);
+
+    let gold = c.list("Service", "tier=gold", false).await.unwrap();
+    assert_eq!(gold.items.len(), 4);
+    let not_gold = c.list("Service", "tier!=gold", false).await.unwrap();
+    assert_eq!(not_gold.items.len(), 3);
+    let err = c.list("Service", "tier", false).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
 }

@@ -13,11 +13,19 @@ use tonic::Code;
 async fn write_through_a_follower_is_readable_on_every_node() {
     let cluster = Cluster::start_initialised(3, &[]).await;
     let leader = cluster.leader().await;
-    let follower = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
 
     let applied = cluster
         .client_of(follower)
-        .apply(vec![service("echo", 9001), route("echo", "/echo", "echo")], vec![])
+        .apply(
+            vec![service("echo", 9001), route("echo", "/echo", "echo")],
+            vec![],
+        )
         .await
         .expect("apply through a follower");
     assert_eq!(applied.changes.len(), 2);
@@ -70,14 +78,23 @@ async fn killing_the_leader_elects_another_and_the_restarted_node_catches_up() {
         .await
         .expect("restarted node catches up");
     assert_eq!(r.revision, after.revision);
-    let listed = cluster.client_of(old_leader).list("Service", "", false).await.unwrap();
+    let listed = cluster
+        .client_of(old_leader)
+        .list("Service", "", false)
+        .await
+        .unwrap();
     let names: Vec<_> = listed.items.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, vec!["after", "before"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_joins_from_a_snapshot_after_log_purge_and_leaves_again() {
-    let extra = ["--snapshot-after-entries", "20", "--log-keep-after-snapshot", "5"];
+    let extra = [
+        "--snapshot-after-entries",
+        "20",
+        "--log-keep-after-snapshot",
+        "5",
+    ];
     let mut cluster = Cluster::start_initialised(3, &extra).await;
     let client = cluster.client_any();
     for i in 0..60 {
@@ -87,10 +104,14 @@ async fn a_fourth_node_joins_from_a_snapshot_after_log_purge_and_leaves_again() 
             .expect("write");
     }
     let leader = cluster.leader().await;
-    wait_for("the leader to purge its log after a snapshot", Duration::from_secs(20), || async {
-        let s = cluster.client_of(leader).status().await.ok()?;
-        (s.purged_index.unwrap_or(0) > 5).then_some(())
-    })
+    wait_for(
+        "the leader to purge its log after a snapshot",
+        Duration::from_secs(20),
+        || async {
+            let s = cluster.client_of(leader).status().await.ok()?;
+            (s.purged_index.unwrap_or(0) > 5).then_some(())
+        },
+    )
     .await;
 
     // Node 4 starts empty, with no --peers: it waits to be added.
@@ -100,9 +121,16 @@ async fn a_fourth_node_joins_from_a_snapshot_after_log_purge_and_leaves_again() 
     let peer_addr = fourth.peer.clone();
     cluster.nodes.push(fourth);
 
-    let members = client.add_node(4, &peer_addr, false).await.expect("add node 4");
+    let members = client
+        .add_node(4, &peer_addr, false)
+        .await
+        .expect("add node 4");
     assert_eq!(members.members.len(), 4);
-    let added = members.members.iter().find(|m| m.node_id == 4).expect("node 4 listed");
+    let added = members
+        .members
+        .iter()
+        .find(|m| m.node_id == 4)
+        .expect("node 4 listed");
     assert_eq!(added.role, "voter");
     assert_eq!(added.info.as_ref().map(|i| i.zone.as_str()), Some("az-d"));
     let s4 = cluster.status(4).await;
@@ -110,14 +138,21 @@ async fn a_fourth_node_joins_from_a_snapshot_after_log_purge_and_leaves_again() 
         s4.snapshot_index.unwrap_or(0) > 0,
         "node 4 should have installed a snapshot: {s4:?}"
     );
-    let listed = cluster.client_of(4).list("Service", "", true).await.expect("list on node 4");
+    let listed = cluster
+        .client_of(4)
+        .list("Service", "", true)
+        .await
+        .expect("list on node 4");
     assert_eq!(listed.items.len(), 60);
 
     let after = client.remove_node(4).await.expect("remove node 4");
     assert_eq!(after.members.len(), 3);
     assert!(after.members.iter().all(|m| m.node_id != 4));
     // The cluster still takes writes with three voters.
-    client.apply(vec![service("after-removal", 9999)], vec![]).await.expect("write after removal");
+    client
+        .apply(vec![service("after-removal", 9999)], vec![])
+        .await
+        .expect("write after removal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,12 +175,25 @@ async fn acknowledged_writes_survive_kill9_of_the_leader() {
             Err(e) => assert_eq!(e.code(), Code::Unavailable, "unexpected error: {e}"),
         }
     }
-    assert!(acknowledged.len() >= 60, "too few writes acknowledged: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 60,
+        "too few writes acknowledged: {}",
+        acknowledged.len()
+    );
     for n in &cluster.nodes {
-        let listed = cluster.client_of(n.id).list("Service", "", true).await.expect("list");
-        let names: std::collections::BTreeSet<_> = listed.items.iter().map(|r| r.name.clone()).collect();
+        let listed = cluster
+            .client_of(n.id)
+            .list("Service", "", true)
+            .await
+            .expect("list");
+        let names: std::collections::BTreeSet<_> =
+            listed.items.iter().map(|r| r.name.clone()).collect();
         for w in &acknowledged {
-            assert!(names.contains(w), "node {} lost acknowledged write {w}", n.id);
+            assert!(
+                names.contains(w),
+                "node {} lost acknowledged write {w}",
+                n.id
+            );
         }
     }
 }

@@ -80,7 +80,12 @@ spec: {paths: ["/bill"], service: bill}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_initialises_applies_and_reads_with_konnectctl() {
     let cluster = Cluster::start(3, &[]);
-    let endpoints = cluster.nodes.iter().map(|n| n.admin_url()).collect::<Vec<_>>().join(",");
+    let endpoints = cluster
+        .nodes
+        .iter()
+        .map(|n| n.admin_url())
+        .collect::<Vec<_>>()
+        .join(",");
     let dir = cluster.dir.path().to_path_buf();
     let mut ctl = Ctl {
         endpoint: cluster.nodes[0].admin_url(),
@@ -91,8 +96,13 @@ async fn a_user_initialises_applies_and_reads_with_konnectctl() {
     // `cluster init` prints the token alone on stdout, so `$(konnectctl cluster init)` works.
     let token = ctl.ok(&["cluster", "init"]);
     let token = token.trim().to_string();
-    assert!(token.starts_with("kadm_") && !token.contains(char::is_whitespace), "{token:?}");
-    assert!(ctl.fails(&["cluster", "init"]).contains("already initialised"));
+    assert!(
+        token.starts_with("kadm_") && !token.contains(char::is_whitespace),
+        "{token:?}"
+    );
+    assert!(ctl
+        .fails(&["cluster", "init"])
+        .contains("already initialised"));
     ctl.token = Some(token);
     ctl.endpoint = endpoints;
 
@@ -103,11 +113,18 @@ async fn a_user_initialises_applies_and_reads_with_konnectctl() {
 
     std::fs::write(dir.join("config.yaml"), CONFIG).unwrap();
     let first = ctl.ok(&["apply", "-f", "config.yaml"]);
-    assert!(first.contains("Service/echo created") && first.contains("Route/echo created"), "{first}");
+    assert!(
+        first.contains("Service/echo created") && first.contains("Route/echo created"),
+        "{first}"
+    );
     let second = ctl.ok(&["apply", "-f", "config.yaml"]);
-    assert!(second.contains("Service/echo unchanged") && second.contains("Route/echo unchanged"), "{second}");
+    assert!(
+        second.contains("Service/echo unchanged") && second.contains("Route/echo unchanged"),
+        "{second}"
+    );
 
-    let json: serde_json::Value = serde_json::from_str(&ctl.ok(&["get", "services", "-o", "json"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["get", "services", "-o", "json"])).unwrap();
     assert_eq!(json[0]["name"], "echo");
     assert_eq!(json[0]["spec"]["targets"][0]["weight"], 100);
     assert_eq!(json[0]["labels"]["team"], "platform");
@@ -116,22 +133,36 @@ async fn a_user_initialises_applies_and_reads_with_konnectctl() {
     std::fs::write(dir.join("bad.yaml"), BAD_REFERENCE).unwrap();
     let err = ctl.fails(&["apply", "-f", "bad.yaml"]);
     assert!(
-        err.contains(r#"bad.yaml: document 2 (Route "billing"): spec.service: unknown service "bill""#),
+        err.contains(
+            r#"bad.yaml: document 2 (Route "billing"): spec.service: unknown service "bill""#
+        ),
         "{err}"
     );
     std::fs::write(dir.join("broken.yaml"), "kind: Service\nname: [unclosed\n").unwrap();
     let err = ctl.fails(&["apply", "-f", "broken.yaml"]);
     assert!(err.contains("broken.yaml"), "{err}");
-    std::fs::write(dir.join("typo.yaml"), "kind: Service\nname: x\nspec: {targets: [{url: \"http://a:1\"}], retries: 3}\n").unwrap();
+    std::fs::write(
+        dir.join("typo.yaml"),
+        "kind: Service\nname: x\nspec: {targets: [{url: \"http://a:1\"}], retries: 3}\n",
+    )
+    .unwrap();
     let err = ctl.fails(&["apply", "-f", "typo.yaml"]);
-    assert!(err.contains("document 1 (Service \"x\"): spec.retries: unknown field `retries`"), "{err}");
+    assert!(
+        err.contains("document 1 (Service \"x\"): spec.retries: unknown field `retries`"),
+        "{err}"
+    );
     let names = ctl.ok(&["get", "services", "-o", "json"]);
-    assert!(!names.contains("billing-svc") && !names.contains("\"x\""), "{names}");
+    assert!(
+        !names.contains("billing-svc") && !names.contains("\"x\""),
+        "{names}"
+    );
 
     // --prune removes resources of the file's kinds that the file no longer lists.
     let extra = format!("{CONFIG}---\nkind: Service\nname: extra\nspec: {{targets: [{{url: \"http://127.0.0.1:9003\"}}]}}\n");
     std::fs::write(dir.join("extra.yaml"), extra).unwrap();
-    assert!(ctl.ok(&["apply", "-f", "extra.yaml"]).contains("Service/extra created"));
+    assert!(ctl
+        .ok(&["apply", "-f", "extra.yaml"])
+        .contains("Service/extra created"));
     let pruned = ctl.ok(&["apply", "-f", "config.yaml", "--prune"]);
     assert!(pruned.contains("Service/extra deleted"), "{pruned}");
     assert!(pruned.contains("Route/echo unchanged"), "{pruned}");
@@ -141,7 +172,10 @@ async fn a_user_initialises_applies_and_reads_with_konnectctl() {
     assert!(err.contains(r#"Route "echo" refers to it"#), "{err}");
     ctl.ok(&["delete", "route", "echo"]);
     let routes = ctl.ok(&["get", "routes", "-o", "json"]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&routes).unwrap(), serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&routes).unwrap(),
+        serde_json::json!([])
+    );
 
     // Without a token, nothing is revealed.
     ctl.token = None;

@@ -48,7 +48,10 @@ pub fn json_to_value(v: &serde_json::Value) -> Value {
             values: a.iter().map(json_to_value).collect(),
         }),
         serde_json::Value::Object(m) => Kind::StructValue(Struct {
-            fields: m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+            fields: m
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
         }),
     };
     Value { kind: Some(kind) }
@@ -110,6 +113,9 @@ mod tests {
     #[test]
     fn a_spec_that_is_not_a_mapping_is_refused() {
         let err = json_to_struct(&serde_json::json!([1])).unwrap_err();
-        assert_eq!(err.to_string(), "a spec must be a JSON object, found an array");
+        assert_eq!(
+            err.to_string(),
+            "a spec must be a JSON object, found an array"
+        );
     }
 }

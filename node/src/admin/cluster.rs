@@ -62,7 +62,10 @@ fn role(state: ServerState) -> &'static str {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn init(&self, _req: Request<api::InitRequest>) -> Result<Response<api::InitResponse>, Status> {
+    async fn init(
+        &self,
+        _req: Request<api::InitRequest>,
+    ) -> Result<Response<api::InitResponse>, Status> {
         count_request("Init");
         let done = bootstrap::init_cluster(&self.node).await?;
         Ok(Response::new(api::InitResponse {
@@ -72,7 +75,10 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn status(&self, req: Request<api::StatusRequest>) -> Result<Response<api::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<api::StatusRequest>,
+    ) -> Result<Response<api::StatusResponse>, Status> {
         count_request("Status");
         self.auth.check(&req)?;
         let m = self.node.raft.metrics().borrow().clone();
@@ -97,7 +103,10 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn add_node(&self, req: Request<api::AddNodeRequest>) -> Result<Response<api::MembershipResponse>, Status> {
+    async fn add_node(
+        &self,
+        req: Request<api::AddNodeRequest>,
+    ) -> Result<Response<api::MembershipResponse>, Status> {
         count_request("AddNode");
         self.auth.check(&req)?;
         let r = req.into_inner();
@@ -105,9 +114,16 @@ impl Cluster for ClusterService {
             return Err(AdminError::invalid("node_id: node ids start at 1").into());
         }
         if r.peer_addr.is_empty() {
-            return Err(AdminError::invalid("peer_addr: the new node's --peer-addr is required").into());
+            return Err(
+                AdminError::invalid("peer_addr: the new node's --peer-addr is required").into(),
+            );
         }
-        let who = bootstrap::identify(&self.node, &r.peer_addr, Instant::now() + Duration::from_secs(10)).await?;
+        let who = bootstrap::identify(
+            &self.node,
+            &r.peer_addr,
+            Instant::now() + Duration::from_secs(10),
+        )
+        .await?;
         if who.node_id != r.node_id {
             return Err(AdminError::FailedPrecondition(format!(
                 "the node at {} says it is node {}, not {}",
@@ -126,14 +142,18 @@ impl Cluster for ClusterService {
         info.peer_addr = r.peer_addr.clone();
         self.node
             .proposer
-            .change_membership(peer::change_membership_request::Change::Add(peer::AddNode {
-                node_id: r.node_id,
-                info: Some(info),
-                learner_only: r.learner_only,
-            }))
+            .change_membership(peer::change_membership_request::Change::Add(
+                peer::AddNode {
+                    node_id: r.node_id,
+                    info: Some(info),
+                    learner_only: r.learner_only,
+                },
+            ))
             .await
             .map_err(AdminError::from)?;
-        Ok(Response::new(api::MembershipResponse { members: self.members() }))
+        Ok(Response::new(api::MembershipResponse {
+            members: self.members(),
+        }))
     }
 
     async fn remove_node(
@@ -148,6 +168,8 @@ impl Cluster for ClusterService {
             .change_membership(peer::change_membership_request::Change::RemoveNodeId(id))
             .await
             .map_err(AdminError::from)?;
-        Ok(Response::new(api::MembershipResponse { members: self.members() }))
+        Ok(Response::new(api::MembershipResponse {
+            members: self.members(),
+        }))
     }
 }

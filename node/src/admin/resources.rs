@@ -49,7 +49,11 @@ fn to_write(input: api::ResourceInput, expected_revision: Option<u64>) -> pb::Re
 }
 
 impl ResourceService {
-    async fn propose(&self, actor: &pb::AdminToken, op: pb::command::Op) -> Result<pb::ApplyResult, AdminError> {
+    async fn propose(
+        &self,
+        actor: &pb::AdminToken,
+        op: pb::command::Op,
+    ) -> Result<pb::ApplyResult, AdminError> {
         let cmd = pb::Command {
             leader_time_unix_ms: 0,
             actor: actor.id.clone(),
@@ -81,7 +85,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<api::WatchEvent, Status>> + 
 
 #[tonic::async_trait]
 impl Resources for ResourceService {
-    async fn apply(&self, req: Request<api::ApplyRequest>) -> Result<Response<api::ApplyResponse>, Status> {
+    async fn apply(
+        &self,
+        req: Request<api::ApplyRequest>,
+    ) -> Result<Response<api::ApplyResponse>, Status> {
         count_request("Apply");
         let token = self.auth.check(&req)?;
         let r = req.into_inner();
@@ -104,7 +111,10 @@ impl Resources for ResourceService {
         }))
     }
 
-    async fn create(&self, req: Request<api::CreateRequest>) -> Result<Response<pb::Resource>, Status> {
+    async fn create(
+        &self,
+        req: Request<api::CreateRequest>,
+    ) -> Result<Response<pb::Resource>, Status> {
         count_request("Create");
         let token = self.auth.check(&req)?;
         let input = req
@@ -124,11 +134,16 @@ impl Resources for ResourceService {
         Ok(Response::new(self.get_stored(&kind, &name)?))
     }
 
-    async fn update(&self, req: Request<api::UpdateRequest>) -> Result<Response<pb::Resource>, Status> {
+    async fn update(
+        &self,
+        req: Request<api::UpdateRequest>,
+    ) -> Result<Response<pb::Resource>, Status> {
         count_request("Update");
         let token = self.auth.check(&req)?;
         let r = req.into_inner();
-        let input = r.resource.ok_or_else(|| AdminError::invalid("resource is required"))?;
+        let input = r
+            .resource
+            .ok_or_else(|| AdminError::invalid("resource is required"))?;
         let (kind, name) = (input.kind.clone(), input.name.clone());
         known_kind(&kind)?;
         if r.expected_revision.is_none() {
@@ -143,7 +158,10 @@ impl Resources for ResourceService {
         Ok(Response::new(self.get_stored(&kind, &name)?))
     }
 
-    async fn delete(&self, req: Request<api::DeleteRequest>) -> Result<Response<api::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<api::DeleteRequest>,
+    ) -> Result<Response<api::DeleteResponse>, Status> {
         count_request("Delete");
         let token = self.auth.check(&req)?;
         let r = req.into_inner();
@@ -171,7 +189,10 @@ impl Resources for ResourceService {
         Ok(Response::new(self.get_stored(&r.kind, &r.name)?))
     }
 
-    async fn list(&self, req: Request<api::ListRequest>) -> Result<Response<api::ListResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<api::ListRequest>,
+    ) -> Result<Response<api::ListResponse>, Status> {
         count_request("List");
         self.auth.check(&req)?;
         let r = req.into_inner();
@@ -182,7 +203,10 @@ impl Resources for ResourceService {
         let after = if r.page_token.is_empty() {
             None
         } else {
-            Some(hex::decode(&r.page_token).map_err(|_| AdminError::invalid("page_token is not one this server issued"))?)
+            Some(
+                hex::decode(&r.page_token)
+                    .map_err(|_| AdminError::invalid("page_token is not one this server issued"))?,
+            )
         };
         let limit = match r.page_size as usize {
             0 => DEFAULT_PAGE,
@@ -203,7 +227,10 @@ impl Resources for ResourceService {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<api::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<api::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
         count_request("Watch");
         self.auth.check(&req)?;
         let r = req.into_inner();
@@ -244,7 +271,9 @@ impl Resources for ResourceService {
                         cursor = cursor.max(complete_to);
                     }
                     Ok(History::Compacted { compacted_revision }) => {
-                        let _ = tx.send(Err(compacted(cursor, compacted_revision).into())).await;
+                        let _ = tx
+                            .send(Err(compacted(cursor, compacted_revision).into()))
+                            .await;
                         return;
                     }
                     Err(e) => {
@@ -258,7 +287,9 @@ impl Resources for ResourceService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 

@@ -30,7 +30,12 @@ fn fail(code: ErrorCode, message: impl Into<String>) -> pb::CommandResult {
     fail_at(code, None, "", message)
 }
 
-fn fail_at(code: ErrorCode, write_index: Option<usize>, field: &str, message: impl Into<String>) -> pb::CommandResult {
+fn fail_at(
+    code: ErrorCode,
+    write_index: Option<usize>,
+    field: &str,
+    message: impl Into<String>,
+) -> pb::CommandResult {
     ok(Outcome::Error(pb::CommandError {
         code: code as i32,
         message: message.into(),
@@ -74,7 +79,11 @@ fn init_cluster(txn: &mut WriteTxn, init: &pb::InitCluster) -> Applied {
     })))
 }
 
-fn get_resource(txn: &WriteTxn, kind: &str, name: &str) -> Result<Option<pb::Resource>, StoreError> {
+fn get_resource(
+    txn: &WriteTxn,
+    kind: &str,
+    name: &str,
+) -> Result<Option<pb::Resource>, StoreError> {
     txn.get(RESOURCES, &resource_key(kind, name))?
         .map(|b| decode(&b, "resource"))
         .transpose()
@@ -116,10 +125,16 @@ fn apply_resources(txn: &mut WriteTxn, index: u64, now: u64, a: &pb::ApplyResour
                 ErrorCode::Invalid,
                 Some(i),
                 "kind",
-                format!("unknown kind {:?} (known kinds: {})", w.kind, resources::known_kind_names()),
+                format!(
+                    "unknown kind {:?} (known kinds: {})",
+                    w.kind,
+                    resources::known_kind_names()
+                ),
             ));
         };
-        if let Err(e) = resources::validate_name(&w.name).and_then(|_| resources::validate_labels(&w.labels)) {
+        if let Err(e) =
+            resources::validate_name(&w.name).and_then(|_| resources::validate_labels(&w.labels))
+        {
             return Ok(fail_at(ErrorCode::Invalid, Some(i), &e.field, e.message));
         }
         let spec_json = struct_to_json(&w.spec.clone().unwrap_or_default());
@@ -167,7 +182,10 @@ fn apply_resources(txn: &mut WriteTxn, index: u64, now: u64, a: &pb::ApplyResour
                 ErrorCode::Invalid,
                 None,
                 "prune_kinds",
-                format!("unknown kind {kind:?} (known kinds: {})", resources::known_kind_names()),
+                format!(
+                    "unknown kind {kind:?} (known kinds: {})",
+                    resources::known_kind_names()
+                ),
             ));
         }
         for r in resources_of_kind(txn, kind)? {
@@ -176,8 +194,10 @@ fn apply_resources(txn: &mut WriteTxn, index: u64, now: u64, a: &pb::ApplyResour
             }
         }
     }
-    let deleted: BTreeSet<(String, String)> =
-        deletes.iter().map(|r| (r.kind.clone(), r.name.clone())).collect();
+    let deleted: BTreeSet<(String, String)> = deletes
+        .iter()
+        .map(|r| (r.kind.clone(), r.name.clone()))
+        .collect();
 
     // 3. Referential integrity of the state as it would be after this command.
     for (i, p) in planned.iter().enumerate() {
@@ -185,13 +205,19 @@ fn apply_resources(txn: &mut WriteTxn, index: u64, now: u64, a: &pb::ApplyResour
         for reference in (def.references)(&p.spec_json) {
             let in_batch = names.contains(&(reference.kind, reference.name.as_str()));
             let stored = !deleted.contains(&(reference.kind.to_string(), reference.name.clone()))
-                && txn.get(RESOURCES, &resource_key(reference.kind, &reference.name))?.is_some();
+                && txn
+                    .get(RESOURCES, &resource_key(reference.kind, &reference.name))?
+                    .is_some();
             if !in_batch && !stored {
                 return Ok(fail_at(
                     ErrorCode::Invalid,
                     Some(i),
                     &reference.field,
-                    format!("unknown {} {:?}", reference.kind.to_lowercase(), reference.name),
+                    format!(
+                        "unknown {} {:?}",
+                        reference.kind.to_lowercase(),
+                        reference.name
+                    ),
                 ));
             }
         }
@@ -216,7 +242,11 @@ fn apply_resources(txn: &mut WriteTxn, index: u64, now: u64, a: &pb::ApplyResour
                 create_revision: p.existing.as_ref().map_or(index, |e| e.create_revision),
                 updated_unix_ms: now,
             };
-            txn.put(RESOURCES, &resource_key(&r.kind, &r.name), &r.encode_to_vec())?;
+            txn.put(
+                RESOURCES,
+                &resource_key(&r.kind, &r.name),
+                &r.encode_to_vec(),
+            )?;
             events.record(txn, pb::EventType::Put, r)?;
         }
         changes.push(pb::ResourceChange {
@@ -285,11 +315,18 @@ fn delete_resource(txn: &mut WriteTxn, index: u64, now: u64, d: &pb::DeleteResou
             ErrorCode::Invalid,
             None,
             "kind",
-            format!("unknown kind {:?} (known kinds: {})", d.kind, resources::known_kind_names()),
+            format!(
+                "unknown kind {:?} (known kinds: {})",
+                d.kind,
+                resources::known_kind_names()
+            ),
         ));
     }
     let Some(mut existing) = get_resource(txn, &d.kind, &d.name)? else {
-        return Ok(fail(ErrorCode::NotFound, format!("{} {:?} not found", d.kind, d.name)));
+        return Ok(fail(
+            ErrorCode::NotFound,
+            format!("{} {:?} not found", d.kind, d.name),
+        ));
     };
     if let Some(expected) = d.expected_revision {
         if existing.revision != expected {
@@ -335,12 +372,21 @@ impl EventLog {
         })
     }
 
-    fn record(&mut self, txn: &mut WriteTxn, kind: pb::EventType, resource: pb::Resource) -> Result<(), StoreError> {
+    fn record(
+        &mut self,
+        txn: &mut WriteTxn,
+        kind: pb::EventType,
+        resource: pb::Resource,
+    ) -> Result<(), StoreError> {
         let ev = pb::ResourceEvent {
             r#type: kind as i32,
             resource: Some(resource),
         };
-        txn.put(EVENTS, &event_key(self.revision, self.seq), &ev.encode_to_vec())?;
+        txn.put(
+            EVENTS,
+            &event_key(self.revision, self.seq),
+            &ev.encode_to_vec(),
+        )?;
         self.seq += 1;
         self.count += 1;
         Ok(())

@@ -97,8 +97,11 @@ pub fn membership_from_pb(m: &pb::Membership) -> Membership<NodeId, NodeMeta> {
         .iter()
         .map(|c| c.ids.iter().copied().collect())
         .collect();
-    let nodes: BTreeMap<NodeId, NodeMeta> =
-        m.nodes.iter().map(|(id, n)| (*id, node_from_pb(n))).collect();
+    let nodes: BTreeMap<NodeId, NodeMeta> = m
+        .nodes
+        .iter()
+        .map(|(id, n)| (*id, node_from_pb(n)))
+        .collect();
     Membership::new(configs, nodes)
 }
 

@@ -12,7 +12,9 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
 use prost::Message;
 
-use super::codec::{entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
+use super::codec::{
+    entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb,
+};
 use super::{storage_err, LogId, NodeId, StorageError, TypeConfig};
 use crate::store::{key_u64, u64_key, Store, Table};
 
@@ -176,7 +178,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -189,7 +195,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |store| {
                 let mut txn = store.write().map_err(|e| e.to_string())?;
                 for (index, bytes) in &rows {
-                    txn.put(LOG, &u64_key(*index), bytes).map_err(|e| e.to_string())?;
+                    txn.put(LOG, &u64_key(*index), bytes)
+                        .map_err(|e| e.to_string())?;
                 }
                 // Durable before the callback: commit fsyncs.
                 txn.commit().map_err(|e| e.to_string())
@@ -220,8 +227,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |store| {
             let mut txn = store.write().map_err(|e| e.to_string())?;
-            txn.put(META, KEY_LAST_PURGED, &log_id_to_pb(&log_id).encode_to_vec())
-                .map_err(|e| e.to_string())?;
+            txn.put(
+                META,
+                KEY_LAST_PURGED,
+                &log_id_to_pb(&log_id).encode_to_vec(),
+            )
+            .map_err(|e| e.to_string())?;
             txn.delete_range(LOG, ..=&u64_key(log_id.index)[..])
                 .map_err(|e| e.to_string())?;
             txn.commit().map_err(|e| e.to_string())

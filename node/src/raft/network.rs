@@ -12,12 +12,13 @@ use arc_swap::ArcSwapOption;
 use konnect_proto::peer::v1 as peer;
 use konnect_proto::peer::v1::peer_client::PeerClient;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch, Unreachable,
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::SnapshotSegmentId;
 use tonic::transport::{Channel, Endpoint};
@@ -64,7 +65,10 @@ impl ClusterIdentity {
 
     /// Refuses a request from a node of another cluster.
     pub fn check<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
-        let theirs = req.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok());
+        let theirs = req
+            .metadata()
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok());
         match (self.get(), theirs) {
             (Some(ours), Some(theirs)) if ours.as_str() != theirs => Err(tonic::Status::failed_precondition(format!(
                 "cluster id mismatch: this node belongs to cluster {ours}, the sender to cluster {theirs}"
@@ -97,7 +101,9 @@ impl PeerChannels {
             return Ok(PeerClient::new(ch.clone()).max_decoding_message_size(usize::MAX));
         }
         let ch = Endpoint::from_shared(format!("http://{peer_addr}"))
-            .map_err(|e| tonic::Status::invalid_argument(format!("bad peer address {peer_addr:?}: {e}")))?
+            .map_err(|e| {
+                tonic::Status::invalid_argument(format!("bad peer address {peer_addr:?}: {e}"))
+            })?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -135,9 +141,12 @@ pub struct PeerConnection {
     channels: PeerChannels,
 }
 
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, NodeMeta, RaftError<NodeId, E>>>;
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, NodeMeta, RaftError<NodeId, E>>>;
 
-fn rpc_error<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, NodeMeta, RaftError<NodeId, E>> {
+fn rpc_error<E: std::error::Error>(
+    status: tonic::Status,
+) -> RPCError<NodeId, NodeMeta, RaftError<NodeId, E>> {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             RPCError::Unreachable(Unreachable::new(&status))
@@ -150,7 +159,9 @@ impl PeerConnection {
     fn client<E: std::error::Error>(
         &self,
     ) -> Result<PeerClient<Channel>, RPCError<NodeId, NodeMeta, RaftError<NodeId, E>>> {
-        self.client.clone().map_err(|s| RPCError::Network(NetworkError::new(&s)))
+        self.client
+            .clone()
+            .map_err(|s| RPCError::Network(NetworkError::new(&s)))
     }
 }
 
@@ -167,17 +178,24 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             leader_commit: opt_log_id_to_pb(&rpc.leader_commit),
         };
         let req = self.channels.request(msg, option.hard_ttl());
-        let resp = self.client()?.append_entries(req).await.map_err(rpc_error)?.into_inner();
+        let resp = self
+            .client()?
+            .append_entries(req)
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
         use peer::append_entries_response::Result as R;
         Ok(match resp.result {
             Some(R::Success(_)) => AppendEntriesResponse::Success,
-            Some(R::PartialSuccess(p)) => AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(&p.matching)),
+            Some(R::PartialSuccess(p)) => {
+                AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(&p.matching))
+            }
             Some(R::Conflict(_)) => AppendEntriesResponse::Conflict,
             Some(R::HigherVote(v)) => AppendEntriesResponse::HigherVote(vote_from_pb(&v)),
             None => {
-                return Err(RPCError::Network(NetworkError::new(&tonic::Status::internal(
-                    "empty append-entries response",
-                ))))
+                return Err(RPCError::Network(NetworkError::new(
+                    &tonic::Status::internal("empty append-entries response"),
+                )))
             }
         })
     }
@@ -195,10 +213,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             done: rpc.done,
         };
         let req = self.channels.request(msg, option.hard_ttl());
-        let resp = self.client()?.install_snapshot(req).await.map_err(rpc_error)?.into_inner();
+        let resp = self
+            .client()?
+            .install_snapshot(req)
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
         use peer::install_snapshot_response::Result as R;
         match resp.result {
-            Some(R::Vote(v)) => Ok(InstallSnapshotResponse { vote: vote_from_pb(&v) }),
+            Some(R::Vote(v)) => Ok(InstallSnapshotResponse {
+                vote: vote_from_pb(&v),
+            }),
             Some(R::Mismatch(m)) => {
                 let seg = |s: Option<peer::SnapshotSegment>| {
                     let s = s.unwrap_or_default();
@@ -215,19 +240,28 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                     })),
                 )))
             }
-            None => Err(RPCError::Network(NetworkError::new(&tonic::Status::internal(
-                "empty install-snapshot response",
-            )))),
+            None => Err(RPCError::Network(NetworkError::new(
+                &tonic::Status::internal("empty install-snapshot response"),
+            ))),
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
         let msg = peer::VoteRequest {
             vote: Some(vote_to_pb(&rpc.vote)),
             last_log_id: opt_log_id_to_pb(&rpc.last_log_id),
         };
         let req = self.channels.request(msg, option.hard_ttl());
-        let resp = self.client()?.vote(req).await.map_err(rpc_error)?.into_inner();
+        let resp = self
+            .client()?
+            .vote(req)
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
         Ok(VoteResponse {
             vote: vote_from_pb(&resp.vote.unwrap_or_default()),
             vote_granted: resp.vote_granted,

@@ -7,7 +7,9 @@
 use konnect_proto::peer::v1 as peer;
 use konnect_proto::peer::v1::peer_server::Peer;
 use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use tonic::{Request, Response, Status};
 
 use super::codec::*;
@@ -61,10 +63,15 @@ impl Peer for PeerService {
             AppendEntriesResponse::Conflict => R::Conflict(peer::Empty {}),
             AppendEntriesResponse::HigherVote(v) => R::HigherVote(vote_to_pb(&v)),
         };
-        Ok(Response::new(peer::AppendEntriesResponse { result: Some(result) }))
+        Ok(Response::new(peer::AppendEntriesResponse {
+            result: Some(result),
+        }))
     }
 
-    async fn vote(&self, req: Request<peer::VoteRequest>) -> Result<Response<peer::VoteResponse>, Status> {
+    async fn vote(
+        &self,
+        req: Request<peer::VoteRequest>,
+    ) -> Result<Response<peer::VoteResponse>, Status> {
         self.identity.check(&req)?;
         let r = req.into_inner();
         let rpc = VoteRequest {
@@ -112,37 +119,60 @@ impl Peer for PeerService {
             }
             Err(RaftError::Fatal(e)) => return Err(fatal(e)),
         };
-        Ok(Response::new(peer::InstallSnapshotResponse { result: Some(result) }))
+        Ok(Response::new(peer::InstallSnapshotResponse {
+            result: Some(result),
+        }))
     }
 
-    async fn identify(&self, req: Request<peer::IdentifyRequest>) -> Result<Response<peer::IdentifyResponse>, Status> {
+    async fn identify(
+        &self,
+        req: Request<peer::IdentifyRequest>,
+    ) -> Result<Response<peer::IdentifyResponse>, Status> {
         self.identity.check(&req)?;
         let m = self.raft.metrics().borrow().clone();
         let has_raft_state = m.vote.leader_id.term > 0 || m.last_log_index.is_some();
         Ok(Response::new(peer::IdentifyResponse {
             node_id: self.node_id,
             info: Some(node_to_pb(&self.meta)),
-            cluster_id: self.identity.get().map(|s| s.to_string()).unwrap_or_default(),
+            cluster_id: self
+                .identity
+                .get()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             has_raft_state,
         }))
     }
 
-    async fn forward(&self, req: Request<peer::ForwardRequest>) -> Result<Response<peer::ForwardResponse>, Status> {
+    async fn forward(
+        &self,
+        req: Request<peer::ForwardRequest>,
+    ) -> Result<Response<peer::ForwardResponse>, Status> {
         self.identity.check(&req)?;
         let cmd = req
             .into_inner()
             .command
             .ok_or_else(|| Status::invalid_argument("forward without a command"))?;
-        let (log_index, result) = self.proposer.write_forwarded(cmd).await.map_err(|e| e.to_status())?;
+        let (log_index, result) = self
+            .proposer
+            .write_forwarded(cmd)
+            .await
+            .map_err(|e| e.to_status())?;
         Ok(Response::new(peer::ForwardResponse {
             result: Some(result),
             log_index,
         }))
     }
 
-    async fn read_index(&self, req: Request<peer::ReadIndexRequest>) -> Result<Response<peer::ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        req: Request<peer::ReadIndexRequest>,
+    ) -> Result<Response<peer::ReadIndexResponse>, Status> {
         self.identity.check(&req)?;
-        let index = self.proposer.read_index_here().await.map_err(|e| e.to_status())?;
+        let index = self
+            .proposer
+            .read_index_here()
+            .await
+            .map_err(|e| e.to_status())?;
         Ok(Response::new(peer::ReadIndexResponse { index }))
     }
 

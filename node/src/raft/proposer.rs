@@ -54,6 +54,8 @@ impl ProposeError {
 /// How long a write keeps trying to find a leader before giving up.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `cluster add-node` waits for a new node to catch up before promoting it.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
 pub struct Proposer {
@@ -90,11 +92,16 @@ impl Proposer {
     }
 
     /// Proposes on this node if it leads; otherwise says where the leader is.
-    async fn write_here(&self, mut cmd: pb::Command) -> Result<Attempt<(u64, pb::CommandResult)>, ProposeError> {
+    async fn write_here(
+        &self,
+        mut cmd: pb::Command,
+    ) -> Result<Attempt<(u64, pb::CommandResult)>, ProposeError> {
         cmd.leader_time_unix_ms = now_unix_ms();
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(Attempt::Done((resp.log_id.index, resp.data))),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Ok(Attempt::Forward(f.leader_node)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Attempt::Forward(f.leader_node))
+            }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ProposeError::Rejected(e.to_string()))
             }
@@ -127,27 +134,44 @@ impl Proposer {
     }
 
     /// Handles a write forwarded by a follower: proposes it here, never forwards again.
-    pub async fn write_forwarded(&self, cmd: pb::Command) -> Result<(u64, pb::CommandResult), ProposeError> {
+    pub async fn write_forwarded(
+        &self,
+        cmd: pb::Command,
+    ) -> Result<(u64, pb::CommandResult), ProposeError> {
         match self.write_here(cmd).await? {
             Attempt::Done(r) => Ok(r),
-            Attempt::Forward(_) => Err(ProposeError::NoLeader("this node is no longer the leader".into())),
+            Attempt::Forward(_) => Err(ProposeError::NoLeader(
+                "this node is no longer the leader".into(),
+            )),
         }
     }
 
-    async fn forward(&self, leader: &NodeMeta, cmd: pb::Command) -> Result<(u64, pb::CommandResult), ProposeError> {
+    async fn forward(
+        &self,
+        leader: &NodeMeta,
+        cmd: pb::Command,
+    ) -> Result<(u64, pb::CommandResult), ProposeError> {
         let mut client = self
             .channels
             .client(&leader.peer_addr)
             .map_err(|s| ProposeError::NoLeader(s.message().to_string()))?;
-        let req = self.channels.request(peer::ForwardRequest { command: Some(cmd) }, FORWARD_TIMEOUT);
-        let resp = client.forward(req).await.map_err(ProposeError::from_status)?.into_inner();
+        let req = self
+            .channels
+            .request(peer::ForwardRequest { command: Some(cmd) }, FORWARD_TIMEOUT);
+        let resp = client
+            .forward(req)
+            .await
+            .map_err(ProposeError::from_status)?
+            .into_inner();
         Ok((resp.log_index, resp.result.unwrap_or_default()))
     }
 
     /// Waits (bounded) until a leader is known or the known leader changes.
     async fn wait_for_leader_change(&self, deadline: Instant) {
         let before = self.raft.metrics().borrow().current_leader;
-        let timeout = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(500));
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(500));
         let _ = self
             .raft
             .wait(Some(timeout))
@@ -164,13 +188,17 @@ impl Proposer {
         loop {
             match self.raft.ensure_linearizable().await {
                 Ok(id) => return Ok(id.map_or(0, |l| l.index)),
-                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                    f,
+                ))) => {
                     if let Some(leader) = f.leader_node {
                         let mut client = self
                             .channels
                             .client(&leader.peer_addr)
                             .map_err(|s| ProposeError::NoLeader(s.message().to_string()))?;
-                        let req = self.channels.request(peer::ReadIndexRequest {}, FORWARD_TIMEOUT);
+                        let req = self
+                            .channels
+                            .request(peer::ReadIndexRequest {}, FORWARD_TIMEOUT);
                         match client.read_index(req).await {
                             Ok(r) => return Ok(r.into_inner().index),
                             Err(s) if Instant::now() >= deadline => {
@@ -180,7 +208,9 @@ impl Proposer {
                         }
                     }
                 }
-                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(
+                    e,
+                ))) => {
                     if Instant::now() >= deadline {
                         return Err(ProposeError::NoLeader(e.to_string()));
                     }
@@ -188,7 +218,9 @@ impl Proposer {
                 Err(RaftError::Fatal(e)) => return Err(ProposeError::Fatal(e.to_string())),
             }
             if Instant::now() >= deadline {
-                return Err(ProposeError::NoLeader("no leader confirmed a read index".into()));
+                return Err(ProposeError::NoLeader(
+                    "no leader confirmed a read index".into(),
+                ));
             }
             self.wait_for_leader_change(deadline).await;
         }
@@ -209,13 +241,20 @@ impl Proposer {
         let mut applied = self.applied.clone();
         tokio::time::timeout(WRITE_DEADLINE, applied.wait_for(|a| *a >= index))
             .await
-            .map_err(|_| ProposeError::NoLeader(format!("this node did not catch up to index {index} in time")))?
+            .map_err(|_| {
+                ProposeError::NoLeader(format!(
+                    "this node did not catch up to index {index} in time"
+                ))
+            })?
             .map_err(|_| ProposeError::Fatal("state machine stopped".into()))?;
         Ok(())
     }
 
     /// Adds or removes a node, on the leader, one change at a time.
-    pub async fn change_membership(&self, change: peer::change_membership_request::Change) -> Result<(), ProposeError> {
+    pub async fn change_membership(
+        &self,
+        change: peer::change_membership_request::Change,
+    ) -> Result<(), ProposeError> {
         let leader = {
             let m = self.raft.metrics().borrow().clone();
             match m.current_leader {
@@ -232,9 +271,11 @@ impl Proposer {
                     .client(&leader.peer_addr)
                     .map_err(|s| ProposeError::NoLeader(s.message().to_string()))?;
                 let req = self.channels.request(
-                    peer::ChangeMembershipRequest { change: Some(change) },
+                    peer::ChangeMembershipRequest {
+                        change: Some(change),
+                    },
                     // Adding a node waits for it to catch up, which can take a while.
-                    Duration::from_secs(300),
+                    LEARNER_CATCH_UP + Duration::from_secs(30),
                 );
                 client
                     .change_membership(req)
@@ -250,19 +291,32 @@ impl Proposer {
         &self,
         change: peer::change_membership_request::Change,
     ) -> Result<(), ProposeError> {
-        let _guard = self.membership_lock.try_lock().map_err(|_| ProposeError::MembershipBusy)?;
+        let _guard = self
+            .membership_lock
+            .try_lock()
+            .map_err(|_| ProposeError::MembershipBusy)?;
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(metrics.id) {
-            return Err(ProposeError::NoLeader("this node is no longer the leader".into()));
+            return Err(ProposeError::NoLeader(
+                "this node is no longer the leader".into(),
+            ));
         }
-        if metrics.membership_config.membership().get_joint_config().len() > 1 {
+        if metrics
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1
+        {
             return Err(ProposeError::MembershipBusy);
         }
         let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, NodeMeta>>| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
                 ProposeError::NoLeader("leadership moved during the change; retry".into())
             }
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ProposeError::Rejected(e.to_string()),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ProposeError::Rejected(e.to_string())
+            }
             RaftError::Fatal(e) => ProposeError::Fatal(e.to_string()),
         };
         use peer::change_membership_request::Change;
@@ -270,18 +324,33 @@ impl Proposer {
             Change::Add(add) => {
                 let info = add.info.unwrap_or_default();
                 let meta = super::codec::node_from_pb(&info);
-                let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+                let voters: Vec<NodeId> =
+                    metrics.membership_config.membership().voter_ids().collect();
                 if voters.contains(&add.node_id) {
-                    return Err(ProposeError::Rejected(format!("node {} is already a voter", add.node_id)));
+                    return Err(ProposeError::Rejected(format!(
+                        "node {} is already a voter",
+                        add.node_id
+                    )));
                 }
-                // Blocking: returns once the learner has caught up with the leader's log.
-                self.raft
-                    .add_learner(add.node_id, meta, true)
+                // Blocking: returns once the learner has caught up with the leader's log. A node
+                // that dies while catching up must not hold the membership lock forever.
+                tokio::time::timeout(LEARNER_CATCH_UP, self.raft.add_learner(add.node_id, meta, true))
                     .await
+                    .map_err(|_| {
+                        ProposeError::Rejected(format!(
+                            "node {} did not catch up within {}s; it stays a learner: retry add-node, or remove-node {}",
+                            add.node_id,
+                            LEARNER_CATCH_UP.as_secs(),
+                            add.node_id
+                        ))
+                    })?
                     .map_err(map_err)?;
                 if !add.learner_only {
                     self.raft
-                        .change_membership(ChangeMembers::AddVoterIds([add.node_id].into_iter().collect()), false)
+                        .change_membership(
+                            ChangeMembers::AddVoterIds([add.node_id].into_iter().collect()),
+                            false,
+                        )
                         .await
                         .map_err(map_err)?;
                 }
@@ -294,18 +363,33 @@ impl Proposer {
                 let voters: Vec<NodeId> = membership.voter_ids().collect();
                 if voters.contains(&id) {
                     if voters.len() == 1 {
-                        return Err(ProposeError::Rejected(format!("node {id} is the only voter; it cannot be removed")));
+                        return Err(ProposeError::Rejected(format!(
+                            "node {id} is the only voter; it cannot be removed"
+                        )));
                     }
                     self.raft
-                        .change_membership(ChangeMembers::RemoveVoters([id].into_iter().collect()), false)
+                        .change_membership(
+                            ChangeMembers::RemoveVoters([id].into_iter().collect()),
+                            false,
+                        )
                         .await
                         .map_err(map_err)?;
                 }
                 // Learners (and the demoted voter, if retained) leave the node list too.
-                let still_there = self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+                let still_there = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .is_some();
                 if still_there {
                     self.raft
-                        .change_membership(ChangeMembers::RemoveNodes([id].into_iter().collect()), false)
+                        .change_membership(
+                            ChangeMembers::RemoveNodes([id].into_iter().collect()),
+                            false,
+                        )
                         .await
                         .map_err(map_err)?;
                 }

@@ -193,7 +193,12 @@ impl StateReader {
 
     /// Change events after `from_revision` (exclusive) for `kind` (all when empty). The history
     /// is bounded ([`WATCH_HISTORY`]), so reading all of it at once is bounded too.
-    pub fn events_after(&self, from_revision: u64, kind: &str, limit: usize) -> Result<History, StoreError> {
+    pub fn events_after(
+        &self,
+        from_revision: u64,
+        kind: &str,
+        limit: usize,
+    ) -> Result<History, StoreError> {
         let txn = self.store.read()?;
         let compacted = u64_value(txn.get(SM_META, KEY_COMPACTED_REVISION)?);
         let applied = match txn.get(SM_META, KEY_LAST_APPLIED)? {

@@ -18,14 +18,16 @@ use std::time::Instant;
 use konnect_proto::peer::v1 as peer;
 use konnect_proto::state::v1 as pb;
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StoredMembership};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StoredMembership,
+};
 use prost::Message;
 use tokio::sync::watch;
 
 use super::apply::apply_command;
 use super::codec::{
-    log_id_to_pb, opt_log_id_from_pb, snapshot_meta_from_pb, snapshot_meta_to_pb, stored_membership_from_pb,
-    stored_membership_to_pb,
+    log_id_to_pb, opt_log_id_from_pb, snapshot_meta_from_pb, snapshot_meta_to_pb,
+    stored_membership_from_pb, stored_membership_to_pb,
 };
 use super::state::*;
 use super::{storage_err, LogId, NodeId, NodeMeta, StorageError, TypeConfig};
@@ -55,7 +57,9 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state in `data_dir`. Returns the state machine, a reader for the admin layer,
     /// and a channel that carries the last applied index after every apply.
-    pub fn open(data_dir: &Path) -> Result<(StateMachine, StateReader, watch::Receiver<u64>), StoreError> {
+    pub fn open(
+        data_dir: &Path,
+    ) -> Result<(StateMachine, StateReader, watch::Receiver<u64>), StoreError> {
         let store = Store::open(&data_dir.join("state.redb"), TABLES)?;
         let dir = data_dir.join("snapshots");
         std::fs::create_dir_all(&dir).map_err(|e| StoreError {
@@ -86,7 +90,9 @@ impl StateMachine {
     }
 }
 
-fn applied_state_of(store: &Store) -> Result<(Option<LogId>, StoredMembership<NodeId, NodeMeta>), StoreError> {
+fn applied_state_of(
+    store: &Store,
+) -> Result<(Option<LogId>, StoredMembership<NodeId, NodeMeta>), StoreError> {
     let txn = store.read()?;
     let last = txn
         .get(SM_META, KEY_LAST_APPLIED)?
@@ -98,7 +104,9 @@ fn applied_state_of(store: &Store) -> Result<(Option<LogId>, StoredMembership<No
         .transpose()?;
     Ok((
         opt_log_id_from_pb(&last),
-        membership.map(|m| stored_membership_from_pb(&m)).unwrap_or_default(),
+        membership
+            .map(|m| stored_membership_from_pb(&m))
+            .unwrap_or_default(),
     ))
 }
 
@@ -116,7 +124,12 @@ fn read_record(r: &mut impl Read) -> std::io::Result<Option<pb::SnapshotRecord>>
         let mut b = [0u8; 1];
         match r.read(&mut b)? {
             0 if shift == 0 => return Ok(None),
-            0 => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated snapshot")),
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "truncated snapshot",
+                ))
+            }
             _ => {}
         }
         len |= u64::from(b[0] & 0x7f) << shift;
@@ -125,7 +138,10 @@ fn read_record(r: &mut impl Read) -> std::io::Result<Option<pb::SnapshotRecord>>
         }
         shift += 7;
         if shift > 63 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad record length"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "bad record length",
+            ));
         }
     }
     let mut buf = vec![0u8; len as usize];
@@ -141,7 +157,10 @@ fn read_header(path: &Path) -> std::io::Result<pb::SnapshotHeader> {
         Some(pb::SnapshotRecord {
             record: Some(pb::snapshot_record::Record::Header(h)),
         }) => Ok(h),
-        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "snapshot has no header")),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "snapshot has no header",
+        )),
     }
 }
 
@@ -239,7 +258,8 @@ impl Shared {
         let file = w.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         drop(file);
-        self.publish(&tmp, last_applied.map(|l| l.index)).map_err(io)?;
+        self.publish(&tmp, last_applied.map(|l| l.index))
+            .map_err(io)?;
         Ok(header_meta(&header))
     }
 
@@ -263,7 +283,8 @@ impl Shared {
         };
         let copy_path = self.dir.join(format!("install-{}.tmp", meta.snapshot_id));
         let io = |e: std::io::Error| format!("{}: {e}", copy_path.display());
-        let mut copy = BufWriter::with_capacity(1 << 20, std::fs::File::create(&copy_path).map_err(io)?);
+        let mut copy =
+            BufWriter::with_capacity(1 << 20, std::fs::File::create(&copy_path).map_err(io)?);
         write_record(
             &mut copy,
             &pb::SnapshotRecord {
@@ -283,7 +304,8 @@ impl Shared {
                 .iter()
                 .find(|t| t.0 == row.table)
                 .ok_or_else(|| format!("snapshot has unknown table {:?}", row.table))?;
-            txn.put(*table, &row.key, &row.value).map_err(|e| e.to_string())?;
+            txn.put(*table, &row.key, &row.value)
+                .map_err(|e| e.to_string())?;
             write_record(&mut copy, &rec).map_err(io)?;
         }
         match &meta.last_log_id {
@@ -301,7 +323,8 @@ impl Shared {
         copy.sync_all().map_err(io)?;
         drop(copy);
         txn.commit().map_err(|e| e.to_string())?;
-        self.publish(&copy_path, meta.last_log_id.map(|l| l.index)).map_err(io)
+        self.publish(&copy_path, meta.last_log_id.map(|l| l.index))
+            .map_err(io)
     }
 }
 
@@ -332,7 +355,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, NodeMeta>), StorageError> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, NodeMeta>), StorageError> {
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || applied_state_of(&store))
             .await
@@ -351,28 +376,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let store = self.shared.store.clone();
         let started = Instant::now();
-        let results = tokio::task::spawn_blocking(move || -> Result<Vec<pb::CommandResult>, StoreError> {
-            let mut txn = store.write()?;
-            let mut results = Vec::with_capacity(entries.len());
-            for e in &entries {
-                txn.put(SM_META, KEY_LAST_APPLIED, &log_id_to_pb(&e.log_id).encode_to_vec())?;
-                match &e.payload {
-                    EntryPayload::Blank => results.push(pb::CommandResult::default()),
-                    EntryPayload::Normal(cmd) => results.push(apply_command(&mut txn, e.log_id.index, cmd)?),
-                    EntryPayload::Membership(m) => {
-                        let stored = StoredMembership::new(Some(e.log_id), m.clone());
-                        txn.put(SM_META, KEY_MEMBERSHIP, &stored_membership_to_pb(&stored).encode_to_vec())?;
-                        results.push(pb::CommandResult::default());
+        let results =
+            tokio::task::spawn_blocking(move || -> Result<Vec<pb::CommandResult>, StoreError> {
+                let mut txn = store.write()?;
+                let mut results = Vec::with_capacity(entries.len());
+                for e in &entries {
+                    txn.put(
+                        SM_META,
+                        KEY_LAST_APPLIED,
+                        &log_id_to_pb(&e.log_id).encode_to_vec(),
+                    )?;
+                    match &e.payload {
+                        EntryPayload::Blank => results.push(pb::CommandResult::default()),
+                        EntryPayload::Normal(cmd) => {
+                            results.push(apply_command(&mut txn, e.log_id.index, cmd)?)
+                        }
+                        EntryPayload::Membership(m) => {
+                            let stored = StoredMembership::new(Some(e.log_id), m.clone());
+                            txn.put(
+                                SM_META,
+                                KEY_MEMBERSHIP,
+                                &stored_membership_to_pb(&stored).encode_to_vec(),
+                            )?;
+                            results.push(pb::CommandResult::default());
+                        }
                     }
                 }
-            }
-            txn.commit()?;
-            Ok(results)
-        })
-        .await
-        .map_err(|e| storage_err(ErrorSubject::Apply(last), ErrorVerb::Write, e))?
-        .map_err(|e| storage_err(ErrorSubject::Apply(last), ErrorVerb::Write, e))?;
-        metrics::histogram!("konnect_raft_apply_duration_seconds").record(started.elapsed().as_secs_f64());
+                txn.commit()?;
+                Ok(results)
+            })
+            .await
+            .map_err(|e| storage_err(ErrorSubject::Apply(last), ErrorVerb::Write, e))?
+            .map_err(|e| storage_err(ErrorSubject::Apply(last), ErrorVerb::Write, e))?;
+        metrics::histogram!("konnect_raft_apply_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         self.applied_tx.send_replace(last.index);
         Ok(results)
     }
@@ -403,7 +440,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         let mut file = *snapshot;
         use tokio::io::AsyncWriteExt;

@@ -97,7 +97,8 @@ mod tests {
         assert_eq!(e.field, "spec.paths[0]");
         let e = RouteSpec::parse(&json!({"paths": ["/a"]})).unwrap_err();
         assert!(e.message.contains("missing field `service`"), "{e}");
-        let e = RouteSpec::parse(&json!({"paths": ["/a"], "service": "s", "methods": ["get"]})).unwrap_err();
+        let e = RouteSpec::parse(&json!({"paths": ["/a"], "service": "s", "methods": ["get"]}))
+            .unwrap_err();
         assert_eq!(e.field, "spec.methods[0]");
     }
 }

@@ -36,10 +36,14 @@ impl ServiceSpec {
     pub fn parse(spec: &serde_json::Value) -> Result<ServiceSpec, SpecError> {
         let s: ServiceSpec = parse_spec(spec)?;
         if s.targets.is_empty() {
-            return Err(SpecError::new("spec.targets", "at least one target is required"));
+            return Err(SpecError::new(
+                "spec.targets",
+                "at least one target is required",
+            ));
         }
         for (i, t) in s.targets.iter().enumerate() {
-            check_target_url(&t.url).map_err(|m| SpecError::new(format!("spec.targets[{i}].url"), m))?;
+            check_target_url(&t.url)
+                .map_err(|m| SpecError::new(format!("spec.targets[{i}].url"), m))?;
             if t.weight > 65535 {
                 return Err(SpecError::new(
                     format!("spec.targets[{i}].weight"),
@@ -63,18 +67,23 @@ fn check_target_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
-        _ => return Err(format!("invalid URL {url:?}: the scheme must be http or https")),
+        _ => {
+            return Err(format!(
+                "invalid URL {url:?}: the scheme must be http or https"
+            ))
+        }
     }
     match uri.host() {
         Some(h) if !h.is_empty() => {}
         _ => return Err(format!("invalid URL {url:?}: a host is required")),
     }
     if uri.query().is_some() {
-        return Err(format!("invalid URL {url:?}: a target URL cannot carry a query"));
+        return Err(format!(
+            "invalid URL {url:?}: a target URL cannot carry a query"
+        ));
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -83,15 +92,19 @@ mod tests {
 
     #[test]
     fn a_service_needs_valid_http_targets() {
-        assert!(ServiceSpec::parse(&json!({"targets": [{"url": "http://127.0.0.1:9001"}]})).is_ok());
+        assert!(
+            ServiceSpec::parse(&json!({"targets": [{"url": "http://127.0.0.1:9001"}]})).is_ok()
+        );
         let e = ServiceSpec::parse(&json!({"targets": [{"url": "ftp://x"}]})).unwrap_err();
         assert_eq!(e.field, "spec.targets[0].url");
         let e = ServiceSpec::parse(&json!({"targets": []})).unwrap_err();
         assert_eq!(e.field, "spec.targets");
-        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "wieght": 1}]})).unwrap_err();
+        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "wieght": 1}]}))
+            .unwrap_err();
         assert_eq!(e.field, "spec.targets[0].wieght");
         assert!(e.message.contains("unknown field `wieght`"), "{e}");
-        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "weight": "x"}]})).unwrap_err();
+        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "weight": "x"}]}))
+            .unwrap_err();
         assert_eq!(e.field, "spec.targets[0].weight");
     }
 }

@@ -19,7 +19,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
         .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 pub struct NodeProc {
@@ -36,7 +39,14 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
-    pub fn new(root: &Path, id: u64, zone: &str, peers: Option<String>, ports: &[u16], extra: &[&str]) -> NodeProc {
+    pub fn new(
+        root: &Path,
+        id: u64,
+        zone: &str,
+        peers: Option<String>,
+        ports: &[u16],
+        extra: &[&str],
+    ) -> NodeProc {
         NodeProc {
             id,
             peer: format!("127.0.0.1:{}", ports[0]),
@@ -92,7 +102,12 @@ impl NodeProc {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("node {} exited with {status}:\n{}", self.id, self.log());
             }
-            assert!(Instant::now() < deadline, "node {} did not start listening:\n{}", self.id, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not start listening:\n{}",
+                self.id,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -139,17 +154,32 @@ impl Cluster {
             .join(",");
         let mut nodes = Vec::new();
         for i in 0..n {
-            let mut node = NodeProc::new(dir.path(), i as u64 + 1, ZONES[i % 4], Some(peers.clone()), &ports[i], extra);
+            let mut node = NodeProc::new(
+                dir.path(),
+                i as u64 + 1,
+                ZONES[i % 4],
+                Some(peers.clone()),
+                &ports[i],
+                extra,
+            );
             node.start();
             nodes.push(node);
         }
-        Cluster { dir, nodes, token: None }
+        Cluster {
+            dir,
+            nodes,
+            token: None,
+        }
     }
 
     /// Starts `n` nodes and initialises them through node 1.
     pub async fn start_initialised(n: usize, extra: &[&str]) -> Cluster {
         let mut c = Cluster::start(n, extra);
-        let init = c.client_without_token(0).init().await.expect("cluster init");
+        let init = c
+            .client_without_token(0)
+            .init()
+            .await
+            .expect("cluster init");
         c.token = Some(init.admin_token);
         c
     }
@@ -181,23 +211,32 @@ impl Cluster {
 
     /// Waits until every running node agrees on one leader; returns its id.
     pub async fn leader(&self) -> u64 {
-        wait_for("all running nodes to agree on a leader", Duration::from_secs(20), || async {
-            let mut seen = BTreeMap::new();
-            for n in self.nodes.iter().filter(|n| n.is_running()) {
-                match self.client_of(n.id).status().await {
-                    Ok(s) => {
-                        seen.insert(n.id, s.leader_id);
+        wait_for(
+            "all running nodes to agree on a leader",
+            Duration::from_secs(20),
+            || async {
+                let mut seen = BTreeMap::new();
+                for n in self.nodes.iter().filter(|n| n.is_running()) {
+                    match self.client_of(n.id).status().await {
+                        Ok(s) => {
+                            seen.insert(n.id, s.leader_id);
+                        }
+                        Err(_) => return None,
                     }
-                    Err(_) => return None,
                 }
-            }
-            let leaders: std::collections::BTreeSet<Option<u64>> = seen.values().copied().collect();
-            let agreed = match (leaders.len(), leaders.first()) {
-                (1, Some(Some(l))) if self.nodes.iter().any(|n| n.id == *l && n.is_running()) => Some(*l),
-                _ => None,
-            };
-            agreed
-        })
+                let leaders: std::collections::BTreeSet<Option<u64>> =
+                    seen.values().copied().collect();
+                let agreed = match (leaders.len(), leaders.first()) {
+                    (1, Some(Some(l)))
+                        if self.nodes.iter().any(|n| n.id == *l && n.is_running()) =>
+                    {
+                        Some(*l)
+                    }
+                    _ => None,
+                };
+                agreed
+            },
+        )
         .await
     }
 
@@ -256,7 +295,10 @@ pub fn route(name: &str, path: &str, service: &str) -> ResourceInput {
         name: name.into(),
         labels: Default::default(),
         spec: Some(
-            konnect_proto::json::json_to_struct(&serde_json::json!({"paths": [path], "service": service})).unwrap(),
+            konnect_proto::json::json_to_struct(
+                &serde_json::json!({"paths": [path], "service": service}),
+            )
+            .unwrap(),
         ),
     }
 }
