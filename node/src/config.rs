@@ -86,6 +86,31 @@ pub struct ServeArgs {
     #[arg(long, env = "KONNECT_LOG_KEEP_AFTER_SNAPSHOT")]
     pub log_keep_after_snapshot: Option<u64>,
 
+    /// Clients whose X-Forwarded-For/Proto/Host headers are believed: CIDRs, comma separated
+    /// (`10.0.0.0/8,192.168.1.7/32`). From anyone else those headers are replaced. Default: none.
+    #[arg(long, env = "KONNECT_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+
+    /// Where the proxy's access log goes: `stdout`, `off`, or a file path (appended to).
+    /// One JSON line per request. Default: off.
+    #[arg(long, env = "KONNECT_ACCESS_LOG")]
+    pub access_log: Option<String>,
+
+    /// A client must send its request headers within this many milliseconds, or the connection
+    /// is closed (slowloris defence). Default: 10000.
+    #[arg(long, env = "KONNECT_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+
+    /// Largest request head (request line plus headers) in bytes; larger ones are refused.
+    /// Default: 65536.
+    #[arg(long, env = "KONNECT_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+
+    /// On SIGTERM, in-flight proxied requests may finish for up to this many milliseconds.
+    /// Default: 30000.
+    #[arg(long, env = "KONNECT_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
+
     /// Log filter in `tracing` syntax (`info`, `konnect=debug,openraft=warn`). Default: info
     /// for konnect, warn for libraries.
     #[arg(long, env = "KONNECT_LOG")]
@@ -134,6 +159,11 @@ pub struct Settings {
     pub election_timeout_max: Duration,
     pub snapshot_after_entries: u64,
     pub log_keep_after_snapshot: u64,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub access_log: crate::gateway::access_log::AccessLogTarget,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub drain_timeout: Duration,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -207,6 +237,11 @@ impl ServeArgs {
             log_keep_after_snapshot: self
                 .log_keep_after_snapshot
                 .or(file.log_keep_after_snapshot),
+            trusted_proxies: self.trusted_proxies.or(file.trusted_proxies),
+            access_log: self.access_log.or(file.access_log),
+            header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
+            max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
+            drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
             log: self.log.or(file.log),
             log_format: self.log_format.or(file.log_format),
         })
@@ -281,7 +316,35 @@ impl ServeArgs {
         if snapshot_after_entries == 0 {
             return Err(bad("--snapshot-after-entries", "must be at least 1"));
         }
+        let trusted_proxies = match &a.trusted_proxies {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(|x| {
+                    x.parse::<ipnet::IpNet>()
+                        .or_else(|_| x.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| bad("--trusted-proxies", format!("{x:?} is not a CIDR or IP address")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let access_log = a
+            .access_log
+            .as_deref()
+            .unwrap_or("off")
+            .parse()
+            .map_err(|e: String| bad("--access-log", e))?;
+        let max_header_bytes = a.max_header_bytes.unwrap_or(64 * 1024);
+        if max_header_bytes < 1024 {
+            return Err(bad("--max-header-bytes", "must be at least 1024"));
+        }
         Ok(Settings {
+            trusted_proxies,
+            access_log,
+            header_read_timeout: Duration::from_millis(a.header_read_timeout_ms.unwrap_or(10_000)),
+            max_header_bytes,
+            drain_timeout: Duration::from_millis(a.drain_timeout_ms.unwrap_or(30_000)),
             dev: a.dev,
             node_id,
             zone: a.zone.unwrap_or_else(|| {

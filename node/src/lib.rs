@@ -4,9 +4,11 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod config;
+pub mod gateway;
 pub mod node;
 pub mod raft;
 pub mod resources;
+pub mod state;
 pub mod status;
 pub mod store;
 pub mod telemetry;

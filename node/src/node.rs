@@ -17,6 +17,8 @@ use crate::admin::auth::Authenticator;
 use crate::admin::cluster::ClusterService;
 use crate::admin::resources::ResourceService;
 use crate::config::Settings;
+use crate::gateway::access_log::AccessLog;
+use crate::gateway::{Gateway, GatewaySettings};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{ClusterIdentity, PeerChannels};
 use crate::raft::peer_service::PeerService;
@@ -101,6 +103,9 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     let peer_listener = bind("--peer-addr", settings.peer_addr).await?;
     let admin_listener = bind("--admin-addr", settings.admin_addr).await?;
     let status_listener = bind("--status-addr", settings.status_addr).await?;
+    let proxy_listener = bind("--proxy-addr", settings.proxy_addr).await?;
+    // With port 0 the OS picks; advertise what was bound.
+    let proxy_addr = proxy_listener.local_addr().unwrap_or(settings.proxy_addr);
     if !settings.admin_addr.ip().is_loopback() {
         tracing::warn!(
             admin_addr = %settings.admin_addr,
@@ -125,7 +130,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         peer_addr: settings.peer_addr.to_string(),
         admin_addr: settings.admin_addr.to_string(),
         zone: settings.zone.clone(),
-        proxy_addr: settings.proxy_addr.to_string(),
+        proxy_addr: proxy_addr.to_string(),
         status_addr: settings.status_addr.to_string(),
     };
     let proposer = Proposer::new(raft.clone(), channels.clone(), applied.clone());
@@ -199,8 +204,27 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         shutdown_rx.clone(),
     ));
 
+    let access_log = AccessLog::start(&settings.access_log).map_err(|e| StartError::DataDir {
+        path: PathBuf::from(format!("{:?}", settings.access_log)),
+        message: format!("cannot open the access log: {e}"),
+    })?;
+    let snapshot = crate::state::spawn_snapshot_updates(reader.clone(), node.applied.clone());
+    let gateway = Gateway::new(
+        snapshot,
+        GatewaySettings {
+            trusted_proxies: settings.trusted_proxies.clone(),
+            header_read_timeout: settings.header_read_timeout,
+            max_header_bytes: settings.max_header_bytes,
+            drain_timeout: settings.drain_timeout,
+        },
+        access_log,
+    );
+    let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
+    let proxy_task = tokio::spawn(gateway.serve(proxy_listener, proxy_stop_rx));
+
     tracing::info!(
         node_id = settings.node_id,
+        proxy = %proxy_addr,
         zone = %settings.zone,
         peer = %settings.peer_addr,
         admin = %settings.admin_addr,
@@ -214,7 +238,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     }
 
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: draining proxied requests");
+    // Proxy first: stop accepting, let in-flight requests finish, then stop the control plane.
+    let _ = proxy_stop_tx.send(true);
+    let _ = proxy_task.await;
     let _ = shutdown_tx.send(true);
     let _ = tokio::join!(peer_task, admin_task, status_task);
     let _ = raft.shutdown().await;
@@ -259,6 +286,7 @@ async fn dev_bootstrap(node: &NodeHandle) -> Result<(), StartError> {
     };
     println!(
         "konnect is running in development mode (one node, data in {data})\n\
+         \n  proxy             http://{proxy}\
          \n  admin API (gRPC)  http://{admin}\
          \n  status            http://{status}/readyz   http://{status}/metrics\
          \n  admin token       {token_note}\
@@ -267,6 +295,7 @@ async fn dev_bootstrap(node: &NodeHandle) -> Result<(), StartError> {
          \n  konnectctl --endpoint http://{admin} --token-file {token} apply -f docs/examples/echo.yaml\n",
         data = s.data_dir.display(),
         admin = s.admin_addr,
+        proxy = node.meta.proxy_addr,
         status = s.status_addr,
         token = token_file.display(),
     );

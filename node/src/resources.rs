@@ -5,6 +5,7 @@
 //! which other resources it refers to (`references`, for referential integrity). Later issues
 //! add kinds by adding a `KindDef` to [`KINDS`].
 
+pub mod duration;
 pub mod route;
 pub mod service;
 

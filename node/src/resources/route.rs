@@ -1,5 +1,10 @@
-//! `kind: Route`: which requests (paths, hosts, methods) go to which service.
-//! The data-plane issue extends this spec (header/query matches, transformations, caching).
+//! `kind: Route`: which requests (hosts, paths, methods, headers, query) go to which service,
+//! and what happens to the path on the way.
+//!
+//! Paths use nginx's notation: `/api` is a prefix (segment-wise: `/api` matches `/api` and
+//! `/api/x`, not `/apix`), `=/api/health` is exact, `~^/v(\d+)/` is a regular expression.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -21,15 +26,29 @@ pub const KIND: KindDef = KindDef {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
-    /// Path prefixes, each starting with `/`.
+    /// Paths: `/prefix`, `=/exact` or `~regex`. Empty: any path.
     #[serde(default)]
     pub paths: Vec<String>,
-    /// Host names; `*.example.com` matches one or more leading labels.
+    /// Host names; `*.example.com` matches one or more leading labels. Empty: any host.
     #[serde(default)]
     pub hosts: Vec<String>,
     /// HTTP methods; empty means any.
     #[serde(default)]
     pub methods: Vec<String>,
+    /// Header name -> accepted values; every listed header must carry one of its values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// Query parameter -> accepted values; every listed parameter must carry one of them.
+    #[serde(default)]
+    pub query: BTreeMap<String, Vec<String>>,
+    /// Breaks ties between equally specific routes; higher wins. Default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Remove the matched prefix before forwarding (`/api/users` via `/api` becomes `/users`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Largest request body accepted, in bytes; larger ones get 413. Default: no limit.
+    pub max_body_bytes: Option<u64>,
     /// Name of the Service that receives the traffic.
     pub service: String,
 }
@@ -37,6 +56,35 @@ pub struct RouteSpec {
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
 ];
+
+/// A path condition in its parsed form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathSpec {
+    Prefix(String),
+    Exact(String),
+    Regex(String),
+}
+
+pub fn parse_path(p: &str) -> Result<PathSpec, String> {
+    if let Some(re) = p.strip_prefix('~') {
+        regex::Regex::new(re).map_err(|e| format!("path regex {re:?} is invalid: {e}"))?;
+        return Ok(PathSpec::Regex(re.to_string()));
+    }
+    let (exact, path) = match p.strip_prefix('=') {
+        Some(rest) => (true, rest),
+        None => (false, p),
+    };
+    if !path.starts_with('/') {
+        return Err(format!(
+            "path {p:?} must start with '/' (or '=/' for an exact path, '~' for a regex)"
+        ));
+    }
+    Ok(if exact {
+        PathSpec::Exact(path.to_string())
+    } else {
+        PathSpec::Prefix(path.to_string())
+    })
+}
 
 impl RouteSpec {
     pub fn parse(spec: &serde_json::Value) -> Result<RouteSpec, SpecError> {
@@ -48,19 +96,14 @@ impl RouteSpec {
             ));
         }
         for (i, p) in r.paths.iter().enumerate() {
-            if !p.starts_with('/') {
-                return Err(SpecError::new(
-                    format!("spec.paths[{i}]"),
-                    format!("path {p:?} must start with '/'"),
-                ));
-            }
+            parse_path(p).map_err(|m| SpecError::new(format!("spec.paths[{i}]"), m))?;
         }
         for (i, h) in r.hosts.iter().enumerate() {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if bare.is_empty()
                 || !bare
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
             {
                 return Err(SpecError::new(
                     format!("spec.hosts[{i}]"),
@@ -75,6 +118,20 @@ impl RouteSpec {
                     format!("unknown method {m:?} (use one of {})", METHODS.join(", ")),
                 ));
             }
+        }
+        for name in r.headers.keys() {
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(SpecError::new(
+                    format!("spec.headers.{name}"),
+                    "not a valid header name",
+                ));
+            }
+        }
+        if r.strip_prefix && r.paths.iter().any(|p| p.starts_with('~')) {
+            return Err(SpecError::new(
+                "spec.strip_prefix",
+                "cannot strip a prefix from a regex path; use plain prefix paths",
+            ));
         }
         if r.service.is_empty() {
             return Err(SpecError::new("spec.service", "a service name is required"));
@@ -97,8 +154,16 @@ mod tests {
         assert_eq!(e.field, "spec.paths[0]");
         let e = RouteSpec::parse(&json!({"paths": ["/a"]})).unwrap_err();
         assert!(e.message.contains("missing field `service`"), "{e}");
-        let e = RouteSpec::parse(&json!({"paths": ["/a"], "service": "s", "methods": ["get"]}))
-            .unwrap_err();
+        let e = RouteSpec::parse(&json!({"paths": ["/a"], "service": "s", "methods": ["get"]})).unwrap_err();
         assert_eq!(e.field, "spec.methods[0]");
+        let e = RouteSpec::parse(&json!({"paths": ["~^/(unclosed"], "service": "s"})).unwrap_err();
+        assert_eq!(e.field, "spec.paths[0]");
+    }
+
+    #[test]
+    fn path_notation_selects_prefix_exact_or_regex() {
+        assert_eq!(parse_path("/a").unwrap(), PathSpec::Prefix("/a".into()));
+        assert_eq!(parse_path("=/a").unwrap(), PathSpec::Exact("/a".into()));
+        assert_eq!(parse_path("~^/v\\d+").unwrap(), PathSpec::Regex("^/v\\d+".into()));
     }
 }

@@ -1,8 +1,9 @@
-//! `kind: Service`: where a route's traffic goes (targets with weights).
-//! The data-plane issue extends this spec (load balancing, timeouts, retries, health checks).
+//! `kind: Service`: where a route's traffic goes: weighted targets, load balancing,
+//! timeouts, retries and passive health checking (outlier ejection).
 
 use serde::Deserialize;
 
+use super::duration::{millis, secs, Dur};
 use super::{parse_spec, KindDef, SpecError};
 
 pub const KIND: KindDef = KindDef {
@@ -16,12 +17,23 @@ pub const KIND: KindDef = KindDef {
 pub struct ServiceSpec {
     /// Upstream targets; at least one, with a non-zero total weight.
     pub targets: Vec<Target>,
+    /// How a target is picked for each request.
+    #[serde(default)]
+    pub lb: LoadBalancing,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub retries: Retries,
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    #[serde(default)]
+    pub pool: Pool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    /// `http://host:port` or `https://host:port`, optionally with a base path.
+    /// `http://host:port`, optionally with a base path prepended to every request path.
     pub url: String,
     /// Relative share of traffic, 0-65535 (0 drains the target). Default 100.
     #[serde(default = "default_weight")]
@@ -32,18 +44,207 @@ fn default_weight() -> u32 {
     100
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Smooth weighted round robin (the default).
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight relative to its weight.
+    LeastConnections,
+    /// The same key always reaches the same target while it is healthy (a weighted hash ring).
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancing {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// For consistent_hash: `header:<name>`, `cookie:<name>` or `client_ip` (the default).
+    pub hash_on: Option<String>,
+}
+
+/// What a consistent hash is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    ClientIp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP connect to a target. Default 5s.
+    #[serde(default = "default_connect")]
+    pub connect: Dur,
+    /// From sending the request to the response headers. Default 60s.
+    #[serde(default = "default_read")]
+    pub read: Dur,
+    /// Longest pause between two body chunks, either direction. Default 60s.
+    #[serde(default = "default_idle")]
+    pub idle: Dur,
+    /// Whole exchange up to the response headers, retries included. Default: none.
+    pub total: Option<Dur>,
+}
+
+fn default_connect() -> Dur {
+    secs(5)
+}
+fn default_read() -> Dur {
+    secs(60)
+}
+fn default_idle() -> Dur {
+    secs(60)
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: default_connect(),
+            read: default_read(),
+            idle: default_idle(),
+            total: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// The connection to the target could not be made (always safe to retry).
+    ConnectFailure,
+    /// The target reset or closed the connection before answering.
+    Reset,
+    /// No response headers within `timeouts.read`.
+    Timeout,
+    /// The target answered 502, 503 or 504.
+    #[serde(rename = "5xx")]
+    Status5xx,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// Extra attempts after the first, each on another target when there is one. Default 1.
+    #[serde(default = "default_retry_count")]
+    pub count: u32,
+    /// Which failures are retried. Default: connect_failure only.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Also retry POST and PATCH (not idempotent). Default false.
+    #[serde(default)]
+    pub allow_non_idempotent: bool,
+    /// Wait before the first retry, doubled for each next one. Default 25ms.
+    #[serde(default = "default_backoff")]
+    pub backoff: Dur,
+}
+
+fn default_retry_count() -> u32 {
+    1
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::ConnectFailure]
+}
+fn default_backoff() -> Dur {
+    millis(25)
+}
+
+impl Default for Retries {
+    fn default() -> Retries {
+        Retries {
+            count: default_retry_count(),
+            on: default_retry_on(),
+            allow_non_idempotent: false,
+            backoff: default_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub passive: Option<PassiveHealth>,
+}
+
+/// Outlier ejection: a target that fails `consecutive_failures` times in a row gets no traffic
+/// for `ejection`, unless every target is ejected (then all are tried: better than nothing).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_ejection")]
+    pub ejection: Dur,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_ejection() -> Dur {
+    secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Idle keep-alive connections kept per target. Default 64.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_target: usize,
+    /// Idle connections are closed after this long. Default 90s.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+}
+
+fn default_max_idle() -> usize {
+    64
+}
+fn default_idle_timeout() -> Dur {
+    secs(90)
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool {
+            max_idle_per_target: default_max_idle(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+impl LoadBalancing {
+    pub fn hash_on(&self) -> Result<HashOn, SpecError> {
+        let field = "spec.lb.hash_on";
+        match self.hash_on.as_deref() {
+            None | Some("client_ip") => Ok(HashOn::ClientIp),
+            Some(s) => {
+                if let Some(h) = s.strip_prefix("header:") {
+                    if !h.is_empty() && hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok() {
+                        return Ok(HashOn::Header(h.to_ascii_lowercase()));
+                    }
+                } else if let Some(c) = s.strip_prefix("cookie:") {
+                    if !c.is_empty() {
+                        return Ok(HashOn::Cookie(c.to_string()));
+                    }
+                }
+                Err(SpecError::new(
+                    field,
+                    format!("{s:?} is not header:<name>, cookie:<name> or client_ip"),
+                ))
+            }
+        }
+    }
+}
+
 impl ServiceSpec {
     pub fn parse(spec: &serde_json::Value) -> Result<ServiceSpec, SpecError> {
         let s: ServiceSpec = parse_spec(spec)?;
         if s.targets.is_empty() {
-            return Err(SpecError::new(
-                "spec.targets",
-                "at least one target is required",
-            ));
+            return Err(SpecError::new("spec.targets", "at least one target is required"));
         }
         for (i, t) in s.targets.iter().enumerate() {
-            check_target_url(&t.url)
-                .map_err(|m| SpecError::new(format!("spec.targets[{i}].url"), m))?;
+            TargetUrl::parse(&t.url).map_err(|m| SpecError::new(format!("spec.targets[{i}].url"), m))?;
             if t.weight > 65535 {
                 return Err(SpecError::new(
                     format!("spec.targets[{i}].weight"),
@@ -57,32 +258,76 @@ impl ServiceSpec {
                 "every target has weight 0: at least one must receive traffic",
             ));
         }
+        s.lb.hash_on()?;
+        if s.lb.hash_on.is_some() && s.lb.algorithm != Algorithm::ConsistentHash {
+            return Err(SpecError::new(
+                "spec.lb.hash_on",
+                "only used with algorithm: consistent_hash",
+            ));
+        }
+        if s.retries.count > 10 {
+            return Err(SpecError::new("spec.retries.count", "at most 10 retries"));
+        }
+        if let Some(p) = &s.health_check.passive {
+            if p.consecutive_failures == 0 {
+                return Err(SpecError::new(
+                    "spec.health_check.passive.consecutive_failures",
+                    "must be at least 1",
+                ));
+            }
+        }
         Ok(s)
     }
 }
 
-fn check_target_url(url: &str) -> Result<(), String> {
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => {
+/// A target URL split into what the proxy needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetUrl {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+    /// Prefix added to every forwarded path; empty or starting with '/', no trailing '/'.
+    pub base_path: String,
+}
+
+impl TargetUrl {
+    pub fn parse(url: &str) -> Result<TargetUrl, String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("invalid URL {url:?}: the scheme must be http or https")),
+        };
+        let host = match uri.host() {
+            Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            _ => return Err(format!("invalid URL {url:?}: a host is required")),
+        };
+        if uri.query().is_some() {
+            return Err(format!("invalid URL {url:?}: a target URL cannot carry a query"));
+        }
+        if https {
             return Err(format!(
-                "invalid URL {url:?}: the scheme must be http or https"
-            ))
+                "invalid URL {url:?}: https targets are not supported yet; use http"
+            ));
+        }
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(TargetUrl {
+            https,
+            host,
+            port,
+            base_path,
+        })
+    }
+
+    /// `host:port` for connecting and for the Host header.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
         }
     }
-    match uri.host() {
-        Some(h) if !h.is_empty() => {}
-        _ => return Err(format!("invalid URL {url:?}: a host is required")),
-    }
-    if uri.query().is_some() {
-        return Err(format!(
-            "invalid URL {url:?}: a target URL cannot carry a query"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -92,19 +337,33 @@ mod tests {
 
     #[test]
     fn a_service_needs_valid_http_targets() {
-        assert!(
-            ServiceSpec::parse(&json!({"targets": [{"url": "http://127.0.0.1:9001"}]})).is_ok()
-        );
+        assert!(ServiceSpec::parse(&json!({"targets": [{"url": "http://127.0.0.1:9001"}]})).is_ok());
         let e = ServiceSpec::parse(&json!({"targets": [{"url": "ftp://x"}]})).unwrap_err();
         assert_eq!(e.field, "spec.targets[0].url");
         let e = ServiceSpec::parse(&json!({"targets": []})).unwrap_err();
         assert_eq!(e.field, "spec.targets");
-        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "wieght": 1}]}))
-            .unwrap_err();
+        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "wieght": 1}]})).unwrap_err();
         assert_eq!(e.field, "spec.targets[0].wieght");
         assert!(e.message.contains("unknown field `wieght`"), "{e}");
-        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "weight": "x"}]}))
-            .unwrap_err();
+        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "weight": "x"}]})).unwrap_err();
         assert_eq!(e.field, "spec.targets[0].weight");
+    }
+
+    #[test]
+    fn durations_and_policies_parse_from_human_strings() {
+        let s = ServiceSpec::parse(&json!({
+            "targets": [{"url": "http://a:1/base/"}],
+            "lb": {"algorithm": "consistent_hash", "hash_on": "header:X-User"},
+            "timeouts": {"connect": "250ms", "read": "2s"},
+            "retries": {"count": 2, "on": ["connect_failure", "5xx"]},
+            "health_check": {"passive": {"consecutive_failures": 3, "ejection": "10s"}}
+        }))
+        .unwrap();
+        assert_eq!(s.timeouts.connect.0, std::time::Duration::from_millis(250));
+        assert_eq!(s.lb.hash_on().unwrap(), HashOn::Header("x-user".into()));
+        assert_eq!(s.retries.on, vec![RetryOn::ConnectFailure, RetryOn::Status5xx]);
+        assert_eq!(TargetUrl::parse("http://a:1/base/").unwrap().base_path, "/base");
+        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a"}], "timeouts": {"read": "soon"}})).unwrap_err();
+        assert_eq!(e.field, "spec.timeouts.read");
     }
 }

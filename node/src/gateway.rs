@@ -1,0 +1,506 @@
+//! The request lifecycle of the data plane, phase by phase (docs/request-lifecycle.md draws
+//! it): accept -> `normalize` -> `match_route` -> `limit_body` -> `prepare_upstream_request`
+//! -> `forward` (pick target, send, retry when safe) -> `prepare_response` -> `log`.
+//!
+//! Architecture invariant: nothing here awaits Raft or disk. Config comes from the
+//! `GatewaySnapshot` loaded once per request; the access log is handed to a background writer.
+
+pub mod access_log;
+pub mod balancer;
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod router;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use access_log::{AccessEntry, AccessLog};
+use body::{full, MeteredBody, ProxyBody};
+use error::GatewayError;
+use upstream::{InFlightGuard, Upstream};
+
+use crate::resources::service::{HashOn, RetryOn};
+use crate::state::{GatewaySnapshot, SharedSnapshot};
+
+/// Data-plane settings that come from flags, not from the replicated config.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Clients whose X-Forwarded-* headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// A client must send its request headers within this time (slowloris defence).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may run on after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+pub struct Gateway {
+    snapshot: SharedSnapshot,
+    settings: GatewaySettings,
+    access_log: AccessLog,
+}
+
+/// Bodies up to this size are buffered when a retry could need them again.
+const REPLAYABLE_BODY_BYTES: usize = 64 * 1024;
+
+impl Gateway {
+    pub fn new(snapshot: SharedSnapshot, settings: GatewaySettings, access_log: AccessLog) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            snapshot,
+            settings,
+            access_log,
+        })
+    }
+
+    /// Accepts connections until `shutdown` turns true, then drains in-flight requests for up
+    /// to `drain_timeout`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.header_read_timeout)
+            .max_buf_size(self.settings.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.settings.max_header_bytes as u32);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, client) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "proxy accept failed");
+                        continue;
+                    }
+                },
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let gw = self.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, std::convert::Infallible>(gw.handle(req, client).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        drop(listener);
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("proxy drained"),
+            _ = tokio::time::sleep(self.settings.drain_timeout) => {
+                tracing::warn!(timeout = ?self.settings.drain_timeout, "proxy drain timed out; closing remaining connections");
+            }
+        }
+    }
+
+    /// One request, start to end; never fails: errors become typed JSON responses.
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let snapshot = self.snapshot.load_full();
+        let request_id = headers::request_id(req.headers_mut());
+        let mut entry = AccessEntry {
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            request_id: request_id.clone(),
+            client_ip: client.ip().to_string(),
+            method: req.method().to_string(),
+            host: request_host(&req).unwrap_or_default(),
+            path: req.uri().path().to_string(),
+            ..Default::default()
+        };
+        let result = self.proxy(&snapshot, req, client, &mut entry).await;
+        let (mut resp, idle) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                entry.error = Some(match e.log_detail() {
+                    Some(d) => format!("{}: {d}", e.code()),
+                    None => e.code().to_string(),
+                });
+                if let Some(d) = e.log_detail() {
+                    tracing::warn!(request_id = %request_id, route = ?entry.route, error = %d, "{}", e);
+                }
+                (e.into_response(&request_id), Duration::from_secs(60))
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(headers::X_REQUEST_ID, v);
+        }
+        entry.status = resp.status().as_u16();
+        entry.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let route_label = entry.route.clone().unwrap_or_else(|| "none".into());
+        let service_label = entry.service.clone().unwrap_or_else(|| "none".into());
+        metrics::counter!("konnect_proxy_requests_total",
+            "route" => route_label.clone(), "service" => service_label, "status" => status_class(entry.status))
+        .increment(1);
+        metrics::histogram!("konnect_proxy_request_duration_seconds", "route" => route_label.clone())
+            .record(started.elapsed().as_secs_f64());
+
+        // Log when the body is done (or abandoned), with the bytes actually sent.
+        let log = self.access_log.clone();
+        let (parts, body) = resp.into_parts();
+        let metered = MeteredBody::new(body, idle, move |bytes, complete| {
+            entry.bytes_sent = bytes;
+            entry.complete = complete;
+            metrics::counter!("konnect_proxy_bytes_sent_total", "route" => route_label).increment(bytes);
+            log.record(entry);
+        });
+        Response::from_parts(parts, BodyExt::boxed(metered))
+    }
+
+    async fn proxy(
+        &self,
+        snapshot: &GatewaySnapshot,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        entry: &mut AccessEntry,
+    ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
+        // Phase: normalize.
+        reject_ambiguous_framing(&req)?;
+        let path = router::normalize_path(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        entry.path = path.clone();
+        let host = request_host(&req);
+
+        // Phase: match_route.
+        let found = snapshot
+            .router
+            .find(&router::MatchInput {
+                method: req.method().as_str(),
+                host: host.as_deref(),
+                path: &path,
+                query: req.uri().query(),
+                headers: req.headers(),
+            })
+            .ok_or_else(|| GatewayError::NoRoute {
+                host: host.clone().unwrap_or_default(),
+                path: path.clone(),
+            })?;
+        let route = &snapshot.routes[found.rule_index];
+        entry.route = Some(route.name.clone());
+        entry.service = Some(route.upstream.name.clone());
+        let upstream = route.upstream.clone();
+
+        // Phase: limit_body (and buffer small bodies so a retry can resend them).
+        let method = req.method().clone();
+        let retries_allowed = upstream.spec.retries.count > 0
+            && (is_idempotent(&method) || upstream.spec.retries.allow_non_idempotent);
+        let (mut parts, incoming) = req.into_parts();
+        let body = limit_body(&parts, incoming, route.spec.max_body_bytes, retries_allowed).await?;
+
+        // Phase: prepare_upstream_request.
+        let forwarded_path = match (route.spec.strip_prefix, Some(found.matched_prefix_len)) {
+            (true, Some(n)) => {
+                let rest = &path[n.min(path.len())..];
+                if rest.starts_with('/') {
+                    rest.to_string()
+                } else {
+                    format!("/{rest}")
+                }
+            }
+            _ => path.clone(),
+        };
+        let client_trusted = headers::is_trusted(client.ip(), &self.settings.trusted_proxies);
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::set_forwarded(&mut parts.headers, client.ip(), client_trusted, host.as_deref());
+        headers::add_via(&mut parts.headers);
+        headers::propagate_traceparent(&mut parts.headers);
+        let hash_key = upstream.hash_on.as_ref().map(|h| hash_key(h, &parts.headers, client));
+
+        // Phase: forward.
+        let (resp, target) = forward(
+            &upstream,
+            &parts,
+            &forwarded_path,
+            body,
+            hash_key.as_deref(),
+            retries_allowed,
+            entry,
+        )
+        .await?;
+
+        // Phase: prepare_response.
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut rparts.headers);
+        headers::add_via(&mut rparts.headers);
+        let guard = InFlightGuard::new(upstream.clone(), target);
+        // The in-flight count lasts until the body is done.
+        let body = MeteredBody::new(rbody, upstream.spec.timeouts.idle.0, move |_, _| drop(guard));
+        Ok((Response::from_parts(rparts, BodyExt::boxed(body)), upstream.spec.timeouts.idle.0))
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Host from the Host header (HTTP/1.1) or the URI authority (HTTP/2), without the port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
+    let host = if raw.starts_with('[') {
+        raw.split(']').next().map(|h| format!("{h}]")).unwrap_or(raw.clone())
+    } else {
+        raw.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(raw.clone())
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// Request smuggling defence: a request with both Content-Length and Transfer-Encoding, or
+/// with several Content-Length values, is refused rather than guessed at.
+fn reject_ambiguous_framing<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let h = req.headers();
+    if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        return Err(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding are set".into(),
+        ));
+    }
+    if h.get_all(CONTENT_LENGTH).iter().count() > 1 {
+        return Err(GatewayError::BadRequest("several Content-Length headers".into()));
+    }
+    Ok(())
+}
+
+/// The request body as it will be forwarded: checked against the route's limit, and
+/// buffered when small and a retry may need to resend it.
+enum ForwardBody {
+    Buffered(Bytes),
+    Streaming(ProxyBody),
+}
+
+async fn limit_body(
+    parts: &hyper::http::request::Parts,
+    incoming: Incoming,
+    limit: Option<u64>,
+    want_replay: bool,
+) -> Result<ForwardBody, GatewayError> {
+    use hyper::body::Body as _;
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(limit), Some(len)) = (limit, declared) {
+        if len > limit {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+    }
+    if incoming.is_end_stream() {
+        return Ok(ForwardBody::Buffered(Bytes::new()));
+    }
+    let small = declared.is_some_and(|n| n <= REPLAYABLE_BODY_BYTES as u64);
+    match limit {
+        // Unknown length under a limit: read up to the limit, refusing more.
+        Some(limit) if declared.is_none() || (want_replay && small) => {
+            let collected = Limited::new(incoming, limit as usize).collect().await.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    GatewayError::PayloadTooLarge { limit }
+                } else {
+                    GatewayError::BadRequest(format!("reading the request body failed: {e}"))
+                }
+            })?;
+            Ok(ForwardBody::Buffered(collected.to_bytes()))
+        }
+        _ if want_replay && small => {
+            let collected = incoming
+                .collect()
+                .await
+                .map_err(|e| GatewayError::BadRequest(format!("reading the request body failed: {e}")))?;
+            Ok(ForwardBody::Buffered(collected.to_bytes()))
+        }
+        _ => Ok(ForwardBody::Streaming(incoming.map_err(Into::into).boxed())),
+    }
+}
+
+fn hash_key(on: &HashOn, headers: &hyper::HeaderMap, client: SocketAddr) -> Vec<u8> {
+    match on {
+        HashOn::ClientIp => client.ip().to_string().into_bytes(),
+        HashOn::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()).unwrap_or_default(),
+        HashOn::Cookie(name) => headers
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
+/// Why one attempt failed, in the terms of `retries.on`.
+enum AttemptError {
+    Connect(String),
+    Reset(String),
+    Timeout,
+}
+
+/// Sends the request to a target, retrying on another target when the failure is listed in
+/// `retries.on` and resending is safe. Returns the response and the target index.
+async fn forward(
+    upstream: &Arc<Upstream>,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    body: ForwardBody,
+    hash_key: Option<&[u8]>,
+    retries_allowed: bool,
+    entry: &mut AccessEntry,
+) -> Result<(Response<Incoming>, usize), GatewayError> {
+    let spec = &upstream.spec;
+    let deadline = spec.timeouts.total.map(|t| Instant::now() + t.0);
+    let (replay, mut streaming) = match body {
+        ForwardBody::Buffered(b) => (Some(b), None),
+        ForwardBody::Streaming(s) => (None, Some(s)),
+    };
+    let max_attempts = if retries_allowed && replay.is_some() { spec.retries.count + 1 } else { 1 };
+    let mut tried = Vec::new();
+    let mut last_error = GatewayError::NoHealthyTarget;
+    for attempt in 1..=max_attempts {
+        if attempt > 1 {
+            tokio::time::sleep(upstream.backoff(attempt - 1)).await;
+        }
+        let Some(i) = upstream.balancer.pick(upstream.as_ref(), hash_key, &tried) else {
+            return Err(GatewayError::NoHealthyTarget);
+        };
+        tried.push(i);
+        let target = &upstream.targets[i];
+        entry.upstream = Some(target.display.clone());
+        entry.attempts = attempt;
+
+        let body = match (&replay, streaming.take()) {
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => return Err(GatewayError::Internal("request body already sent".into())),
+        };
+        let uri = format!(
+            "http://{}{}{}{}",
+            target.url.authority(),
+            target.url.base_path,
+            path,
+            parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        let uri: Uri = uri
+            .parse()
+            .map_err(|e| GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+        let mut req = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(hyper::Version::HTTP_11)
+            .body(body)
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        *req.headers_mut() = parts.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&target.url.authority()) {
+            req.headers_mut().insert(HOST, v);
+        }
+
+        let _in_flight = InFlightGuard::new(upstream.clone(), i);
+        let sent = Instant::now();
+        let mut wait = spec.timeouts.read.0;
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        let outcome = match tokio::time::timeout(wait, upstream.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(AttemptError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(AttemptError::Reset(error_chain(&e))),
+            Err(_) => Err(AttemptError::Timeout),
+        };
+        entry.upstream_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+        let (retry_on, err) = match outcome {
+            Ok(resp) => {
+                let status = resp.status();
+                let failed = matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                );
+                upstream.record(i, !failed);
+                let more = attempt < max_attempts
+                    && failed
+                    && spec.retries.on.contains(&RetryOn::Status5xx)
+                    && deadline.is_none_or(|d| Instant::now() < d);
+                if !more {
+                    return Ok((resp, i));
+                }
+                metrics::counter!("konnect_proxy_retries_total", "service" => upstream.name.clone()).increment(1);
+                continue;
+            }
+            Err(AttemptError::Connect(detail)) => (
+                RetryOn::ConnectFailure,
+                GatewayError::UpstreamConnect {
+                    upstream: target.display.clone(),
+                    detail,
+                },
+            ),
+            Err(AttemptError::Reset(detail)) => (
+                RetryOn::Reset,
+                GatewayError::UpstreamReset {
+                    upstream: target.display.clone(),
+                    detail,
+                },
+            ),
+            Err(AttemptError::Timeout) => (
+                RetryOn::Timeout,
+                GatewayError::UpstreamTimeout {
+                    upstream: target.display.clone(),
+                },
+            ),
+        };
+        upstream.record(i, false);
+        metrics::counter!("konnect_proxy_upstream_errors_total", "service" => upstream.name.clone(), "kind" => err.code())
+            .increment(1);
+        last_error = err;
+        let retryable = spec.retries.on.contains(&retry_on) && deadline.is_none_or(|d| Instant::now() < d);
+        if !retryable {
+            break;
+        }
+        if attempt < max_attempts {
+            metrics::counter!("konnect_proxy_retries_total", "service" => upstream.name.clone()).increment(1);
+        }
+    }
+    Err(last_error)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,88 @@
+//! The gateway's one error type. Each error knows its HTTP status, a stable machine-readable
+//! code and a message that is safe to show the client; which upstream failed goes to the log,
+//! never into the response.
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+
+use super::body::{full, ProxyBody};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("no route matches host {host:?} and path {path:?}")]
+    NoRoute { host: String, path: String },
+    #[error("request body is larger than this route's limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("no healthy target is available for this route")]
+    NoHealthyTarget,
+    #[error("the upstream could not be reached")]
+    UpstreamConnect { upstream: String, detail: String },
+    #[error("the upstream closed the connection before answering")]
+    UpstreamReset { upstream: String, detail: String },
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout { upstream: String },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable code for clients and for the access log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::NoRoute { .. } => "no_route",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::NoHealthyTarget => "no_healthy_target",
+            GatewayError::UpstreamConnect { .. } => "upstream_unreachable",
+            GatewayError::UpstreamReset { .. } => "upstream_reset",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::Internal(_) => "internal",
+        }
+    }
+
+    /// The upstream involved and what went wrong, for the log only.
+    pub fn log_detail(&self) -> Option<String> {
+        match self {
+            GatewayError::UpstreamConnect { upstream, detail } | GatewayError::UpstreamReset { upstream, detail } => {
+                Some(format!("{upstream}: {detail}"))
+            }
+            GatewayError::UpstreamTimeout { upstream } => Some(upstream.clone()),
+            GatewayError::Internal(d) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": {
+                "status": self.status().as_u16(),
+                "code": self.code(),
+                "message": self.to_string(),
+                "request_id": request_id,
+            }
+        });
+        let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+        bytes.push(b'\n');
+        let mut resp = Response::new(full(Bytes::from(bytes)));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}

@@ -1,0 +1,150 @@
+//! A Service at run time: its targets with their health, the load balancer, and a pooled
+//! HTTP client. Lives across config snapshots while the Service's spec is unchanged, so
+//! connection pools, in-flight counts and ejections survive unrelated config changes.
+//!
+//! Passive health (outlier ejection): `consecutive_failures` connect failures, resets,
+//! timeouts or 5xx answers in a row take a target out for `ejection`; one success resets
+//! the count.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::balancer::{Balancer, InFlight, TargetView};
+use super::body::ProxyBody;
+use crate::resources::service::{HashOn, ServiceSpec, TargetUrl};
+
+pub type HttpClient = Client<HttpConnector, ProxyBody>;
+
+pub struct Target {
+    pub url: TargetUrl,
+    /// The URL as configured, for logs and metrics.
+    pub display: String,
+    pub in_flight: InFlight,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `Upstream::epoch` until which the target is ejected; 0 when not.
+    ejected_until_ms: AtomicU64,
+}
+
+pub struct Upstream {
+    pub name: String,
+    /// Revision of the Service resource this was built from.
+    pub revision: u64,
+    pub spec: ServiceSpec,
+    pub targets: Vec<Target>,
+    pub balancer: Balancer,
+    pub hash_on: Option<HashOn>,
+    pub client: HttpClient,
+    epoch: Instant,
+}
+
+impl Upstream {
+    pub fn new(name: &str, revision: u64, spec: ServiceSpec) -> Result<Upstream, String> {
+        let mut targets = Vec::with_capacity(spec.targets.len());
+        for t in &spec.targets {
+            targets.push(Target {
+                url: TargetUrl::parse(&t.url)?,
+                display: t.url.clone(),
+                in_flight: InFlight::default(),
+                consecutive_failures: AtomicU32::new(0),
+                ejected_until_ms: AtomicU64::new(0),
+            });
+        }
+        let keys: Vec<String> = spec.targets.iter().map(|t| t.url.clone()).collect();
+        let weights = spec.targets.iter().map(|t| t.weight).collect();
+        let balancer = Balancer::new(spec.lb.algorithm, weights, &keys);
+        let hash_on = match spec.lb.algorithm {
+            crate::resources::service::Algorithm::ConsistentHash => Some(spec.lb.hash_on().map_err(|e| e.to_string())?),
+            _ => None,
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(spec.timeouts.connect.0));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(spec.pool.idle_timeout.0)
+            .pool_max_idle_per_host(spec.pool.max_idle_per_target)
+            .build(connector);
+        Ok(Upstream {
+            name: name.to_string(),
+            revision,
+            spec,
+            targets,
+            balancer,
+            hash_on,
+            client,
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Records the outcome of one attempt on target `i` for passive health checking.
+    pub fn record(&self, i: usize, success: bool) {
+        let t = &self.targets[i];
+        if success {
+            t.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let Some(passive) = &self.spec.health_check.passive else {
+            return;
+        };
+        let n = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= passive.consecutive_failures {
+            let until = self.now_ms() + passive.ejection.0.as_millis() as u64;
+            t.ejected_until_ms.store(until, Ordering::Relaxed);
+            t.consecutive_failures.store(0, Ordering::Relaxed);
+            metrics::counter!("konnect_proxy_target_ejections_total", "service" => self.name.clone()).increment(1);
+            tracing::warn!(service = %self.name, target = %t.display, ejection = ?passive.ejection.0, "target ejected after consecutive failures");
+        }
+    }
+
+    pub fn is_ejected(&self, i: usize) -> bool {
+        self.targets[i].ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    /// Backoff before retry number `n` (1-based).
+    pub fn backoff(&self, n: u32) -> Duration {
+        let base = self.spec.retries.backoff.0;
+        base.saturating_mul(1u32 << (n.saturating_sub(1)).min(10))
+    }
+}
+
+impl TargetView for Upstream {
+    fn available(&self, index: usize) -> bool {
+        !self.is_ejected(index)
+    }
+
+    fn in_flight(&self, index: usize) -> u64 {
+        self.targets[index].in_flight.get()
+    }
+}
+
+/// Counts a request in flight on a target for as long as it lives.
+pub struct InFlightGuard {
+    upstream: Arc<Upstream>,
+    index: usize,
+}
+
+impl InFlightGuard {
+    pub fn new(upstream: Arc<Upstream>, index: usize) -> InFlightGuard {
+        upstream.targets[index].in_flight.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard { upstream, index }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.upstream.targets[self.index]
+            .in_flight
+            .0
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
