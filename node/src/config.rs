@@ -325,7 +325,12 @@ impl ServeArgs {
                 .map(|x| {
                     x.parse::<ipnet::IpNet>()
                         .or_else(|_| x.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| bad("--trusted-proxies", format!("{x:?} is not a CIDR or IP address")))
+                        .map_err(|_| {
+                            bad(
+                                "--trusted-proxies",
+                                format!("{x:?} is not a CIDR or IP address"),
+                            )
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -59,7 +59,11 @@ pub struct Gateway {
 const REPLAYABLE_BODY_BYTES: usize = 64 * 1024;
 
 impl Gateway {
-    pub fn new(snapshot: SharedSnapshot, settings: GatewaySettings, access_log: AccessLog) -> Arc<Gateway> {
+    pub fn new(
+        snapshot: SharedSnapshot,
+        settings: GatewaySettings,
+        access_log: AccessLog,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             snapshot,
             settings,
@@ -69,12 +73,17 @@ impl Gateway {
 
     /// Accepts connections until `shutdown` turns true, then drains in-flight requests for up
     /// to `drain_timeout`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.settings.header_read_timeout)
+            // hyper's read buffer (at least 8 KiB) caps the head; `proxy` enforces the exact limit.
             .max_buf_size(self.settings.max_header_bytes.max(8192));
         builder
             .http2()
@@ -98,7 +107,9 @@ impl Gateway {
                 let gw = gw.clone();
                 async move { Ok::<_, std::convert::Infallible>(gw.handle(req, client).await) }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 let _ = conn.await;
@@ -114,7 +125,11 @@ impl Gateway {
     }
 
     /// One request, start to end; never fails: errors become typed JSON responses.
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
         let request_id = headers::request_id(req.headers_mut());
@@ -160,7 +175,8 @@ impl Gateway {
         let metered = MeteredBody::new(body, idle, move |bytes, complete| {
             entry.bytes_sent = bytes;
             entry.complete = complete;
-            metrics::counter!("konnect_proxy_bytes_sent_total", "route" => route_label).increment(bytes);
+            metrics::counter!("konnect_proxy_bytes_sent_total", "route" => route_label)
+                .increment(bytes);
             log.record(entry);
         });
         Response::from_parts(parts, BodyExt::boxed(metered))
@@ -173,9 +189,23 @@ impl Gateway {
         client: SocketAddr,
         entry: &mut AccessEntry,
     ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
-        // Phase: normalize.
-        reject_ambiguous_framing(&req)?;
-        let path = router::normalize_path(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        // Phase: normalize. (Framing is settled by hyper's parser per RFC 9112: with both
+        // Transfer-Encoding and Content-Length, chunked wins and Content-Length is removed;
+        // conflicting Content-Length values are refused with 400. The upstream request is
+        // re-framed by our client, so no ambiguous framing is ever forwarded.)
+        let head_bytes = req.uri().to_string().len()
+            + req
+                .headers()
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        if head_bytes > self.settings.max_header_bytes {
+            return Err(GatewayError::HeadersTooLarge {
+                limit: self.settings.max_header_bytes,
+            });
+        }
+        let path = router::normalize_path(req.uri().path())
+            .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         entry.path = path.clone();
         let host = request_host(&req);
 
@@ -219,10 +249,18 @@ impl Gateway {
         };
         let client_trusted = headers::is_trusted(client.ip(), &self.settings.trusted_proxies);
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::set_forwarded(&mut parts.headers, client.ip(), client_trusted, host.as_deref());
+        headers::set_forwarded(
+            &mut parts.headers,
+            client.ip(),
+            client_trusted,
+            host.as_deref(),
+        );
         headers::add_via(&mut parts.headers);
         headers::propagate_traceparent(&mut parts.headers);
-        let hash_key = upstream.hash_on.as_ref().map(|h| hash_key(h, &parts.headers, client));
+        let hash_key = upstream
+            .hash_on
+            .as_ref()
+            .map(|h| hash_key(h, &parts.headers, client));
 
         // Phase: forward.
         let (resp, target) = forward(
@@ -242,8 +280,13 @@ impl Gateway {
         headers::add_via(&mut rparts.headers);
         let guard = InFlightGuard::new(upstream.clone(), target);
         // The in-flight count lasts until the body is done.
-        let body = MeteredBody::new(rbody, upstream.spec.timeouts.idle.0, move |_, _| drop(guard));
-        Ok((Response::from_parts(rparts, BodyExt::boxed(body)), upstream.spec.timeouts.idle.0))
+        let body = MeteredBody::new(rbody, upstream.spec.timeouts.idle.0, move |_, _| {
+            drop(guard)
+        });
+        Ok((
+            Response::from_parts(rparts, BodyExt::boxed(body)),
+            upstream.spec.timeouts.idle.0,
+        ))
     }
 }
 
@@ -273,26 +316,16 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
     let host = if raw.starts_with('[') {
-        raw.split(']').next().map(|h| format!("{h}]")).unwrap_or(raw.clone())
+        raw.split(']')
+            .next()
+            .map(|h| format!("{h}]"))
+            .unwrap_or(raw.clone())
     } else {
-        raw.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(raw.clone())
+        raw.rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or(raw.clone())
     };
     Some(host.to_ascii_lowercase())
-}
-
-/// Request smuggling defence: a request with both Content-Length and Transfer-Encoding, or
-/// with several Content-Length values, is refused rather than guessed at.
-fn reject_ambiguous_framing<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    let h = req.headers();
-    if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
-        return Err(GatewayError::BadRequest(
-            "both Content-Length and Transfer-Encoding are set".into(),
-        ));
-    }
-    if h.get_all(CONTENT_LENGTH).iter().count() > 1 {
-        return Err(GatewayError::BadRequest("several Content-Length headers".into()));
-    }
-    Ok(())
 }
 
 /// The request body as it will be forwarded: checked against the route's limit, and
@@ -326,20 +359,22 @@ async fn limit_body(
     match limit {
         // Unknown length under a limit: read up to the limit, refusing more.
         Some(limit) if declared.is_none() || (want_replay && small) => {
-            let collected = Limited::new(incoming, limit as usize).collect().await.map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    GatewayError::PayloadTooLarge { limit }
-                } else {
-                    GatewayError::BadRequest(format!("reading the request body failed: {e}"))
-                }
-            })?;
+            let collected = Limited::new(incoming, limit as usize)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        GatewayError::PayloadTooLarge { limit }
+                    } else {
+                        GatewayError::BadRequest(format!("reading the request body failed: {e}"))
+                    }
+                })?;
             Ok(ForwardBody::Buffered(collected.to_bytes()))
         }
         _ if want_replay && small => {
-            let collected = incoming
-                .collect()
-                .await
-                .map_err(|e| GatewayError::BadRequest(format!("reading the request body failed: {e}")))?;
+            let collected = incoming.collect().await.map_err(|e| {
+                GatewayError::BadRequest(format!("reading the request body failed: {e}"))
+            })?;
             Ok(ForwardBody::Buffered(collected.to_bytes()))
         }
         _ => Ok(ForwardBody::Streaming(incoming.map_err(Into::into).boxed())),
@@ -349,7 +384,10 @@ async fn limit_body(
 fn hash_key(on: &HashOn, headers: &hyper::HeaderMap, client: SocketAddr) -> Vec<u8> {
     match on {
         HashOn::ClientIp => client.ip().to_string().into_bytes(),
-        HashOn::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()).unwrap_or_default(),
+        HashOn::Header(name) => headers
+            .get(name.as_str())
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
         HashOn::Cookie(name) => headers
             .get_all(hyper::header::COOKIE)
             .iter()
@@ -386,7 +424,11 @@ async fn forward(
         ForwardBody::Buffered(b) => (Some(b), None),
         ForwardBody::Streaming(s) => (None, Some(s)),
     };
-    let max_attempts = if retries_allowed && replay.is_some() { spec.retries.count + 1 } else { 1 };
+    let max_attempts = if retries_allowed && replay.is_some() {
+        spec.retries.count + 1
+    } else {
+        1
+    };
     let mut tried = Vec::new();
     let mut last_error = GatewayError::NoHealthyTarget;
     for attempt in 1..=max_attempts {
@@ -411,7 +453,11 @@ async fn forward(
             target.url.authority(),
             target.url.base_path,
             path,
-            parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default()
+            parts
+                .uri
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default()
         );
         let uri: Uri = uri
             .parse()
@@ -445,7 +491,9 @@ async fn forward(
                 let status = resp.status();
                 let failed = matches!(
                     status,
-                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
                 );
                 upstream.record(i, !failed);
                 let more = attempt < max_attempts
@@ -483,12 +531,14 @@ async fn forward(
         metrics::counter!("konnect_proxy_upstream_errors_total", "service" => upstream.name.clone(), "kind" => err.code())
             .increment(1);
         last_error = err;
-        let retryable = spec.retries.on.contains(&retry_on) && deadline.is_none_or(|d| Instant::now() < d);
+        let retryable =
+            spec.retries.on.contains(&retry_on) && deadline.is_none_or(|d| Instant::now() < d);
         if !retryable {
             break;
         }
         if attempt < max_attempts {
-            metrics::counter!("konnect_proxy_retries_total", "service" => upstream.name.clone()).increment(1);
+            metrics::counter!("konnect_proxy_retries_total", "service" => upstream.name.clone())
+                .increment(1);
         }
     }
     Err(last_error)

@@ -169,7 +169,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         );
     let peer_task = tokio::spawn(peer_server);
 
-    let auth = Authenticator::new(reader.clone());
+    let auth = Authenticator::new(reader.clone(), proposer.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ClusterServer<ClusterService>>()

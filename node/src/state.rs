@@ -75,13 +75,20 @@ impl SnapshotBuilder {
 
         let mut upstreams = HashMap::with_capacity(services.items.len());
         for s in services.items {
-            let reuse = self.upstreams.get(&s.name).filter(|u| u.revision == s.revision).cloned();
+            let reuse = self
+                .upstreams
+                .get(&s.name)
+                .filter(|u| u.revision == s.revision)
+                .cloned();
             let upstream = match reuse {
                 Some(u) => u,
                 None => {
                     let spec = ServiceSpec::parse(&struct_to_json(&s.spec.unwrap_or_default()))
                         .map_err(|e| format!("Service {:?}: {e}", s.name))?;
-                    Arc::new(Upstream::new(&s.name, s.revision, spec).map_err(|e| format!("Service {:?}: {e}", s.name))?)
+                    Arc::new(
+                        Upstream::new(&s.name, s.revision, spec)
+                            .map_err(|e| format!("Service {:?}: {e}", s.name))?,
+                    )
                 }
             };
             upstreams.insert(s.name.clone(), upstream);
@@ -94,7 +101,10 @@ impl SnapshotBuilder {
                 .map_err(|e| format!("Route {:?}: {e}", r.name))?;
             let Some(upstream) = upstreams.get(&spec.service).cloned() else {
                 // The state machine keeps references intact; this only guards a corrupt state.
-                return Err(format!("Route {:?}: unknown service {:?}", r.name, spec.service));
+                return Err(format!(
+                    "Route {:?}: unknown service {:?}",
+                    r.name, spec.service
+                ));
             };
             rules.push(route_rule(&r.name, &spec)?);
             entries.push(RouteEntry {
@@ -136,13 +146,20 @@ fn route_rule(name: &str, spec: &RouteSpec) -> Result<RouteRule, String> {
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect(),
-        query: spec.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        query: spec
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         priority: spec.priority,
     })
 }
 
 /// Builds the first snapshot now and keeps `shared` current as entries are applied.
-pub fn spawn_snapshot_updates(reader: StateReader, mut applied: watch::Receiver<u64>) -> SharedSnapshot {
+pub fn spawn_snapshot_updates(
+    reader: StateReader,
+    mut applied: watch::Receiver<u64>,
+) -> SharedSnapshot {
     let mut builder = SnapshotBuilder::new(reader.clone());
     let first = builder.build().unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot build the gateway configuration; serving none until it changes");
@@ -177,10 +194,15 @@ pub fn spawn_snapshot_updates(reader: StateReader, mut applied: watch::Receiver<
                 match builder.build() {
                     Ok(snapshot) => {
                         cursor = snapshot.revision;
-                        metrics::gauge!("konnect_gateway_config_revision").set(snapshot.revision as f64);
+                        metrics::gauge!("konnect_gateway_config_revision")
+                            .set(snapshot.revision as f64);
                         metrics::histogram!("konnect_gateway_snapshot_build_seconds")
                             .record(started.elapsed().as_secs_f64());
-                        tracing::info!(revision = snapshot.revision, routes = snapshot.routes.len(), "gateway config updated");
+                        tracing::info!(
+                            revision = snapshot.revision,
+                            routes = snapshot.routes.len(),
+                            "gateway config updated"
+                        );
                         shared.store(Arc::new(snapshot));
                     }
                     Err(e) => {

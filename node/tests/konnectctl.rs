@@ -143,12 +143,12 @@ async fn a_user_initialises_applies_and_reads_with_konnectctl() {
     assert!(err.contains("broken.yaml"), "{err}");
     std::fs::write(
         dir.join("typo.yaml"),
-        "kind: Service\nname: x\nspec: {targets: [{url: \"http://a:1\"}], retries: 3}\n",
+        "kind: Service\nname: x\nspec: {targets: [{url: \"http://a:1\"}], retires: 3}\n",
     )
     .unwrap();
     let err = ctl.fails(&["apply", "-f", "typo.yaml"]);
     assert!(
-        err.contains("document 1 (Service \"x\"): spec.retries: unknown field `retries`"),
+        err.contains("document 1 (Service \"x\"): spec.retires: unknown field `retires`"),
         "{err}"
     );
     let names = ctl.ok(&["get", "services", "-o", "json"]);

@@ -7,6 +7,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::AdminError;
+use crate::raft::proposer::Proposer;
 use crate::raft::state::StateReader;
 
 /// Prefix of admin tokens, so a leaked one is recognisable (secret scanners, logs review).
@@ -15,30 +16,50 @@ pub const TOKEN_PREFIX: &str = "kadm_";
 #[derive(Clone)]
 pub struct Authenticator {
     reader: StateReader,
+    proposer: Proposer,
 }
 
+/// How long a node that does not know a token yet waits to catch up with the leader.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Authenticator {
-    pub fn new(reader: StateReader) -> Authenticator {
-        Authenticator { reader }
+    pub fn new(reader: StateReader, proposer: Proposer) -> Authenticator {
+        Authenticator { reader, proposer }
     }
 
-    /// The token the request presents, if it is a known one.
-    pub fn check<T>(&self, req: &tonic::Request<T>) -> Result<pb::AdminToken, AdminError> {
-        let presented = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(AdminError::Unauthenticated)?;
-        let hash = Sha256::digest(presented.as_bytes());
-        self.reader
-            .token_by_hash(&hash)?
-            .ok_or(AdminError::Unauthenticated)
+    /// The token the request presents, if it is a known one. A token this node does not know
+    /// may have been created an instant ago on the leader (right after `cluster init`, say):
+    /// before refusing, the node catches up through a read-index barrier and looks again.
+    pub async fn check<T>(&self, req: &tonic::Request<T>) -> Result<pb::AdminToken, AdminError> {
+        let hash = presented_hash(req)?;
+        if let Some(t) = self.reader.token_by_hash(&hash)? {
+            return Ok(t);
+        }
+        if tokio::time::timeout(CATCH_UP, self.proposer.linearizable_barrier())
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            if let Some(t) = self.reader.token_by_hash(&hash)? {
+                return Ok(t);
+            }
+        }
+        Err(AdminError::Unauthenticated)
     }
+}
+
+/// SHA-256 of the bearer token the request carries.
+fn presented_hash<T>(req: &tonic::Request<T>) -> Result<Vec<u8>, AdminError> {
+    let presented = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or(AdminError::Unauthenticated)?;
+    Ok(Sha256::digest(presented.as_bytes()).to_vec())
 }
 
 /// A new random admin token (256 bits) and its stored form (hash only).

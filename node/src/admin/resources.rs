@@ -90,7 +90,7 @@ impl Resources for ResourceService {
         req: Request<api::ApplyRequest>,
     ) -> Result<Response<api::ApplyResponse>, Status> {
         count_request("Apply");
-        let token = self.auth.check(&req)?;
+        let token = self.auth.check(&req).await?;
         let r = req.into_inner();
         if r.resources.is_empty() && r.prune_kinds.is_empty() {
             return Err(AdminError::invalid("nothing to apply: no resources given").into());
@@ -116,7 +116,7 @@ impl Resources for ResourceService {
         req: Request<api::CreateRequest>,
     ) -> Result<Response<pb::Resource>, Status> {
         count_request("Create");
-        let token = self.auth.check(&req)?;
+        let token = self.auth.check(&req).await?;
         let input = req
             .into_inner()
             .resource
@@ -139,7 +139,7 @@ impl Resources for ResourceService {
         req: Request<api::UpdateRequest>,
     ) -> Result<Response<pb::Resource>, Status> {
         count_request("Update");
-        let token = self.auth.check(&req)?;
+        let token = self.auth.check(&req).await?;
         let r = req.into_inner();
         let input = r
             .resource
@@ -163,7 +163,7 @@ impl Resources for ResourceService {
         req: Request<api::DeleteRequest>,
     ) -> Result<Response<api::DeleteResponse>, Status> {
         count_request("Delete");
-        let token = self.auth.check(&req)?;
+        let token = self.auth.check(&req).await?;
         let r = req.into_inner();
         let result = self
             .propose(
@@ -182,7 +182,7 @@ impl Resources for ResourceService {
 
     async fn get(&self, req: Request<api::GetRequest>) -> Result<Response<pb::Resource>, Status> {
         count_request("Get");
-        self.auth.check(&req)?;
+        self.auth.check(&req).await?;
         let r = req.into_inner();
         known_kind(&r.kind)?;
         self.read_barrier(r.consistent).await?;
@@ -194,7 +194,7 @@ impl Resources for ResourceService {
         req: Request<api::ListRequest>,
     ) -> Result<Response<api::ListResponse>, Status> {
         count_request("List");
-        self.auth.check(&req)?;
+        self.auth.check(&req).await?;
         let r = req.into_inner();
         if !r.kind.is_empty() {
             known_kind(&r.kind)?;
@@ -232,7 +232,7 @@ impl Resources for ResourceService {
         req: Request<api::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         count_request("Watch");
-        self.auth.check(&req)?;
+        self.auth.check(&req).await?;
         let r = req.into_inner();
         if !r.kind.is_empty() {
             known_kind(&r.kind)?;

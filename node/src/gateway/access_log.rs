@@ -61,7 +61,12 @@ impl AccessLog {
         let mut out: Box<dyn Write + Send> = match target {
             AccessLogTarget::Off => return Ok(AccessLog { tx: None }),
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            AccessLogTarget::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         };
         let (tx, mut rx) = mpsc::channel::<AccessEntry>(8192);
         std::thread::Builder::new()

@@ -48,7 +48,12 @@ impl Balancer {
 
     /// Picks a target index, or `None` when there are no targets with weight.
     /// `hash_key` is used by consistent hashing; `tried` targets are avoided when possible.
-    pub fn pick(&self, view: &dyn TargetView, hash_key: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
+    pub fn pick(
+        &self,
+        view: &dyn TargetView,
+        hash_key: Option<&[u8]>,
+        tried: &[usize],
+    ) -> Option<usize> {
         let usable = |i: usize, strict: bool| {
             self.weights[i] > 0 && !tried.contains(&i) && (!strict || view.available(i))
         };
@@ -61,15 +66,22 @@ impl Balancer {
         self.pick_among(view, hash_key, &|i| self.weights[i] > 0)
     }
 
-    fn pick_among(&self, view: &dyn TargetView, hash_key: Option<&[u8]>, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick_among(
+        &self,
+        view: &dyn TargetView,
+        hash_key: Option<&[u8]>,
+        ok: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         match self.algorithm {
             Algorithm::RoundRobin => self.smooth_weighted(ok),
-            Algorithm::LeastConnections => (0..self.weights.len()).filter(|i| ok(*i)).min_by(|a, b| {
-                // in_flight / weight, compared without division.
-                let la = (view.in_flight(*a) as u128 + 1) * self.weights[*b] as u128;
-                let lb = (view.in_flight(*b) as u128 + 1) * self.weights[*a] as u128;
-                la.cmp(&lb).then(a.cmp(b))
-            }),
+            Algorithm::LeastConnections => {
+                (0..self.weights.len()).filter(|i| ok(*i)).min_by(|a, b| {
+                    // in_flight / weight, compared without division.
+                    let la = (view.in_flight(*a) as u128 + 1) * self.weights[*b] as u128;
+                    let lb = (view.in_flight(*b) as u128 + 1) * self.weights[*a] as u128;
+                    la.cmp(&lb).then(a.cmp(b))
+                })
+            }
             Algorithm::ConsistentHash => {
                 let Some(key) = hash_key else {
                     return self.smooth_weighted(ok);
@@ -109,14 +121,19 @@ impl Balancer {
     }
 }
 
-/// 64-bit FNV-1a: stable across processes and versions (the ring must agree on every node).
+/// 64-bit FNV-1a followed by murmur3's finaliser (FNV alone clusters similar keys such as
+/// `url#1`, `url#2`). Stable across processes and versions: every node builds the same ring.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {
         h ^= *b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+    h ^ (h >> 33)
 }
 
 /// Requests in flight per target, for least-connections and metrics.
@@ -178,10 +195,25 @@ mod tests {
     fn consistent_hash_keeps_keys_on_their_target_and_moves_few_when_one_fails() {
         let keys: Vec<String> = (0..4).map(|i| format!("http://10.0.0.{i}:80")).collect();
         let b = Balancer::new(Algorithm::ConsistentHash, vec![100; 4], &keys);
-        let before: Vec<usize> = (0..1000).map(|k| b.pick(&AllUp, Some(format!("user-{k}").as_bytes()), &[]).unwrap()).collect();
-        let again: Vec<usize> = (0..1000).map(|k| b.pick(&AllUp, Some(format!("user-{k}").as_bytes()), &[]).unwrap()).collect();
+        let before: Vec<usize> = (0..1000)
+            .map(|k| {
+                b.pick(&AllUp, Some(format!("user-{k}").as_bytes()), &[])
+                    .unwrap()
+            })
+            .collect();
+        let again: Vec<usize> = (0..1000)
+            .map(|k| {
+                b.pick(&AllUp, Some(format!("user-{k}").as_bytes()), &[])
+                    .unwrap()
+            })
+            .collect();
         assert_eq!(before, again);
-        let after: Vec<usize> = (0..1000).map(|k| b.pick(&Down(2), Some(format!("user-{k}").as_bytes()), &[]).unwrap()).collect();
+        let after: Vec<usize> = (0..1000)
+            .map(|k| {
+                b.pick(&Down(2), Some(format!("user-{k}").as_bytes()), &[])
+                    .unwrap()
+            })
+            .collect();
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         let on_two = before.iter().filter(|t| **t == 2).count();
         assert_eq!(moved, on_two, "only keys of the failed target move");

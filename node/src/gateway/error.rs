@@ -11,6 +11,8 @@ use super::body::{full, ProxyBody};
 pub enum GatewayError {
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("request headers are larger than the limit of {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     #[error("no route matches host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
     #[error("request body is larger than this route's limit of {limit} bytes")]
@@ -31,10 +33,13 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamReset { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -44,6 +49,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::HeadersTooLarge { .. } => "headers_too_large",
             GatewayError::NoRoute { .. } => "no_route",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::NoHealthyTarget => "no_healthy_target",
@@ -57,7 +63,8 @@ impl GatewayError {
     /// The upstream involved and what went wrong, for the log only.
     pub fn log_detail(&self) -> Option<String> {
         match self {
-            GatewayError::UpstreamConnect { upstream, detail } | GatewayError::UpstreamReset { upstream, detail } => {
+            GatewayError::UpstreamConnect { upstream, detail }
+            | GatewayError::UpstreamReset { upstream, detail } => {
                 Some(format!("{upstream}: {detail}"))
             }
             GatewayError::UpstreamTimeout { upstream } => Some(upstream.clone()),

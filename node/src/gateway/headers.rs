@@ -45,8 +45,16 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 
 /// Sets X-Forwarded-For/Proto/Host. Values the client sent are kept (and extended) only when
 /// the client is a trusted proxy; otherwise they are replaced, so nobody can spoof an address.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, trusted: bool, original_host: Option<&str>) {
-    let xff = match (trusted, headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    trusted: bool,
+    original_host: Option<&str>,
+) {
+    let xff = match (
+        trusted,
+        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+    ) {
         (true, Some(prior)) if !prior.trim().is_empty() => format!("{prior}, {client}"),
         _ => client.to_string(),
     };
@@ -70,7 +78,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, trusted: bool, ori
 
 /// Appends this proxy to Via.
 pub fn add_via(headers: &mut HeaderMap) {
-    let via = match headers.get(hyper::header::VIA).and_then(|v| v.to_str().ok()) {
+    let via = match headers
+        .get(hyper::header::VIA)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prior) => format!("{prior}, {VIA_VALUE}"),
         None => VIA_VALUE.to_string(),
     };
@@ -84,7 +95,9 @@ pub fn request_id(headers: &mut HeaderMap) -> String {
     if let Some(id) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if !id.is_empty()
             && id.len() <= 128
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         {
             return id.to_string();
         }
@@ -92,7 +105,10 @@ pub fn request_id(headers: &mut HeaderMap) -> String {
     let mut raw = [0u8; 16];
     rand::rng().fill_bytes(&mut raw);
     let id = hex::encode(raw);
-    headers.insert(X_REQUEST_ID, HeaderValue::from_str(&id).expect("hex is a valid header value"));
+    headers.insert(
+        X_REQUEST_ID,
+        HeaderValue::from_str(&id).expect("hex is a valid header value"),
+    );
     id
 }
 
@@ -101,7 +117,10 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
     let mut span = [0u8; 8];
     rand::rng().fill_bytes(&mut span);
     let span = hex::encode(span);
-    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
+    let incoming = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent);
     let value = match incoming {
         Some((trace_id, flags)) => format!("00-{trace_id}-{span}-{flags}"),
         None => {
@@ -118,8 +137,17 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` -> (trace id, flags).
 fn parse_traceparent(v: &str) -> Option<(String, String)> {
     let parts: Vec<&str> = v.trim().split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    if parts.len() != 4 || parts[0] != "00" || !hex(parts[1], 32) || !hex(parts[2], 16) || !hex(parts[3], 2) {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    if parts.len() != 4
+        || parts[0] != "00"
+        || !hex(parts[1], 32)
+        || !hex(parts[2], 16)
+        || !hex(parts[3], 2)
+    {
         return None;
     }
     if parts[1].bytes().all(|b| b == b'0') || parts[2].bytes().all(|b| b == b'0') {
@@ -136,7 +164,12 @@ mod tests {
     fn forwarded_for_from_untrusted_clients_is_replaced_not_extended() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), false, Some("api.example.com"));
+        set_forwarded(
+            &mut h,
+            "10.0.0.9".parse().unwrap(),
+            false,
+            Some("api.example.com"),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
 

@@ -56,7 +56,8 @@
 //! of a segment trie holding the prefixes (deepest node first), and the rules without paths.
 //! Each of those candidate lists is pre-sorted by keys 3–5, so the first candidate whose
 //! method, header and query conditions hold is the winner. Work per request grows with the
-//! path's depth and the number of candidates sharing a path, not with the number of routes.
+//! path's depth, the host's labels, the candidates sharing one path and the size of the
+//! visited buckets' regex sets, not with the number of routes.
 //!
 //! **Invariant** (enforced by [`Router::new`], relied on by `find`): a bucket's candidate
 //! lists are each sorted by specificity keys 3–5, and every entry in a list has the same host
@@ -519,7 +520,11 @@ impl Router {
             if !self.wildcard_hosts.is_empty() {
                 // Leftmost dot first = longest suffix first. A dot at 0 would leave no label
                 // for the `*` to stand for.
-                for (dot, _) in host.match_indices('.').filter(|&(dot, _)| dot > 0) {
+                let dots = host
+                    .bytes()
+                    .enumerate()
+                    .filter(|&(i, b)| b == b'.' && i > 0);
+                for (dot, _) in dots {
                     if let Some(bucket) = self.wildcard_hosts.get(&host[dot..]) {
                         if let Some(found) = self.find_in_bucket(bucket, input, &mut query) {
                             return Some(found);
@@ -553,6 +558,8 @@ impl Router {
                 if !self.conditions_hold(candidate.rule_index, input, query) {
                     continue;
                 }
+                // The set and the rule's own regex come from the same source, so this only
+                // fails if they disagree, and then the candidate is rightly skipped.
                 if let Some(found) = self.regex_match(candidate, path) {
                     return Some(found);
                 }
@@ -569,9 +576,9 @@ impl Router {
         None
     }
 
-    /// Walks the trie along the path's segments from `node` (which matched `path[..matched]`)
-    /// and returns the longest matching prefix whose conditions hold: deeper nodes first, and
-    /// at each node `/api/` (longer) before `/api`.
+    /// Walks the trie along the path's segments from `node_index` (whose prefix is
+    /// `path[..matched]`) and returns the longest matching prefix whose conditions hold:
+    /// deeper nodes first, and at each node `/api/` (longer) before `/api`.
     fn find_prefix<'a>(
         &'a self,
         trie: &PrefixTrie,
@@ -585,7 +592,11 @@ impl Router {
         let rest = &path[matched..];
         let continues_with_slash = rest.starts_with('/');
         if continues_with_slash && !node.children.is_empty() {
-            let segment_end = rest[1..].find('/').map_or(path.len(), |i| matched + 1 + i);
+            // A byte loop: segments are short, so memchr's setup costs more than it saves.
+            let segment_end = rest.as_bytes()[1..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(path.len(), |i| matched + 1 + i);
             let segment = &path[matched + 1..segment_end];
             if let Some(&child) = node.children.get(segment) {
                 if let Some(found) = self.find_prefix(trie, child, segment_end, input, query) {
@@ -698,7 +709,9 @@ fn request_host(raw: &str) -> Cow<'_, str> {
     let without_port = if raw.starts_with('[') {
         raw.find(']').map_or(raw, |end| &raw[..=end])
     } else {
-        raw.find(':').map_or(raw, |colon| &raw[..colon])
+        raw.bytes()
+            .position(|b| b == b':')
+            .map_or(raw, |colon| &raw[..colon])
     };
     let host = without_port.strip_suffix('.').unwrap_or(without_port);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {

@@ -58,7 +58,9 @@ impl Upstream {
         let weights = spec.targets.iter().map(|t| t.weight).collect();
         let balancer = Balancer::new(spec.lb.algorithm, weights, &keys);
         let hash_on = match spec.lb.algorithm {
-            crate::resources::service::Algorithm::ConsistentHash => Some(spec.lb.hash_on().map_err(|e| e.to_string())?),
+            crate::resources::service::Algorithm::ConsistentHash => {
+                Some(spec.lb.hash_on().map_err(|e| e.to_string())?)
+            }
             _ => None,
         };
         let mut connector = HttpConnector::new();
@@ -135,7 +137,10 @@ pub struct InFlightGuard {
 
 impl InFlightGuard {
     pub fn new(upstream: Arc<Upstream>, index: usize) -> InFlightGuard {
-        upstream.targets[index].in_flight.0.fetch_add(1, Ordering::Relaxed);
+        upstream.targets[index]
+            .in_flight
+            .0
+            .fetch_add(1, Ordering::Relaxed);
         InFlightGuard { upstream, index }
     }
 }

@@ -287,7 +287,10 @@ fn apply_resources(txn: &mut WriteTxn, index: u64, now: u64, a: &pb::ApplyResour
 /// A Service target that points at a cluster member's own peer, admin or status port: the
 /// proxy would then forward arbitrary traffic into the control plane (SSRF). Returns the
 /// field and the message.
-fn targets_own_port(txn: &WriteTxn, spec: &serde_json::Value) -> Result<Option<(String, String)>, StoreError> {
+fn targets_own_port(
+    txn: &WriteTxn,
+    spec: &serde_json::Value,
+) -> Result<Option<(String, String)>, StoreError> {
     let Ok(service) = resources::service::ServiceSpec::parse(spec) else {
         return Ok(None);
     };
@@ -296,19 +299,27 @@ fn targets_own_port(txn: &WriteTxn, spec: &serde_json::Value) -> Result<Option<(
     };
     let membership: pb::StoredMembership = decode(&bytes, "membership")?;
     let nodes = membership.membership.unwrap_or_default().nodes;
-    let local = |h: &str| matches!(h, "localhost" | "0.0.0.0" | "::" | "::1") || h.starts_with("127.");
+    let local =
+        |h: &str| matches!(h, "localhost" | "0.0.0.0" | "::" | "::1") || h.starts_with("127.");
     for (i, t) in service.targets.iter().enumerate() {
         let Ok(url) = resources::service::TargetUrl::parse(&t.url) else {
             continue;
         };
         for (id, n) in &nodes {
-            for (what, addr) in [("peer", &n.peer_addr), ("admin", &n.admin_addr), ("status", &n.status_addr)] {
+            for (what, addr) in [
+                ("peer", &n.peer_addr),
+                ("admin", &n.admin_addr),
+                ("status", &n.status_addr),
+            ] {
                 let Some((host, port)) = addr.rsplit_once(':') else {
                     continue;
                 };
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 let same_port = port.parse::<u16>().ok() == Some(url.port);
-                let same_host = host == url.host || (local(host) && local(&url.host)) || host == "0.0.0.0" || host == "::";
+                let same_host = host == url.host
+                    || (local(host) && local(&url.host))
+                    || host == "0.0.0.0"
+                    || host == "::";
                 if same_port && same_host {
                     return Ok(Some((
                         format!("spec.targets[{i}].url"),

@@ -154,7 +154,8 @@ mod tests {
         assert_eq!(e.field, "spec.paths[0]");
         let e = RouteSpec::parse(&json!({"paths": ["/a"]})).unwrap_err();
         assert!(e.message.contains("missing field `service`"), "{e}");
-        let e = RouteSpec::parse(&json!({"paths": ["/a"], "service": "s", "methods": ["get"]})).unwrap_err();
+        let e = RouteSpec::parse(&json!({"paths": ["/a"], "service": "s", "methods": ["get"]}))
+            .unwrap_err();
         assert_eq!(e.field, "spec.methods[0]");
         let e = RouteSpec::parse(&json!({"paths": ["~^/(unclosed"], "service": "s"})).unwrap_err();
         assert_eq!(e.field, "spec.paths[0]");
@@ -164,6 +165,9 @@ mod tests {
     fn path_notation_selects_prefix_exact_or_regex() {
         assert_eq!(parse_path("/a").unwrap(), PathSpec::Prefix("/a".into()));
         assert_eq!(parse_path("=/a").unwrap(), PathSpec::Exact("/a".into()));
-        assert_eq!(parse_path("~^/v\\d+").unwrap(), PathSpec::Regex("^/v\\d+".into()));
+        assert_eq!(
+            parse_path("~^/v\\d+").unwrap(),
+            PathSpec::Regex("^/v\\d+".into())
+        );
     }
 }

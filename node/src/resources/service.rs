@@ -220,7 +220,8 @@ impl LoadBalancing {
             None | Some("client_ip") => Ok(HashOn::ClientIp),
             Some(s) => {
                 if let Some(h) = s.strip_prefix("header:") {
-                    if !h.is_empty() && hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok() {
+                    if !h.is_empty() && hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok()
+                    {
                         return Ok(HashOn::Header(h.to_ascii_lowercase()));
                     }
                 } else if let Some(c) = s.strip_prefix("cookie:") {
@@ -241,10 +242,14 @@ impl ServiceSpec {
     pub fn parse(spec: &serde_json::Value) -> Result<ServiceSpec, SpecError> {
         let s: ServiceSpec = parse_spec(spec)?;
         if s.targets.is_empty() {
-            return Err(SpecError::new("spec.targets", "at least one target is required"));
+            return Err(SpecError::new(
+                "spec.targets",
+                "at least one target is required",
+            ));
         }
         for (i, t) in s.targets.iter().enumerate() {
-            TargetUrl::parse(&t.url).map_err(|m| SpecError::new(format!("spec.targets[{i}].url"), m))?;
+            TargetUrl::parse(&t.url)
+                .map_err(|m| SpecError::new(format!("spec.targets[{i}].url"), m))?;
             if t.weight > 65535 {
                 return Err(SpecError::new(
                     format!("spec.targets[{i}].weight"),
@@ -292,18 +297,26 @@ pub struct TargetUrl {
 
 impl TargetUrl {
     pub fn parse(url: &str) -> Result<TargetUrl, String> {
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(format!("invalid URL {url:?}: the scheme must be http or https")),
+            _ => {
+                return Err(format!(
+                    "invalid URL {url:?}: the scheme must be http or https"
+                ))
+            }
         };
         let host = match uri.host() {
             Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']').to_string(),
             _ => return Err(format!("invalid URL {url:?}: a host is required")),
         };
         if uri.query().is_some() {
-            return Err(format!("invalid URL {url:?}: a target URL cannot carry a query"));
+            return Err(format!(
+                "invalid URL {url:?}: a target URL cannot carry a query"
+            ));
         }
         if https {
             return Err(format!(
@@ -337,15 +350,19 @@ mod tests {
 
     #[test]
     fn a_service_needs_valid_http_targets() {
-        assert!(ServiceSpec::parse(&json!({"targets": [{"url": "http://127.0.0.1:9001"}]})).is_ok());
+        assert!(
+            ServiceSpec::parse(&json!({"targets": [{"url": "http://127.0.0.1:9001"}]})).is_ok()
+        );
         let e = ServiceSpec::parse(&json!({"targets": [{"url": "ftp://x"}]})).unwrap_err();
         assert_eq!(e.field, "spec.targets[0].url");
         let e = ServiceSpec::parse(&json!({"targets": []})).unwrap_err();
         assert_eq!(e.field, "spec.targets");
-        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "wieght": 1}]})).unwrap_err();
+        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "wieght": 1}]}))
+            .unwrap_err();
         assert_eq!(e.field, "spec.targets[0].wieght");
         assert!(e.message.contains("unknown field `wieght`"), "{e}");
-        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "weight": "x"}]})).unwrap_err();
+        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "weight": "x"}]}))
+            .unwrap_err();
         assert_eq!(e.field, "spec.targets[0].weight");
     }
 
@@ -361,9 +378,18 @@ mod tests {
         .unwrap();
         assert_eq!(s.timeouts.connect.0, std::time::Duration::from_millis(250));
         assert_eq!(s.lb.hash_on().unwrap(), HashOn::Header("x-user".into()));
-        assert_eq!(s.retries.on, vec![RetryOn::ConnectFailure, RetryOn::Status5xx]);
-        assert_eq!(TargetUrl::parse("http://a:1/base/").unwrap().base_path, "/base");
-        let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a"}], "timeouts": {"read": "soon"}})).unwrap_err();
+        assert_eq!(
+            s.retries.on,
+            vec![RetryOn::ConnectFailure, RetryOn::Status5xx]
+        );
+        assert_eq!(
+            TargetUrl::parse("http://a:1/base/").unwrap().base_path,
+            "/base"
+        );
+        let e = ServiceSpec::parse(
+            &json!({"targets": [{"url": "http://a"}], "timeouts": {"read": "soon"}}),
+        )
+        .unwrap_err();
         assert_eq!(e.field, "spec.timeouts.read");
     }
 }

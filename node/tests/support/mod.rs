@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -244,6 +246,18 @@ impl Cluster {
         self.client_of(id).status().await.expect("status")
     }
 
+    /// The proxy address node `id` advertises (the harness lets the OS pick the port).
+    pub async fn proxy_addr(&self, id: u64) -> String {
+        let status = self.status(id).await;
+        status
+            .members
+            .iter()
+            .find(|m| m.node_id == id)
+            .and_then(|m| m.info.as_ref())
+            .map(|i| i.proxy_addr.clone())
+            .expect("node lists itself")
+    }
+
     pub fn dump_logs(&self) {
         for n in &self.nodes {
             eprintln!("===== node {} log =====\n{}", n.id, n.log());
@@ -275,6 +289,16 @@ where
     }
 }
 
+/// A resource from a JSON spec.
+pub fn resource(kind: &str, name: &str, spec: serde_json::Value) -> ResourceInput {
+    ResourceInput {
+        kind: kind.into(),
+        name: name.into(),
+        labels: Default::default(),
+        spec: Some(konnect_proto::json::json_to_struct(&spec).unwrap()),
+    }
+}
+
 pub fn service(name: &str, port: u16) -> ResourceInput {
     ResourceInput {
         kind: "Service".into(),
@@ -301,4 +325,68 @@ pub fn route(name: &str, path: &str, service: &str) -> ResourceInput {
             .unwrap(),
         ),
     }
+}
+
+/// A plain HTTP/1.1 response as a test sees it.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Sends one request through the proxy with a fresh connection.
+pub async fn http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to proxy");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends raw bytes and returns whatever the server answers before closing (or within 5 s).
+pub async fn raw(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -1,0 +1,447 @@
+//! End to end through the data plane: real konnect processes proxying to test upstreams.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::upstream::Upstream;
+use support::*;
+
+/// A one-node cluster with `resources` applied, and its proxy address.
+async fn gateway_with(
+    resources: Vec<konnect_proto::admin::v1::ResourceInput>,
+    extra: &[&str],
+) -> (Cluster, String) {
+    let cluster = Cluster::start_initialised(1, extra).await;
+    cluster
+        .client_of(1)
+        .apply(resources, vec![])
+        .await
+        .expect("apply");
+    let proxy = cluster.proxy_addr(1).await;
+    (cluster, proxy)
+}
+
+/// Waits until the proxy serves `path` with a status other than 404 (config propagated).
+async fn until_routed(proxy: &str, path: &str) {
+    wait_for("the route to be live", Duration::from_secs(10), || async {
+        (http("GET", proxy, path, &[], "").await.status != 404).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_requests_by_weight() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource("Service", "web", json!({"targets": [{"url": a.url(), "weight": 300}, {"url": b.url(), "weight": 100}]})),
+            resource("Route", "web", json!({"paths": ["/web"], "service": "web"})),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/web").await;
+    let (a0, b0) = (a.hits(), b.hits());
+    for _ in 0..400 {
+        assert_eq!(http("GET", &proxy, "/web/x", &[], "").await.status, 200);
+    }
+    assert_eq!((a.hits() - a0, b.hits() - b0), (300, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_target_is_ejected_and_traffic_goes_on() {
+    let live = Upstream::start("live").await;
+    let dead = free_ports(1)[0];
+    let (cluster, proxy) = gateway_with(
+        vec![
+            resource(
+                "Service",
+                "web",
+                json!({
+                    "targets": [{"url": live.url()}, {"url": format!("http://127.0.0.1:{dead}")}],
+                    "health_check": {"passive": {"consecutive_failures": 2, "ejection": "60s"}}
+                }),
+            ),
+            resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/").await;
+    for _ in 0..40 {
+        let r = http("GET", &proxy, "/", &[], "").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    // After ejection the dead target is not tried: metrics count exactly the failures that
+    // led to it (2), not one per request.
+    let metrics = status_metrics(&cluster).await;
+    let errors = metric_value(&metrics, "konnect_proxy_upstream_errors_total");
+    assert!(
+        errors <= 2.0,
+        "dead target kept being tried: {errors} errors\n{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "konnect_proxy_target_ejections_total"),
+        1.0
+    );
+}
+
+async fn status_metrics(cluster: &Cluster) -> String {
+    let addr = cluster.nodes[0].status.clone();
+    let r = http("GET", &addr, "/metrics", &[], "").await;
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_happen_only_when_resending_is_safe() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource(
+                "Service",
+                "web",
+                json!({
+                    "targets": [{"url": up.url()}],
+                    "retries": {"count": 2, "on": ["5xx"], "backoff": "1ms"}
+                }),
+            ),
+            resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/").await;
+    // POST is not idempotent: the first 503 is returned as is.
+    let post = http("POST", &proxy, "/flaky/2", &[], "payload").await;
+    assert_eq!(post.status, 503);
+    // GET is retried past the remaining failure.
+    let get = http("GET", &proxy, "/flaky/2", &[], "").await;
+    assert_eq!(get.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_typed_json_errors_without_the_upstream_address() {
+    let slow = Upstream::start("slow").await;
+    let dead = free_ports(1)[0];
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource(
+                "Service",
+                "slow",
+                json!({"targets": [{"url": slow.url()}], "timeouts": {"read": "200ms"}}),
+            ),
+            resource(
+                "Service",
+                "dead",
+                json!({"targets": [{"url": format!("http://127.0.0.1:{dead}")}]}),
+            ),
+            resource(
+                "Route",
+                "slow",
+                json!({"paths": ["/slow"], "service": "slow"}),
+            ),
+            resource(
+                "Route",
+                "dead",
+                json!({"paths": ["/dead"], "service": "dead"}),
+            ),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/dead").await;
+
+    let started = Instant::now();
+    let r = http("GET", &proxy, "/slow/3000", &[], "").await;
+    assert_eq!(r.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "timeout not enforced"
+    );
+    assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+
+    let r = http("GET", &proxy, "/dead", &[], "").await;
+    assert_eq!(r.status, 502);
+    let body = r.json();
+    assert_eq!(body["error"]["code"], "upstream_unreachable");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(&dead.to_string()),
+        "upstream leaked: {body}"
+    );
+    assert_eq!(
+        body["error"]["request_id"],
+        r.headers["x-request-id"].to_str().unwrap()
+    );
+
+    let r = http("GET", &proxy, "/nowhere", &[], "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json()["error"]["message"],
+        "no route matches host \"gateway.test\" and path \"/nowhere\""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_are_set_and_client_supplied_ones_not_trusted() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource(
+                "Service",
+                "web",
+                json!({"targets": [{"url": format!("{}/base", up.url())}]}),
+            ),
+            resource(
+                "Route",
+                "web",
+                json!({"paths": ["/api"], "strip_prefix": true, "service": "web"}),
+            ),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/api").await;
+    let r = http(
+        "GET",
+        &proxy,
+        "/api/users?id=7",
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("x-request-id", "req-123"),
+        ],
+        "",
+    )
+    .await;
+    let echo = r.json();
+    assert_eq!(
+        echo["path"], "/base/users",
+        "strip_prefix then the target's base path"
+    );
+    assert_eq!(echo["query"], "id=7");
+    let h = &echo["headers"];
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "spoofed XFF must be replaced"
+    );
+    assert_eq!(h["x-forwarded-host"], "gateway.test");
+    assert_eq!(h["x-request-id"], "req-123");
+    assert_eq!(h["via"], "1.1 konnect");
+    assert!(
+        h.get("x-private").is_none(),
+        "header named by Connection must not be forwarded"
+    );
+    assert!(h["traceparent"].as_str().unwrap().starts_with("00-"));
+    assert_eq!(r.headers["x-request-id"], "req-123");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_reach_the_client_before_the_upstream_finishes() {
+    use http_body_util::BodyExt;
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+            resource("Route", "web", json!({"paths": ["/sse"], "service": "web"})),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/sse/ready").await;
+    let stream = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/sse")
+        .header("host", "x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let mut body = sender.send_request(req).await.unwrap().into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first event arrives while the upstream is still open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+    up.release_sse();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "data: second\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_on_one_node_takes_effect_on_all_and_removal_gives_404_everywhere() {
+    let up = Upstream::start("u").await;
+    let cluster = Cluster::start_initialised(3, &[]).await;
+    let client = cluster.client_of(2);
+    client
+        .apply(
+            vec![
+                resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+                resource("Route", "web", json!({"paths": ["/web"], "service": "web"})),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+    let mut proxies = Vec::new();
+    for n in &cluster.nodes {
+        proxies.push(cluster.proxy_addr(n.id).await);
+    }
+    for p in &proxies {
+        until_routed(p, "/web").await;
+        assert_eq!(http("GET", p, "/web", &[], "").await.status, 200);
+    }
+    client.delete("Route", "web", None).await.unwrap();
+    for p in &proxies {
+        wait_for(
+            "the route to disappear",
+            Duration::from_secs(10),
+            || async { (http("GET", p, "/web", &[], "").await.status == 404).then_some(()) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_pointing_at_the_admin_port_is_refused_at_apply() {
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let admin = cluster.nodes[0].admin.clone();
+    let err = cluster
+        .client_of(1)
+        .apply(
+            vec![resource(
+                "Service",
+                "evil",
+                json!({"targets": [{"url": format!("http://{admin}")}]}),
+            )],
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("admin port"), "{err}");
+    let port = admin.rsplit(':').next().unwrap();
+    let err = cluster
+        .client_of(1)
+        .apply(
+            vec![resource(
+                "Service",
+                "evil",
+                json!({"targets": [{"url": format!("http://localhost:{port}")}]}),
+            )],
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("admin port"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_oversize_and_slow_requests_are_refused_on_the_wire() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+            resource(
+                "Route",
+                "public",
+                json!({"paths": ["/public"], "service": "web", "max_body_bytes": 16}),
+            ),
+        ],
+        &[
+            "--header-read-timeout-ms",
+            "500",
+            "--max-header-bytes",
+            "4096",
+        ],
+    )
+    .await;
+    until_routed(&proxy, "/public").await;
+    let hits = up.hits();
+
+    // CL+TE: chunked framing wins (RFC 9112), so the "smuggled" request behind the empty
+    // chunked body is a second request of its own, judged by the router: 404, not upstream.
+    let both = raw(&proxy, b"POST /public HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(both.starts_with("HTTP/1.1 200"), "CL+TE: {both}");
+    assert!(
+        both.contains("\"content-length\":\"0\"") || !both.contains("\"content-length\":\"4\""),
+        "CL forwarded: {both}"
+    );
+    assert_eq!(
+        both.matches("x-served-by").count(),
+        1,
+        "smuggled request reached the upstream: {both}"
+    );
+    assert_eq!(up.hits(), hits + 1);
+    let hits = up.hits();
+    let dup = raw(
+        &proxy,
+        b"POST /public HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    )
+    .await;
+    assert!(dup.starts_with("HTTP/1.1 400"), "duplicate CL: {dup}");
+    let fold = raw(
+        &proxy,
+        b"GET /public HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    )
+    .await;
+    assert!(fold.starts_with("HTTP/1.1 400"), "obs-fold: {fold}");
+    let big = format!(
+        "GET /public HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8000)
+    );
+    let big = raw(&proxy, big.as_bytes()).await;
+    assert!(
+        big.starts_with("HTTP/1.1 431") || big.is_empty(),
+        "oversize header: {big}"
+    );
+    let body = raw(
+        &proxy,
+        b"POST /public HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n01234567890123456789",
+    )
+    .await;
+    assert!(body.starts_with("HTTP/1.1 413"), "oversize body: {body}");
+    let chunked = raw(&proxy, b"POST /public HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n01234567890123456789\r\n0\r\n\r\n").await;
+    assert!(
+        chunked.starts_with("HTTP/1.1 413"),
+        "oversize chunked body: {chunked}"
+    );
+    for path in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2e/admin",
+        "//admin",
+        "/public/..%2fadmin",
+    ] {
+        let r = raw(
+            &proxy,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 404") || r.starts_with("HTTP/1.1 400"),
+            "{path} bypassed: {r}"
+        );
+    }
+    assert_eq!(up.hits(), hits, "no attack reached the upstream");
+
+    // Slowloris: a client that never finishes its headers is cut off.
+    let started = Instant::now();
+    let slow = raw(&proxy, b"GET /public HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "slow client kept open: {slow}"
+    );
+}
