@@ -33,7 +33,7 @@ use body::{full, MeteredBody, ProxyBody};
 use error::GatewayError;
 use upstream::{InFlightGuard, Upstream};
 
-use crate::resources::service::{HashOn, RetryOn};
+use crate::resources::service::{HashOn, RetryOn, UpstreamProtocol};
 use crate::state::{GatewaySnapshot, SharedSnapshot};
 
 /// Data-plane settings that come from flags, not from the replicated config.
@@ -185,7 +185,7 @@ impl Gateway {
     async fn proxy(
         &self,
         snapshot: &GatewaySnapshot,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client: SocketAddr,
         entry: &mut AccessEntry,
     ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
@@ -232,6 +232,11 @@ impl Gateway {
         let method = req.method().clone();
         let retries_allowed = upstream.spec.retries.count > 0
             && (is_idempotent(&method) || upstream.spec.retries.allow_non_idempotent);
+        let upgrade = headers::requested_upgrade(req.headers());
+        if upgrade.is_some() && !route.spec.websocket {
+            return Err(GatewayError::UpgradeNotAllowed);
+        }
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
         let body = limit_body(&parts, incoming, route.spec.max_body_bytes, retries_allowed).await?;
 
@@ -257,6 +262,9 @@ impl Gateway {
         );
         headers::add_via(&mut parts.headers);
         headers::propagate_traceparent(&mut parts.headers);
+        if let Some(protocol) = &upgrade {
+            headers::restore_upgrade(&mut parts.headers, protocol.clone());
+        }
         let hash_key = upstream
             .hash_on
             .as_ref()
@@ -274,6 +282,13 @@ impl Gateway {
         )
         .await?;
 
+        // A switched protocol: splice the two upgraded connections together.
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade) {
+                return Ok((splice_upgrade(client_upgrade, resp, protocol, upstream.clone(), target), upstream.spec.timeouts.idle.0));
+            }
+        }
+
         // Phase: prepare_response.
         let (mut rparts, rbody) = resp.into_parts();
         headers::remove_hop_by_hop(&mut rparts.headers);
@@ -288,6 +303,39 @@ impl Gateway {
             upstream.spec.timeouts.idle.0,
         ))
     }
+}
+
+/// Answers 101 to the client and, once both sides have switched, copies bytes both ways
+/// until either closes. The target counts as in flight for the whole session.
+fn splice_upgrade(
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    mut resp: Response<Incoming>,
+    protocol: HeaderValue,
+    upstream: Arc<Upstream>,
+    target: usize,
+) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let guard = InFlightGuard::new(upstream, target);
+    tokio::spawn(async move {
+        let _guard = guard;
+        let (client, server) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "protocol upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut server = TokioIo::new(server);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+    let (mut parts, _) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::restore_upgrade(&mut parts.headers, protocol);
+    headers::add_via(&mut parts.headers);
+    Response::from_parts(parts, body::empty())
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -465,7 +513,10 @@ async fn forward(
         let mut req = Request::builder()
             .method(parts.method.clone())
             .uri(uri)
-            .version(hyper::Version::HTTP_11)
+            .version(match spec.protocol {
+                UpstreamProtocol::Http1 => hyper::Version::HTTP_11,
+                UpstreamProtocol::Http2 => hyper::Version::HTTP_2,
+            })
             .body(body)
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         *req.headers_mut() = parts.headers.clone();

@@ -11,6 +11,8 @@ use super::body::{full, ProxyBody};
 pub enum GatewayError {
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("protocol upgrades (websocket) are not enabled on this route")]
+    UpgradeNotAllowed,
     #[error("request headers are larger than the limit of {limit} bytes")]
     HeadersTooLarge { limit: usize },
     #[error("no route matches host {host:?} and path {path:?}")]
@@ -34,6 +36,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::UpgradeNotAllowed => StatusCode::BAD_REQUEST,
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
@@ -50,6 +53,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::HeadersTooLarge { .. } => "headers_too_large",
+            GatewayError::UpgradeNotAllowed => "upgrade_not_allowed",
             GatewayError::NoRoute { .. } => "no_route",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::NoHealthyTarget => "no_healthy_target",

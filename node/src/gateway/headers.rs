@@ -22,8 +22,14 @@ const HOP_BY_HOP: &[&str] = &[
 pub const X_REQUEST_ID: &str = "x-request-id";
 const VIA_VALUE: &str = "1.1 konnect";
 
-/// Removes hop-by-hop headers, including those the Connection header names.
+/// Removes hop-by-hop headers, including those the Connection header names. `TE: trailers`
+/// survives: gRPC needs it end to end and HTTP/2 allows exactly that value.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let wants_trailers = headers
+        .get_all(hyper::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()
@@ -37,6 +43,29 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for h in HOP_BY_HOP {
         headers.remove(*h);
     }
+    if wants_trailers {
+        headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The protocol a request asks to switch to (`Upgrade: websocket` with `Connection: upgrade`).
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if connection_upgrade {
+        headers.get(hyper::header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Puts back the two headers that carry a protocol upgrade across the proxy.
+pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(hyper::header::UPGRADE, protocol);
 }
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balancer::{Balancer, InFlight, TargetView};
 use super::body::ProxyBody;
-use crate::resources::service::{HashOn, ServiceSpec, TargetUrl};
+use crate::resources::service::{HashOn, ServiceSpec, TargetUrl, UpstreamProtocol};
 
 pub type HttpClient = Client<HttpConnector, ProxyBody>;
 
@@ -71,6 +71,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(spec.pool.idle_timeout.0)
             .pool_max_idle_per_host(spec.pool.max_idle_per_target)
+            .http2_only(spec.protocol == UpstreamProtocol::Http2)
             .build(connector);
         Ok(Upstream {
             name: name.to_string(),

@@ -49,6 +49,10 @@ pub struct RouteSpec {
     pub strip_prefix: bool,
     /// Largest request body accepted, in bytes; larger ones get 413. Default: no limit.
     pub max_body_bytes: Option<u64>,
+    /// Let clients upgrade to WebSocket on this route (the upstream must speak HTTP/1.1).
+    /// Default false: upgrade requests get 400.
+    #[serde(default)]
+    pub websocket: bool,
     /// Name of the Service that receives the traffic.
     pub service: String,
 }

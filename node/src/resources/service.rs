@@ -28,6 +28,18 @@ pub struct ServiceSpec {
     pub health_check: HealthCheck,
     #[serde(default)]
     pub pool: Pool,
+    /// Protocol spoken to the targets: `http1` (default) or `http2` (cleartext h2, needed for
+    /// gRPC upstreams).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
