@@ -8,9 +8,13 @@
 pub mod access_log;
 pub mod balancer;
 pub mod body;
+pub mod cache;
+pub mod circuit;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod router;
+pub mod transform;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -285,7 +289,10 @@ impl Gateway {
         // A switched protocol: splice the two upgraded connections together.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade) {
-                return Ok((splice_upgrade(client_upgrade, resp, protocol, upstream.clone(), target), upstream.spec.timeouts.idle.0));
+                return Ok((
+                    splice_upgrade(client_upgrade, resp, protocol, upstream.clone(), target),
+                    upstream.spec.timeouts.idle.0,
+                ));
             }
         }
 

@@ -33,7 +33,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())
 }
 
-fn record_raft(m: &RaftMetrics) {
+fn record_raft(m: &RaftMetrics, followers: &mut std::collections::BTreeSet<u64>) {
     metrics::gauge!("konnect_raft_term").set(m.current_term as f64);
     metrics::gauge!("konnect_raft_leader_id").set(m.current_leader.map_or(0.0, |l| l as f64));
     metrics::gauge!("konnect_raft_is_leader").set(if m.current_leader == Some(m.id) {
@@ -44,22 +44,30 @@ fn record_raft(m: &RaftMetrics) {
     metrics::gauge!("konnect_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
     metrics::gauge!("konnect_raft_applied_index").set(m.last_applied.map_or(0, |l| l.index) as f64);
     metrics::gauge!("konnect_raft_snapshot_index").set(m.snapshot.map_or(0, |l| l.index) as f64);
-    if let Some(replication) = &m.replication {
-        let last = m.last_log_index.unwrap_or(0);
-        for (peer, matched) in replication {
-            let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
-            metrics::gauge!("konnect_raft_replication_lag_entries", "peer" => peer.to_string())
-                .set(lag as f64);
-        }
+    let last = m.last_log_index.unwrap_or(0);
+    let mut now = std::collections::BTreeSet::new();
+    for (peer, matched) in m.replication.iter().flatten() {
+        let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+        metrics::gauge!("konnect_raft_replication_lag_entries", "peer" => peer.to_string())
+            .set(lag as f64);
+        now.insert(*peer);
     }
+    // Only the leader replicates: a node that stops leading (or a removed peer) stops
+    // reporting lag instead of leaving a stale figure behind.
+    for gone in followers.difference(&now) {
+        metrics::gauge!("konnect_raft_replication_lag_entries", "peer" => gone.to_string())
+            .set(f64::NAN);
+    }
+    *followers = now;
 }
 
 /// Keeps the Raft gauges current until Raft shuts down.
 pub fn spawn_raft_metrics(raft: Raft) {
     let mut rx = raft.metrics();
     tokio::spawn(async move {
+        let mut followers = std::collections::BTreeSet::new();
         loop {
-            record_raft(&rx.borrow_and_update());
+            record_raft(&rx.borrow_and_update(), &mut followers);
             if rx.changed().await.is_err() {
                 return;
             }

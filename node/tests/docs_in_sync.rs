@@ -52,7 +52,8 @@ fn names(doc: &str, word: &str) -> bool {
     let bytes = doc.as_bytes();
     doc.match_indices(word).any(|(at, _)| {
         let end = at + word.len();
-        (at == 0 || !is_word_byte(bytes[at - 1])) && (end == bytes.len() || !is_word_byte(bytes[end]))
+        (at == 0 || !is_word_byte(bytes[at - 1]))
+            && (end == bytes.len() || !is_word_byte(bytes[end]))
     })
 }
 

@@ -126,11 +126,16 @@ impl Resources for ResourceService {
             writes: vec![to_write(input, Some(0))],
             prune_kinds: vec![],
         });
-        self.propose(&token, op).await.map_err(|e| match e {
+        let done = self.propose(&token, op).await.map_err(|e| match e {
             // A create that finds the resource present is "already exists", not a CAS conflict.
             AdminError::Conflict(m) => AdminError::AlreadyExists(m),
             e => e,
         })?;
+        self.node
+            .proposer
+            .wait_applied(done.revision)
+            .await
+            .map_err(AdminError::from)?;
         Ok(Response::new(self.get_stored(&kind, &name)?))
     }
 
@@ -154,7 +159,12 @@ impl Resources for ResourceService {
             writes: vec![to_write(input, r.expected_revision)],
             prune_kinds: vec![],
         });
-        self.propose(&token, op).await?;
+        let done = self.propose(&token, op).await?;
+        self.node
+            .proposer
+            .wait_applied(done.revision)
+            .await
+            .map_err(AdminError::from)?;
         Ok(Response::new(self.get_stored(&kind, &name)?))
     }
 

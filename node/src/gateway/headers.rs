@@ -29,7 +29,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .get_all(hyper::header::TE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()
@@ -54,7 +57,10 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .get_all(hyper::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
     if connection_upgrade {
         headers.get(hyper::header::UPGRADE).cloned()
     } else {
@@ -64,7 +70,10 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Puts back the two headers that carry a protocol upgrade across the proxy.
 pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
-    headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
     headers.insert(hyper::header::UPGRADE, protocol);
 }
 

@@ -63,7 +63,8 @@ impl ClusterIdentity {
         }
     }
 
-    /// Refuses a request from a node of another cluster.
+    /// Refuses a request from a node of another cluster. Used alone for `Identify`, which a
+    /// node that is in no cluster yet may call.
     pub fn check<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
         let theirs = req
             .metadata()
@@ -72,6 +73,20 @@ impl ClusterIdentity {
         match (self.get(), theirs) {
             (Some(ours), Some(theirs)) if ours.as_str() != theirs => Err(tonic::Status::failed_precondition(format!(
                 "cluster id mismatch: this node belongs to cluster {ours}, the sender to cluster {theirs}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Like [`check`](Self::check), and once this node belongs to a cluster the sender must
+    /// say it belongs to the same one: Raft traffic, forwarded writes and membership changes
+    /// come only from members (which all know the id once the first entry is applied).
+    /// Until mutual TLS on the peer port lands, this is what keeps strangers out.
+    pub fn check_member<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        self.check(req)?;
+        match (self.get(), req.metadata().get(CLUSTER_HEADER)) {
+            (Some(ours), None) => Err(tonic::Status::failed_precondition(format!(
+                "this node belongs to cluster {ours}; the request carries no cluster id"
             ))),
             _ => Ok(()),
         }

@@ -39,7 +39,7 @@ impl Peer for PeerService {
         &self,
         req: Request<peer::AppendEntriesRequest>,
     ) -> Result<Response<peer::AppendEntriesResponse>, Status> {
-        self.identity.check(&req)?;
+        self.identity.check_member(&req)?;
         let r = req.into_inner();
         let entries = r
             .entries
@@ -72,7 +72,7 @@ impl Peer for PeerService {
         &self,
         req: Request<peer::VoteRequest>,
     ) -> Result<Response<peer::VoteResponse>, Status> {
-        self.identity.check(&req)?;
+        self.identity.check_member(&req)?;
         let r = req.into_inner();
         let rpc = VoteRequest {
             vote: vote_from_pb(&r.vote.unwrap_or_default()),
@@ -90,7 +90,7 @@ impl Peer for PeerService {
         &self,
         req: Request<peer::InstallSnapshotRequest>,
     ) -> Result<Response<peer::InstallSnapshotResponse>, Status> {
-        self.identity.check(&req)?;
+        self.identity.check_member(&req)?;
         let r = req.into_inner();
         let meta = r
             .meta
@@ -147,7 +147,7 @@ impl Peer for PeerService {
         &self,
         req: Request<peer::ForwardRequest>,
     ) -> Result<Response<peer::ForwardResponse>, Status> {
-        self.identity.check(&req)?;
+        self.identity.check_member(&req)?;
         let cmd = req
             .into_inner()
             .command
@@ -167,7 +167,7 @@ impl Peer for PeerService {
         &self,
         req: Request<peer::ReadIndexRequest>,
     ) -> Result<Response<peer::ReadIndexResponse>, Status> {
-        self.identity.check(&req)?;
+        self.identity.check_member(&req)?;
         let index = self
             .proposer
             .read_index_here()
@@ -180,7 +180,7 @@ impl Peer for PeerService {
         &self,
         req: Request<peer::ChangeMembershipRequest>,
     ) -> Result<Response<peer::ChangeMembershipResponse>, Status> {
-        self.identity.check(&req)?;
+        self.identity.check_member(&req)?;
         let change = req
             .into_inner()
             .change

@@ -235,6 +235,19 @@ impl Proposer {
         }
     }
 
+    /// Waits until this node has applied the entry at `index` (a write it just made through
+    /// the leader), so a read that follows sees it.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), ProposeError> {
+        let mut applied = self.applied.clone();
+        tokio::time::timeout(WRITE_DEADLINE, applied.wait_for(|a| *a >= index))
+            .await
+            .map_err(|_| {
+                ProposeError::NoLeader(format!("this node did not apply index {index} in time"))
+            })?
+            .map_err(|_| ProposeError::Fatal("state machine stopped".into()))?;
+        Ok(())
+    }
+
     /// Waits until this node has applied everything a linearizable read must see.
     pub async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
         let index = self.read_index().await?;

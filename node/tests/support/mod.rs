@@ -85,6 +85,9 @@ impl NodeProc {
             .args(["--status-addr", &self.status])
             .args(["--proxy-addr", "127.0.0.1:0"])
             .args(["--log", "warn,konnect=info,openraft=warn"])
+            // Tests share two cores with compilers and other clusters: timings that tolerate
+            // a starved process for a second keep elections from flapping.
+            .args(["--heartbeat-ms", "150", "--election-timeout-min-ms", "1000"])
             .args(&self.extra_args)
             .env_remove("KONNECT_TOKEN")
             .stdin(Stdio::null())
