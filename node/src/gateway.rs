@@ -232,6 +232,36 @@ impl Gateway {
         entry.service = Some(route.upstream.name.clone());
         let upstream = route.upstream.clone();
 
+        // Phase: cache_lookup (routes that opt in).
+        let cache_ticket = match &route.cache {
+            Some(cache) => {
+                let key = match req.uri().query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.clone(),
+                };
+                match cache.lookup(
+                    req.method(),
+                    host.as_deref().unwrap_or(""),
+                    &key,
+                    req.headers(),
+                ) {
+                    cache::Lookup::Hit(resp) => {
+                        entry.cache = Some("hit");
+                        return Ok((resp, upstream.spec.timeouts.idle.0));
+                    }
+                    cache::Lookup::Miss(t) => {
+                        entry.cache = Some("miss");
+                        Some(t)
+                    }
+                    cache::Lookup::Bypass(t) => {
+                        entry.cache = Some("bypass");
+                        Some(t)
+                    }
+                }
+            }
+            None => None,
+        };
+
         // Phase: limit_body (and buffer small bodies so a retry can resend them).
         let method = req.method().clone();
         let retries_allowed = upstream.spec.retries.count > 0
@@ -269,22 +299,72 @@ impl Gateway {
         if let Some(protocol) = &upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol.clone());
         }
+        // Phase: transform_request (the route's own changes have the last word).
+        let (forwarded_path, forwarded_query) = match &route.spec.request {
+            Some(t) => t
+                .apply(
+                    &mut parts.headers,
+                    &transform::RewriteInput {
+                        route: &route.name,
+                        path: &forwarded_path,
+                        query: parts.uri.query(),
+                        captures: &found.captures,
+                    },
+                )
+                .map_err(|e| {
+                    if e.is_caused_by_request() {
+                        GatewayError::BadRequest(
+                            "the rewritten path would contain a '.' or '..' segment".into(),
+                        )
+                    } else {
+                        GatewayError::Internal(e.to_string())
+                    }
+                })?,
+            None => (forwarded_path, parts.uri.query().map(str::to_owned)),
+        };
         let hash_key = upstream
             .hash_on
             .as_ref()
             .map(|h| hash_key(h, &parts.headers, client));
 
         // Phase: forward.
-        let (resp, target) = forward(
+        // The circuit breaker judges the whole exchange (retries included), as clients see it.
+        let permit = match &upstream.circuit {
+            Some(c) => Some(c.try_acquire().ok_or_else(|| GatewayError::CircuitOpen {
+                service: upstream.name.clone(),
+            })?),
+            None => None,
+        };
+        let result = forward(
             &upstream,
             &parts,
             &forwarded_path,
+            forwarded_query.as_deref(),
             body,
             hash_key.as_deref(),
             retries_allowed,
             entry,
         )
-        .await?;
+        .await;
+        if let Some(permit) = permit {
+            match &result {
+                Ok((resp, _)) => permit.record(!matches!(
+                    resp.status(),
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                )),
+                Err(
+                    GatewayError::UpstreamConnect { .. }
+                    | GatewayError::UpstreamReset { .. }
+                    | GatewayError::UpstreamTimeout { .. }
+                    | GatewayError::NoHealthyTarget,
+                ) => permit.record(false),
+                // Our own errors say nothing about the upstream.
+                Err(_) => drop(permit),
+            }
+        }
+        let (resp, target) = result?;
 
         // A switched protocol: splice the two upgraded connections together.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -300,15 +380,20 @@ impl Gateway {
         let (mut rparts, rbody) = resp.into_parts();
         headers::remove_hop_by_hop(&mut rparts.headers);
         headers::add_via(&mut rparts.headers);
+        if let Some(t) = &route.spec.response {
+            t.apply(&mut rparts.headers);
+        }
         let guard = InFlightGuard::new(upstream.clone(), target);
         // The in-flight count lasts until the body is done.
         let body = MeteredBody::new(rbody, upstream.spec.timeouts.idle.0, move |_, _| {
             drop(guard)
         });
-        Ok((
-            Response::from_parts(rparts, BodyExt::boxed(body)),
-            upstream.spec.timeouts.idle.0,
-        ))
+        let resp = Response::from_parts(rparts, BodyExt::boxed(body));
+        let resp = match (&route.cache, cache_ticket) {
+            (Some(cache), Some(ticket)) => cache.store(ticket, resp),
+            _ => resp,
+        };
+        Ok((resp, upstream.spec.timeouts.idle.0))
     }
 }
 
@@ -468,6 +553,7 @@ async fn forward(
     upstream: &Arc<Upstream>,
     parts: &hyper::http::request::Parts,
     path: &str,
+    query: Option<&str>,
     body: ForwardBody,
     hash_key: Option<&[u8]>,
     retries_allowed: bool,
@@ -508,11 +594,7 @@ async fn forward(
             target.url.authority(),
             target.url.base_path,
             path,
-            parts
-                .uri
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default()
+            query.map(|q| format!("?{q}")).unwrap_or_default()
         );
         let uri: Uri = uri
             .parse()

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use konnect_proto::json::struct_to_json;
 use tokio::sync::watch;
 
+use crate::gateway::cache::ResponseCache;
 use crate::gateway::router::{PathPattern, RouteRule, Router};
 use crate::gateway::upstream::Upstream;
 use crate::raft::state::{History, LabelSelector, StateReader};
@@ -26,6 +27,8 @@ pub struct RouteEntry {
     pub name: String,
     pub spec: RouteSpec,
     pub upstream: Arc<Upstream>,
+    /// The route's response cache, kept across snapshots while the route is unchanged.
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 pub struct GatewaySnapshot {
@@ -51,6 +54,8 @@ pub type SharedSnapshot = Arc<ArcSwap<GatewaySnapshot>>;
 pub struct SnapshotBuilder {
     reader: StateReader,
     upstreams: HashMap<String, Arc<Upstream>>,
+    /// Route name -> (route revision, cache).
+    caches: HashMap<String, (u64, Arc<ResponseCache>)>,
 }
 
 impl SnapshotBuilder {
@@ -58,6 +63,7 @@ impl SnapshotBuilder {
         SnapshotBuilder {
             reader,
             upstreams: HashMap::new(),
+            caches: HashMap::new(),
         }
     }
 
@@ -96,6 +102,7 @@ impl SnapshotBuilder {
 
         let mut rules = Vec::with_capacity(routes.items.len());
         let mut entries = Vec::with_capacity(routes.items.len());
+        let mut caches = HashMap::new();
         for r in routes.items {
             let spec = RouteSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
                 .map_err(|e| format!("Route {:?}: {e}", r.name))?;
@@ -107,14 +114,24 @@ impl SnapshotBuilder {
                 ));
             };
             rules.push(route_rule(&r.name, &spec)?);
+            let cache = spec.cache.as_ref().map(|c| {
+                let cache = match self.caches.get(&r.name) {
+                    Some((rev, cache)) if *rev == r.revision => cache.clone(),
+                    _ => Arc::new(ResponseCache::new(r.name.clone(), c.clone())),
+                };
+                caches.insert(r.name.clone(), (r.revision, cache.clone()));
+                cache
+            });
             entries.push(RouteEntry {
                 name: r.name,
                 spec,
                 upstream,
+                cache,
             });
         }
         let router = Router::new(rules).map_err(|e| e.to_string())?;
         self.upstreams = upstreams;
+        self.caches = caches;
         Ok(GatewaySnapshot {
             revision,
             router,

@@ -445,3 +445,200 @@ async fn smuggling_oversize_and_slow_requests_are_refused_on_the_wire() {
         "slow client kept open: {slow}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_rewrite_paths_headers_and_query_on_the_way_through() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+            resource("Route", "v", json!({
+                "paths": ["~^/api/v(?P<ver>\\d+)/(.*)$"],
+                "service": "web",
+                "request": {
+                    "path": "/internal/${ver}/$2",
+                    "headers": {"set": {"x-tenant": "acme"}, "remove": ["x-debug"], "rename": {"x-old": "x-new"}},
+                    "query": {"add": {"source": "gateway"}, "remove": ["token"]}
+                },
+                "response": {"headers": {"add": {"x-frame-options": "DENY"}, "remove": ["x-served-by"]}}
+            })),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/api/v1/ready").await;
+    let r = http(
+        "GET",
+        &proxy,
+        "/api/v2/users/7?token=secret&page=2",
+        &[("x-debug", "1"), ("x-old", "o")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let echo = r.json();
+    assert_eq!(echo["path"], "/internal/2/users/7");
+    assert_eq!(echo["query"], "page=2&source=gateway");
+    assert_eq!(echo["headers"]["x-tenant"], "acme");
+    assert_eq!(echo["headers"]["x-new"], "o");
+    assert!(echo["headers"].get("x-debug").is_none() && echo["headers"].get("x-old").is_none());
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    assert!(!r.headers.contains_key("x-served-by"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_value_with_a_line_break_is_refused_at_apply() {
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    cluster
+        .client_of(1)
+        .apply(vec![service("web", 9)], vec![])
+        .await
+        .unwrap();
+    let err = cluster
+        .client_of(1)
+        .apply(
+            vec![resource(
+                "Route",
+                "r",
+                json!({
+                    "paths": ["/"], "service": "web",
+                    "request": {"headers": {"set": {"x-a": "ok\r\nx-injected: yes"}}}
+                }),
+            )],
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("spec.request.headers.set.x-a"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_responses_are_served_without_the_upstream_until_they_expire() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+            resource(
+                "Route",
+                "web",
+                json!({"paths": ["/c"], "service": "web", "cache": {"ttl": "400ms"}}),
+            ),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/c/ready").await;
+    let first = http("GET", &proxy, "/c/item", &[], "").await;
+    assert_eq!(first.headers["x-cache"], "MISS");
+    let hits = up.hits();
+    let second = http("GET", &proxy, "/c/item", &[], "").await;
+    assert_eq!(second.headers["x-cache"], "HIT");
+    assert_eq!(second.body, first.body);
+    assert_eq!(up.hits(), hits, "a hit must not reach the upstream");
+    let post = http("POST", &proxy, "/c/item", &[], "x").await;
+    assert_eq!(post.headers["x-cache"], "BYPASS");
+    // After the TTL the entry is gone and the upstream is asked again.
+    wait_for(
+        "the cached entry to expire",
+        Duration::from_secs(5),
+        || async {
+            let r = http("GET", &proxy, "/c/other", &[], "").await;
+            let again = http("GET", &proxy, "/c/other", &[], "").await;
+            (r.headers["x-cache"] == "MISS" && again.headers["x-cache"] == "HIT").then_some(())
+        },
+    )
+    .await;
+    let before = up.hits();
+    wait_for("the TTL to pass", Duration::from_secs(5), || async {
+        (http("GET", &proxy, "/c/other", &[], "").await.headers["x-cache"] == "MISS").then_some(())
+    })
+    .await;
+    assert_eq!(up.hits(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_on_failures_rejects_fast_and_closes_after_a_good_probe() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource("Service", "web", json!({
+                "targets": [{"url": up.url()}],
+                "retries": {"count": 0},
+                "circuit_breaker": {"failure_ratio": 0.5, "window": "10s", "min_requests": 4, "open_for": "300ms", "half_open_probes": 1}
+            })),
+            resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/").await;
+    for _ in 0..4 {
+        assert_eq!(
+            http("GET", &proxy, "/status/503", &[], "").await.status,
+            503
+        );
+    }
+    let hits = up.hits();
+    let rejected = http("GET", &proxy, "/status/200", &[], "").await;
+    assert_eq!(rejected.status, 503);
+    assert_eq!(rejected.json()["error"]["code"], "circuit_open");
+    assert_eq!(
+        up.hits(),
+        hits,
+        "an open circuit must not call the upstream"
+    );
+    // After open_for, one probe goes through; its success closes the circuit.
+    wait_for(
+        "the circuit to close again",
+        Duration::from_secs(5),
+        || async {
+            (http("GET", &proxy, "/status/200", &[], "").await.status == 200).then_some(())
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            http("GET", &proxy, "/status/200", &[], "").await.status,
+            200
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_keep_traffic_off_a_dead_target() {
+    let live = Upstream::start("live").await;
+    let dead = free_ports(1)[0];
+    let (cluster, proxy) = gateway_with(
+        vec![
+            resource("Service", "web", json!({
+                "targets": [{"url": live.url()}, {"url": format!("http://127.0.0.1:{dead}")}],
+                "retries": {"count": 0},
+                "health_check": {"active": {"path": "/status/200", "interval": "100ms", "timeout": "50ms", "unhealthy_threshold": 1}}
+            })),
+            resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
+        ],
+        &[],
+    )
+    .await;
+    wait_for(
+        "the dead target to be marked unhealthy",
+        Duration::from_secs(10),
+        || async {
+            let m = status_metrics(&cluster).await;
+            m.lines()
+                .any(|l| {
+                    l.starts_with("konnect_proxy_target_healthy")
+                        && l.contains(&dead.to_string())
+                        && l.ends_with(" 0")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(http("GET", &proxy, "/", &[], "").await.status, 200);
+    }
+}

@@ -577,15 +577,15 @@ impl Shared {
             received_at,
             initial_age,
         });
-        self.lock_entries().insert(
-            key,
+        let variant = Variant {
             vary,
             response,
             expires_at,
             size,
-            now,
-            self.spec.max_total_bytes,
-        );
+            last_used: 0,
+        };
+        self.lock_entries()
+            .insert(key, variant, now, self.spec.max_total_bytes);
     }
 }
 
@@ -642,7 +642,7 @@ struct Variant {
     expires_at: Instant,
     /// What this variant adds to `Entries::total_bytes`.
     size: u64,
-    /// Its key in `Entries::recency`.
+    /// Its key in `Entries::recency`; set by `Entries::insert`.
     last_used: u64,
 }
 
@@ -701,25 +701,22 @@ impl Entries {
         Some(response)
     }
 
-    /// Stores a variant, replacing the one the same request would have been served from,
-    /// then evicts least recently used variants until the budget holds.
-    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+    /// Stores a variant (its `last_used` is assigned here), replacing the one the same request
+    /// would have been served from, then evicts least recently used variants until the
+    /// budget holds.
     fn insert(
         &mut self,
         key: PrimaryKey,
-        vary: Vec<(HeaderName, Option<Vec<u8>>)>,
-        response: Arc<CachedResponse>,
-        expires_at: Instant,
-        size: u64,
+        mut variant: Variant,
         now: Instant,
         max_total_bytes: u64,
     ) {
         let storing_request_values = |v: &Variant| {
             v.expires_at <= now
-                || (v.vary.len() == vary.len()
+                || (v.vary.len() == variant.vary.len()
                     && v.vary
                         .iter()
-                        .zip(&vary)
+                        .zip(&variant.vary)
                         .all(|((n1, v1), (n2, v2))| n1 == n2 && v1 == v2))
         };
         self.remove_where(&key, storing_request_values);
@@ -736,28 +733,22 @@ impl Entries {
                 self.remove_where(&key, |v| v.last_used == oldest);
             }
         }
-        while self.total_bytes + size > max_total_bytes {
+        while self.total_bytes + variant.size > max_total_bytes {
             if !self.evict_least_recently_used() {
                 break;
             }
         }
-        if self.total_bytes + size > max_total_bytes {
+        if self.total_bytes + variant.size > max_total_bytes {
             return; // `Shared::insert` checked size <= max_total_bytes; this is a safety net.
         }
-        let tick = self.tick();
+        variant.last_used = self.tick();
         let key = match self.by_key.get_key_value(&key) {
             Some((shared, _)) => shared.clone(),
             None => Arc::new(key),
         };
-        self.recency.insert(tick, key.clone());
-        self.total_bytes += size;
-        self.by_key.entry(key).or_default().push(Variant {
-            vary,
-            response,
-            expires_at,
-            size,
-            last_used: tick,
-        });
+        self.recency.insert(variant.last_used, key.clone());
+        self.total_bytes += variant.size;
+        self.by_key.entry(key).or_default().push(variant);
     }
 
     /// Drops the least recently used variant; false when the table is empty.

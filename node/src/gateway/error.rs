@@ -21,6 +21,8 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64 },
     #[error("no healthy target is available for this route")]
     NoHealthyTarget,
+    #[error("the service is failing and its circuit breaker is open; retry later")]
+    CircuitOpen { service: String },
     #[error("the upstream could not be reached")]
     UpstreamConnect { upstream: String, detail: String },
     #[error("the upstream closed the connection before answering")]
@@ -39,7 +41,9 @@ impl GatewayError {
             GatewayError::UpgradeNotAllowed => StatusCode::BAD_REQUEST,
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NoHealthyTarget | GatewayError::CircuitOpen { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamReset { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -57,6 +61,7 @@ impl GatewayError {
             GatewayError::NoRoute { .. } => "no_route",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::NoHealthyTarget => "no_healthy_target",
+            GatewayError::CircuitOpen { .. } => "circuit_open",
             GatewayError::UpstreamConnect { .. } => "upstream_unreachable",
             GatewayError::UpstreamReset { .. } => "upstream_reset",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -72,6 +77,7 @@ impl GatewayError {
                 Some(format!("{upstream}: {detail}"))
             }
             GatewayError::UpstreamTimeout { upstream } => Some(upstream.clone()),
+            GatewayError::CircuitOpen { service } => Some(format!("service {service}")),
             GatewayError::Internal(d) => Some(d.clone()),
             _ => None,
         }

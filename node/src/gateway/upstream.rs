@@ -16,6 +16,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balancer::{Balancer, InFlight, TargetView};
 use super::body::ProxyBody;
+use super::circuit::CircuitBreaker;
+use super::health::{spawn_active_checks, HealthState};
 use crate::resources::service::{HashOn, ServiceSpec, TargetUrl, UpstreamProtocol};
 
 pub type HttpClient = Client<HttpConnector, ProxyBody>;
@@ -39,7 +41,21 @@ pub struct Upstream {
     pub balancer: Balancer,
     pub hash_on: Option<HashOn>,
     pub client: HttpClient,
+    /// Present when the Service configures a circuit breaker.
+    pub circuit: Option<CircuitBreaker>,
+    /// Present when the Service configures active health checks; only this `Arc` keeps the
+    /// probing task alive, so it ends when the Upstream is replaced.
+    pub health: Option<Arc<HealthState>>,
+    health_task: Option<tokio::task::JoinHandle<()>>,
     epoch: Instant,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(t) = self.health_task.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Upstream {
@@ -73,7 +89,27 @@ impl Upstream {
             .pool_max_idle_per_host(spec.pool.max_idle_per_target)
             .http2_only(spec.protocol == UpstreamProtocol::Http2)
             .build(connector);
+        let circuit = spec
+            .circuit_breaker
+            .clone()
+            .map(|c| CircuitBreaker::new(name, c));
+        let (health, health_task) = match &spec.health_check.active {
+            Some(active) => {
+                let state = HealthState::new(targets.len());
+                let task = spawn_active_checks(
+                    name.to_string(),
+                    targets.iter().map(|t| t.url.clone()).collect(),
+                    active.clone(),
+                    Arc::downgrade(&state),
+                );
+                (Some(state), Some(task))
+            }
+            None => (None, None),
+        };
         Ok(Upstream {
+            circuit,
+            health,
+            health_task,
             name: name.to_string(),
             revision,
             spec,
@@ -122,7 +158,7 @@ impl Upstream {
 
 impl TargetView for Upstream {
     fn available(&self, index: usize) -> bool {
-        !self.is_ejected(index)
+        !self.is_ejected(index) && self.health.as_ref().is_none_or(|h| h.is_healthy(index))
     }
 
     fn in_flight(&self, index: usize) -> u64 {

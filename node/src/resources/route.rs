@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{parse_spec, KindDef, Reference, SpecError};
+use crate::gateway::cache::CacheSpec;
+use crate::gateway::transform::{RequestTransform, ResponseTransform};
 
 pub const KIND: KindDef = KindDef {
     name: "Route",
@@ -53,6 +55,15 @@ pub struct RouteSpec {
     /// Default false: upgrade requests get 400.
     #[serde(default)]
     pub websocket: bool,
+    /// Cache GET/HEAD responses on each node (honours Cache-Control and Vary). Default: off.
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+    /// Changes to the request before it is forwarded (headers, path rewrite, query). Default: none.
+    #[serde(default)]
+    pub request: Option<RequestTransform>,
+    /// Changes to the response before it is returned (headers). Default: none.
+    #[serde(default)]
+    pub response: Option<ResponseTransform>,
     /// Name of the Service that receives the traffic.
     pub service: String,
 }
@@ -136,6 +147,15 @@ impl RouteSpec {
                 "spec.strip_prefix",
                 "cannot strip a prefix from a regex path; use plain prefix paths",
             ));
+        }
+        if let Some(c) = &r.cache {
+            c.validate("spec.cache")?;
+        }
+        if let Some(t) = &r.request {
+            t.validate("spec.request")?;
+        }
+        if let Some(t) = &r.response {
+            t.validate("spec.response")?;
         }
         if r.service.is_empty() {
             return Err(SpecError::new("spec.service", "a service name is required"));

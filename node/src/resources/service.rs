@@ -5,6 +5,8 @@ use serde::Deserialize;
 
 use super::duration::{millis, secs, Dur};
 use super::{parse_spec, KindDef, SpecError};
+use crate::gateway::circuit::CircuitBreakerSpec;
+use crate::gateway::health::ActiveHealthSpec;
 
 pub const KIND: KindDef = KindDef {
     name: "Service",
@@ -28,6 +30,8 @@ pub struct ServiceSpec {
     pub health_check: HealthCheck,
     #[serde(default)]
     pub pool: Pool,
+    /// Refuse requests with 503 while the Service fails too often. Default: none.
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
     /// Protocol spoken to the targets: `http1` (default) or `http2` (cleartext h2, needed for
     /// gRPC upstreams).
     #[serde(default)]
@@ -177,6 +181,9 @@ impl Default for Retries {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// Probe every target on an interval; unhealthy targets get no traffic.
+    pub active: Option<ActiveHealthSpec>,
+    /// Eject targets after consecutive failures of real traffic.
     pub passive: Option<PassiveHealth>,
 }
 
@@ -281,6 +288,12 @@ impl ServiceSpec {
                 "spec.lb.hash_on",
                 "only used with algorithm: consistent_hash",
             ));
+        }
+        if let Some(c) = &s.circuit_breaker {
+            c.validate("spec.circuit_breaker")?;
+        }
+        if let Some(a) = &s.health_check.active {
+            a.validate("spec.health_check.active")?;
         }
         if s.retries.count > 10 {
             return Err(SpecError::new("spec.retries.count", "at most 10 retries"));

@@ -586,6 +586,29 @@ async fn variants_per_key_are_capped() {
     assert_eq!(entries.recency.len(), MAX_VARIANTS_PER_KEY);
 }
 
+#[tokio::test]
+async fn lookups_are_counted_per_route_and_result() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let (cache, _clock) = default_cache();
+    let ticket = metrics::with_local_recorder(&recorder, || {
+        expect_bypass(lookup(&cache, Method::POST, "/a", &[]));
+        expect_miss(lookup(&cache, Method::GET, "/a", &[]))
+    });
+    body_text(cache.store(ticket, whole(200, &[], "x"))).await;
+    metrics::with_local_recorder(&recorder, || {
+        expect_hit(lookup(&cache, Method::GET, "/a", &[]));
+        expect_hit(lookup(&cache, Method::HEAD, "/a", &[]));
+    });
+    let rendered = handle.render();
+    for (result, count) in [("hit", 2), ("miss", 1), ("bypass", 1)] {
+        let line = format!(
+            "konnect_proxy_cache_lookups_total{{route=\"users\",result=\"{result}\"}} {count}"
+        );
+        assert!(rendered.contains(&line), "missing {line:?} in:\n{rendered}");
+    }
+}
+
 #[test]
 fn spec_defaults_apply_and_unknown_fields_are_refused() {
     let spec: CacheSpec = serde_json::from_value(serde_json::json!({})).unwrap();

@@ -118,17 +118,19 @@ impl TestServer {
 fn fast_spec(healthy_threshold: u32, unhealthy_threshold: u32) -> ActiveHealthSpec {
     ActiveHealthSpec {
         path: "/healthz".into(),
-        interval: Dur(Duration::from_millis(50)),
-        timeout: Dur(Duration::from_millis(40)),
+        // Short for a quick test, yet a timeout long enough that a busy CI machine does not
+        // fail probes of a healthy local server.
+        interval: Dur(Duration::from_millis(100)),
+        timeout: Dur(Duration::from_millis(90)),
         healthy_threshold,
         unhealthy_threshold,
         expected_statuses: Vec::new(),
     }
 }
 
-/// Polls `cond` until it holds, failing the test after 5s.
+/// Polls `cond` until it holds, failing the test after 10s.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = StdInstant::now() + Duration::from_secs(5);
+    let deadline = StdInstant::now() + Duration::from_secs(10);
     while !cond() {
         assert!(
             StdInstant::now() < deadline,
