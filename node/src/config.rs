@@ -52,6 +52,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KONNECT_PROXY_ADDR")]
     pub proxy_addr: Option<SocketAddr>,
 
+    /// Address of the proxy's TLS listener (HTTPS, h2 by ALPN), serving the Certificate
+    /// resources by SNI. Default: none (no TLS listener).
+    #[arg(long, env = "KONNECT_PROXY_TLS_ADDR")]
+    pub proxy_tls_addr: Option<SocketAddr>,
+
     /// Address of the HTTP status endpoint (/healthz, /readyz, /metrics). Default: 127.0.0.1:7301.
     #[arg(long, env = "KONNECT_STATUS_ADDR")]
     pub status_addr: Option<SocketAddr>,
@@ -152,6 +157,7 @@ pub struct Settings {
     pub peer_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub proxy_addr: SocketAddr,
+    pub proxy_tls_addr: Option<SocketAddr>,
     pub status_addr: SocketAddr,
     pub peers: BTreeMap<u64, String>,
     pub heartbeat: Duration,
@@ -224,6 +230,7 @@ impl ServeArgs {
             peer_addr: self.peer_addr.or(file.peer_addr),
             admin_addr: self.admin_addr.or(file.admin_addr),
             proxy_addr: self.proxy_addr.or(file.proxy_addr),
+            proxy_tls_addr: self.proxy_tls_addr.or(file.proxy_tls_addr),
             status_addr: self.status_addr.or(file.status_addr),
             peers: self.peers.or(file.peers),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
@@ -363,6 +370,7 @@ impl ServeArgs {
             peer_addr,
             admin_addr: a.admin_addr.unwrap_or_else(|| addr("127.0.0.1:7201")),
             proxy_addr: a.proxy_addr.unwrap_or_else(|| addr("127.0.0.1:8080")),
+            proxy_tls_addr: a.proxy_tls_addr,
             status_addr: a.status_addr.unwrap_or_else(|| addr("127.0.0.1:7301")),
             peers,
             heartbeat: Duration::from_millis(heartbeat_ms),

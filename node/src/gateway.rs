@@ -14,6 +14,7 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod router;
+pub mod tls;
 pub mod transform;
 pub mod upstream;
 
@@ -76,10 +77,13 @@ impl Gateway {
     }
 
     /// Accepts connections until `shutdown` turns true, then drains in-flight requests for up
-    /// to `drain_timeout`.
+    /// to `drain_timeout`. With `tls`, every connection first completes a TLS handshake
+    /// (certificate chosen by SNI from the config snapshot, ALPN h2 or http/1.1) within the
+    /// header read timeout.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -93,6 +97,7 @@ impl Gateway {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(self.settings.max_header_bytes as u32);
+        let builder = Arc::new(builder);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (stream, client) = tokio::select! {
@@ -107,16 +112,44 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let gw = self.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let gw = gw.clone();
-                async move { Ok::<_, std::convert::Infallible>(gw.handle(req, client).await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let _ = conn.await;
+                let svc = {
+                    let gw = gw.clone();
+                    let is_tls = tls.is_some();
+                    hyper::service::service_fn(move |req| {
+                        let gw = gw.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(gw.handle(req, client, is_tls).await)
+                        }
+                    })
+                };
+                match tls {
+                    None => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        let _ = watcher.watch(conn).await;
+                    }
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(
+                            gw.settings.header_read_timeout,
+                            acceptor.accept(stream),
+                        );
+                        let stream = match handshake.await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(client = %client, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        let _ = watcher.watch(conn).await;
+                    }
+                }
             });
         }
         drop(listener);
@@ -128,11 +161,11 @@ impl Gateway {
         }
     }
 
-    /// One request, start to end; never fails: errors become typed JSON responses.
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        tls: bool,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
@@ -146,7 +179,7 @@ impl Gateway {
             path: req.uri().path().to_string(),
             ..Default::default()
         };
-        let result = self.proxy(&snapshot, req, client, &mut entry).await;
+        let result = self.proxy(&snapshot, req, client, tls, &mut entry).await;
         let (mut resp, idle) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -191,6 +224,7 @@ impl Gateway {
         snapshot: &GatewaySnapshot,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        tls: bool,
         entry: &mut AccessEntry,
     ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
         // Phase: normalize. (Framing is settled by hyper's parser per RFC 9112: with both
@@ -293,6 +327,7 @@ impl Gateway {
             client.ip(),
             client_trusted,
             host.as_deref(),
+            if tls { "https" } else { "http" },
         );
         headers::add_via(&mut parts.headers);
         headers::propagate_traceparent(&mut parts.headers);

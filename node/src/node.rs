@@ -104,6 +104,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     let admin_listener = bind("--admin-addr", settings.admin_addr).await?;
     let status_listener = bind("--status-addr", settings.status_addr).await?;
     let proxy_listener = bind("--proxy-addr", settings.proxy_addr).await?;
+    let proxy_tls_listener = match settings.proxy_tls_addr {
+        Some(a) => Some(bind("--proxy-tls-addr", a).await?),
+        None => None,
+    };
     // With port 0 the OS picks; advertise what was bound.
     let proxy_addr = proxy_listener.local_addr().unwrap_or(settings.proxy_addr);
     if !settings.admin_addr.ip().is_loopback() {
@@ -210,7 +214,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     })?;
     let snapshot = crate::state::spawn_snapshot_updates(reader.clone(), node.applied.clone());
     let gateway = Gateway::new(
-        snapshot,
+        snapshot.clone(),
         GatewaySettings {
             trusted_proxies: settings.trusted_proxies.clone(),
             header_read_timeout: settings.header_read_timeout,
@@ -220,7 +224,19 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         access_log,
     );
     let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
-    let proxy_task = tokio::spawn(gateway.serve(proxy_listener, proxy_stop_rx));
+    let proxy_tls_task = match proxy_tls_listener {
+        Some(listener) => {
+            let acceptor = crate::gateway::tls::acceptor(snapshot.clone())
+                .map_err(|e| StartError::Raft(format!("TLS setup: {e}")))?;
+            Some(tokio::spawn(gateway.clone().serve(
+                listener,
+                Some(acceptor),
+                proxy_stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+    let proxy_task = tokio::spawn(gateway.serve(proxy_listener, None, proxy_stop_rx));
 
     tracing::info!(
         node_id = settings.node_id,
@@ -242,6 +258,9 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     // Proxy first: stop accepting, let in-flight requests finish, then stop the control plane.
     let _ = proxy_stop_tx.send(true);
     let _ = proxy_task.await;
+    if let Some(t) = proxy_tls_task {
+        let _ = t.await;
+    }
     let _ = shutdown_tx.send(true);
     let _ = tokio::join!(peer_task, admin_task, status_task);
     let _ = raft.shutdown().await;

@@ -5,6 +5,7 @@
 //! which other resources it refers to (`references`, for referential integrity). Later issues
 //! add kinds by adding a `KindDef` to [`KINDS`].
 
+pub mod certificate;
 pub mod duration;
 pub mod route;
 pub mod service;
@@ -45,7 +46,7 @@ pub struct KindDef {
 }
 
 /// Every kind the admin API accepts.
-pub const KINDS: &[KindDef] = &[service::KIND, route::KIND];
+pub const KINDS: &[KindDef] = &[service::KIND, route::KIND, certificate::KIND];
 
 pub fn kind(name: &str) -> Option<&'static KindDef> {
     KINDS.iter().find(|k| k.name == name)
@@ -54,6 +55,17 @@ pub fn kind(name: &str) -> Option<&'static KindDef> {
 pub fn known_kind_names() -> String {
     KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
 }
+
+/// Top-level spec fields of `kind` that are secrets: never returned by the admin API.
+pub fn secret_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "Certificate" => certificate::SECRET_FIELDS,
+        _ => &[],
+    }
+}
+
+/// What the admin API shows in place of a secret.
+pub const REDACTED: &str = "<redacted>";
 
 /// Kinds whose specs may refer to `target_kind` (for checking deletes).
 pub fn kinds_referring_to(target_kind: &str) -> Vec<&'static KindDef> {

@@ -14,13 +14,15 @@ use tokio::sync::watch;
 
 use crate::gateway::cache::ResponseCache;
 use crate::gateway::router::{PathPattern, RouteRule, Router};
+use crate::gateway::tls::CertStore;
 use crate::gateway::upstream::Upstream;
 use crate::raft::state::{History, LabelSelector, StateReader};
+use crate::resources::certificate::CertificateSpec;
 use crate::resources::route::{parse_path, PathSpec, RouteSpec};
 use crate::resources::service::ServiceSpec;
 
 /// Kinds whose changes require a new snapshot.
-const GATEWAY_KINDS: &[&str] = &["Service", "Route"];
+const GATEWAY_KINDS: &[&str] = &["Service", "Route", "Certificate"];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
 pub struct RouteEntry {
@@ -36,6 +38,8 @@ pub struct GatewaySnapshot {
     pub revision: u64,
     pub router: Router,
     pub routes: Vec<RouteEntry>,
+    /// TLS certificates of the proxy listener, by SNI name.
+    pub certificates: CertStore,
 }
 
 impl GatewaySnapshot {
@@ -44,6 +48,7 @@ impl GatewaySnapshot {
             revision: 0,
             router: Router::new(Vec::new()).expect("an empty router always compiles"),
             routes: Vec::new(),
+            certificates: CertStore::default(),
         }
     }
 }
@@ -130,12 +135,28 @@ impl SnapshotBuilder {
             });
         }
         let router = Router::new(rules).map_err(|e| e.to_string())?;
+        let mut certificates = CertStore::default();
+        let certs = self
+            .reader
+            .list_resources("Certificate", &all, None, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        for c in certs.items {
+            let spec = CertificateSpec::parse(&struct_to_json(&c.spec.unwrap_or_default()))
+                .map_err(|e| format!("Certificate {:?}: {e}", c.name))?;
+            let key = spec
+                .certified_key()
+                .map_err(|e| format!("Certificate {:?}: {e}", c.name))?;
+            for name in &spec.snis {
+                certificates.insert(name, key.clone());
+            }
+        }
         self.upstreams = upstreams;
         self.caches = caches;
         Ok(GatewaySnapshot {
             revision,
             router,
             routes: entries,
+            certificates,
         })
     }
 }

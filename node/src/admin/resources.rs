@@ -77,6 +77,7 @@ impl ResourceService {
         self.node
             .reader
             .get_resource(kind, name)?
+            .map(redact)
             .ok_or_else(|| AdminError::NotFound(format!("{kind} {name:?} not found")))
     }
 }
@@ -229,7 +230,7 @@ impl Resources for ResourceService {
             .list_resources(&r.kind, &selector, after.as_deref(), limit)
             .map_err(AdminError::from)?;
         Ok(Response::new(api::ListResponse {
-            items: page.items,
+            items: page.items.into_iter().map(redact).collect(),
             next_page_token: page.next_key.map(hex::encode).unwrap_or_default(),
             revision: page.revision,
         }))
@@ -270,7 +271,7 @@ impl Resources for ResourceService {
                         for (revision, ev) in events {
                             let msg = api::WatchEvent {
                                 r#type: ev.r#type,
-                                resource: ev.resource,
+                                resource: ev.resource.map(redact),
                                 revision,
                             };
                             if tx.send(Ok(msg)).await.is_err() {
@@ -301,6 +302,24 @@ impl Resources for ResourceService {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// Replaces the secret fields of a resource's spec with `<redacted>`: every resource leaving
+/// the admin API goes through here.
+fn redact(mut r: pb::Resource) -> pb::Resource {
+    let secrets = resources::secret_fields(&r.kind);
+    if let Some(spec) = r.spec.as_mut() {
+        for field in secrets {
+            if let Some(v) = spec.fields.get_mut(*field) {
+                *v = prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(
+                        resources::REDACTED.into(),
+                    )),
+                };
+            }
+        }
+    }
+    r
 }
 
 fn compacted(from: u64, compacted_revision: u64) -> AdminError {

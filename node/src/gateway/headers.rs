@@ -88,6 +88,7 @@ pub fn set_forwarded(
     client: IpAddr,
     trusted: bool,
     original_host: Option<&str>,
+    proto: &'static str,
 ) {
     let xff = match (
         trusted,
@@ -100,7 +101,7 @@ pub fn set_forwarded(
         headers.insert("x-forwarded-for", v);
     }
     if !trusted || !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     if !trusted || !headers.contains_key("x-forwarded-host") {
         match original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
@@ -207,6 +208,7 @@ mod tests {
             "10.0.0.9".parse().unwrap(),
             false,
             Some("api.example.com"),
+            "http",
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
@@ -214,7 +216,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), true, None);
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), true, None, "http");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

@@ -125,6 +125,23 @@ impl NodeProc {
         }
     }
 
+    /// SIGTERM: the graceful way to stop a node.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for the process to exit (after `terminate`) and returns whether it exited cleanly.
+    pub fn wait_exit(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut c) => c.wait().map(|s| s.success()).unwrap_or(false),
+            None => false,
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

@@ -52,7 +52,7 @@ impl Upstream {
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
             }
@@ -117,6 +117,24 @@ async fn serve(
             } else {
                 full(200, "{\"flaky\":false}", name)
             }
+        }
+        ["ws"] => {
+            // Switch protocols, then echo every byte back (what a websocket echo does, minus
+            // the framing the proxy never looks at).
+            let on_upgrade = hyper::upgrade::on(req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let (mut r, mut w) = tokio::io::split(&mut io);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap()
         }
         ["sse"] => {
             let sse = sse.clone();

@@ -1,0 +1,311 @@
+//! End to end: TLS with SNI certificates and HTTP/2 by ALPN, WebSocket upgrades, gRPC over
+//! h2c to an HTTP/2 upstream, and graceful drain on SIGTERM.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use support::upstream::Upstream;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn self_signed(name: &str) -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+/// Connects with TLS to `addr` asking for `sni`, trusting `trusted` PEM certificates, offering
+/// h2 and http/1.1; returns the stream and the certificate the server presented.
+async fn tls_connect(
+    addr: &str,
+    sni: &str,
+    trusted: &[&str],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in trusted {
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+            .unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    let presented = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    (stream, presented)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_each_sni_name_its_certificate_and_speaks_h2_by_alpn() {
+    use http_body_util::BodyExt;
+    use rustls_pki_types::pem::PemObject;
+    let up = Upstream::start("u").await;
+    let tls_port = free_ports(1)[0];
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+    let cluster = Cluster::start_initialised(1, &["--proxy-tls-addr", &tls_addr]).await;
+    let (cert_a, key_a) = self_signed("a.example.com");
+    let (cert_b, key_b) = self_signed("b.example.com");
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+                resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
+                resource(
+                    "Certificate",
+                    "a",
+                    json!({"cert_pem": cert_a, "key_pem": key_a, "snis": ["a.example.com"]}),
+                ),
+                resource(
+                    "Certificate",
+                    "b",
+                    json!({"cert_pem": cert_b, "key_pem": key_b, "snis": ["b.example.com"]}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+
+    // The key never comes back from the admin API.
+    let stored = cluster
+        .client_of(1)
+        .get("Certificate", "a", false)
+        .await
+        .unwrap();
+    let spec = konnect_proto::json::struct_to_json(&stored.spec.unwrap());
+    assert_eq!(spec["key_pem"], "<redacted>");
+    assert_eq!(spec["cert_pem"], cert_a);
+
+    let der = |pem: &str| {
+        rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    };
+    let (stream, presented) = wait_for(
+        "the certificates to be served",
+        Duration::from_secs(10),
+        || async {
+            let tcp = tokio::net::TcpStream::connect(&tls_addr).await.ok()?;
+            drop(tcp);
+            Some(tls_connect(&tls_addr, "a.example.com", &[&cert_a, &cert_b]).await)
+        },
+    )
+    .await;
+    assert_eq!(presented, der(&cert_a));
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    // An HTTP/2 request over that connection reaches the upstream, marked as https.
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("https://a.example.com/hello")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+
+    let (_, presented_b) = tls_connect(&tls_addr, "b.example.com", &[&cert_a, &cert_b]).await;
+    assert_eq!(presented_b, der(&cert_b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_spliced_only_where_allowed() {
+    let up = Upstream::start("u").await;
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+                resource(
+                    "Route",
+                    "ws",
+                    json!({"paths": ["/ws"], "service": "web", "websocket": true}),
+                ),
+                resource(
+                    "Route",
+                    "plain",
+                    json!({"paths": ["/plain"], "service": "web"}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+    let proxy = cluster.proxy_addr(1).await;
+    wait_for("routes", Duration::from_secs(10), || async {
+        (http("GET", &proxy, "/plain", &[], "").await.status == 200).then_some(())
+    })
+    .await;
+
+    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+    s.write_all(upgrade).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"second frame"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+
+    let refused = raw(
+        &proxy,
+        &upgrade
+            .to_vec()
+            .iter()
+            .copied()
+            .collect::<Vec<u8>>()
+            .replace_path("/plain"),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert!(refused.contains("upgrade_not_allowed"), "{refused}");
+}
+
+trait ReplacePath {
+    fn replace_path(&self, path: &str) -> Vec<u8>;
+}
+
+impl ReplacePath for Vec<u8> {
+    fn replace_path(&self, path: &str) -> Vec<u8> {
+        String::from_utf8_lossy(self)
+            .replacen("/ws", path, 1)
+            .into_bytes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_pass_through_to_an_http2_upstream() {
+    // A real gRPC server (the standard health service) stands in for the upstream.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = listener.local_addr().unwrap();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("orders", tonic_health::ServingStatus::Serving)
+        .await;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource("Service", "grpc", json!({"targets": [{"url": format!("http://{grpc_addr}")}], "protocol": "http2"})),
+                resource("Route", "grpc", json!({"paths": ["/grpc.health.v1.Health"], "service": "grpc"})),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+    let proxy = cluster.proxy_addr(1).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = wait_for("the gRPC route", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "orders".into(),
+                })
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert_eq!(
+        status.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // A gRPC error status (carried in trailers) comes through intact.
+    let err = client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "unknown".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let up = Upstream::start("u").await;
+    let mut cluster = Cluster::start_initialised(1, &["--drain-timeout-ms", "10000"]).await;
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+                resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+    let proxy = cluster.proxy_addr(1).await;
+    wait_for("the route", Duration::from_secs(10), || async {
+        (http("GET", &proxy, "/", &[], "").await.status == 200).then_some(())
+    })
+    .await;
+    let hits = up.hits();
+    let p = proxy.clone();
+    let in_flight = tokio::spawn(async move { http("GET", &p, "/slow/1500", &[], "").await });
+    wait_for(
+        "the slow request to reach the upstream",
+        Duration::from_secs(5),
+        || async { (up.hits() > hits).then_some(()) },
+    )
+    .await;
+    cluster.nodes[0].terminate();
+    let resp = in_flight.await.unwrap();
+    assert_eq!(resp.status, 200, "the in-flight request must complete");
+    assert!(
+        cluster.nodes[0].wait_exit(),
+        "the node exits cleanly after draining"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(&proxy).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
