@@ -38,6 +38,7 @@ use body::{full, MeteredBody, ProxyBody};
 use error::GatewayError;
 use upstream::{InFlightGuard, Upstream};
 
+use crate::resources::route::VersionSource;
 use crate::resources::service::{HashOn, RetryOn, UpstreamProtocol};
 use crate::state::{GatewaySnapshot, SharedSnapshot};
 
@@ -309,16 +310,22 @@ impl Gateway {
         let body = limit_body(&parts, incoming, route.spec.max_body_bytes, retries_allowed).await?;
 
         // Phase: prepare_upstream_request.
-        let forwarded_path = match (route.spec.strip_prefix, Some(found.matched_prefix_len)) {
-            (true, Some(n)) => {
-                let rest = &path[n.min(path.len())..];
-                if rest.starts_with('/') {
-                    rest.to_string()
-                } else {
-                    format!("/{rest}")
-                }
+        let version_segment = match &route.spec.api_version {
+            Some(v) if v.from == VersionSource::PathSegment => v.value.len() + 1,
+            _ => 0,
+        };
+        let cut = if route.spec.strip_prefix {
+            found.matched_prefix_len
+        } else {
+            version_segment
+        };
+        let forwarded_path = {
+            let rest = &path[cut.min(path.len())..];
+            if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
             }
-            _ => path.clone(),
         };
         let client_trusted = headers::is_trusted(client.ip(), &self.settings.trusted_proxies);
         headers::remove_hop_by_hop(&mut parts.headers);
@@ -331,6 +338,14 @@ impl Gateway {
         );
         headers::add_via(&mut parts.headers);
         headers::propagate_traceparent(&mut parts.headers);
+        if let Some(v) = &route.spec.api_version {
+            if let (Ok(name), Ok(value)) = (
+                hyper::header::HeaderName::from_bytes(v.header.as_bytes()),
+                HeaderValue::from_str(&v.value),
+            ) {
+                parts.headers.insert(name, value);
+            }
+        }
         if let Some(protocol) = &upgrade {
             headers::restore_upgrade(&mut parts.headers, protocol.clone());
         }

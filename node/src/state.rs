@@ -18,7 +18,7 @@ use crate::gateway::tls::CertStore;
 use crate::gateway::upstream::Upstream;
 use crate::raft::state::{History, LabelSelector, StateReader};
 use crate::resources::certificate::CertificateSpec;
-use crate::resources::route::{parse_path, PathSpec, RouteSpec};
+use crate::resources::route::{parse_path, PathSpec, RouteSpec, VersionSource};
 use crate::resources::service::ServiceSpec;
 
 /// Kinds whose changes require a new snapshot.
@@ -162,28 +162,48 @@ impl SnapshotBuilder {
 }
 
 fn route_rule(name: &str, spec: &RouteSpec) -> Result<RouteRule, String> {
-    let paths = spec
+    // A path-segment version is matched as part of the path: `/orders` serving `v2` matches
+    // `/v2/orders`. A header version is one more header condition.
+    let version_prefix = match &spec.api_version {
+        Some(v) if v.from == VersionSource::PathSegment => format!("/{}", v.value),
+        _ => String::new(),
+    };
+    let mut paths = spec
         .paths
         .iter()
         .map(|p| {
             parse_path(p).map(|p| match p {
-                PathSpec::Prefix(s) => PathPattern::Prefix(s),
-                PathSpec::Exact(s) => PathPattern::Exact(s),
+                PathSpec::Prefix(s) if s == "/" && !version_prefix.is_empty() => {
+                    PathPattern::Prefix(version_prefix.clone())
+                }
+                PathSpec::Prefix(s) => PathPattern::Prefix(format!("{version_prefix}{s}")),
+                PathSpec::Exact(s) => PathPattern::Exact(format!("{version_prefix}{s}")),
                 PathSpec::Regex(s) => PathPattern::Regex(s),
             })
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("Route {name:?}: {e}"))?;
+    if paths.is_empty() && !version_prefix.is_empty() {
+        paths.push(PathPattern::Prefix(version_prefix.clone()));
+    }
+    let mut headers: Vec<(String, Vec<String>)> = spec
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    if let Some(v) = spec
+        .api_version
+        .as_ref()
+        .filter(|v| v.from == VersionSource::Header)
+    {
+        headers.push((v.header.to_ascii_lowercase(), vec![v.value.clone()]));
+    }
     Ok(RouteRule {
         name: name.to_string(),
         hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         paths,
         methods: spec.methods.clone(),
-        headers: spec
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect(),
+        headers,
         query: spec
             .query
             .iter()

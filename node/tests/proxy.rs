@@ -642,3 +642,40 @@ async fn active_health_checks_keep_traffic_off_a_dead_target() {
         assert_eq!(http("GET", &proxy, "/", &[], "").await.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_versions_route_by_path_segment_or_header_and_reach_the_upstream() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource("Service", "orders", json!({"targets": [{"url": up.url()}]})),
+            resource(
+                "Route",
+                "orders-v1",
+                json!({"paths": ["/orders"], "service": "orders", "api_version": {"value": "v1"}}),
+            ),
+            resource(
+                "Route",
+                "orders-v2",
+                json!({"paths": ["/orders"], "service": "orders",
+                "api_version": {"value": "v2", "from": "header"}}),
+            ),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/v1/orders").await;
+    let v1 = http("GET", &proxy, "/v1/orders/7", &[], "").await.json();
+    assert_eq!(v1["path"], "/orders/7");
+    assert_eq!(v1["headers"]["x-api-version"], "v1");
+    let v2 = http("GET", &proxy, "/orders/7", &[("x-api-version", "v2")], "")
+        .await
+        .json();
+    assert_eq!(v2["path"], "/orders/7");
+    assert_eq!(v2["headers"]["x-api-version"], "v2");
+    assert_eq!(http("GET", &proxy, "/orders/7", &[], "").await.status, 404);
+    assert_eq!(
+        http("GET", &proxy, "/v3/orders/7", &[], "").await.status,
+        404
+    );
+}

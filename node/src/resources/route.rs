@@ -55,6 +55,9 @@ pub struct RouteSpec {
     /// Default false: upgrade requests get 400.
     #[serde(default)]
     pub websocket: bool,
+    /// Serve one version of an API: the route matches only requests for that version (by the
+    /// first path segment or by a header), and the upstream is told which version matched.
+    pub api_version: Option<ApiVersion>,
     /// Cache GET/HEAD responses on each node (honours Cache-Control and Vary). Default: off.
     #[serde(default)]
     pub cache: Option<CacheSpec>,
@@ -66,6 +69,36 @@ pub struct RouteSpec {
     pub response: Option<ResponseTransform>,
     /// Name of the Service that receives the traffic.
     pub service: String,
+}
+
+/// Where the requested API version is read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionSource {
+    /// The first path segment: `/v2/orders` with `paths: ["/orders"]`. The segment is removed
+    /// before forwarding.
+    #[default]
+    PathSegment,
+    /// A request header (`header`, default `x-api-version`).
+    Header,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiVersion {
+    /// The version this route serves, e.g. `v2`.
+    pub value: String,
+    /// `path_segment` (default) or `header`.
+    #[serde(default)]
+    pub from: VersionSource,
+    /// The request header read with `from: header`, and the header that tells the upstream
+    /// the matched version (always set). Default `x-api-version`.
+    #[serde(default = "default_version_header")]
+    pub header: String,
+}
+
+fn default_version_header() -> String {
+    "x-api-version".into()
 }
 
 const METHODS: &[&str] = &[
@@ -147,6 +180,34 @@ impl RouteSpec {
                 "spec.strip_prefix",
                 "cannot strip a prefix from a regex path; use plain prefix paths",
             ));
+        }
+        if let Some(v) = &r.api_version {
+            if v.value.is_empty()
+                || !v
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            {
+                return Err(SpecError::new(
+                    "spec.api_version.value",
+                    format!(
+                        "{:?} is not a version (letters, digits, '.', '-', '_')",
+                        v.value
+                    ),
+                ));
+            }
+            if hyper::header::HeaderName::from_bytes(v.header.as_bytes()).is_err() {
+                return Err(SpecError::new(
+                    "spec.api_version.header",
+                    "not a valid header name",
+                ));
+            }
+            if v.from == VersionSource::PathSegment && r.paths.iter().any(|p| p.starts_with('~')) {
+                return Err(SpecError::new(
+                    "spec.api_version.from",
+                    "path_segment versions need plain or exact paths; write the version into the regex instead",
+                ));
+            }
         }
         if let Some(c) = &r.cache {
             c.validate("spec.cache")?;
