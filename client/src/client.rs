@@ -174,8 +174,9 @@ impl Client {
             resources,
             prune_kinds,
         };
+        let id = new_request_id();
         self.call(|channel| {
-            let request = request.clone();
+            let request = with_request_id(request.clone(), &id);
             async move { self.resources(channel).apply(request).await }
         })
         .await
@@ -186,8 +187,9 @@ impl Client {
         let request = CreateRequest {
             resource: Some(resource),
         };
+        let id = new_request_id();
         self.call(|channel| {
-            let request = request.clone();
+            let request = with_request_id(request.clone(), &id);
             async move { self.resources(channel).create(request).await }
         })
         .await
@@ -203,8 +205,9 @@ impl Client {
             resource: Some(resource),
             expected_revision,
         };
+        let id = new_request_id();
         self.call(|channel| {
-            let request = request.clone();
+            let request = with_request_id(request.clone(), &id);
             async move { self.resources(channel).update(request).await }
         })
         .await
@@ -221,8 +224,9 @@ impl Client {
             name: name.to_string(),
             expected_revision,
         };
+        let id = new_request_id();
         self.call(|channel| {
-            let request = request.clone();
+            let request = with_request_id(request.clone(), &id);
             async move { self.resources(channel).delete(request).await }
         })
         .await
@@ -492,4 +496,24 @@ impl Interceptor for BearerToken {
 fn is_endpoint_failure(status: &tonic::Status) -> bool {
     status.code() == Code::Unavailable
         || (status.code() == Code::Unknown && std::error::Error::source(status).is_some())
+}
+
+/// Metadata key carrying a write's id: the same on every attempt of one logical write, so a
+/// write retried on another endpoint after its first attempt took effect is applied once.
+pub const REQUEST_ID_METADATA_KEY: &str = "x-konnect-request-id";
+
+fn new_request_id() -> String {
+    let mut id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn with_request_id<T>(message: T, id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = id.parse() {
+        request
+            .metadata_mut()
+            .insert(REQUEST_ID_METADATA_KEY, value);
+    }
+    request
 }

@@ -120,6 +120,7 @@ pub async fn init_cluster(node: &NodeHandle) -> Result<Initialised, AdminError> 
     let (admin_token, stored) = new_admin_token("initial-admin", "admin", now);
     let cmd = pb::Command {
         leader_time_unix_ms: 0,
+        request_id: String::new(),
         actor: "cluster-init".into(),
         op: Some(pb::command::Op::InitCluster(pb::InitCluster {
             cluster_id: cluster_id.clone(),

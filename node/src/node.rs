@@ -11,7 +11,7 @@ use konnect_proto::admin::v1::resources_server::ResourcesServer;
 use konnect_proto::peer::v1::peer_server::PeerServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::auth::Authenticator;
 use crate::admin::cluster::ClusterService;
@@ -168,7 +168,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
                 .max_encoding_message_size(256 << 20),
         )
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(peer_listener),
+            TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
             stopped(shutdown_rx.clone()),
         );
     let peer_task = tokio::spawn(peer_server);
@@ -197,7 +197,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
             auth,
         }))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(admin_listener),
+            TcpIncoming::from(admin_listener).with_nodelay(Some(true)),
             stopped(shutdown_rx.clone()),
         );
     let admin_task = tokio::spawn(admin_server);

@@ -21,6 +21,10 @@ use crate::resources::certificate::CertificateSpec;
 use crate::resources::route::{parse_path, PathSpec, RouteSpec, VersionSource};
 use crate::resources::service::ServiceSpec;
 
+/// Shortest time between two snapshot builds: under a stream of config writes the gateway
+/// follows within this delay instead of rebuilding once per write.
+const REBUILD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Kinds whose changes require a new snapshot.
 const GATEWAY_KINDS: &[&str] = &["Service", "Route", "Certificate"];
 
@@ -249,14 +253,30 @@ pub fn spawn_snapshot_updates(
             };
             if rebuild {
                 let started = std::time::Instant::now();
-                match builder.build() {
+                // Building reads and parses the whole gateway config: keep it off the async
+                // workers, and at most once per REBUILD_INTERVAL however fast writes arrive
+                // (changes in between are picked up by the next build).
+                let (b, built) = match tokio::task::spawn_blocking(move || {
+                    let built = builder.build();
+                    (builder, built)
+                })
+                .await
+                {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::error!(error = %e, "gateway config build panicked; config updates stop");
+                        return;
+                    }
+                };
+                builder = b;
+                match built {
                     Ok(snapshot) => {
                         cursor = snapshot.revision;
                         metrics::gauge!("konnect_gateway_config_revision")
                             .set(snapshot.revision as f64);
                         metrics::histogram!("konnect_gateway_snapshot_build_seconds")
                             .record(started.elapsed().as_secs_f64());
-                        tracing::info!(
+                        tracing::debug!(
                             revision = snapshot.revision,
                             routes = snapshot.routes.len(),
                             "gateway config updated"
@@ -269,6 +289,7 @@ pub fn spawn_snapshot_updates(
                         cursor = reader.applied_revision().unwrap_or(cursor);
                     }
                 }
+                tokio::time::sleep_until((started + REBUILD_INTERVAL).into()).await;
             }
             if applied.changed().await.is_err() {
                 return;

@@ -265,6 +265,16 @@ impl WriteTxn {
         // redb's default durability is Immediate: commit returns only after fsync.
         self.txn.commit().map_err(|e| StoreError::new("commit", e))
     }
+
+    /// Makes every change visible atomically without waiting for the disk. A crash may lose
+    /// it, together with every other lazy commit since the last durable one (never part of
+    /// one): callers use this only for state they can rebuild, e.g. by replaying the log.
+    pub fn commit_lazy(mut self) -> Result<()> {
+        self.txn
+            .set_durability(redb::Durability::None)
+            .map_err(|e| StoreError::new("set durability", e))?;
+        self.txn.commit().map_err(|e| StoreError::new("commit", e))
+    }
 }
 
 /// Encodes a u64 as a big-endian key, so byte order is numeric order.

@@ -49,13 +49,16 @@ fn to_write(input: api::ResourceInput, expected_revision: Option<u64>) -> pb::Re
 }
 
 impl ResourceService {
+    /// Proposes a write under `request_id` (see [`scoped_request_id`]).
     async fn propose(
         &self,
+        request_id: String,
         actor: &pb::AdminToken,
         op: pb::command::Op,
     ) -> Result<pb::ApplyResult, AdminError> {
         let cmd = pb::Command {
             leader_time_unix_ms: 0,
+            request_id,
             actor: actor.id.clone(),
             op: Some(op),
         };
@@ -92,6 +95,7 @@ impl Resources for ResourceService {
     ) -> Result<Response<api::ApplyResponse>, Status> {
         count_request("Apply");
         let token = self.auth.check(&req).await?;
+        let request_id = scoped_request_id(&req, &token);
         let r = req.into_inner();
         if r.resources.is_empty() && r.prune_kinds.is_empty() {
             return Err(AdminError::invalid("nothing to apply: no resources given").into());
@@ -99,6 +103,7 @@ impl Resources for ResourceService {
         let writes = r.resources.into_iter().map(|i| to_write(i, None)).collect();
         let result = self
             .propose(
+                request_id,
                 &token,
                 pb::command::Op::Apply(pb::ApplyResources {
                     writes,
@@ -118,6 +123,7 @@ impl Resources for ResourceService {
     ) -> Result<Response<pb::Resource>, Status> {
         count_request("Create");
         let token = self.auth.check(&req).await?;
+        let request_id = scoped_request_id(&req, &token);
         let input = req
             .into_inner()
             .resource
@@ -127,11 +133,14 @@ impl Resources for ResourceService {
             writes: vec![to_write(input, Some(0))],
             prune_kinds: vec![],
         });
-        let done = self.propose(&token, op).await.map_err(|e| match e {
-            // A create that finds the resource present is "already exists", not a CAS conflict.
-            AdminError::Conflict(m) => AdminError::AlreadyExists(m),
-            e => e,
-        })?;
+        let done = self
+            .propose(request_id, &token, op)
+            .await
+            .map_err(|e| match e {
+                // A create that finds the resource present is "already exists", not a CAS conflict.
+                AdminError::Conflict(m) => AdminError::AlreadyExists(m),
+                e => e,
+            })?;
         self.node
             .proposer
             .wait_applied(done.revision)
@@ -146,6 +155,7 @@ impl Resources for ResourceService {
     ) -> Result<Response<pb::Resource>, Status> {
         count_request("Update");
         let token = self.auth.check(&req).await?;
+        let request_id = scoped_request_id(&req, &token);
         let r = req.into_inner();
         let input = r
             .resource
@@ -160,7 +170,7 @@ impl Resources for ResourceService {
             writes: vec![to_write(input, r.expected_revision)],
             prune_kinds: vec![],
         });
-        let done = self.propose(&token, op).await?;
+        let done = self.propose(request_id, &token, op).await?;
         self.node
             .proposer
             .wait_applied(done.revision)
@@ -175,9 +185,11 @@ impl Resources for ResourceService {
     ) -> Result<Response<api::DeleteResponse>, Status> {
         count_request("Delete");
         let token = self.auth.check(&req).await?;
+        let request_id = scoped_request_id(&req, &token);
         let r = req.into_inner();
         let result = self
             .propose(
+                request_id,
                 &token,
                 pb::command::Op::Delete(pb::DeleteResource {
                     kind: r.kind,
@@ -320,6 +332,17 @@ fn redact(mut r: pb::Resource) -> pb::Resource {
         }
     }
     r
+}
+
+/// The client's `x-konnect-request-id` (the same on every retry of one logical write),
+/// scoped to the caller's token, so a retried write applies once.
+fn scoped_request_id<T>(req: &Request<T>, actor: &pb::AdminToken) -> String {
+    req.metadata()
+        .get("x-konnect-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(|v| format!("{}/{v}", actor.id))
+        .unwrap_or_default()
 }
 
 fn compacted(from: u64, compacted_revision: u64) -> AdminError {

@@ -51,12 +51,57 @@ pub fn apply_command(txn: &mut WriteTxn, index: u64, cmd: &pb::Command) -> Appli
     let now = last_time.max(cmd.leader_time_unix_ms);
     txn.put(SM_META, KEY_LEADER_TIME, &now.to_be_bytes())?;
 
-    match &cmd.op {
-        None => Ok(fail(ErrorCode::Invalid, "empty command")),
-        Some(pb::command::Op::InitCluster(init)) => init_cluster(txn, init),
-        Some(pb::command::Op::Apply(a)) => apply_resources(txn, index, now, a),
-        Some(pb::command::Op::Delete(d)) => delete_resource(txn, index, now, d),
+    // A retried write (same request id) gets the answer of its first application.
+    if !cmd.request_id.is_empty() {
+        if let Some(bytes) = txn.get(REQUESTS, cmd.request_id.as_bytes())? {
+            return decode(&bytes, "remembered result");
+        }
     }
+    let result = match &cmd.op {
+        None => fail(ErrorCode::Invalid, "empty command"),
+        Some(pb::command::Op::Batch(batch)) => {
+            let mut results = Vec::with_capacity(batch.commands.len());
+            for sub in &batch.commands {
+                if matches!(sub.op, Some(pb::command::Op::Batch(_))) {
+                    results.push(fail(ErrorCode::Invalid, "batches do not nest"));
+                    continue;
+                }
+                let mut sub = sub.clone();
+                sub.leader_time_unix_ms = now;
+                results.push(apply_command(txn, index, &sub)?);
+            }
+            ok(Outcome::Batch(pb::BatchResult { results }))
+        }
+        Some(pb::command::Op::InitCluster(init)) => init_cluster(txn, init)?,
+        Some(pb::command::Op::Apply(a)) => apply_resources(txn, index, now, a)?,
+        Some(pb::command::Op::Delete(d)) => delete_resource(txn, index, now, d)?,
+    };
+    if !cmd.request_id.is_empty() {
+        remember_request(txn, &cmd.request_id, &result)?;
+    }
+    Ok(result)
+}
+
+/// Records a request id and its result; forgets the oldest beyond [`REQUEST_MEMORY`].
+fn remember_request(
+    txn: &mut WriteTxn,
+    id: &str,
+    result: &pb::CommandResult,
+) -> Result<(), StoreError> {
+    let seq = u64_value(txn.get(SM_META, KEY_REQUEST_SEQ)?) + 1;
+    txn.put(SM_META, KEY_REQUEST_SEQ, &seq.to_be_bytes())?;
+    txn.put(REQUESTS, id.as_bytes(), &result.encode_to_vec())?;
+    txn.put(REQUEST_ORDER, &crate::store::u64_key(seq), id.as_bytes())?;
+    let mut count = u64_value(txn.get(SM_META, KEY_REQUEST_COUNT)?) + 1;
+    if count > REQUEST_MEMORY {
+        let excess = (count - REQUEST_MEMORY) as usize;
+        for (k, old_id) in txn.range(REQUEST_ORDER, .., excess)? {
+            txn.delete(REQUESTS, &old_id)?;
+            txn.delete(REQUEST_ORDER, &k)?;
+            count -= 1;
+        }
+    }
+    txn.put(SM_META, KEY_REQUEST_COUNT, &count.to_be_bytes())
 }
 
 fn init_cluster(txn: &mut WriteTxn, init: &pb::InitCluster) -> Applied {
@@ -421,9 +466,16 @@ struct EventLog {
 
 impl EventLog {
     fn open(txn: &WriteTxn, revision: u64) -> Result<EventLog, StoreError> {
+        // Continue the sequence when an earlier command of the same entry wrote events.
+        let seq = match txn.get(SM_META, KEY_EVENT_CURSOR)? {
+            Some(b) if b.len() == 12 && event_revision(&b) == revision => {
+                u32::from_be_bytes([b[8], b[9], b[10], b[11]])
+            }
+            _ => 0,
+        };
         Ok(EventLog {
             revision,
-            seq: 0,
+            seq,
             count: u64_value(txn.get(SM_META, KEY_EVENT_COUNT)?),
         })
     }
@@ -464,6 +516,100 @@ impl EventLog {
             }
         }
         txn.put(SM_META, KEY_EVENT_COUNT, &count.to_be_bytes())?;
+        txn.put(
+            SM_META,
+            KEY_EVENT_CURSOR,
+            &event_key(self.revision, self.seq),
+        )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn service(name: &str, port: u16, request_id: &str) -> pb::Command {
+        let spec = serde_json::json!({"targets": [{"url": format!("http://127.0.0.1:{port}")}]});
+        pb::Command {
+            leader_time_unix_ms: 1,
+            actor: "test".into(),
+            request_id: request_id.into(),
+            op: Some(pb::command::Op::Apply(pb::ApplyResources {
+                writes: vec![pb::ResourceWrite {
+                    kind: "Service".into(),
+                    name: name.into(),
+                    labels: Default::default(),
+                    spec: Some(konnect_proto::json::json_to_struct(&spec).unwrap()),
+                    expected_revision: Some(0),
+                }],
+                prune_kinds: vec![],
+            })),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s"), TABLES).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_retried_write_gets_its_first_answer_instead_of_a_conflict() {
+        let (_d, store) = store();
+        let mut txn = store.write().unwrap();
+        let first = apply_command(&mut txn, 5, &service("a", 1, "req-1")).unwrap();
+        // The same create-if-absent again, as a retry after a lost answer: applying it twice
+        // would report "already exists" for a write that succeeded.
+        let retry = apply_command(&mut txn, 9, &service("a", 1, "req-1")).unwrap();
+        assert_eq!(retry, first);
+        let fresh = apply_command(&mut txn, 10, &service("a", 1, "req-2")).unwrap();
+        assert!(
+            matches!(fresh.result, Some(Outcome::Error(_))),
+            "a new request is applied"
+        );
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_with_its_own_result_and_keeps_every_event() {
+        let (_d, store) = store();
+        let mut txn = store.write().unwrap();
+        let batch = pb::Command {
+            leader_time_unix_ms: 7,
+            actor: "batch".into(),
+            request_id: String::new(),
+            op: Some(pb::command::Op::Batch(pb::Batch {
+                commands: vec![
+                    service("a", 1, "x"),
+                    service("b", 2, "y"),
+                    service("a", 3, "z"),
+                ],
+            })),
+        };
+        let r = apply_command(&mut txn, 4, &batch).unwrap();
+        let Some(Outcome::Batch(b)) = r.result else {
+            panic!("{r:?}")
+        };
+        assert!(matches!(b.results[0].result, Some(Outcome::Apply(_))));
+        assert!(matches!(b.results[1].result, Some(Outcome::Apply(_))));
+        assert!(
+            matches!(b.results[2].result, Some(Outcome::Error(_))),
+            "a exists by then"
+        );
+        txn.commit().unwrap();
+        let reader = StateReader::new(store.clone());
+        let History::Events(events, _) = reader.events_after(0, "", 100).unwrap() else {
+            panic!()
+        };
+        let names: Vec<_> = events
+            .iter()
+            .map(|(_, e)| e.resource.as_ref().unwrap().name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["a", "b"],
+            "both creates are in the watch history"
+        );
     }
 }

@@ -166,7 +166,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => txn.delete(META, KEY_COMMITTED),
             }
             .map_err(|e| e.to_string())?;
-            txn.commit().map_err(|e| e.to_string())
+            // openraft allows the committed index to be persisted lazily: it is re-derived from
+            // the log on restart. The next durable append flushes it along.
+            txn.commit_lazy().map_err(|e| e.to_string())
         })
         .await
     }

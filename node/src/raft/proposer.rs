@@ -12,7 +12,8 @@ use konnect_proto::peer::v1 as peer;
 use konnect_proto::state::v1 as pb;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use tokio::sync::{watch, Mutex};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use super::codec::node_to_pb;
 use super::network::PeerChannels;
@@ -63,6 +64,103 @@ pub struct Proposer {
     channels: PeerChannels,
     applied: watch::Receiver<u64>,
     membership_lock: Arc<Mutex<()>>,
+    /// Writes waiting to be proposed by the batcher.
+    queue: mpsc::Sender<Pending>,
+}
+
+/// One write waiting for the batcher, and where its outcome goes.
+struct Pending {
+    cmd: pb::Command,
+    reply: oneshot::Sender<Result<Attempt<(u64, pb::CommandResult)>, ProposeError>>,
+}
+
+/// Most writes grouped into one log entry.
+const MAX_BATCH: usize = 256;
+/// Largest encoded size of one batch entry.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Log entries proposed at once; beyond this, writes wait and are grouped.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Group commit: writes that arrive while earlier entries are being committed are proposed
+/// together as one `Batch` entry, so one replication round and one fsync serve them all.
+/// A lone write on an idle node is proposed at once, unbatched.
+async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
+        let mut bytes = first.cmd.encoded_len();
+        let mut group = vec![first];
+        while group.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.cmd.encoded_len();
+                    group.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            propose_group(&raft, group).await;
+        });
+    }
+}
+
+async fn propose_group(raft: &Raft, mut group: Vec<Pending>) {
+    let now = now_unix_ms();
+    let single = group.len() == 1;
+    let mut cmd = if single {
+        group[0].cmd.clone()
+    } else {
+        pb::Command {
+            leader_time_unix_ms: 0,
+            actor: "batch".into(),
+            request_id: String::new(),
+            op: Some(pb::command::Op::Batch(pb::Batch {
+                commands: group.iter().map(|p| p.cmd.clone()).collect(),
+            })),
+        }
+    };
+    cmd.leader_time_unix_ms = now;
+    let outcome = raft.client_write(cmd).await;
+    match outcome {
+        Ok(resp) => {
+            let index = resp.log_id.index;
+            if single {
+                let p = group.remove(0);
+                let _ = p.reply.send(Ok(Attempt::Done((index, resp.data))));
+                return;
+            }
+            let results = match resp.data.result {
+                Some(pb::command_result::Result::Batch(b)) => b.results,
+                _ => Vec::new(),
+            };
+            let mut results = results.into_iter();
+            for p in group {
+                let r = results.next().unwrap_or_default();
+                let _ = p.reply.send(Ok(Attempt::Done((index, r))));
+            }
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            for p in group {
+                let _ = p.reply.send(Ok(Attempt::Forward(f.leader_node.clone())));
+            }
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            for p in group {
+                let _ = p.reply.send(Err(ProposeError::Rejected(e.to_string())));
+            }
+        }
+        Err(RaftError::Fatal(e)) => {
+            for p in group {
+                let _ = p.reply.send(Err(ProposeError::Fatal(e.to_string())));
+            }
+        }
+    }
 }
 
 fn now_unix_ms() -> u64 {
@@ -79,11 +177,14 @@ enum Attempt<T> {
 
 impl Proposer {
     pub fn new(raft: Raft, channels: PeerChannels, applied: watch::Receiver<u64>) -> Proposer {
+        let (queue, rx) = mpsc::channel(4096);
+        tokio::spawn(run_batcher(raft.clone(), rx));
         Proposer {
             raft,
             channels,
             applied,
             membership_lock: Arc::new(Mutex::new(())),
+            queue,
         }
     }
 
@@ -94,23 +195,32 @@ impl Proposer {
     /// Proposes on this node if it leads; otherwise says where the leader is.
     async fn write_here(
         &self,
-        mut cmd: pb::Command,
+        cmd: pb::Command,
     ) -> Result<Attempt<(u64, pb::CommandResult)>, ProposeError> {
-        cmd.leader_time_unix_ms = now_unix_ms();
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(Attempt::Done((resp.log_id.index, resp.data))),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Ok(Attempt::Forward(f.leader_node))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ProposeError::Rejected(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
-        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { cmd, reply })
+            .await
+            .map_err(|_| ProposeError::Fatal("the proposer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| ProposeError::Fatal("the proposer stopped".into()))?
     }
 
     /// Writes `cmd` through the leader, wherever it is; returns the log index and the result.
-    pub async fn write(&self, cmd: pb::Command) -> Result<(u64, pb::CommandResult), ProposeError> {
+    ///
+    /// Retrying is safe: a failed forward or a leader change may leave the first attempt
+    /// committed, so every attempt carries the same request id and the state machine answers
+    /// a repeat with the first result instead of applying it twice.
+    pub async fn write(
+        &self,
+        mut cmd: pb::Command,
+    ) -> Result<(u64, pb::CommandResult), ProposeError> {
+        if cmd.request_id.is_empty() {
+            let mut id = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+            cmd.request_id = hex::encode(id);
+        }
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut last_error = String::from("no leader elected");
         loop {

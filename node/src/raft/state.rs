@@ -19,9 +19,20 @@ pub const SM_META: Table = Table("sm_meta");
 pub const RESOURCES: Table = Table("resources");
 pub const EVENTS: Table = Table("events");
 pub const ADMIN_TOKENS: Table = Table("admin_tokens");
+/// Recent request ids -> result, for deduplicating retried writes.
+pub const REQUESTS: Table = Table("requests");
+/// Sequence number -> request id: the order in which ids are forgotten.
+pub const REQUEST_ORDER: Table = Table("request_order");
 
 /// Every table of the state machine; a snapshot copies exactly these.
-pub const TABLES: &[Table] = &[SM_META, RESOURCES, EVENTS, ADMIN_TOKENS];
+pub const TABLES: &[Table] = &[
+    SM_META,
+    RESOURCES,
+    EVENTS,
+    ADMIN_TOKENS,
+    REQUESTS,
+    REQUEST_ORDER,
+];
 
 pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"membership";
@@ -30,6 +41,16 @@ pub const KEY_LEADER_TIME: &[u8] = b"leader_time_unix_ms";
 /// Watch history: revisions at or below this are no longer kept.
 pub const KEY_COMPACTED_REVISION: &[u8] = b"compacted_revision";
 pub const KEY_EVENT_COUNT: &[u8] = b"event_count";
+
+/// How many request ids are remembered for deduplication: a retry arriving after this many
+/// newer writes is applied again (clients retry within seconds; this covers hours of writes).
+pub const REQUEST_MEMORY: u64 = 100_000;
+pub const KEY_REQUEST_COUNT: &[u8] = b"request_count";
+/// Sequence number of the last remembered request id (orders `REQUEST_ORDER`).
+pub const KEY_REQUEST_SEQ: &[u8] = b"request_seq";
+/// (revision, next sequence) of the last events written, so several commands in one entry
+/// (a batch) append to the same revision without overwriting each other.
+pub const KEY_EVENT_CURSOR: &[u8] = b"event_cursor";
 
 /// How many resource change events the watch history keeps (etcd keeps by revision too).
 pub const WATCH_HISTORY: u64 = 10_000;

@@ -36,6 +36,10 @@ use crate::store::{Store, StoreError};
 type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeMeta>;
 
 const SNAPSHOT_FORMAT: u32 = 1;
+/// At most this many applies commit lazily in a row...
+const LAZY_COMMITS_MAX: u32 = 64;
+/// ...and at most for this long.
+const LAZY_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 const CURRENT: &str = "current.snap";
 
 /// Shared between the state machine and its snapshot builders.
@@ -49,6 +53,9 @@ struct Shared {
 
 pub struct StateMachine {
     shared: Shared,
+    /// When the state was last committed durably; applies in between commit lazily.
+    last_durable: Instant,
+    lazy_commits: u32,
     applied_tx: watch::Sender<u64>,
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
@@ -78,6 +85,8 @@ impl StateMachine {
         let applied = reader.applied_revision()?;
         let (applied_tx, applied_rx) = watch::channel(applied);
         let sm = StateMachine {
+            last_durable: Instant::now(),
+            lazy_commits: 0,
             shared: Shared {
                 store,
                 dir,
@@ -200,6 +209,12 @@ impl Shared {
 
     /// Writes the whole state, as of one read transaction, to a new current snapshot.
     fn build(&self) -> Result<SnapshotMeta, String> {
+        // Make lazily committed applies durable first: the log will be purged up to this
+        // snapshot, so the state it covers must survive a crash.
+        self.store
+            .write()
+            .and_then(|t| t.commit())
+            .map_err(|e| e.to_string())?;
         let txn = self.store.read().map_err(|e| e.to_string())?;
         let last_applied = txn
             .get(SM_META, KEY_LAST_APPLIED)
@@ -376,6 +391,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let store = self.shared.store.clone();
         let started = Instant::now();
+        // Applied state can be rebuilt by replaying the durable log, so most applies commit
+        // lazily (no fsync); every so often one commits durably, which bounds the replay after
+        // a crash and lets redb reclaim pages. A snapshot always starts with a durable commit,
+        // so the log is never purged past durable state.
+        let durable = self.lazy_commits >= LAZY_COMMITS_MAX
+            || self.last_durable.elapsed() >= LAZY_COMMIT_WINDOW;
+        if durable {
+            self.lazy_commits = 0;
+            self.last_durable = Instant::now();
+        } else {
+            self.lazy_commits += 1;
+        }
         let results =
             tokio::task::spawn_blocking(move || -> Result<Vec<pb::CommandResult>, StoreError> {
                 let mut txn = store.write()?;
@@ -402,7 +429,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                     }
                 }
-                txn.commit()?;
+                if durable {
+                    txn.commit()?;
+                } else {
+                    txn.commit_lazy()?;
+                }
                 Ok(results)
             })
             .await
