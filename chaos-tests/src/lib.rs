@@ -1,0 +1,22 @@
+//! chaos-tests: runs real `konnect` processes under faults and checks what clients observed.
+//!
+//! Code map:
+//! - `net`: network namespaces, a bridge, veth pairs and nftables drop rules (partitions);
+//!   a registry of what to remove on Ctrl-C.
+//! - `cluster`: the `konnect serve` processes (in namespaces, or on loopback when namespaces
+//!   are unavailable), their data dirs and logs; kill -9, restart, SIGSTOP/SIGCONT.
+//! - `nemesis`: a fault schedule drawn from a seed, and injecting/healing each fault.
+//! - `workload`: register (CAS + consistent reads) and set (creates) clients and their checks.
+//! - `linearizability`: a WGL-style checker and the register model.
+//! - `scenario`: named scenarios, one run each, and the one-line outcome.
+//!
+//! Invariant: traffic stays on this machine. Nodes listen on loopback or on 10.77.S.0/24
+//! addresses that exist only inside namespaces this crate creates (plus the root side of one
+//! veth pair into them); every namespace and process is removed when its owner drops.
+
+pub mod cluster;
+pub mod linearizability;
+pub mod nemesis;
+pub mod net;
+pub mod scenario;
+pub mod workload;

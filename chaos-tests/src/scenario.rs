@@ -1,0 +1,451 @@
+//! Scenarios: a named set of faults, run against a fresh cluster while the register and set
+//! workloads run, then checked. Each run ends in one `Outcome` line:
+//! `scenario=... seed=... mode=... ops=... faults=... verdict=PASS|FAIL (details)`.
+//!
+//! A run: start the cluster and form it; create the registers; start the clients; play the
+//! nemesis schedule (quiet, inject, hold, heal — repeated); heal everything; require a leader
+//! and some successful operations after healing; stop the clients; read every register and
+//! list the set through every node; check.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::cluster::{Cluster, ModeKind, ModeRequest};
+use crate::nemesis::{self, FaultKind, Schedule};
+use crate::workload::{self, Clock, RegisterNotes, SetRecord, Stop};
+
+/// A named choice of faults.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub faults: &'static [FaultKind],
+    pub about: &'static str,
+}
+
+/// Every scenario; `all` runs them in this order.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "partition-leader",
+        faults: &[FaultKind::PartitionLeader],
+        about: "cut the leader off from every other node (clients still reach it)",
+    },
+    Scenario {
+        name: "kill-leader",
+        faults: &[FaultKind::KillLeader],
+        about: "kill -9 the leader, restart it after a while",
+    },
+    Scenario {
+        name: "pause-follower",
+        faults: &[FaultKind::PauseFollower],
+        about: "SIGSTOP a follower for longer than the election timeout",
+    },
+    Scenario {
+        name: "asymmetric-partition",
+        faults: &[FaultKind::AsymmetricPartition],
+        about: "drop the leader's packets one way only (its sends, or its receives)",
+    },
+    Scenario {
+        name: "split-minority",
+        faults: &[FaultKind::SplitMinority],
+        about: "split into a minority and a majority; the leader lands on either side",
+    },
+    Scenario {
+        name: "mixed",
+        faults: &FaultKind::ALL,
+        about: "every fault kind, drawn at random",
+    },
+];
+
+pub fn find(name: &str) -> Option<Scenario> {
+    SCENARIOS.iter().copied().find(|s| s.name == name)
+}
+
+/// How to run a scenario.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub seed: u64,
+    pub nodes: usize,
+    /// Time the nemesis schedule fills (at least one fault runs regardless).
+    pub duration: Duration,
+    pub mode: ModeRequest,
+    pub register_clients: usize,
+    pub set_clients: usize,
+    pub registers: usize,
+    /// Print each fault as it is injected.
+    pub verbose: bool,
+    /// Report konnect's known issue (`workload::KNOWN_ISSUE_CONFLICT_AFTER_COMMIT`) as a
+    /// note instead of failing. Everything else still fails.
+    pub tolerate_known_issues: bool,
+    /// Workload reads with `consistent=true` (the default). `false` reads each node's local
+    /// state, which must make the register check FAIL: a test of the harness itself.
+    pub consistent_reads: bool,
+    /// Keep the data dirs and logs of a failed run (and say where).
+    pub keep_failed_dir: bool,
+}
+
+impl RunOptions {
+    pub fn new(seed: u64, duration: Duration) -> RunOptions {
+        RunOptions {
+            seed,
+            nodes: 3,
+            duration,
+            mode: ModeRequest::Auto,
+            register_clients: 4,
+            set_clients: 2,
+            registers: 2,
+            verbose: false,
+            tolerate_known_issues: false,
+            consistent_reads: true,
+            keep_failed_dir: true,
+        }
+    }
+}
+
+/// A scenario's result.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub scenario: String,
+    pub seed: u64,
+    pub mode: Option<ModeKind>,
+    pub nodes: usize,
+    pub duration: Duration,
+    pub ops: usize,
+    /// Each fault injected: start (seconds since the workload began) and description.
+    pub faults: Vec<(f64, String)>,
+    pub passed: bool,
+    pub details: String,
+    /// Problems found, one per line (empty on PASS).
+    pub problems: Vec<String>,
+    pub elapsed: Duration,
+    /// Where the data dirs and logs were kept (on FAIL).
+    pub kept_dir: Option<std::path::PathBuf>,
+}
+
+impl Outcome {
+    /// The command that replays this run.
+    pub fn replay(&self) -> String {
+        format!(
+            "cargo run -p chaos-tests -- --scenario {} --seed {} --nodes {} --duration {}",
+            self.scenario,
+            self.seed,
+            self.nodes,
+            humantime::format_duration(self.duration)
+        )
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = self
+            .mode
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "none".into());
+        write!(
+            f,
+            "scenario={} seed={} mode={} nodes={} ops={} faults={} verdict={} ({}; {:.1}s)",
+            self.scenario,
+            self.seed,
+            mode,
+            self.nodes,
+            self.ops,
+            self.faults.len(),
+            if self.passed { "PASS" } else { "FAIL" },
+            self.details,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// Runs `scenario` and returns its outcome; never panics on a cluster failure (that is a
+/// FAIL with the reason).
+pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
+    let started = Instant::now();
+    let schedule = Schedule::generate(options.seed, scenario.faults, options.duration);
+    eprintln!(
+        "chaos: scenario={} seed={} nodes={} schedule: {}",
+        scenario.name, options.seed, options.nodes, schedule
+    );
+    let mut outcome = Outcome {
+        scenario: scenario.name.to_string(),
+        seed: options.seed,
+        mode: None,
+        nodes: options.nodes,
+        duration: options.duration,
+        ops: 0,
+        faults: Vec::new(),
+        passed: false,
+        details: String::new(),
+        problems: Vec::new(),
+        elapsed: Duration::ZERO,
+        kept_dir: None,
+    };
+    let mut cluster = match Cluster::start_initialised(options.nodes, options.mode).await {
+        Ok(c) => c,
+        Err(e) => {
+            outcome.details = format!("cluster did not start: {e:#}");
+            outcome.problems.push(outcome.details.clone());
+            outcome.elapsed = started.elapsed();
+            return outcome;
+        }
+    };
+    outcome.mode = Some(cluster.mode);
+    match (&cluster.mode, &cluster.fallback_reason) {
+        (ModeKind::Netns, _) => {
+            let (run, host) = cluster
+                .topology()
+                .map(|t| (t.run_id().to_string(), t.host_ip().to_string()))
+                .unwrap_or_default();
+            eprintln!("chaos: mode=netns (namespaces kchaos-*-{run}-*, clients from {host})");
+        }
+        (ModeKind::Loopback, reason) => eprintln!(
+            "chaos: mode=loopback (network faults replaced by pauses): {}",
+            reason.as_deref().unwrap_or("")
+        ),
+    }
+    let result = drive(&mut cluster, &schedule, options, &mut outcome).await;
+    if let Err(e) = result {
+        outcome.problems.push(format!("{e:#}"));
+    }
+    if let Err(e) = cluster.check_no_crash() {
+        outcome.problems.push(format!("{e:#}"));
+    }
+    outcome.passed = outcome.problems.is_empty();
+    if !outcome.passed {
+        outcome.details = if outcome.details.is_empty() {
+            outcome.problems.join("; ")
+        } else {
+            format!("{}; {}", outcome.problems.join("; "), outcome.details)
+        };
+        if options.keep_failed_dir {
+            outcome.kept_dir = Some(cluster.keep_dir());
+        }
+        eprintln!(
+            "chaos: FAIL scenario={} seed={}",
+            scenario.name, options.seed
+        );
+        eprintln!("chaos: schedule was: {schedule}");
+        for (at, fault) in &outcome.faults {
+            eprintln!("chaos:   +{at:.1}s {fault}");
+        }
+        for p in &outcome.problems {
+            eprintln!("chaos: problem: {p}");
+        }
+        eprintln!("chaos: replay with: {}", outcome.replay());
+        if let Some(dir) = &outcome.kept_dir {
+            eprintln!(
+                "chaos: data dirs, logs and register-history.txt kept in {}",
+                dir.display()
+            );
+        }
+        eprintln!("{}", cluster.log_tails(25));
+    }
+    drop(cluster);
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
+/// The middle of a run: workloads, nemesis, healing, checks. Problems found go into
+/// `outcome.problems`; an `Err` is a failure to carry the run through.
+async fn drive(
+    cluster: &mut Cluster,
+    schedule: &Schedule,
+    options: &RunOptions,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    let initial = workload::setup_registers(cluster, options.registers)
+        .await
+        .context("set up registers")?;
+    let clock = Clock::new();
+    let stop = Stop::default();
+    let register_tasks = workload::spawn_register_clients(
+        cluster,
+        options.register_clients,
+        options.registers,
+        options.seed,
+        options.consistent_reads,
+        clock,
+        stop.clone(),
+    )?;
+    let set_tasks = workload::spawn_set_clients(cluster, options.set_clients, stop.clone())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let nemesis_result = play(cluster, schedule, options, outcome, clock).await;
+    let healed = cluster.heal_all().await;
+    let healed_at = clock.now();
+    let recovered = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .context("no leader after healing");
+    let phase = |what: &str| {
+        if options.verbose {
+            eprintln!("chaos:   +{:.1}s {what}", clock.now() as f64 / 1e9);
+        }
+    };
+    phase(&format!(
+        "healed; leader {:?}",
+        recovered.as_ref().map(|l| l + 1).ok()
+    ));
+    // Let the clients work on the healed cluster, then stop them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.stop();
+    let mut history = Vec::new();
+    let mut notes = RegisterNotes::default();
+    for t in register_tasks {
+        let (ops, n) = t.await.context("register client panicked")?;
+        history.extend(ops);
+        for (k, v) in n.failures {
+            *notes.failures.entry(k).or_default() += v;
+        }
+        notes.stale_update_responses += n.stale_update_responses;
+    }
+    let mut records: Vec<SetRecord> = Vec::new();
+    for t in set_tasks {
+        records.push(t.await.context("set client panicked")?);
+    }
+    phase("clients stopped");
+    nemesis_result?;
+    healed.context("heal")?;
+    recovered?;
+
+    let completed_after_heal = history
+        .iter()
+        .filter(|(_, o)| o.complete.is_some_and(|c| c > healed_at) && o.invoke > healed_at)
+        .count();
+    if completed_after_heal == 0 {
+        outcome
+            .problems
+            .push("no register operation completed in the 1.5s after healing".into());
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    history
+        .extend(workload::final_register_reads(cluster, options.registers, clock, deadline).await?);
+    workload::write_register_history(
+        &cluster.dir().join("register-history.txt"),
+        &initial,
+        &history,
+    );
+    let registers = workload::check_registers(&initial, &history);
+    phase("registers read through every node");
+    let set = workload::check_set(cluster, &records, deadline).await?;
+    phase("set listed through every node");
+    outcome.problems.extend(registers.problems.iter().cloned());
+    if !options.tolerate_known_issues {
+        outcome
+            .problems
+            .extend(registers.conflicts_that_took_effect.iter().cloned());
+    } else {
+        for c in &registers.conflicts_that_took_effect {
+            eprintln!("chaos: known issue tolerated (--tolerate-known-issues): {c}");
+        }
+    }
+    outcome.problems.extend(set.problems.iter().cloned());
+
+    let already_exists: usize = records.iter().map(|r| r.already_exists).sum();
+    let mut set_failures = std::collections::BTreeMap::<String, usize>::new();
+    for r in &records {
+        for (k, v) in &r.failures {
+            *set_failures.entry(k.clone()).or_default() += v;
+        }
+    }
+    outcome.ops = registers.ops + set.attempted;
+    let mut details = format!(
+        "register: {} ops on {} keys, {} unknown, {}; set: {} acked of {}, {} unknown present, {}",
+        registers.ops,
+        options.registers,
+        registers.unknown,
+        match (
+            registers.problems.is_empty(),
+            registers.conflicts_that_took_effect.is_empty(),
+        ) {
+            (true, true) => "linearizable",
+            (true, false) => "linearizable only if conflict answers may take effect",
+            _ => "NOT linearizable",
+        },
+        set.acknowledged,
+        set.attempted,
+        set.unknown_present,
+        if set.problems.is_empty() {
+            "none lost"
+        } else {
+            "PROBLEMS"
+        },
+    );
+    let mut oddities = Vec::new();
+    if !registers.conflicts_that_took_effect.is_empty() {
+        oddities.push(format!(
+            "{} registers saw a conflict answer for a write that took effect{}",
+            registers.conflicts_that_took_effect.len(),
+            if options.tolerate_known_issues {
+                " (known issue, tolerated)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if notes.stale_update_responses > 0 {
+        oddities.push(format!(
+            "{} update responses older than the write",
+            notes.stale_update_responses
+        ));
+    }
+    if set.not_found_present > 0 {
+        oddities.push(format!(
+            "{} creates answered NotFound yet took effect",
+            set.not_found_present
+        ));
+    }
+    if already_exists > 0 {
+        oddities.push(format!(
+            "{already_exists} creates answered AlreadyExists for a fresh name"
+        ));
+    }
+    let mut failures = notes.failures.clone();
+    for (k, v) in set_failures {
+        *failures.entry(k).or_default() += v;
+    }
+    if !failures.is_empty() {
+        let f: Vec<String> = failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        details.push_str(&format!("; failed calls: {}", f.join(", ")));
+    }
+    if !oddities.is_empty() {
+        details.push_str(&format!("; noted: {}", oddities.join(", ")));
+    }
+    outcome.details = details;
+    Ok(())
+}
+
+/// Plays the schedule: for each step, quiet, inject, hold, heal.
+async fn play(
+    cluster: &mut Cluster,
+    schedule: &Schedule,
+    options: &RunOptions,
+    outcome: &mut Outcome,
+    clock: Clock,
+) -> Result<()> {
+    for step in &schedule.steps {
+        tokio::time::sleep(step.quiet).await;
+        let at = clock.now() as f64 / 1e9;
+        let injected = nemesis::inject(cluster, step)
+            .await
+            .with_context(|| format!("inject {}", step.kind.name()))?;
+        if options.verbose {
+            eprintln!(
+                "chaos:   +{at:.1}s {} for {}ms",
+                injected.description,
+                step.hold.as_millis()
+            );
+        }
+        if !injected.skipped {
+            outcome.faults.push((at, injected.description.clone()));
+        }
+        tokio::time::sleep(step.hold).await;
+        nemesis::heal(cluster, injected)
+            .await
+            .with_context(|| format!("heal {}", step.kind.name()))?;
+        cluster.check_no_crash()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Short runs of every chaos scenario against real konnect processes: each fault must leave
+//! the register history linearizable and every acknowledged create present on every node.
+//!
+//! As root these run in network namespaces with nftables partitions; otherwise on loopback,
+//! where network faults are replaced by pauses (each run prints `mode=`). The runs are
+//! serialised: several clusters at once on CI's two cores would turn timing into the test.
+
+use std::time::Duration;
+
+use chaos_tests::cluster::{ModeKind, ModeRequest};
+use chaos_tests::scenario::{self, Outcome, RunOptions};
+
+/// konnect answers some committed writes with Aborted (revision conflict): a node re-proposes
+/// a write after its forward to a dying leader failed, though the first attempt committed
+/// (`workload::KNOWN_ISSUE_CONFLICT_AFTER_COMMIT`). Until that is fixed these tests note it
+/// instead of failing; set this to `false` to make it fail again. `cargo run -p chaos-tests`
+/// fails on it unless given `--tolerate-known-issues`.
+const TOLERATE_KNOWN_ISSUES: bool = false;
+
+/// Time the fault schedule fills in each test: one or two faults.
+const DURATION: Duration = Duration::from_secs(5);
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `CHAOS_SEED` replays a failed run; otherwise each test has its own fixed seed.
+fn seed(default: u64) -> u64 {
+    std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn options(default_seed: u64, mode: ModeRequest) -> RunOptions {
+    let mut options = RunOptions::new(seed(default_seed), DURATION);
+    options.mode = mode;
+    options.verbose = true;
+    options.tolerate_known_issues = TOLERATE_KNOWN_ISSUES;
+    options
+}
+
+async fn run_with(name: &str, options: &RunOptions) -> Outcome {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let scenario = scenario::find(name).expect("scenario exists");
+    let outcome = scenario::run(scenario, options).await;
+    println!("{outcome}");
+    outcome
+}
+
+async fn run(name: &str, default_seed: u64, mode: ModeRequest) -> Outcome {
+    let outcome = run_with(name, &options(default_seed, mode)).await;
+    assert!(
+        outcome.passed,
+        "{outcome}\nreplay: {}\nproblems:\n{}",
+        outcome.replay(),
+        outcome.problems.join("\n")
+    );
+    assert!(
+        !outcome.faults.is_empty(),
+        "no fault was injected: {outcome}"
+    );
+    assert!(
+        outcome.ops > 50,
+        "too few operations to mean anything: {outcome}"
+    );
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_serves_no_stale_read_and_loses_no_acknowledged_write() {
+    run("partition-leader", 101, ModeRequest::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_leader_loses_no_acknowledged_write() {
+    run("kill-leader", 102, ModeRequest::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_paused_past_the_election_timeout_keeps_history_linearizable() {
+    run("pause-follower", 103, ModeRequest::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_way_packet_loss_at_the_leader_keeps_history_linearizable() {
+    run("asymmetric-partition", 104, ModeRequest::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minority_split_keeps_history_linearizable() {
+    run("split-minority", 105, ModeRequest::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_mode_survives_kills_and_pauses_without_namespaces() {
+    let outcome = run("mixed", 106, ModeRequest::Loopback).await;
+    assert_eq!(outcome.mode, Some(ModeKind::Loopback));
+}
+
+/// The harness itself: reads of a node's local state (`consistent=false`) are not
+/// linearizable once a leader is cut off and a new one takes writes, and the checker must
+/// say so. A chaos suite that cannot fail proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_flags_stale_local_reads_as_not_linearizable() {
+    let mut options = options(107, ModeRequest::Auto);
+    options.consistent_reads = false;
+    options.keep_failed_dir = false;
+    let outcome = run_with("partition-leader", &options).await;
+    assert!(!outcome.passed, "stale reads were not caught: {outcome}");
+    assert!(
+        outcome
+            .problems
+            .iter()
+            .any(|p| p.contains("not linearizable")),
+        "failed, but not on linearizability: {outcome}"
+    );
+}
