@@ -62,6 +62,17 @@ pub async fn identify(
 }
 
 pub async fn init_cluster(node: &NodeHandle) -> Result<Initialised, AdminError> {
+    // A member that has not applied the first entry yet catches up before answering, so
+    // "init twice" says so on every node, not only on those that are up to date.
+    let has_raft_state = node
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    if has_raft_state && node.channels.identity.get().is_none() {
+        let _ = tokio::time::timeout(Duration::from_secs(3), node.proposer.linearizable_barrier())
+            .await;
+    }
     if let Some(id) = node.channels.identity.get() {
         return Err(AdminError::AlreadyExists(format!(
             "the cluster is already initialised (cluster id {id}); init runs once per cluster"

@@ -1,6 +1,8 @@
 //! The request lifecycle of the data plane, phase by phase (docs/request-lifecycle.md draws
-//! it): accept -> `normalize` -> `match_route` -> `limit_body` -> `prepare_upstream_request`
-//! -> `forward` (pick target, send, retry when safe) -> `prepare_response` -> `log`.
+//! it): accept (TLS by SNI when on the TLS listener) -> `normalize` -> `match_route` ->
+//! `cache_lookup` -> `limit_body` -> `prepare_upstream_request` -> `transform_request` ->
+//! circuit breaker -> `forward` (pick target, send, retry when safe) -> websocket splice or
+//! `prepare_response` (with `transform_response`) -> cache store -> `log`.
 //!
 //! Architecture invariant: nothing here awaits Raft or disk. Config comes from the
 //! `GatewaySnapshot` loaded once per request; the access log is handed to a background writer.

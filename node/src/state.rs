@@ -1,11 +1,11 @@
 //! The immutable configuration snapshot the gateway reads, and the task that rebuilds it
-//! whenever an applied Raft entry changed a gateway resource (Service, Route).
+//! whenever an applied Raft entry changed a gateway resource (Service, Route, Certificate).
 //!
 //! Architecture invariant: the request path only ever does `snapshot.load_full()`: one atomic
 //! pointer read, no lock, no Raft, no disk. A request keeps the `Arc` it loaded, so in-flight
 //! requests finish on the snapshot they started with while new ones see the new config.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -13,13 +13,15 @@ use konnect_proto::json::struct_to_json;
 use tokio::sync::watch;
 
 use crate::gateway::cache::ResponseCache;
-use crate::gateway::router::{PathPattern, RouteRule, Router};
+use crate::gateway::router::{RouteRule, Router};
 use crate::gateway::tls::CertStore;
 use crate::gateway::upstream::Upstream;
-use crate::raft::state::{History, LabelSelector, StateReader};
+use crate::raft::state::{History, StateReader};
 use crate::resources::certificate::CertificateSpec;
-use crate::resources::route::{parse_path, PathSpec, RouteSpec, VersionSource};
+use crate::resources::route::RouteSpec;
 use crate::resources::service::ServiceSpec;
+use konnect_proto::state::v1 as pb;
+use rustls::sign::CertifiedKey;
 
 /// Shortest time between two snapshot builds: under a stream of config writes the gateway
 /// follows within this delay instead of rebuilding once per write.
@@ -40,7 +42,7 @@ pub struct RouteEntry {
 pub struct GatewaySnapshot {
     /// Applied revision the snapshot was built at.
     pub revision: u64,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub routes: Vec<RouteEntry>,
     /// TLS certificates of the proxy listener, by SNI name.
     pub certificates: CertStore,
@@ -50,7 +52,7 @@ impl GatewaySnapshot {
     pub fn empty() -> GatewaySnapshot {
         GatewaySnapshot {
             revision: 0,
-            router: Router::new(Vec::new()).expect("an empty router always compiles"),
+            router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
             routes: Vec::new(),
             certificates: CertStore::default(),
         }
@@ -59,162 +61,221 @@ impl GatewaySnapshot {
 
 pub type SharedSnapshot = Arc<ArcSwap<GatewaySnapshot>>;
 
-/// Builds snapshots, reusing upstreams (and their pools and health) whose Service is unchanged.
+/// What a changed resource is now: its current state, or gone.
+type Change = ((String, String), Option<pb::Resource>);
+
+/// Builds snapshots. It keeps the parsed config between builds and, after the first, applies
+/// only the resources that changed: a write to one Service costs one parse, not a re-read of
+/// every Service and Route. Upstreams (pools, health) and caches are reused while their
+/// resource's revision is unchanged; the router is recompiled only when a Route changed.
 pub struct SnapshotBuilder {
     reader: StateReader,
-    upstreams: HashMap<String, Arc<Upstream>>,
+    services: BTreeMap<String, Arc<Upstream>>,
+    /// Route name -> (revision, parsed spec, compiled rule).
+    routes: BTreeMap<String, (u64, RouteSpec, RouteRule)>,
+    /// Certificate name -> (SNI names, key).
+    certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
     /// Route name -> (route revision, cache).
     caches: HashMap<String, (u64, Arc<ResponseCache>)>,
+    router: Arc<Router>,
+}
+
+fn skip(kind: &str, name: &str, e: String) {
+    metrics::counter!("konnect_gateway_resources_skipped_total", "kind" => kind.to_string())
+        .increment(1);
+    tracing::error!(kind, name, error = %e, "resource left out of the gateway config");
 }
 
 impl SnapshotBuilder {
     pub fn new(reader: StateReader) -> SnapshotBuilder {
         SnapshotBuilder {
             reader,
-            upstreams: HashMap::new(),
+            services: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            certs: BTreeMap::new(),
             caches: HashMap::new(),
+            router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
         }
     }
 
+    /// Reads every gateway resource in one transaction and builds from scratch.
     pub fn build(&mut self) -> Result<GatewaySnapshot, String> {
-        let all = LabelSelector::default();
-        let services = self
+        let (revision, kinds) = self
             .reader
-            .list_resources("Service", &all, None, usize::MAX)
+            .resources_of_kinds(GATEWAY_KINDS)
             .map_err(|e| e.to_string())?;
-        let routes = self
-            .reader
-            .list_resources("Route", &all, None, usize::MAX)
-            .map_err(|e| e.to_string())?;
-        let revision = services.revision.max(routes.revision);
+        let mut changes: Vec<Change> = Vec::new();
+        for present in &kinds {
+            for r in present {
+                changes.push(((r.kind.clone(), r.name.clone()), Some(r.clone())));
+            }
+        }
+        // Everything not present any more is removed.
+        let mut known: Vec<(String, String)> = Vec::new();
+        known.extend(
+            self.services
+                .keys()
+                .map(|n| ("Service".to_string(), n.clone())),
+        );
+        known.extend(self.routes.keys().map(|n| ("Route".to_string(), n.clone())));
+        known.extend(
+            self.certs
+                .keys()
+                .map(|n| ("Certificate".to_string(), n.clone())),
+        );
+        for key in known {
+            if !changes.iter().any(|(k, _)| *k == key) {
+                changes.push((key, None));
+            }
+        }
+        self.apply(revision, changes, true)
+    }
 
-        let mut upstreams = HashMap::with_capacity(services.items.len());
-        for s in services.items {
-            let reuse = self
-                .upstreams
-                .get(&s.name)
-                .filter(|u| u.revision == s.revision)
-                .cloned();
-            let upstream = match reuse {
-                Some(u) => u,
-                None => {
-                    let spec = ServiceSpec::parse(&struct_to_json(&s.spec.unwrap_or_default()))
-                        .map_err(|e| format!("Service {:?}: {e}", s.name))?;
-                    Arc::new(
-                        Upstream::new(&s.name, s.revision, spec)
-                            .map_err(|e| format!("Service {:?}: {e}", s.name))?,
-                    )
+    /// Applies the current state of the `changed` resources only.
+    pub fn update(
+        &mut self,
+        changed: &BTreeSet<(String, String)>,
+    ) -> Result<GatewaySnapshot, String> {
+        let keys: Vec<(String, String)> = changed.iter().cloned().collect();
+        let (revision, current) = self.reader.resources_at(&keys).map_err(|e| e.to_string())?;
+        let changes = keys.into_iter().zip(current).collect();
+        self.apply(revision, changes, false)
+    }
+
+    fn apply(
+        &mut self,
+        revision: u64,
+        changes: Vec<Change>,
+        full: bool,
+    ) -> Result<GatewaySnapshot, String> {
+        let mut routes_changed = full;
+        for ((kind, name), resource) in changes {
+            match (kind.as_str(), resource) {
+                ("Service", None) => {
+                    self.services.remove(&name);
                 }
-            };
-            upstreams.insert(s.name.clone(), upstream);
+                ("Service", Some(r)) => {
+                    if self
+                        .services
+                        .get(&name)
+                        .is_some_and(|u| u.revision == r.revision)
+                    {
+                        continue;
+                    }
+                    let built = ServiceSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
+                        .map_err(|e| e.to_string())
+                        .and_then(|spec| Upstream::new(&name, r.revision, spec));
+                    match built {
+                        Ok(u) => {
+                            self.services.insert(name, Arc::new(u));
+                        }
+                        Err(e) => {
+                            self.services.remove(&name);
+                            skip("Service", &name, e);
+                        }
+                    }
+                }
+                ("Route", None) => {
+                    routes_changed |= self.routes.remove(&name).is_some();
+                }
+                ("Route", Some(r)) => {
+                    if self
+                        .routes
+                        .get(&name)
+                        .is_some_and(|(rev, _, _)| *rev == r.revision)
+                    {
+                        continue;
+                    }
+                    routes_changed = true;
+                    let parsed = RouteSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
+                        .map_err(|e| e.to_string())
+                        .and_then(|spec| spec.to_rule(&name).map(|rule| (spec, rule)));
+                    match parsed {
+                        Ok((spec, rule)) => {
+                            self.routes.insert(name, (r.revision, spec, rule));
+                        }
+                        Err(e) => {
+                            self.routes.remove(&name);
+                            skip("Route", &name, e);
+                        }
+                    }
+                }
+                ("Certificate", None) => {
+                    self.certs.remove(&name);
+                }
+                ("Certificate", Some(r)) => {
+                    let key = CertificateSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
+                        .and_then(|spec| spec.certified_key().map(|k| (spec.snis, k)));
+                    match key {
+                        Ok(entry) => {
+                            self.certs.insert(name, entry);
+                        }
+                        Err(e) => {
+                            self.certs.remove(&name);
+                            skip("Certificate", &name, e.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
 
-        let mut rules = Vec::with_capacity(routes.items.len());
-        let mut entries = Vec::with_capacity(routes.items.len());
+        // Routes whose service is missing are left out (the state machine keeps references
+        // intact; this only guards a corrupt state). Rule i of the router is entry i.
+        let usable: Vec<(&String, &(u64, RouteSpec, RouteRule), Arc<Upstream>)> = self
+            .routes
+            .iter()
+            .filter_map(|(name, route)| match self.services.get(&route.1.service) {
+                Some(u) => Some((name, route, u.clone())),
+                None => {
+                    skip(
+                        "Route",
+                        name,
+                        format!("unknown service {:?}", route.1.service),
+                    );
+                    None
+                }
+            })
+            .collect();
+        if routes_changed || usable.len() != self.routes.len() {
+            let rules = usable
+                .iter()
+                .map(|(_, (_, _, rule), _)| rule.clone())
+                .collect();
+            self.router = Arc::new(Router::new(rules).map_err(|e| e.to_string())?);
+        }
         let mut caches = HashMap::new();
-        for r in routes.items {
-            let spec = RouteSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
-                .map_err(|e| format!("Route {:?}: {e}", r.name))?;
-            let Some(upstream) = upstreams.get(&spec.service).cloned() else {
-                // The state machine keeps references intact; this only guards a corrupt state.
-                return Err(format!(
-                    "Route {:?}: unknown service {:?}",
-                    r.name, spec.service
-                ));
-            };
-            rules.push(route_rule(&r.name, &spec)?);
+        let mut entries = Vec::with_capacity(usable.len());
+        for (name, (rev, spec, _), upstream) in usable {
             let cache = spec.cache.as_ref().map(|c| {
-                let cache = match self.caches.get(&r.name) {
-                    Some((rev, cache)) if *rev == r.revision => cache.clone(),
-                    _ => Arc::new(ResponseCache::new(r.name.clone(), c.clone())),
+                let cache = match self.caches.get(name) {
+                    Some((r, cache)) if r == rev => cache.clone(),
+                    _ => Arc::new(ResponseCache::new(name.clone(), c.clone())),
                 };
-                caches.insert(r.name.clone(), (r.revision, cache.clone()));
+                caches.insert(name.clone(), (*rev, cache.clone()));
                 cache
             });
             entries.push(RouteEntry {
-                name: r.name,
-                spec,
+                name: name.clone(),
+                spec: spec.clone(),
                 upstream,
                 cache,
             });
         }
-        let router = Router::new(rules).map_err(|e| e.to_string())?;
+        self.caches = caches;
         let mut certificates = CertStore::default();
-        let certs = self
-            .reader
-            .list_resources("Certificate", &all, None, usize::MAX)
-            .map_err(|e| e.to_string())?;
-        for c in certs.items {
-            let spec = CertificateSpec::parse(&struct_to_json(&c.spec.unwrap_or_default()))
-                .map_err(|e| format!("Certificate {:?}: {e}", c.name))?;
-            let key = spec
-                .certified_key()
-                .map_err(|e| format!("Certificate {:?}: {e}", c.name))?;
-            for name in &spec.snis {
-                certificates.insert(name, key.clone());
+        for (snis, key) in self.certs.values() {
+            for sni in snis {
+                certificates.insert(sni, key.clone());
             }
         }
-        self.upstreams = upstreams;
-        self.caches = caches;
         Ok(GatewaySnapshot {
             revision,
-            router,
+            router: self.router.clone(),
             routes: entries,
             certificates,
         })
     }
-}
-
-fn route_rule(name: &str, spec: &RouteSpec) -> Result<RouteRule, String> {
-    // A path-segment version is matched as part of the path: `/orders` serving `v2` matches
-    // `/v2/orders`. A header version is one more header condition.
-    let version_prefix = match &spec.api_version {
-        Some(v) if v.from == VersionSource::PathSegment => format!("/{}", v.value),
-        _ => String::new(),
-    };
-    let mut paths = spec
-        .paths
-        .iter()
-        .map(|p| {
-            parse_path(p).map(|p| match p {
-                PathSpec::Prefix(s) if s == "/" && !version_prefix.is_empty() => {
-                    PathPattern::Prefix(version_prefix.clone())
-                }
-                PathSpec::Prefix(s) => PathPattern::Prefix(format!("{version_prefix}{s}")),
-                PathSpec::Exact(s) => PathPattern::Exact(format!("{version_prefix}{s}")),
-                PathSpec::Regex(s) => PathPattern::Regex(s),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("Route {name:?}: {e}"))?;
-    if paths.is_empty() && !version_prefix.is_empty() {
-        paths.push(PathPattern::Prefix(version_prefix.clone()));
-    }
-    let mut headers: Vec<(String, Vec<String>)> = spec
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .collect();
-    if let Some(v) = spec
-        .api_version
-        .as_ref()
-        .filter(|v| v.from == VersionSource::Header)
-    {
-        headers.push((v.header.to_ascii_lowercase(), vec![v.value.clone()]));
-    }
-    Ok(RouteRule {
-        name: name.to_string(),
-        hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-        paths,
-        methods: spec.methods.clone(),
-        headers,
-        query: spec
-            .query
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        priority: spec.priority,
-    })
 }
 
 /// Builds the first snapshot now and keeps `shared` current as entries are applied.
@@ -233,35 +294,42 @@ pub fn spawn_snapshot_updates(
         let mut cursor = shared.load().revision;
         loop {
             applied.borrow_and_update();
-            let rebuild = match reader.events_after(cursor, "", usize::MAX) {
+            // What changed since the last build: nothing, some resources, or unknown (the
+            // watch history no longer reaches back that far: build from scratch).
+            let work = match reader.events_after(cursor, "", usize::MAX) {
                 Ok(History::Events(events, complete_to)) => {
-                    let relevant = events.iter().any(|(_, ev)| {
-                        ev.resource
-                            .as_ref()
-                            .is_some_and(|r| GATEWAY_KINDS.contains(&r.kind.as_str()))
-                    });
-                    if !relevant {
+                    let changed: BTreeSet<(String, String)> = events
+                        .iter()
+                        .filter_map(|(_, ev)| ev.resource.as_ref())
+                        .filter(|r| GATEWAY_KINDS.contains(&r.kind.as_str()))
+                        .map(|r| (r.kind.clone(), r.name.clone()))
+                        .collect();
+                    if changed.is_empty() {
                         cursor = cursor.max(complete_to);
+                        None
+                    } else {
+                        Some(Some(changed))
                     }
-                    relevant
                 }
-                Ok(History::Compacted { .. }) => true,
+                Ok(History::Compacted { .. }) => Some(None),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read config changes");
-                    false
+                    None
                 }
             };
-            if rebuild {
+            if let Some(changed) = work {
                 let started = std::time::Instant::now();
-                // Building reads and parses the whole gateway config: keep it off the async
-                // workers, and at most once per REBUILD_INTERVAL however fast writes arrive
-                // (changes in between are picked up by the next build).
-                let (b, built) = match tokio::task::spawn_blocking(move || {
-                    let built = builder.build();
+                // Off the async workers, and at most once per REBUILD_INTERVAL however fast
+                // writes arrive (changes in between are picked up by the next build).
+                let joined = tokio::task::spawn_blocking(move || {
+                    let built = match &changed {
+                        Some(changed) => builder.update(changed),
+                        None => builder.build(),
+                    };
                     (builder, built)
                 })
-                .await
-                {
+                .await;
+                let (b, built) = match joined {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::error!(error = %e, "gateway config build panicked; config updates stop");
@@ -284,9 +352,9 @@ pub fn spawn_snapshot_updates(
                         shared.store(Arc::new(snapshot));
                     }
                     Err(e) => {
+                        // Only a read failure gets here; try again on the next change.
                         metrics::counter!("konnect_gateway_snapshot_errors_total").increment(1);
-                        tracing::error!(error = %e, "gateway config rejected; keeping the previous one");
-                        cursor = reader.applied_revision().unwrap_or(cursor);
+                        tracing::error!(error = %e, "gateway config update failed; keeping the previous one");
                     }
                 }
                 tokio::time::sleep_until((started + REBUILD_INTERVAL).into()).await;

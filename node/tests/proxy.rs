@@ -679,3 +679,42 @@ async fn api_versions_route_by_path_segment_or_header_and_reach_the_upstream() {
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_service_moves_traffic_without_touching_its_routes() {
+    let old = Upstream::start("old").await;
+    let new = Upstream::start("new").await;
+    let (cluster, proxy) = gateway_with(
+        vec![
+            resource("Service", "web", json!({"targets": [{"url": old.url()}]})),
+            resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/").await;
+    assert_eq!(
+        http("GET", &proxy, "/", &[], "").await.headers["x-served-by"],
+        "old"
+    );
+    cluster
+        .client_of(1)
+        .apply(
+            vec![resource(
+                "Service",
+                "web",
+                json!({"targets": [{"url": new.url()}]}),
+            )],
+            vec![],
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "traffic to reach the new target",
+        Duration::from_secs(10),
+        || async {
+            (http("GET", &proxy, "/", &[], "").await.headers["x-served-by"] == "new").then_some(())
+        },
+    )
+    .await;
+}

@@ -1,5 +1,5 @@
 //! A Service at run time: its targets with their health, the load balancer, and a pooled
-//! HTTP client. Lives across config snapshots while the Service's spec is unchanged, so
+//! HTTP client. Lives across config snapshots while the Service's revision is unchanged, so
 //! connection pools, in-flight counts and ejections survive unrelated config changes.
 //!
 //! Passive health (outlier ejection): `consecutive_failures` connect failures, resets,

@@ -329,8 +329,9 @@ fn apply_resources(txn: &mut WriteTxn, index: u64, now: u64, a: &pb::ApplyResour
     })))
 }
 
-/// A Service target that points at a cluster member's own peer, admin or status port: the
-/// proxy would then forward arbitrary traffic into the control plane (SSRF). Returns the
+/// A Service target that points at a cluster member's own peer, admin or status port (the
+/// proxy would then forward arbitrary traffic into the control plane: SSRF) or at its proxy
+/// port (a loop). Returns the
 /// field and the message.
 fn targets_own_port(
     txn: &WriteTxn,
@@ -355,6 +356,8 @@ fn targets_own_port(
                 ("peer", &n.peer_addr),
                 ("admin", &n.admin_addr),
                 ("status", &n.status_addr),
+                // The proxy itself: a route back into it would loop forever.
+                ("proxy", &n.proxy_addr),
             ] {
                 let Some((host, port)) = addr.rsplit_once(':') else {
                     continue;

@@ -212,6 +212,51 @@ impl StateReader {
         })
     }
 
+    /// Every resource of each of `kinds`, all read in one transaction (one consistent point
+    /// in time), and the applied revision of that point.
+    pub fn resources_of_kinds(
+        &self,
+        kinds: &[&str],
+    ) -> Result<(u64, Vec<Vec<pb::Resource>>), StoreError> {
+        let txn = self.store.read()?;
+        let revision = match txn.get(SM_META, KEY_LAST_APPLIED)? {
+            Some(b) => decode::<pb::LogId>(&b, "last applied")?.index,
+            None => 0,
+        };
+        let mut out = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            let (lo, hi) = kind_range(kind);
+            let rows = txn.range(RESOURCES, lo.as_slice()..hi.as_slice(), usize::MAX)?;
+            out.push(
+                rows.into_iter()
+                    .map(|(_, v)| decode(&v, "resource"))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+        Ok((revision, out))
+    }
+
+    /// The current state of each (kind, name), read in one transaction, and its revision.
+    pub fn resources_at(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<(u64, Vec<Option<pb::Resource>>), StoreError> {
+        let txn = self.store.read()?;
+        let revision = match txn.get(SM_META, KEY_LAST_APPLIED)? {
+            Some(b) => decode::<pb::LogId>(&b, "last applied")?.index,
+            None => 0,
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for (kind, name) in keys {
+            out.push(
+                txn.get(RESOURCES, &resource_key(kind, name))?
+                    .map(|b| decode(&b, "resource"))
+                    .transpose()?,
+            );
+        }
+        Ok((revision, out))
+    }
+
     /// Change events after `from_revision` (exclusive) for `kind` (all when empty). The history
     /// is bounded ([`WATCH_HISTORY`]), so reading all of it at once is bounded too.
     pub fn events_after(

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::{parse_spec, KindDef, Reference, SpecError};
 use crate::gateway::cache::CacheSpec;
+use crate::gateway::router::{PathPattern, RouteRule, Router};
 use crate::gateway::transform::{RequestTransform, ResponseTransform};
 
 pub const KIND: KindDef = KindDef {
@@ -135,6 +136,59 @@ pub fn parse_path(p: &str) -> Result<PathSpec, String> {
 }
 
 impl RouteSpec {
+    /// The route as the router compiles it. A path-segment version is matched as part of the
+    /// path (`/orders` serving `v2` matches `/v2/orders`); a header version is one more header
+    /// condition.
+    pub fn to_rule(&self, name: &str) -> Result<RouteRule, String> {
+        let spec = self;
+        let version_prefix = match &spec.api_version {
+            Some(v) if v.from == VersionSource::PathSegment => format!("/{}", v.value),
+            _ => String::new(),
+        };
+        let mut paths = spec
+            .paths
+            .iter()
+            .map(|p| {
+                parse_path(p).map(|p| match p {
+                    PathSpec::Prefix(s) if s == "/" && !version_prefix.is_empty() => {
+                        PathPattern::Prefix(version_prefix.clone())
+                    }
+                    PathSpec::Prefix(s) => PathPattern::Prefix(format!("{version_prefix}{s}")),
+                    PathSpec::Exact(s) => PathPattern::Exact(format!("{version_prefix}{s}")),
+                    PathSpec::Regex(s) => PathPattern::Regex(s),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if paths.is_empty() && !version_prefix.is_empty() {
+            paths.push(PathPattern::Prefix(version_prefix.clone()));
+        }
+        let mut headers: Vec<(String, Vec<String>)> = spec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        if let Some(v) = spec
+            .api_version
+            .as_ref()
+            .filter(|v| v.from == VersionSource::Header)
+        {
+            headers.push((v.header.to_ascii_lowercase(), vec![v.value.clone()]));
+        }
+        Ok(RouteRule {
+            name: name.to_string(),
+            hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            paths,
+            methods: spec.methods.clone(),
+            headers,
+            query: spec
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            priority: spec.priority,
+        })
+    }
+
     pub fn parse(spec: &serde_json::Value) -> Result<RouteSpec, SpecError> {
         let r: RouteSpec = parse_spec(spec)?;
         if r.paths.is_empty() && r.hosts.is_empty() {
@@ -221,6 +275,19 @@ impl RouteSpec {
         if r.service.is_empty() {
             return Err(SpecError::new("spec.service", "a service name is required"));
         }
+        // Whatever the router would refuse when building the gateway config is refused here,
+        // so an accepted route can never stop config updates on the nodes.
+        let rule = r.to_rule("route").map_err(|e| SpecError::new("spec", e))?;
+        Router::new(vec![rule]).map_err(|e| {
+            let message = e.to_string();
+            SpecError::new(
+                "spec",
+                message
+                    .strip_prefix("route \"route\": ")
+                    .unwrap_or(&message)
+                    .to_string(),
+            )
+        })?;
         Ok(r)
     }
 }
