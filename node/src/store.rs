@@ -119,11 +119,7 @@ impl ReadTxn {
             .txn
             .open_table(table.def())
             .map_err(|e| StoreError::new("open table", e))?;
-        collect_range(
-            t.range::<&[u8]>(range)
-                .map_err(|e| StoreError::new("range", e))?,
-            limit,
-        )
+        range_of(&t, range, limit)
     }
 
     /// The last row of the table, if any.
@@ -163,12 +159,18 @@ impl ReadTxn {
     }
 }
 
-fn collect_range(
-    range: redb::Range<'static, &'static [u8], &'static [u8]>,
-    limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Rows of `table` with keys in `range`, in key order, at most `limit`.
+fn range_of<'a, T, R>(table: &T, range: R, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+    R: RangeBounds<&'a [u8]> + 'a,
+{
     let mut out = Vec::new();
-    for row in range.take(limit) {
+    for row in table
+        .range::<&[u8]>(range)
+        .map_err(|e| StoreError::new("range", e))?
+        .take(limit)
+    {
         let (k, v) = row.map_err(|e| StoreError::new("range", e))?;
         out.push((k.value().to_vec(), v.value().to_vec()));
     }
@@ -223,16 +225,7 @@ impl WriteTxn {
             .txn
             .open_table(table.def())
             .map_err(|e| StoreError::new("open table", e))?;
-        let mut out = Vec::new();
-        for row in t
-            .range::<&[u8]>(range)
-            .map_err(|e| StoreError::new("range", e))?
-            .take(limit)
-        {
-            let (k, v) = row.map_err(|e| StoreError::new("range", e))?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+        range_of(&t, range, limit)
     }
 
     /// Deletes every row with a key in `range`.

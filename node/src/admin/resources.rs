@@ -69,6 +69,25 @@ impl ResourceService {
         }
     }
 
+    /// Writes one resource and returns it as stored, read on this node after its own apply
+    /// (so a follower answers with the write, not with what it had before).
+    async fn write_one(
+        &self,
+        request_id: String,
+        token: &pb::AdminToken,
+        input: api::ResourceInput,
+        expected_revision: Option<u64>,
+    ) -> Result<pb::Resource, AdminError> {
+        let (kind, name) = (input.kind.clone(), input.name.clone());
+        let op = pb::command::Op::Apply(pb::ApplyResources {
+            writes: vec![to_write(input, expected_revision)],
+            prune_kinds: vec![],
+        });
+        let done = self.propose(request_id, token, op).await?;
+        self.node.proposer.wait_applied(done.revision).await?;
+        self.get_stored(&kind, &name)
+    }
+
     async fn read_barrier(&self, consistent: bool) -> Result<(), AdminError> {
         if consistent {
             self.node.proposer.linearizable_barrier().await?;
@@ -128,25 +147,15 @@ impl Resources for ResourceService {
             .into_inner()
             .resource
             .ok_or_else(|| AdminError::invalid("resource is required"))?;
-        let (kind, name) = (input.kind.clone(), input.name.clone());
-        let op = pb::command::Op::Apply(pb::ApplyResources {
-            writes: vec![to_write(input, Some(0))],
-            prune_kinds: vec![],
-        });
-        let done = self
-            .propose(request_id, &token, op)
+        let written = self
+            .write_one(request_id, &token, input, Some(0))
             .await
             .map_err(|e| match e {
                 // A create that finds the resource present is "already exists", not a CAS conflict.
                 AdminError::Conflict(m) => AdminError::AlreadyExists(m),
                 e => e,
             })?;
-        self.node
-            .proposer
-            .wait_applied(done.revision)
-            .await
-            .map_err(AdminError::from)?;
-        Ok(Response::new(self.get_stored(&kind, &name)?))
+        Ok(Response::new(written))
     }
 
     async fn update(
@@ -166,17 +175,10 @@ impl Resources for ResourceService {
             // Update replaces an existing resource; use Create or Apply to make a new one.
             self.get_stored(&kind, &name)?;
         }
-        let op = pb::command::Op::Apply(pb::ApplyResources {
-            writes: vec![to_write(input, r.expected_revision)],
-            prune_kinds: vec![],
-        });
-        let done = self.propose(request_id, &token, op).await?;
-        self.node
-            .proposer
-            .wait_applied(done.revision)
-            .await
-            .map_err(AdminError::from)?;
-        Ok(Response::new(self.get_stored(&kind, &name)?))
+        let written = self
+            .write_one(request_id, &token, input, r.expected_revision)
+            .await?;
+        Ok(Response::new(written))
     }
 
     async fn delete(
