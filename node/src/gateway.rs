@@ -191,7 +191,7 @@ impl Gateway {
                     None => e.code().to_string(),
                 });
                 if let Some(d) = e.log_detail() {
-                    tracing::warn!(request_id = %request_id, route = ?entry.route, error = %d, "{}", e);
+                    tracing::warn!(request_id = %request_id, route = entry.route.as_deref().unwrap_or("none"), error = %d, "{}", e);
                 }
                 (e.into_response(&request_id), Duration::from_secs(60))
             }
