@@ -184,6 +184,8 @@ say "etcd $etcd_version up: leader $e_leader, follower $e_follower"
 # --- measuring ---
 
 clk_tck=$(getconf CLK_TCK)
+# Records each cluster holds before a measurement: konnect's cost per write grows with it.
+declare -A records=([konnect]=0 [etcd]=0)
 results="$work/results.txt"
 : >"$results"
 
@@ -221,7 +223,8 @@ measure() { # target via clients round
     ops=$(sed -n 's/.* ops=\([0-9]*\).*/\1/p' <<<"$line")
     local cpu
     cpu=$(python3 -c "t = ($after - $before) / $clk_tck; print(f'server_cpu_s={t:.2f} server_cpu_us_per_op={t * 1e6 / max($ops, 1):.1f}')")
-    line="$line via=$via round=$round $cpu"
+    line="$line via=$via round=$round records_before=${records[$target]} $cpu"
+    records[$target]=$((records[$target] + ops + 1)) # + the warm-up write
     echo "$line" >>"$results"
     say "  $line"
 }

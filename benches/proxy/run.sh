@@ -1,0 +1,718 @@
+#!/usr/bin/env bash
+# benches/proxy/run.sh: konnect's proxy against nginx and HAProxy on the same machine, in the
+# same run: requests per second, p50/p99 latency and the proxy's CPU time per request through
+# each proxy to one fast upstream (nginx `return 200`), and direct to that upstream; then again
+# with 10,000 routes loaded into konnect, with konnect's resident memory (VmRSS) at 10 and at
+# 10,000 routes.
+#
+# Placement: every proxy has one worker on one core (konnect under `taskset -c $PROXY_CPU`, so
+# its async runtime starts one worker thread; nginx `worker_processes 1`; HAProxy `nbthread 1`),
+# and the load generator (wrk -t1) and the upstream (nginx, one worker) share the other core.
+#
+# What it touches: builds `konnect` and `konnectctl` (release), installs Debian's nginx, haproxy
+# and wrk with apt-get if one is missing (needs root; no service is enabled or started by this
+# script: on these machines policy-rc.d stops the packages from starting theirs), starts the
+# upstream, nginx, HAProxy and one `konnect serve --dev` in the foreground on free loopback
+# ports, with configs, logs and data in one new directory under $BENCH_TMP (default /var/tmp),
+# and removes both on exit, whatever the exit. It stops by itself: each measurement lasts
+# DURATION seconds and every wait has a bound.
+#
+# Settings (environment variables):
+#   ROUNDS=3          repetitions of each measurement; the order of the targets rotates
+#   DURATION=10       seconds per measurement (wrk -d)
+#   CONNECTIONS="64 1"  wrk connection counts (wrk -t1 -c N); 1 shows latency without queueing
+#   ROUTES=10000      routes in konnect for the second half (0 skips it); applied in batches
+#   BATCH=1000        routes per `konnectctl apply`
+#   LOAD_CPU=0        core of wrk and the upstream
+#   PROXY_CPU=1       core of the proxy under test
+#   PROFILE=0         1: afterwards, count each proxy's syscalls and context switches per request
+#                     (perf stat), `perf record -g` konnect for 5 s under wrk and print the top of
+#                     `perf report --no-children` (needs perf: Debian's linux-perf)
+#   BENCH_TMP=/var/tmp  where the work directory is made
+#   KEEP=0            1 keeps the work directory (configs, logs, data, perf.data)
+#   SKIP_BUILD=0      1 uses the binaries already in target/release
+#
+# See benches/README.md for what the figures mean and their caveats.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-"64 1"}
+ROUTES=${ROUTES:-10000}
+BATCH=${BATCH:-1000}
+LOAD_CPU=${LOAD_CPU:-0}
+PROXY_CPU=${PROXY_CPU:-1}
+PROFILE=${PROFILE:-0}
+BENCH_TMP=${BENCH_TMP:-/var/tmp}
+KEEP=${KEEP:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+
+say() { printf '%s\n' "$*" >&2; }
+die() {
+    say "run.sh: $*"
+    exit 1
+}
+
+# --- tools ---
+
+command -v python3 >/dev/null || die "python3 is needed (free ports, summary)"
+command -v curl >/dev/null || die "curl is needed (readiness checks)"
+command -v taskset >/dev/null || die "taskset (util-linux) is needed"
+missing=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "not found: ${missing[*]}: installing them from Debian"
+    [ "$(id -u)" = 0 ] || die "installing ${missing[*]} needs root; install them yourself"
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+fi
+PATH="$PATH:/usr/sbin"
+if [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null; then
+    [ "$(id -u)" = 0 ] || die "PROFILE=1 needs perf (Debian's linux-perf)"
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y linux-perf
+fi
+[ "$(nproc)" -ge 2 ] || say "warning: $(nproc) core(s): wrk, upstream and proxy will share one"
+nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+haproxy_version=$(haproxy -v | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')
+wrk_version=$(wrk -v 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p' || true)
+
+if [ "$SKIP_BUILD" != 1 ]; then
+    say "building konnect and konnectctl (release)"
+    (cd "$root" && cargo build --release -p konnect -p konnect-client)
+fi
+[ -x "$bin/konnect" ] && [ -x "$bin/konnectctl" ] || die "no binaries in $bin"
+konnect_version=$(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown)
+
+# --- work directory and cleanup ---
+
+mkdir -p "$BENCH_TMP"
+work=$(mktemp -d "$BENCH_TMP/proxy-bench.XXXXXX")
+mkdir -p "$work/logs"
+pids=()
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [ "$rc" != 0 ]; then
+        for log in "$work"/logs/*.log; do
+            [ -s "$log" ] || continue
+            say "--- last lines of $log"
+            tail -n 15 "$log" >&2
+        done
+    fi
+    if [ "$KEEP" = 1 ]; then
+        say "kept $work (configs, data and logs)"
+    else
+        rm -rf "$work"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "work directory: $work"
+
+# Free loopback ports, asked of the OS (bound to port 0 together so they are distinct).
+mapfile -t ports < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(8)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+for s in socks:
+    print(s.getsockname()[1])
+for s in socks:
+    s.close()
+')
+up_port=${ports[0]}
+nginx_port=${ports[1]}
+haproxy_port=${ports[2]}
+k_proxy=${ports[3]}
+k_admin=${ports[4]}
+k_peer=${ports[5]}
+k_status=${ports[6]}
+up_status_port=${ports[7]}
+
+wait_port() { # port pid what
+    for _ in $(seq 300); do
+        kill -0 "$2" 2>/dev/null || die "$3 exited while starting"
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$3 did not listen on 127.0.0.1:$1 within 30 s"
+}
+
+wait_200() { # url what
+    local code
+    for _ in $(seq 100); do
+        code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" || true)
+        [ "$code" = 200 ] && return 0
+        sleep 0.1
+    done
+    die "$2 did not answer 200 at $1 within 10 s (last: $code)"
+}
+
+# The processes of an nginx (its master and workers).
+nginx_pids() { # master
+    echo "$1"
+    pgrep -P "$1" || true
+}
+
+# --- upstream: nginx, one worker, `return 200` ---
+
+# Keep-alive connections are never closed for their request count: nginx closes one after 1000
+# requests by default, which would make wrk and the proxies reconnect in the middle of a run.
+mkdir -p "$work/upstream" "$work/nginx"
+cat >"$work/upstream/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/upstream/nginx.pid;
+error_log $work/logs/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path $work/upstream/body;
+    proxy_temp_path $work/upstream/proxy;
+    fastcgi_temp_path $work/upstream/fastcgi;
+    uwsgi_temp_path $work/upstream/uwsgi;
+    scgi_temp_path $work/upstream/scgi;
+    server {
+        listen 127.0.0.1:$up_port;
+        location / { return 200; }
+    }
+    # Connections the upstream accepted: how many new connections a proxy opened during a run.
+    server {
+        listen 127.0.0.1:$up_status_port;
+        location / { stub_status; }
+    }
+}
+EOF
+taskset -c "$LOAD_CPU" nginx -p "$work/upstream/" -e "$work/logs/upstream-error.log" \
+    -c "$work/upstream/nginx.conf" >"$work/logs/upstream.log" 2>&1 &
+up_pid=$!
+pids+=("$up_pid")
+wait_port "$up_port" "$up_pid" "upstream nginx"
+wait_port "$up_status_port" "$up_pid" "upstream nginx (status)"
+
+# Connections accepted by the upstream so far (nginx stub_status).
+up_accepts() {
+    curl -s -m 5 "http://127.0.0.1:$up_status_port/" | awk 'NR == 3 { print $1 }'
+}
+
+# --- nginx as the proxy: one worker, upstream keep-alive ---
+
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/logs/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    upstream up {
+        server 127.0.0.1:$up_port;
+        keepalive 128;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+taskset -c "$PROXY_CPU" nginx -p "$work/nginx/" -e "$work/logs/nginx-error.log" \
+    -c "$work/nginx/nginx.conf" >"$work/logs/nginx.log" 2>&1 &
+nginx_pid=$!
+pids+=("$nginx_pid")
+wait_port "$nginx_port" "$nginx_pid" "nginx (proxy)"
+
+# --- HAProxy: one thread, connections to the upstream reused ---
+
+mkdir -p "$work/haproxy"
+cat >"$work/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend bench
+    bind 127.0.0.1:$haproxy_port
+    default_backend up
+backend up
+    server up 127.0.0.1:$up_port
+EOF
+taskset -c "$PROXY_CPU" haproxy -db -f "$work/haproxy/haproxy.cfg" >"$work/logs/haproxy.log" 2>&1 &
+haproxy_pid=$!
+pids+=("$haproxy_pid")
+wait_port "$haproxy_port" "$haproxy_pid" "haproxy"
+
+# --- konnect: one node (--dev), one core ---
+
+taskset -c "$PROXY_CPU" "$bin/konnect" serve --dev --data-dir "$work/konnect" \
+    --peer-addr "127.0.0.1:$k_peer" --admin-addr "127.0.0.1:$k_admin" \
+    --status-addr "127.0.0.1:$k_status" --proxy-addr "127.0.0.1:$k_proxy" \
+    >"$work/logs/konnect.log" 2>&1 &
+k_pid=$!
+pids+=("$k_pid")
+for _ in $(seq 300); do
+    [ -s "$work/konnect/admin-token" ] && break
+    kill -0 "$k_pid" 2>/dev/null || die "konnect exited while starting"
+    sleep 0.1
+done
+[ -s "$work/konnect/admin-token" ] || die "konnect wrote no admin token within 30 s"
+wait_port "$k_admin" "$k_pid" "konnect admin"
+k_threads=$(ls "/proc/$k_pid/task" | wc -l)
+
+ctl() { "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" --token-file "$work/konnect/admin-token" "$@"; }
+
+# The same path for every target and both halves: it is one of konnect's routes at 10 routes and
+# at 10,000 (prefix routes match by segment, so /r5 is not a prefix of /r50).
+req_path=/r5
+# First half: 10 routes (`/` and /r1 ... /r9), all to the one Service.
+{
+    cat <<EOF
+kind: Service
+name: up
+spec: {targets: [{url: "http://127.0.0.1:$up_port"}]}
+---
+kind: Route
+name: bench
+spec: {paths: ["/"], service: up}
+EOF
+    for i in $(seq 1 9); do
+        printf -- '---\nkind: Route\nname: r%d\nspec: {paths: ["/r%d"], service: up}\n' "$i" "$i"
+    done
+} >"$work/routes-10.yaml"
+ctl apply -f "$work/routes-10.yaml" >>"$work/logs/konnectctl.log" 2>&1 || die "konnectctl apply failed"
+for url in "http://127.0.0.1:$up_port$req_path" "http://127.0.0.1:$nginx_port$req_path" \
+    "http://127.0.0.1:$haproxy_port$req_path" "http://127.0.0.1:$k_proxy$req_path"; do
+    wait_200 "$url" "target"
+done
+routes_now=10
+say "up: upstream :$up_port, nginx :$nginx_port, haproxy :$haproxy_port, konnect :$k_proxy ($k_threads threads)"
+say "versions: nginx $nginx_version, haproxy $haproxy_version, wrk $wrk_version, konnect $konnect_version"
+
+# --- measuring ---
+
+clk_tck=$(getconf CLK_TCK)
+results="$work/results.txt"
+rss_file="$work/rss.txt"
+: >"$results"
+: >"$rss_file"
+
+# wrk prints exact figures (latency in microseconds) through this script instead of its rounded
+# table: requests, every error counter, and percentiles from its histogram.
+cat >"$work/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "requests=%d duration_us=%d p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..
+    "err_connect=%d err_read=%d err_write=%d err_status=%d err_timeout=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
+EOF
+
+# CPU clock ticks (user + system, every thread) used so far by the pids.
+cpu_ticks() {
+    local total=0 stat rest
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat") || die "process $pid is gone"
+        rest=${stat##*) } # fields from 3 on; the command name may hold spaces
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
+    done
+    echo "$total"
+}
+
+# The same as two figures: user ticks, then system ticks.
+cpu_split() {
+    local user=0 sys=0 stat rest
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat") || die "process $pid is gone"
+        rest=${stat##*) }
+        read -r -a f <<<"$rest"
+        user=$((user + f[11]))
+        sys=$((sys + f[12]))
+    done
+    echo "$user $sys"
+}
+
+rss_kb() { # pids: sum of VmRSS in KiB
+    local total=0 kb
+    for pid in "$@"; do
+        kb=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$pid/status")
+        total=$((total + kb))
+    done
+    echo "$total"
+}
+
+target_port() {
+    case "$1" in
+    direct) echo "$up_port" ;;
+    nginx) echo "$nginx_port" ;;
+    haproxy) echo "$haproxy_port" ;;
+    konnect) echo "$k_proxy" ;;
+    esac
+}
+
+# The processes whose CPU is the target's cost: the proxy's, or the upstream's when direct.
+target_pids() {
+    case "$1" in
+    direct) nginx_pids "$up_pid" ;;
+    nginx) nginx_pids "$nginx_pid" ;;
+    haproxy) echo "$haproxy_pid" ;;
+    konnect) echo "$k_pid" ;;
+    esac
+}
+
+run_wrk() { # target conns seconds
+    timeout $(($3 + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"$3"s -s "$work/report.lua" \
+        "http://127.0.0.1:$(target_port "$1")$req_path" 2>>"$work/logs/wrk.log"
+}
+
+measure() { # target conns round
+    local target=$1 conns=$2 round=$3 proc user_before sys_before user_after sys_after up_before up_after acc_before acc_after out line
+    mapfile -t proc < <(target_pids "$target")
+    read -r user_before sys_before < <(cpu_split "${proc[@]}")
+    up_before=$(cpu_ticks $(nginx_pids "$up_pid"))
+    acc_before=$(up_accepts)
+    out=$(run_wrk "$target" "$conns" "$DURATION") || die "wrk failed against $target"
+    read -r user_after sys_after < <(cpu_split "${proc[@]}")
+    up_after=$(cpu_ticks $(nginx_pids "$up_pid"))
+    acc_after=$(up_accepts)
+    line=$(grep '^requests=' <<<"$out") || die "no figures from wrk against $target: $out"
+    line=$(python3 - "$line" "$((user_after - user_before))" "$((sys_after - sys_before))" \
+        "$((up_after - up_before))" "$clk_tck" <<'EOF'
+import sys
+f = dict(kv.split("=", 1) for kv in sys.argv[1].split())
+user, system, up_ticks, hz = (int(a) for a in sys.argv[2:6])
+ticks = user + system
+n = max(int(f["requests"]), 1)
+secs = int(f["duration_us"]) / 1e6
+errors = sum(int(v) for k, v in f.items() if k.startswith("err_"))
+print(f"rps={n / secs:.0f} p50_ms={int(f['p50_us']) / 1000:.3f} p90_ms={int(f['p90_us']) / 1000:.3f} "
+      f"p99_ms={int(f['p99_us']) / 1000:.3f} max_ms={int(f['max_us']) / 1000:.3f} "
+      f"cpu_us_per_req={ticks / hz * 1e6 / n:.1f} user_us_per_req={user / hz * 1e6 / n:.1f} "
+      f"sys_us_per_req={system / hz * 1e6 / n:.1f} upstream_cpu_us_per_req={up_ticks / hz * 1e6 / n:.1f} "
+      f"requests={n} errors={errors} "
+      + " ".join(f"{k}={v}" for k, v in f.items() if k.startswith("err_")))
+EOF
+)
+    # acc - 1: the status request itself is one accepted connection.
+    line="target=$target routes=$routes_now conns=$conns round=$round $line upstream_conns_opened=$((acc_after - acc_before - 1))"
+    echo "$line" >>"$results"
+    say "  $line"
+}
+
+record_rss() { # when
+    local line
+    line="routes=$routes_now when=$1 konnect_kb=$(rss_kb "$k_pid")"
+    line="$line nginx_kb=$(rss_kb $(nginx_pids "$nginx_pid")) haproxy_kb=$(rss_kb "$haproxy_pid")"
+    echo "$line" >>"$rss_file"
+    say "  rss: $line"
+}
+
+measure_all() {
+    local targets=(direct nginx haproxy konnect) order conns round t i n=4
+    say "warming up (1 s per target)"
+    for t in "${targets[@]}"; do
+        run_wrk "$t" 64 1 >/dev/null || die "wrk warm-up failed against $t"
+    done
+    say "measuring with $routes_now konnect routes: $ROUNDS rounds x connections {$CONNECTIONS} x ${targets[*]}, $DURATION s each"
+    for round in $(seq "$ROUNDS"); do
+        order=()
+        for i in $(seq 0 $((n - 1))); do
+            order+=("${targets[$(((i + round - 1) % n))]}")
+        done
+        for conns in $CONNECTIONS; do
+            for t in "${order[@]}"; do
+                measure "$t" "$conns" "$round"
+            done
+        done
+    done
+}
+
+# What konnect burns doing nothing (Raft timers, health of its own listeners): it is in its CPU
+# per request, and is small next to it.
+k_idle0=$(cpu_ticks "$k_pid")
+sleep 3
+k_idle=$((($(cpu_ticks "$k_pid") - k_idle0) * 1000 / clk_tck / 3))
+say "konnect idle CPU: $k_idle ms/s"
+
+record_rss idle
+measure_all
+record_rss "after load"
+
+apply_s=na
+if [ "$ROUTES" -gt 10 ]; then
+    say "loading $ROUTES routes into konnect in batches of $BATCH"
+    start_ns=$(date +%s%N)
+    first=10 # /r1 ... /r9 and / exist: the next route is /r10
+    while [ "$first" -lt "$ROUTES" ]; do
+        last=$((first + BATCH - 1))
+        [ "$last" -lt "$ROUTES" ] || last=$((ROUTES - 1))
+        python3 - "$first" "$last" >"$work/routes-batch.yaml" <<'EOF'
+import sys
+for i in range(int(sys.argv[1]), int(sys.argv[2]) + 1):
+    print(f'---\nkind: Route\nname: r{i}\nspec: {{paths: ["/r{i}"], service: up}}')
+EOF
+        timeout 120 "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" \
+            --token-file "$work/konnect/admin-token" apply -f "$work/routes-batch.yaml" \
+            >>"$work/logs/konnectctl.log" 2>&1 || die "konnectctl apply of routes r$first-r$last failed"
+        first=$((last + 1))
+    done
+    apply_s=$(python3 -c "print(f'{($(date +%s%N) - $start_ns) / 1e9:.1f}')")
+    routes_now=$(ctl get routes -o json | python3 -c '
+import json, sys
+text = sys.stdin.read().strip()
+try:
+    doc = json.loads(text)
+    print(len(doc))
+except ValueError:
+    print("unreadable")
+')
+    [ "$routes_now" = "$ROUTES" ] || die "konnect lists $routes_now routes, expected $ROUTES"
+    # Every path answers 200 through the `/` route, so the count above is the check that the
+    # routes are in; this only checks that the proxy still answers. The new snapshot is in
+    # within milliseconds of the last apply, and the 1 s pause below covers it.
+    wait_200 "http://127.0.0.1:$k_proxy/r$((ROUTES - 1))" "konnect with $ROUTES routes"
+    say "loaded $routes_now routes in $apply_s s"
+    sleep 1
+    record_rss idle
+    measure_all
+    record_rss "after load"
+fi
+
+if [ "$apply_s" = na ]; then
+    load_note="no second half (ROUTES=$ROUTES)"
+else
+    load_note="$ROUTES routes applied in batches of $BATCH by konnectctl in $apply_s s"
+fi
+# Thread names at the end. The runtime starts one worker per core it may use (one, under
+# taskset); tokio gives its blocking-pool threads (spawn_blocking: storage) the same name.
+k_thread_names=$(cat /proc/"$k_pid"/task/*/comm | sort | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')
+
+# Syscalls and context switches per request of each proxy under wrk -c64 (perf stat counts
+# tracepoints, which costs little next to `perf trace`): the kernel side of the CPU per request.
+syscall_profile() { # target
+    local t=$1 proc pidlist out requests
+    mapfile -t proc < <(target_pids "$t")
+    pidlist=$(IFS=,; echo "${proc[*]}")
+    perf stat -x, -o "$work/perf-stat-$t.csv" -e "$stat_events" -p "$pidlist" -- sleep 5 \
+        >"$work/logs/perf-stat-$t.log" 2>&1 &
+    local stat_pid=$!
+    pids+=("$stat_pid")
+    sleep 0.5
+    out=$(run_wrk "$t" 64 4) || die "wrk failed against $t (syscall count)"
+    wait "$stat_pid" || {
+        say "perf stat failed for $t: $(tail -n 3 "$work/logs/perf-stat-$t.log")"
+        return 0
+    }
+    requests=$(sed -n 's/^requests=\([0-9]*\).*/\1/p' <<<"$out")
+    python3 - "$t" "$requests" "$work/perf-stat-$t.csv" >>"$work/syscalls.txt" <<'PY'
+import sys
+target, requests, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+counts = {}
+for line in open(path):
+    f = line.strip().split(",")
+    if len(f) < 3 or line.startswith("#") or not f[0].replace(".", "").isdigit():
+        continue
+    counts[f[2].replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "all")] = float(f[0])
+per = lambda k: counts.get(k, 0) / max(requests, 1)
+detail = " ".join(f"{k}={per(k):.2f}" for k in sorted(counts, key=lambda k: -counts[k])
+                  if k not in ("all", "context-switches") and per(k) >= 0.01)
+print(f"  {target:8} syscalls/req {per('all'):5.2f}  context switches/req {per('context-switches'):5.2f}  ({detail})")
+PY
+}
+
+# Share of the samples per binary (kernel, the proxy, libc), on one line.
+dso_split() { # perf.data
+    perf report -i "$1" --stdio --no-children -g none --sort dso --percent-limit 1 2>/dev/null |
+        awk '/%/ && !/^#/ { printf "%s%s %s", sep, $2, $1; sep = ", " }'
+}
+
+perf_report=""
+perf_dso=""
+if [ "$PROFILE" = 1 ]; then
+    stat_events=raw_syscalls:sys_enter,context-switches
+    known=$(perf list 2>/dev/null || true)
+    for e in read readv recvfrom recvmsg write writev sendto sendmsg epoll_wait epoll_pwait \
+        epoll_ctl futex sched_yield accept4 close connect setsockopt getsockopt clock_gettime; do
+        if grep -q "syscalls:sys_enter_$e\b" <<<"$known"; then stat_events="$stat_events,syscalls:sys_enter_$e"; fi
+    done
+    say "counting syscalls per request (perf stat, wrk -c64 for 4 s per proxy)"
+    : >"$work/syscalls.txt"
+    for t in direct nginx haproxy konnect; do
+        syscall_profile "$t"
+    done
+    say "profiling konnect: perf record -g for 5 s under wrk -c64"
+    run_wrk konnect 64 8 >/dev/null &
+    wrk_bg=$!
+    pids+=("$wrk_bg")
+    sleep 1
+    timeout 60 perf record -g -o "$work/perf.data" -p "$k_pid" -- sleep 5 \
+        >"$work/logs/perf.log" 2>&1 || say "perf record failed: $(tail -n 3 "$work/logs/perf.log")"
+    wait "$wrk_bg" || true
+    if [ -s "$work/perf.data" ]; then
+        perf_report=$(perf report -i "$work/perf.data" --stdio --no-children -g none --sort dso,sym \
+            --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -45 || true)
+        perf_dso="  konnect: $(dso_split "$work/perf.data")"
+    fi
+    say "profiling nginx (for comparison): perf record for 5 s under wrk -c64"
+    run_wrk nginx 64 8 >/dev/null &
+    wrk_bg=$!
+    pids+=("$wrk_bg")
+    sleep 1
+    mapfile -t proc < <(nginx_pids "$nginx_pid")
+    timeout 60 perf record -o "$work/perf-nginx.data" -p "$(IFS=,; echo "${proc[*]}")" -- sleep 5 \
+        >"$work/logs/perf-nginx.log" 2>&1 || say "perf record failed: $(tail -n 3 "$work/logs/perf-nginx.log")"
+    wait "$wrk_bg" || true
+    if [ -s "$work/perf-nginx.data" ]; then
+        perf_dso="$perf_dso
+  nginx:   $(dso_split "$work/perf-nginx.data")"
+    fi
+fi
+
+# --- summary ---
+
+cat <<EOF
+
+proxy: konnect ($konnect_version) vs nginx $nginx_version and HAProxy $haproxy_version, wrk $wrk_version
+machine: $(nproc) cores, $(uname -r), shared; everything on loopback; wrk -t1 and the upstream (nginx, 1 worker, return 200) on core $LOAD_CPU, the proxy on core $PROXY_CPU
+proxies: nginx worker_processes 1 with upstream keepalive; haproxy nbthread 1 with http-reuse always; konnect --dev under taskset, access log off
+each figure: median [min-max] of $ROUNDS rounds of $DURATION s, path $req_path; CPU = user+sys of the proxy's processes (of the upstream for direct) / requests, and the sys part (median);
+up conns = connections the upstream accepted during the run (median), i.e. new connections the proxy (or wrk) opened
+konnect idle CPU (included in its CPU per request): $k_idle ms/s; threads at the end: $k_thread_names (1 runtime worker, the rest blocking pool)
+$load_note
+EOF
+python3 - "$results" "$rss_file" <<'EOF'
+import statistics
+import sys
+
+rows = [dict(kv.split("=", 1) for kv in line.split()) for line in open(sys.argv[1])]
+targets = ("direct", "nginx", "haproxy", "konnect")
+
+def group(target, routes, conns):
+    return [r for r in rows if (r["target"], r["routes"], r["conns"]) == (target, routes, conns)]
+
+def med(rs, key):
+    return statistics.median(float(r[key]) for r in rs)
+
+def cell(rs, key, fmt):
+    v = [float(r[key]) for r in rs]
+    if len(v) == 1:
+        return fmt.format(v[0])
+    return (fmt + " [" + fmt + "-" + fmt + "]").format(statistics.median(v), min(v), max(v))
+
+phases = sorted({r["routes"] for r in rows}, key=int)
+conns_list = sorted({r["conns"] for r in rows}, key=int, reverse=True)
+header = (f"{'target':8} {'routes':>6} {'conns':>5}  {'req/s':>22}  {'p50 ms':>20}  {'p99 ms':>20}"
+          f"  {'CPU us/req':>18}  {'of it sys':>9}  {'up conns':>8}  {'errors':>6}")
+print()
+print(header)
+print("-" * len(header))
+for conns in conns_list:
+    for routes in phases:
+        for t in targets:
+            rs = group(t, routes, conns)
+            if not rs:
+                continue
+            errors = sum(int(r["errors"]) for r in rs)
+            shown = routes if t == "konnect" else "-"
+            print(f"{t:8} {shown:>6} {conns:>5}  {cell(rs, 'rps', '{:.0f}'):>22}  {cell(rs, 'p50_ms', '{:.3f}'):>20}"
+                  f"  {cell(rs, 'p99_ms', '{:.3f}'):>20}  {cell(rs, 'cpu_us_per_req', '{:.1f}'):>18}"
+                  f"  {med(rs, 'sys_us_per_req'):>9.1f}  {med(rs, 'upstream_conns_opened'):>8.0f}  {errors:>6}")
+        print()
+
+print("konnect against the others (medians of the same half of the run; req/s: higher is better for")
+print("konnect; CPU: lower is); added latency = the proxy's p50/p99 minus direct's at the same connections")
+for conns in conns_list:
+    for routes in phases:
+        k, n, h, d = (group(t, routes, conns) for t in ("konnect", "nginx", "haproxy", "direct"))
+        if not (k and n and h and d):
+            continue
+        rps_n = med(k, "rps") / med(n, "rps")
+        rps_h = med(k, "rps") / med(h, "rps")
+        cpu_n = med(k, "cpu_us_per_req") / med(n, "cpu_us_per_req")
+        cpu_h = med(k, "cpu_us_per_req") / med(h, "cpu_us_per_req")
+        print(f"  {routes:>5} routes, {conns:>2} conns: req/s konnect/nginx {rps_n:.2f}, konnect/haproxy {rps_h:.2f};"
+              f" CPU/req konnect/nginx {cpu_n:.2f}, konnect/haproxy {cpu_h:.2f}"
+              f"   (goal req/s >= nginx: {'met' if rps_n >= 1.0 else 'NOT met'})")
+        added = []
+        for t, rs in (("nginx", n), ("haproxy", h), ("konnect", k)):
+            a50 = med(rs, "p50_ms") - med(d, "p50_ms")
+            a99 = med(rs, "p99_ms") - med(d, "p99_ms")
+            added.append(f"{t} {a50:+.3f}/{a99:+.3f}")
+        k99 = med(k, "p99_ms") - med(d, "p99_ms")
+        print(f"      added p50/p99 ms: {', '.join(added)}"
+              f"   (goal konnect p99 added < 1 ms: {'met' if k99 < 1.0 else 'NOT met'})")
+
+print()
+print("resident memory (VmRSS; nginx = master + worker)")
+for line in open(sys.argv[2]):
+    r = dict(kv.split("=", 1) for kv in line.replace("after load", "after_load").split())
+    mb = lambda key: int(r[key]) / 1024
+    print(f"  konnect {r['routes']:>5} routes, {r['when']:10}: konnect {mb('konnect_kb'):6.1f} MiB"
+          f"   (nginx {mb('nginx_kb'):.1f} MiB, haproxy {mb('haproxy_kb'):.1f} MiB)")
+rss = [dict(kv.split("=", 1) for kv in l.replace("after load", "after_load").split()) for l in open(sys.argv[2])]
+top = max((r for r in rss), key=lambda r: int(r["routes"]))
+if int(top["routes"]) >= 10000:
+    peak = max(int(r["konnect_kb"]) for r in rss if r["routes"] == top["routes"]) / 1024
+    print(f"  goal konnect RSS < 100 MB with {top['routes']} routes: {'met' if peak * 1.048576 < 100 else 'NOT met'} ({peak:.1f} MiB)")
+
+print()
+print("raw lines:")
+for line in open(sys.argv[1]):
+    print("  " + line.rstrip())
+EOF
+if [ -s "$work/syscalls.txt" ]; then
+    printf '\nsyscalls per request under wrk -c64, %s konnect routes (perf stat; direct = the upstream):\n' "$routes_now"
+    cat "$work/syscalls.txt"
+fi
+if [ -n "$perf_dso" ]; then
+    printf '\nwhere the CPU goes, by binary (perf record, wrk -c64, 5 s):\n%s\n' "$perf_dso"
+fi
+if [ -n "$perf_report" ]; then
+    printf '\nperf report --no-children -g none --sort dso,sym (konnect, %s routes, wrk -c64, 5 s; KEEP=1 keeps perf.data):\n%s\n' \
+        "$routes_now" "$perf_report"
+fi
