@@ -19,6 +19,7 @@ pub mod router;
 pub mod tls;
 pub mod transform;
 pub mod upstream;
+pub mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -642,7 +643,8 @@ async fn forward(
             (None, None) => return Err(GatewayError::Internal("request body already sent".into())),
         };
         let uri = format!(
-            "http://{}{}{}{}",
+            "{}://{}{}{}{}",
+            if target.url.https { "https" } else { "http" },
             target.url.authority(),
             target.url.base_path,
             path,

@@ -56,10 +56,12 @@ pub fn known_kind_names() -> String {
     KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
 }
 
-/// Top-level spec fields of `kind` that are secrets: never returned by the admin API.
+/// Spec fields of `kind` that are secrets (dotted paths from `spec`): never returned by the
+/// admin API.
 pub fn secret_fields(kind: &str) -> &'static [&'static str] {
     match kind {
         "Certificate" => certificate::SECRET_FIELDS,
+        "Service" => service::SECRET_FIELDS,
         _ => &[],
     }
 }

@@ -329,14 +329,19 @@ pub fn spawn_snapshot_updates(
                     (builder, built)
                 })
                 .await;
-                let (b, built) = match joined {
-                    Ok(x) => x,
+                let built = match joined {
+                    Ok((b, built)) => {
+                        builder = b;
+                        built
+                    }
                     Err(e) => {
-                        tracing::error!(error = %e, "gateway config build panicked; config updates stop");
-                        return;
+                        // A bug, not bad config: start over with a full build from the state.
+                        tracing::error!(error = %e, "gateway config build panicked; rebuilding from scratch");
+                        metrics::counter!("konnect_gateway_snapshot_errors_total").increment(1);
+                        builder = SnapshotBuilder::new(reader.clone());
+                        builder.build()
                     }
                 };
-                builder = b;
                 match built {
                     Ok(snapshot) => {
                         cursor = snapshot.revision;

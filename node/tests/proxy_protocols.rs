@@ -308,3 +308,120 @@ async fn sigterm_lets_in_flight_requests_finish() {
         "no new connections after shutdown"
     );
 }
+
+/// A CA and a server certificate for `name` signed by it: (ca_pem, cert_pem, key_pem).
+fn ca_and_server(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// An HTTPS upstream answering 200 with `served-over-tls` to every request.
+async fn tls_upstream(cert_pem: &str, key_pem: &str) -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"served-over-tls")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_targets_are_verified_against_the_configured_ca_and_sni() {
+    let (ca, cert, key) = ca_and_server("upstream.test");
+    let up = tls_upstream(&cert, &key).await;
+    let (_, client_cert, client_key) = ca_and_server("konnect.client");
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let url = format!("https://{up}");
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource("Service", "trusted", json!({"targets": [{"url": url}],
+                    "tls": {"ca_pem": ca, "sni": "upstream.test", "client_cert_pem": client_cert, "client_key_pem": client_key}})),
+                resource("Service", "untrusted", json!({"targets": [{"url": url}], "tls": {"sni": "upstream.test"}})),
+                resource("Service", "unverified", json!({"targets": [{"url": url}], "tls": {"verify": false}})),
+                resource("Route", "trusted", json!({"paths": ["/trusted"], "service": "trusted"})),
+                resource("Route", "untrusted", json!({"paths": ["/untrusted"], "service": "untrusted"})),
+                resource("Route", "unverified", json!({"paths": ["/unverified"], "service": "unverified"})),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+    let proxy = cluster.proxy_addr(1).await;
+    let ok = wait_for("the https route", Duration::from_secs(10), || async {
+        let r = http("GET", &proxy, "/trusted", &[], "").await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(ok.body, "served-over-tls");
+    // Signed by a CA the Service does not trust (the system store): refused, 502.
+    assert_eq!(http("GET", &proxy, "/untrusted", &[], "").await.status, 502);
+    assert_eq!(
+        http("GET", &proxy, "/unverified", &[], "").await.status,
+        200
+    );
+
+    // The client key is a secret.
+    let stored = cluster
+        .client_of(1)
+        .get("Service", "trusted", false)
+        .await
+        .unwrap();
+    let spec = konnect_proto::json::struct_to_json(&stored.spec.unwrap());
+    assert_eq!(spec["tls"]["client_key_pem"], "<redacted>");
+
+    let err = cluster
+        .client_of(1)
+        .apply(
+            vec![resource(
+                "Service",
+                "bad",
+                json!({"targets": [{"url": url}], "tls": {"ca_pem": "nope"}}),
+            )],
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("spec.tls.ca_pem"), "{err}");
+}

@@ -323,17 +323,36 @@ impl Resources for ResourceService {
 fn redact(mut r: pb::Resource) -> pb::Resource {
     let secrets = resources::secret_fields(&r.kind);
     if let Some(spec) = r.spec.as_mut() {
-        for field in secrets {
-            if let Some(v) = spec.fields.get_mut(*field) {
-                *v = prost_types::Value {
-                    kind: Some(prost_types::value::Kind::StringValue(
-                        resources::REDACTED.into(),
-                    )),
-                };
-            }
+        for path in secrets {
+            redact_path(spec, path);
         }
     }
     r
+}
+
+/// Replaces the value at a dotted path (`tls.client_key_pem`) when it is present.
+fn redact_path(spec: &mut prost_types::Struct, path: &str) {
+    let (head, rest) = match path.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (path, None),
+    };
+    let Some(v) = spec.fields.get_mut(head) else {
+        return;
+    };
+    match (rest, &mut v.kind) {
+        (None, Some(prost_types::value::Kind::NullValue(_))) => {}
+        (None, _) => {
+            *v = prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(
+                    resources::REDACTED.into(),
+                )),
+            }
+        }
+        (Some(rest), Some(prost_types::value::Kind::StructValue(inner))) => {
+            redact_path(inner, rest)
+        }
+        _ => {}
+    }
 }
 
 /// The client's `x-konnect-request-id` (the same on every retry of one logical write),

@@ -20,7 +20,7 @@ use super::circuit::CircuitBreaker;
 use super::health::{spawn_active_checks, HealthState};
 use crate::resources::service::{HashOn, ServiceSpec, TargetUrl, UpstreamProtocol};
 
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
 
 pub struct Target {
     pub url: TargetUrl,
@@ -82,7 +82,10 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(spec.timeouts.connect.0));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        // The HTTPS wrapper decides by scheme; plain HTTP targets pass through untouched.
+        connector.enforce_http(false);
+        let connector =
+            super::upstream_tls::connector(connector, spec.tls.as_ref(), spec.protocol)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(spec.pool.idle_timeout.0)
