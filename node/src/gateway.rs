@@ -174,14 +174,19 @@ impl Gateway {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
         let request_id = headers::request_id(req.headers_mut());
-        let mut entry = AccessEntry {
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            request_id: request_id.clone(),
-            client_ip: client.ip().to_string(),
-            method: req.method().to_string(),
-            host: request_host(&req).unwrap_or_default(),
-            path: req.uri().path().to_string(),
-            ..Default::default()
+        // The descriptive fields cost allocations and a clock read: only when a log is kept.
+        let mut entry = if self.access_log.is_enabled() {
+            AccessEntry {
+                ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                request_id: request_id.clone(),
+                client_ip: client.ip().to_string(),
+                method: req.method().to_string(),
+                host: request_host(&req).unwrap_or_default(),
+                path: req.uri().path().to_string(),
+                ..Default::default()
+            }
+        } else {
+            AccessEntry::default()
         };
         let result = self.proxy(&snapshot, req, client, tls, &mut entry).await;
         let (mut resp, idle) = match result {
@@ -235,7 +240,8 @@ impl Gateway {
         // Transfer-Encoding and Content-Length, chunked wins and Content-Length is removed;
         // conflicting Content-Length values are refused with 400. The upstream request is
         // re-framed by our client, so no ambiguous framing is ever forwarded.)
-        let head_bytes = req.uri().to_string().len()
+        let head_bytes = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+            + req.uri().authority().map_or(0, |a| a.as_str().len())
             + req
                 .headers()
                 .iter()

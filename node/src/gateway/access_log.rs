@@ -93,6 +93,11 @@ impl AccessLog {
         Ok(AccessLog { tx: Some(tx) })
     }
 
+    /// Whether lines are written at all (`--access-log` is not `off`).
+    pub fn is_enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn record(&self, entry: AccessEntry) {
         if let Some(tx) = &self.tx {
             if tx.try_send(entry).is_err() {
