@@ -51,11 +51,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 
-say() { printf '%s\n' "$*" >&2; }
-die() {
-    say "run.sh: $*"
-    exit 1
-}
+BENCH_NAME=proxy-bench
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 
 # --- tools ---
 
@@ -90,59 +88,11 @@ konnect_version=$(cd "$root" && git describe --always --dirty 2>/dev/null || ech
 
 # --- work directory and cleanup ---
 
-mkdir -p "$BENCH_TMP"
-work=$(mktemp -d "$BENCH_TMP/proxy-bench.XXXXXX")
-mkdir -p "$work/logs"
-pids=()
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${pids[@]}"; do
-            kill -0 "$pid" 2>/dev/null && alive=1
-        done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    if [ "$rc" != 0 ]; then
-        for log in "$work"/logs/*.log; do
-            [ -s "$log" ] || continue
-            say "--- last lines of $log"
-            tail -n 15 "$log" >&2
-        done
-    fi
-    if [ "$KEEP" = 1 ]; then
-        say "kept $work (configs, data and logs)"
-    else
-        rm -rf "$work"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+start_work_dir
 
 say "work directory: $work"
 
-# Free loopback ports, asked of the OS (bound to port 0 together so they are distinct).
-mapfile -t ports < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(8)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-for s in socks:
-    print(s.getsockname()[1])
-for s in socks:
-    s.close()
-')
+mapfile -t ports < <(free_ports 8)
 up_port=${ports[0]}
 nginx_port=${ports[1]}
 haproxy_port=${ports[2]}
@@ -152,16 +102,6 @@ k_peer=${ports[5]}
 k_status=${ports[6]}
 up_status_port=${ports[7]}
 
-wait_port() { # port pid what
-    for _ in $(seq 300); do
-        kill -0 "$2" 2>/dev/null || die "$3 exited while starting"
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "$3 did not listen on 127.0.0.1:$1 within 30 s"
-}
 
 wait_200() { # url what
     local code
@@ -352,17 +292,6 @@ done = function(summary, latency, requests)
 end
 EOF
 
-# CPU clock ticks (user + system, every thread) used so far by the pids.
-cpu_ticks() {
-    local total=0 stat rest
-    for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat") || die "process $pid is gone"
-        rest=${stat##*) } # fields from 3 on; the command name may hold spaces
-        read -r -a f <<<"$rest"
-        total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
-    done
-    echo "$total"
-}
 
 # The same as two figures: user ticks, then system ticks.
 cpu_split() {

@@ -1,0 +1,91 @@
+# Shared by the benchmark scripts (sourced, not run): messages, a work directory that is
+# cleaned up with every process the script started, free ports, readiness and CPU accounting.
+# The sourcing script sets BENCH_NAME, BENCH_TMP and KEEP first, and appends to `pids`.
+
+say() { printf '%s\n' "$*" >&2; }
+die() {
+    say "$BENCH_NAME: $*"
+    exit 1
+}
+
+# Creates $work (with $work/logs) and arranges that, on any exit, every pid in `pids` is
+# stopped (TERM, then KILL after 5 s), logs are shown on failure, and $work is removed unless
+# KEEP=1.
+start_work_dir() {
+    mkdir -p "$BENCH_TMP"
+    work=$(mktemp -d "$BENCH_TMP/$BENCH_NAME.XXXXXX")
+    mkdir -p "$work/logs"
+    pids=()
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [ "$rc" != 0 ]; then
+        for log in "$work"/logs/*.log; do
+            [ -s "$log" ] || continue
+            say "--- last lines of $log"
+            tail -n 15 "$log" >&2
+        done
+    fi
+    if [ "$KEEP" = 1 ]; then
+        say "kept $work"
+    else
+        rm -rf "$work"
+    fi
+    exit "$rc"
+}
+
+# Prints N free loopback ports, asked of the OS (bound to port 0 together so they differ).
+free_ports() { # n
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+for s in socks:
+    print(s.getsockname()[1])
+for s in socks:
+    s.close()
+' "$1"
+}
+
+wait_port() { # port pid what
+    for _ in $(seq 300); do
+        kill -0 "$2" 2>/dev/null || die "$3 exited while starting"
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$3 did not listen on 127.0.0.1:$1 within 30 s"
+}
+
+# CPU clock ticks (user + system, every thread, dead ones included) used so far by the pids.
+cpu_ticks() {
+    local total=0 stat rest
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat") || die "process $pid is gone"
+        rest=${stat##*) } # fields from 3 on; the command name may hold spaces
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12])) # fields 14 (utime) and 15 (stime)
+    done
+    echo "$total"
+}
