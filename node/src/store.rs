@@ -44,7 +44,6 @@ impl Table {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<redb::Database>,
-    tables: &'static [Table],
 }
 
 impl Store {
@@ -52,10 +51,7 @@ impl Store {
     pub fn open(path: &Path, tables: &'static [Table]) -> Result<Store> {
         let db = redb::Database::create(path)
             .map_err(|e| StoreError::new("open", format!("{}: {e}", path.display())))?;
-        let store = Store {
-            db: Arc::new(db),
-            tables,
-        };
+        let store = Store { db: Arc::new(db) };
         let txn = store.write()?;
         for t in tables {
             txn.txn
@@ -64,11 +60,6 @@ impl Store {
         }
         txn.commit()?;
         Ok(store)
-    }
-
-    /// The tables this store was opened with.
-    pub fn tables(&self) -> &'static [Table] {
-        self.tables
     }
 
     /// Starts a write transaction. Only one runs at a time per store; it commits durably.

@@ -34,14 +34,6 @@ impl CertStore {
         let (_, suffix) = sni.split_once('.')?;
         self.wildcard.get(suffix).cloned()
     }
-
-    pub fn len(&self) -> usize {
-        self.exact.len() + self.wildcard.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 struct SniResolver {

@@ -16,7 +16,7 @@ use super::codec::{
     entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb,
 };
 use super::{storage_err, LogId, NodeId, StorageError, TypeConfig};
-use crate::store::{key_u64, u64_key, Store, Table};
+use crate::store::{u64_key, Store, Table};
 
 const LOG: Table = Table("log");
 const META: Table = Table("raft_meta");
@@ -241,11 +241,4 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
     }
-}
-
-/// The highest log index present, for status output; `None` for an empty log.
-pub fn last_index(store: &LogStore) -> Option<u64> {
-    let txn = store.store.read().ok()?;
-    let (k, _) = txn.last(LOG).ok()??;
-    key_u64(&k).ok()
 }

@@ -15,7 +15,6 @@ use openraft::ChangeMembers;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
-use super::codec::node_to_pb;
 use super::network::PeerChannels;
 use super::{NodeId, NodeMeta, Raft};
 
@@ -531,9 +530,4 @@ impl Proposer {
             .map(|(id, n)| (*id, (n.clone(), voters.contains(id))))
             .collect()
     }
-}
-
-/// Node info for the peer API.
-pub fn node_info(meta: &NodeMeta) -> pb::NodeInfo {
-    node_to_pb(meta)
 }
