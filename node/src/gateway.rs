@@ -15,6 +15,7 @@ pub mod circuit;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod jwt;
 pub mod router;
 pub mod tls;
 pub mod transform;

@@ -7,6 +7,7 @@
 
 pub mod certificate;
 pub mod duration;
+pub mod jwt_provider;
 pub mod route;
 pub mod service;
 
@@ -46,7 +47,12 @@ pub struct KindDef {
 }
 
 /// Every kind the admin API accepts.
-pub const KINDS: &[KindDef] = &[service::KIND, route::KIND, certificate::KIND];
+pub const KINDS: &[KindDef] = &[
+    service::KIND,
+    route::KIND,
+    certificate::KIND,
+    jwt_provider::KIND,
+];
 
 pub fn kind(name: &str) -> Option<&'static KindDef> {
     KINDS.iter().find(|k| k.name == name)
@@ -62,6 +68,7 @@ pub fn secret_fields(kind: &str) -> &'static [&'static str] {
     match kind {
         "Certificate" => certificate::SECRET_FIELDS,
         "Service" => service::SECRET_FIELDS,
+        "JwtProvider" => jwt_provider::SECRET_FIELDS,
         _ => &[],
     }
 }
