@@ -2,10 +2,11 @@
 //! canonical kind the admin API expects (`Service`, `Route`, `ApiKey`).
 
 /// Every kind the admin API knows, spelled as the server expects it.
-pub const KNOWN_KINDS: [&str; 10] = [
+pub const KNOWN_KINDS: [&str; 11] = [
     "Service",
     "Route",
     "Certificate",
+    "JwtProvider",
     "Consumer",
     "Team",
     "ApiKey",
