@@ -193,43 +193,49 @@ impl JwtVerifier {
             ),
             KeySource::Jwks(_) | KeySource::HmacSecret(_) => None,
         };
-        let mut verifier = JwtVerifier {
+        let (keys, refresh) = match source {
+            // `jwks` or `hmac_secret`: `static_keys` holds them.
+            None => (
+                Keys::Static(Arc::new(static_keys.unwrap_or_default())),
+                None,
+            ),
+            Some(source) => {
+                let runtime = tokio::runtime::Handle::try_current()
+                    .map_err(|_| fail(&"fetching keys needs a tokio runtime"))?;
+                let fetcher = JwksFetcher::new(source).map_err(|e| fail(&e))?;
+                let refresh_now = Arc::new(Notify::new());
+                let (stop, stopped) = watch::channel(());
+                let keys = Keys::Remote(RemoteKeys {
+                    current: watch::Sender::new(None),
+                    // The first fetch starts now; requests arriving meanwhile wait for it.
+                    forced: Mutex::new(ForcedRefresh {
+                        in_flight: true,
+                        last_triggered: None,
+                    }),
+                    refresh_now: refresh_now.clone(),
+                    _stop: stop,
+                });
+                (keys, Some((runtime, fetcher, refresh_now, stopped)))
+            }
+        };
+        let verifier = Arc::new(JwtVerifier {
             name: name.to_string(),
             issuer: spec.issuer.clone(),
             audiences: spec.audiences.clone(),
             allowed: spec.algorithms.iter().map(|a| a.0).collect(),
             leeway_secs: spec.leeway.0.as_secs_f64(),
             consumer_claim: spec.consumer_claim.clone(),
-            keys: Keys::Static(Arc::new(KeySet::default())),
-        };
-        let Some(source) = source else {
-            // `jwks` or `hmac_secret`: `static_keys` holds them.
-            verifier.keys = Keys::Static(Arc::new(static_keys.unwrap_or_default()));
-            return Ok(Arc::new(verifier));
-        };
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| fail(&"fetching keys needs a tokio runtime"))?;
-        let fetcher = JwksFetcher::new(source).map_err(|e| fail(&e))?;
-        let refresh_now = Arc::new(Notify::new());
-        let (stop, stopped) = watch::channel(());
-        verifier.keys = Keys::Remote(RemoteKeys {
-            current: watch::Sender::new(None),
-            // The first fetch starts now; requests arriving meanwhile wait for it (2 s at most).
-            forced: Mutex::new(ForcedRefresh {
-                in_flight: true,
-                last_triggered: None,
-            }),
-            refresh_now: refresh_now.clone(),
-            _stop: stop,
+            keys,
         });
-        let verifier = Arc::new(verifier);
-        runtime.spawn(refresh_keys(
-            Arc::downgrade(&verifier),
-            fetcher,
-            spec.refresh_interval(),
-            refresh_now,
-            stopped,
-        ));
+        if let Some((runtime, fetcher, refresh_now, stopped)) = refresh {
+            runtime.spawn(refresh_keys(
+                Arc::downgrade(&verifier),
+                fetcher,
+                spec.refresh_interval(),
+                refresh_now,
+                stopped,
+            ));
+        }
         Ok(verifier)
     }
 

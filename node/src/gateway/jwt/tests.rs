@@ -896,14 +896,28 @@ async fn verify_now(v: &JwtVerifier, token: &str) -> Result<VerifiedToken, JwtEr
     v.verify(token, NOW).await
 }
 
+/// Waits until the first fetch of a URL source brought keys, so a slow machine cannot turn the
+/// first request's bounded wait into a failure.
+async fn first_keys(v: &JwtVerifier) {
+    let Keys::Remote(remote) = &v.keys else {
+        return;
+    };
+    let mut current = remote.current.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), current.wait_for(Option::is_some))
+        .await
+        .expect("the first fetch brings keys")
+        .map(|_| ())
+        .expect("the verifier is alive");
+}
+
 #[tokio::test]
 async fn a_rotated_key_verifies_after_the_refresh_its_unknown_kid_triggers() {
     let (old, new, stranger) = (p256("old"), p256("new"), p256("stranger"));
     let idp = TestIdp::start(jwks_of(&[&old])).await;
     let v = url_provider(&idp.url("/jwks"));
+    first_keys(&v).await;
     let c = claims(json!({}));
 
-    // The first request waits for the first fetch.
     let token = sign(Algorithm::ES256, Some("old"), &c, &old.encoding);
     assert_eq!(
         verify_now(&v, &token).await.map(|t| t.consumer),
@@ -938,6 +952,7 @@ async fn concurrent_unknown_kids_share_one_refresh() {
     let (old, new) = (p256("old"), p256("new"));
     let idp = TestIdp::start(jwks_of(&[&old])).await;
     let v = url_provider(&idp.url("/jwks"));
+    first_keys(&v).await;
     let c = claims(json!({}));
     let token = sign(Algorithm::ES256, Some("old"), &c, &old.encoding);
     assert!(verify_now(&v, &token).await.is_ok());
@@ -954,6 +969,7 @@ async fn a_failed_refresh_keeps_the_previous_keys() {
     let (old, new) = (p256("old"), p256("new"));
     let idp = TestIdp::start(jwks_of(&[&old])).await;
     let v = url_provider(&idp.url("/jwks"));
+    first_keys(&v).await;
     let c = claims(json!({}));
     let old_token = sign(Algorithm::ES256, Some("old"), &c, &old.encoding);
     assert!(verify_now(&v, &old_token).await.is_ok());
@@ -998,6 +1014,7 @@ async fn keys_come_from_the_oidc_discovery_document() {
     *idp.state.discovery.lock().expect("lock") =
         Some(json!({"issuer": issuer, "jwks_uri": idp.url("/jwks")}).to_string());
     let v = provider(json!({"issuer": issuer, "oidc_discovery": true}));
+    first_keys(&v).await;
     let token = sign(
         Algorithm::ES256,
         Some("k"),
