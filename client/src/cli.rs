@@ -1,6 +1,7 @@
 //! The `konnectctl` commands: `cluster` (membership), `resources` (apply, get, delete,
 //! watch) and `output` (tables, JSON and YAML views of the proto types).
 
+pub mod access;
 pub mod cluster;
 pub mod output;
 pub mod resources;

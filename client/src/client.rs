@@ -13,13 +13,21 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
+use konnect_proto::admin::v1::audit_client::AuditClient;
 use konnect_proto::admin::v1::cluster_client::ClusterClient;
+use konnect_proto::admin::v1::keys_client::KeysClient;
 use konnect_proto::admin::v1::resources_client::ResourcesClient;
+use konnect_proto::admin::v1::tokens_client::TokensClient;
 use konnect_proto::admin::v1::{
     AddNodeRequest, ApplyRequest, ApplyResponse, CreateRequest, DeleteRequest, DeleteResponse,
     GetRequest, InitRequest, InitResponse, ListRequest, ListResponse, MembershipResponse,
     RemoveNodeRequest, ResourceInput, StatusRequest, StatusResponse, UpdateRequest, WatchEvent,
     WatchRequest,
+};
+use konnect_proto::admin::v1::{
+    CreateKeyRequest, CreateKeyResponse, CreateTokenRequest, CreateTokenResponse, ListAuditRequest,
+    ListAuditResponse, ListKeysRequest, ListKeysResponse, ListTokensRequest, ListTokensResponse,
+    RevokeKeyRequest, RevokeKeyResponse, RevokeTokenRequest, RevokeTokenResponse, RotateKeyRequest,
 };
 use konnect_proto::state::v1::Resource;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -339,6 +347,113 @@ impl Client {
             .boxed())
     }
 
+    // --- Keys, Tokens and Audit services ---
+
+    /// Creates an API key for `consumer`; the answer holds the key, shown only this once.
+    pub async fn create_key(
+        &self,
+        consumer: &str,
+        expires_in_secs: Option<u64>,
+        description: &str,
+    ) -> Result<CreateKeyResponse, ClientError> {
+        let request = CreateKeyRequest {
+            consumer: consumer.to_string(),
+            expires_in_secs,
+            description: description.to_string(),
+        };
+        let id = new_request_id();
+        self.call(|channel| {
+            let request = with_request_id(request.clone(), &id);
+            async move { self.keys(channel).create(request).await }
+        })
+        .await
+    }
+
+    pub async fn list_keys(&self, consumer: &str) -> Result<ListKeysResponse, ClientError> {
+        let request = ListKeysRequest {
+            consumer: consumer.to_string(),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { self.keys(channel).list(request).await }
+        })
+        .await
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<RevokeKeyResponse, ClientError> {
+        let request = RevokeKeyRequest { id: id.to_string() };
+        let rid = new_request_id();
+        self.call(|channel| {
+            let request = with_request_id(request.clone(), &rid);
+            async move { self.keys(channel).revoke(request).await }
+        })
+        .await
+    }
+
+    /// Issues a new key for the same consumer; the old one keeps working for `overlap_secs`.
+    pub async fn rotate_key(
+        &self,
+        id: &str,
+        overlap_secs: u64,
+        expires_in_secs: Option<u64>,
+    ) -> Result<CreateKeyResponse, ClientError> {
+        let request = RotateKeyRequest {
+            id: id.to_string(),
+            overlap_secs,
+            expires_in_secs,
+        };
+        let rid = new_request_id();
+        self.call(|channel| {
+            let request = with_request_id(request.clone(), &rid);
+            async move { self.keys(channel).rotate(request).await }
+        })
+        .await
+    }
+
+    /// Creates an admin token; the answer holds the token, shown only this once.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+    ) -> Result<CreateTokenResponse, ClientError> {
+        let request = CreateTokenRequest {
+            name: name.to_string(),
+            role: role.to_string(),
+        };
+        let id = new_request_id();
+        self.call(|channel| {
+            let request = with_request_id(request.clone(), &id);
+            async move { self.tokens(channel).create(request).await }
+        })
+        .await
+    }
+
+    pub async fn list_tokens(&self) -> Result<ListTokensResponse, ClientError> {
+        self.call(|channel| async move { self.tokens(channel).list(ListTokensRequest {}).await })
+            .await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<RevokeTokenResponse, ClientError> {
+        let request = RevokeTokenRequest { id: id.to_string() };
+        let rid = new_request_id();
+        self.call(|channel| {
+            let request = with_request_id(request.clone(), &rid);
+            async move { self.tokens(channel).revoke(request).await }
+        })
+        .await
+    }
+
+    pub async fn list_audit(
+        &self,
+        request: ListAuditRequest,
+    ) -> Result<ListAuditResponse, ClientError> {
+        self.call(|channel| {
+            let request = request.clone();
+            async move { self.audit(channel).list(request).await }
+        })
+        .await
+    }
+
     // --- failover ---
 
     fn cluster(&self, channel: Channel) -> ClusterClient<AuthorizedChannel> {
@@ -347,6 +462,18 @@ impl Client {
 
     fn resources(&self, channel: Channel) -> ResourcesClient<AuthorizedChannel> {
         ResourcesClient::with_interceptor(channel, self.auth.clone())
+    }
+
+    fn keys(&self, channel: Channel) -> KeysClient<AuthorizedChannel> {
+        KeysClient::with_interceptor(channel, self.auth.clone())
+    }
+
+    fn tokens(&self, channel: Channel) -> TokensClient<AuthorizedChannel> {
+        TokensClient::with_interceptor(channel, self.auth.clone())
+    }
+
+    fn audit(&self, channel: Channel) -> AuditClient<AuthorizedChannel> {
+        AuditClient::with_interceptor(channel, self.auth.clone())
     }
 
     async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, ClientError>

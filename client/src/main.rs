@@ -72,6 +72,14 @@ enum Command {
     Delete(cli::resources::DeleteArgs),
     /// Print changes to resources as they happen, until interrupted.
     Watch(cli::resources::WatchArgs),
+    /// Consumers' API keys: create, list, revoke, rotate.
+    #[command(subcommand)]
+    Keys(cli::access::KeysCommand),
+    /// Admin tokens and their roles: create, list, revoke.
+    #[command(subcommand)]
+    Tokens(cli::access::TokensCommand),
+    /// The audit log of admin changes: who, when (leader time), what, at which revision.
+    Audit(cli::access::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +120,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => cli::resources::get(&context, args).await,
         Command::Delete(args) => cli::resources::delete(&context, args).await,
         Command::Watch(args) => cli::resources::watch(&context, args).await,
+        Command::Keys(command) => cli::access::keys(&context, command).await,
+        Command::Tokens(command) => cli::access::tokens(&context, command).await,
+        Command::Audit(args) => cli::access::audit(&context, args).await,
     }
 }
 

@@ -4,8 +4,10 @@
 //! is the one place that maps errors to gRPC codes. Messages say what was wrong and what to
 //! do; they never contain a token or a secret.
 
+pub mod access;
 pub mod auth;
 pub mod cluster;
+pub mod keys;
 pub mod resources;
 
 use konnect_proto::state::v1 as pb;
@@ -23,6 +25,8 @@ pub const FIELD_HEADER: &str = "x-konnect-field";
 pub enum AdminError {
     #[error("a valid admin token is required (authorization: Bearer <token>)")]
     Unauthenticated,
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{message}")]
     Invalid {
         message: String,
@@ -97,6 +101,7 @@ impl From<AdminError> for tonic::Status {
     fn from(e: AdminError) -> tonic::Status {
         let code = match &e {
             AdminError::Unauthenticated => tonic::Code::Unauthenticated,
+            AdminError::PermissionDenied(_) => tonic::Code::PermissionDenied,
             AdminError::Invalid { .. } => tonic::Code::InvalidArgument,
             AdminError::NotFound(_) => tonic::Code::NotFound,
             AdminError::AlreadyExists(_) => tonic::Code::AlreadyExists,
@@ -132,6 +137,25 @@ impl From<AdminError> for tonic::Status {
 /// Counts one admin request by method.
 pub fn count_request(method: &'static str) {
     metrics::counter!("konnect_admin_requests_total", "method" => method).increment(1);
+}
+
+/// Proposes one command on behalf of `actor` and returns its outcome (a failed command is
+/// an error).
+pub async fn propose(
+    node: &crate::node::NodeHandle,
+    request_id: String,
+    actor: &pb::AdminToken,
+    op: pb::command::Op,
+) -> Result<pb::command_result::Result, AdminError> {
+    let cmd = pb::Command {
+        leader_time_unix_ms: 0,
+        request_id,
+        actor: actor.id.clone(),
+        actor_name: actor.name.clone(),
+        op: Some(op),
+    };
+    let (_, result) = node.proposer.write(cmd).await?;
+    command_outcome(result)
 }
 
 /// The outcome of a proposed command, or the error it stands for.

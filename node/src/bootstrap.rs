@@ -133,6 +133,7 @@ pub async fn init_cluster(node: &NodeHandle) -> Result<Initialised, AdminError> 
         leader_time_unix_ms: 0,
         request_id: String::new(),
         actor: "cluster-init".into(),
+        actor_name: String::new(),
         op: Some(pb::command::Op::InitCluster(pb::InitCluster {
             cluster_id: cluster_id.clone(),
             first_token: Some(stored),

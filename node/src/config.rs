@@ -57,6 +57,19 @@ pub struct ServeArgs {
     #[arg(long, env = "KONNECT_PROXY_TLS_ADDR")]
     pub proxy_tls_addr: Option<SocketAddr>,
 
+    /// PEM file of CA certificates that client certificates on the TLS proxy listener are
+    /// verified against (mutual TLS). A client may still connect without a certificate;
+    /// routes with `auth.mtls` then identify consumers by the certificate's subject. Needs
+    /// --proxy-tls-addr. Default: none (client certificates are not asked for).
+    #[arg(long, env = "KONNECT_PROXY_CLIENT_CA")]
+    pub proxy_client_ca: Option<PathBuf>,
+
+    /// How often, in milliseconds, this node reports which API keys it accepted (what
+    /// `konnectctl keys list` shows as last used): one Raft entry per interval at most, never
+    /// one per request. Default: 60000.
+    #[arg(long, env = "KONNECT_KEY_USAGE_REPORT_MS")]
+    pub key_usage_report_ms: Option<u64>,
+
     /// Address of the HTTP status endpoint (/healthz, /readyz, /metrics). Default: 127.0.0.1:7301.
     #[arg(long, env = "KONNECT_STATUS_ADDR")]
     pub status_addr: Option<SocketAddr>,
@@ -158,6 +171,8 @@ pub struct Settings {
     pub admin_addr: SocketAddr,
     pub proxy_addr: SocketAddr,
     pub proxy_tls_addr: Option<SocketAddr>,
+    pub proxy_client_ca: Option<PathBuf>,
+    pub key_usage_report: Duration,
     pub status_addr: SocketAddr,
     pub peers: BTreeMap<u64, String>,
     pub heartbeat: Duration,
@@ -231,6 +246,8 @@ impl ServeArgs {
             admin_addr: self.admin_addr.or(file.admin_addr),
             proxy_addr: self.proxy_addr.or(file.proxy_addr),
             proxy_tls_addr: self.proxy_tls_addr.or(file.proxy_tls_addr),
+            proxy_client_ca: self.proxy_client_ca.or(file.proxy_client_ca),
+            key_usage_report_ms: self.key_usage_report_ms.or(file.key_usage_report_ms),
             status_addr: self.status_addr.or(file.status_addr),
             peers: self.peers.or(file.peers),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
@@ -348,6 +365,15 @@ impl ServeArgs {
             .parse()
             .map_err(|e: String| bad("--access-log", e))?;
         let max_header_bytes = a.max_header_bytes.unwrap_or(64 * 1024);
+        if a.proxy_client_ca.is_some() && a.proxy_tls_addr.is_none() {
+            return Err(bad(
+                "--proxy-client-ca",
+                "client certificates are only asked for on the TLS listener: set --proxy-tls-addr too",
+            ));
+        }
+        if a.key_usage_report_ms.is_some_and(|ms| ms < 100) {
+            return Err(bad("--key-usage-report-ms", "must be at least 100"));
+        }
         if max_header_bytes < 1024 {
             return Err(bad("--max-header-bytes", "must be at least 1024"));
         }
@@ -371,6 +397,8 @@ impl ServeArgs {
             admin_addr: a.admin_addr.unwrap_or_else(|| addr("127.0.0.1:7201")),
             proxy_addr: a.proxy_addr.unwrap_or_else(|| addr("127.0.0.1:8080")),
             proxy_tls_addr: a.proxy_tls_addr,
+            proxy_client_ca: a.proxy_client_ca.clone(),
+            key_usage_report: Duration::from_millis(a.key_usage_report_ms.unwrap_or(60_000)),
             status_addr: a.status_addr.unwrap_or_else(|| addr("127.0.0.1:7301")),
             peers,
             heartbeat: Duration::from_millis(heartbeat_ms),

@@ -8,6 +8,7 @@
 //! `GatewaySnapshot` loaded once per request; the access log is handed to a background writer.
 
 pub mod access_log;
+pub mod auth;
 pub mod balancer;
 pub mod body;
 pub mod cache;
@@ -121,18 +122,22 @@ impl Gateway {
             let watcher = graceful.watcher();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let svc = {
+                let svc = |client_cert: Option<Arc<auth::ClientCert>>| {
                     let gw = gw.clone();
                     let is_tls = tls.is_some();
                     hyper::service::service_fn(move |req| {
                         let gw = gw.clone();
+                        let cert = client_cert.clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(gw.handle(req, client, is_tls).await)
+                            Ok::<_, std::convert::Infallible>(
+                                gw.handle(req, client, is_tls, cert).await,
+                            )
                         }
                     })
                 };
-                match tls {
+                match tls.clone() {
                     None => {
+                        let svc = svc(None);
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                         let _ = watcher.watch(conn).await;
@@ -150,6 +155,15 @@ impl Gateway {
                             }
                             Err(_) => return,
                         };
+                        // Verified by rustls against --proxy-client-ca when one is set.
+                        let client_cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| auth::ClientCert::from_der(leaf))
+                            .map(Arc::new);
+                        let svc = svc(client_cert);
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                         let _ = watcher.watch(conn).await;
@@ -166,11 +180,19 @@ impl Gateway {
         }
     }
 
+    fn client_ip(&self, peer: std::net::IpAddr, headers: &hyper::HeaderMap) -> std::net::IpAddr {
+        if self.settings.trusted_proxies.is_empty() {
+            return peer;
+        }
+        headers::client_ip(peer, headers, &self.settings.trusted_proxies)
+    }
+
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         client: SocketAddr,
         tls: bool,
+        client_cert: Option<Arc<auth::ClientCert>>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
@@ -189,7 +211,16 @@ impl Gateway {
         } else {
             AccessEntry::default()
         };
-        let result = self.proxy(&snapshot, req, client, tls, &mut entry).await;
+        let result = self
+            .proxy(
+                &snapshot,
+                req,
+                client,
+                tls,
+                client_cert.as_deref(),
+                &mut entry,
+            )
+            .await;
         let (mut resp, idle) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -197,7 +228,7 @@ impl Gateway {
                     Some(d) => format!("{}: {d}", e.code()),
                     None => e.code().to_string(),
                 });
-                if let Some(d) = e.log_detail() {
+                if let (Some(d), false) = (e.log_detail(), e.is_auth_failure()) {
                     tracing::warn!(request_id = %request_id, route = entry.route.as_deref().unwrap_or("none"), error = %d, "{}", e);
                 }
                 (e.into_response(&request_id), Duration::from_secs(60))
@@ -235,6 +266,7 @@ impl Gateway {
         mut req: Request<Incoming>,
         client: SocketAddr,
         tls: bool,
+        client_cert: Option<&auth::ClientCert>,
         entry: &mut AccessEntry,
     ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
         // Phase: normalize. (Framing is settled by hyper's parser per RFC 9112: with both
@@ -277,13 +309,46 @@ impl Gateway {
         entry.service = Some(route.upstream.name.clone());
         let upstream = route.upstream.clone();
 
-        // Phase: cache_lookup (routes that opt in).
+        // Phases: restrict_ip, authenticate, authorize (routes with access rules).
+        let client_ip = self.client_ip(client.ip(), req.headers());
+        let caller = match &route.access {
+            Some(access) => {
+                auth::restrict_ip(access, client_ip)?;
+                let caller = match &access.auth {
+                    Some(a) => {
+                        auth::authenticate(
+                            a,
+                            &snapshot.identities,
+                            req.headers(),
+                            req.uri().query(),
+                            client_cert,
+                            unix_ms_now(),
+                        )
+                        .await?
+                    }
+                    None => None,
+                };
+                auth::authorize(access, caller.as_ref())?;
+                if let Some(c) = &caller {
+                    entry.consumer = Some(c.consumer.name.clone());
+                    entry.credential = Some(c.credential.describe());
+                }
+                caller
+            }
+            None => None,
+        };
+
+        // Phase: cache_lookup (routes that opt in). Responses of routes with credentials are
+        // cached per consumer: one consumer never gets another's answer.
         let cache_ticket = match &route.cache {
             Some(cache) => {
-                let key = match req.uri().query() {
+                let mut key = match req.uri().query() {
                     Some(q) => format!("{path}?{q}"),
                     None => path.clone(),
                 };
+                if let Some(c) = &caller {
+                    key = format!("{}\0{key}", c.consumer.name);
+                }
                 match cache.lookup(
                     req.method(),
                     host.as_deref().unwrap_or(""),
@@ -317,7 +382,40 @@ impl Gateway {
         }
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
-        let body = limit_body(&parts, incoming, route.spec.max_body_bytes, retries_allowed).await?;
+        // Phase: validate_request (media type first, the body once read).
+        let read_whole = route.access.as_ref().is_some_and(|a| a.needs_body());
+        if let Some(access) = &route.access {
+            use hyper::body::Body as _;
+            auth::check_content_type(access, &parts.headers, !incoming.is_end_stream())?;
+        }
+        let body_limit = match (route.spec.max_body_bytes, read_whole) {
+            (None, true) => Some(crate::resources::access::DEFAULT_SCHEMA_BODY_LIMIT),
+            (limit, _) => limit,
+        };
+        let body = limit_body(&parts, incoming, body_limit, retries_allowed, read_whole).await?;
+        if let (Some(access), ForwardBody::Buffered(bytes)) = (&route.access, &body) {
+            if read_whole {
+                auth::check_schema(access, bytes)?;
+            }
+        }
+        if let Some(access) = &route.access {
+            if let Some(query) = auth::prepare_identity_headers(
+                access,
+                caller.as_ref(),
+                &mut parts.headers,
+                parts.uri.query(),
+            ) {
+                let mut uri = parts.uri.clone().into_parts();
+                let pq = match &query {
+                    Some(q) => format!("{}?{q}", parts.uri.path()),
+                    None => parts.uri.path().to_string(),
+                };
+                uri.path_and_query = pq.parse().ok();
+                if let Ok(u) = Uri::from_parts(uri) {
+                    parts.uri = u;
+                }
+            }
+        }
 
         // Phase: prepare_upstream_request.
         let version_segment = match &route.spec.api_version {
@@ -490,6 +588,12 @@ fn splice_upgrade(
     Response::from_parts(parts, body::empty())
 }
 
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -540,6 +644,7 @@ async fn limit_body(
     incoming: Incoming,
     limit: Option<u64>,
     want_replay: bool,
+    read_whole: bool,
 ) -> Result<ForwardBody, GatewayError> {
     use hyper::body::Body as _;
     let declared = parts
@@ -558,7 +663,7 @@ async fn limit_body(
     let small = declared.is_some_and(|n| n <= REPLAYABLE_BODY_BYTES as u64);
     match limit {
         // Unknown length under a limit: read up to the limit, refusing more.
-        Some(limit) if declared.is_none() || (want_replay && small) => {
+        Some(limit) if read_whole || declared.is_none() || (want_replay && small) => {
             let collected = Limited::new(incoming, limit as usize)
                 .collect()
                 .await

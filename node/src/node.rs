@@ -6,15 +6,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use konnect_proto::admin::v1::audit_server::AuditServer;
 use konnect_proto::admin::v1::cluster_server::ClusterServer;
+use konnect_proto::admin::v1::keys_server::KeysServer;
 use konnect_proto::admin::v1::resources_server::ResourcesServer;
+use konnect_proto::admin::v1::tokens_server::TokensServer;
 use konnect_proto::peer::v1::peer_server::PeerServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use crate::admin::access::{AuditService, TokenService};
 use crate::admin::auth::Authenticator;
 use crate::admin::cluster::ClusterService;
+use crate::admin::keys::KeyService;
 use crate::admin::resources::ResourceService;
 use crate::config::Settings;
 use crate::gateway::access_log::AccessLog;
@@ -194,6 +199,18 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         }))
         .add_service(ResourcesServer::new(ResourceService {
             node: node.clone(),
+            auth: auth.clone(),
+        }))
+        .add_service(KeysServer::new(KeyService {
+            node: node.clone(),
+            auth: auth.clone(),
+        }))
+        .add_service(TokensServer::new(TokenService {
+            node: node.clone(),
+            auth: auth.clone(),
+        }))
+        .add_service(AuditServer::new(AuditService {
+            node: node.clone(),
             auth,
         }))
         .serve_with_incoming_shutdown(
@@ -213,6 +230,12 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         message: format!("cannot open the access log: {e}"),
     })?;
     let snapshot = crate::state::spawn_snapshot_updates(reader.clone(), node.applied.clone());
+    tokio::spawn(crate::state::report_key_usage(
+        snapshot.clone(),
+        proposer.clone(),
+        settings.key_usage_report,
+        shutdown_rx.clone(),
+    ));
     let gateway = Gateway::new(
         snapshot.clone(),
         GatewaySettings {
@@ -226,8 +249,21 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
     let proxy_tls_task = match proxy_tls_listener {
         Some(listener) => {
-            let acceptor = crate::gateway::tls::acceptor(snapshot.clone())
-                .map_err(|e| StartError::Raft(format!("TLS setup: {e}")))?;
+            let client_ca = match &settings.proxy_client_ca {
+                Some(path) => Some(std::fs::read(path).map_err(|e| StartError::DataDir {
+                    path: path.clone(),
+                    message: format!("cannot read --proxy-client-ca: {e}"),
+                })?),
+                None => None,
+            };
+            let acceptor = crate::gateway::tls::acceptor(snapshot.clone(), client_ca.as_deref())
+                .map_err(|e| match &settings.proxy_client_ca {
+                    Some(path) => StartError::DataDir {
+                        path: path.clone(),
+                        message: format!("--proxy-client-ca: {e}"),
+                    },
+                    None => StartError::Raft(format!("TLS setup: {e}")),
+                })?;
             Some(tokio::spawn(gateway.clone().serve(
                 listener,
                 Some(acceptor),

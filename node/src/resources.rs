@@ -5,7 +5,10 @@
 //! which other resources it refers to (`references`, for referential integrity). Later issues
 //! add kinds by adding a `KindDef` to [`KINDS`].
 
+pub mod access;
+pub mod api_key;
 pub mod certificate;
+pub mod consumer;
 pub mod duration;
 pub mod jwt_provider;
 pub mod route;
@@ -52,7 +55,21 @@ pub const KINDS: &[KindDef] = &[
     route::KIND,
     certificate::KIND,
     jwt_provider::KIND,
+    consumer::TEAM,
+    consumer::CONSUMER,
+    api_key::KIND,
 ];
+
+/// Kinds the Resources API may read and delete but not write: they are made by their own
+/// admin service, and this says which command to use instead.
+pub fn managed_by(kind: &str) -> Option<&'static str> {
+    match kind {
+        "ApiKey" => {
+            Some("API keys are made by the node: use `konnectctl keys create` (or keys rotate)")
+        }
+        _ => None,
+    }
+}
 
 pub fn kind(name: &str) -> Option<&'static KindDef> {
     KINDS.iter().find(|k| k.name == name)
@@ -69,6 +86,7 @@ pub fn secret_fields(kind: &str) -> &'static [&'static str] {
         "Certificate" => certificate::SECRET_FIELDS,
         "Service" => service::SECRET_FIELDS,
         "JwtProvider" => jwt_provider::SECRET_FIELDS,
+        "ApiKey" => api_key::SECRET_FIELDS,
         _ => &[],
     }
 }
@@ -82,7 +100,9 @@ pub fn kinds_referring_to(target_kind: &str) -> Vec<&'static KindDef> {
     KINDS
         .iter()
         .filter(|k| match k.name {
-            "Route" => target_kind == "Service",
+            "Route" => matches!(target_kind, "Service" | "JwtProvider"),
+            "Consumer" => target_kind == "Team",
+            "ApiKey" => target_kind == "Consumer",
             _ => false,
         })
         .collect()

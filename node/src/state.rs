@@ -6,18 +6,24 @@
 //! requests finish on the snapshot they started with while new ones see the new config.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use konnect_proto::json::struct_to_json;
 use tokio::sync::watch;
 
+use crate::gateway::auth::{ConsumerEntry, Identities, KeyEntry, RouteAccess};
 use crate::gateway::cache::ResponseCache;
+use crate::gateway::jwt::JwtVerifier;
 use crate::gateway::router::{RouteRule, Router};
 use crate::gateway::tls::CertStore;
 use crate::gateway::upstream::Upstream;
 use crate::raft::state::{History, StateReader};
+use crate::resources::api_key::ApiKeySpec;
 use crate::resources::certificate::CertificateSpec;
+use crate::resources::consumer::ConsumerSpec;
+use crate::resources::jwt_provider::JwtProviderSpec;
 use crate::resources::route::RouteSpec;
 use crate::resources::service::ServiceSpec;
 use konnect_proto::state::v1 as pb;
@@ -28,7 +34,14 @@ use rustls::sign::CertifiedKey;
 const REBUILD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Kinds whose changes require a new snapshot.
-const GATEWAY_KINDS: &[&str] = &["Service", "Route", "Certificate"];
+const GATEWAY_KINDS: &[&str] = &[
+    "Service",
+    "Route",
+    "Certificate",
+    "Consumer",
+    "ApiKey",
+    "JwtProvider",
+];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
 pub struct RouteEntry {
@@ -37,6 +50,8 @@ pub struct RouteEntry {
     pub upstream: Arc<Upstream>,
     /// The route's response cache, kept across snapshots while the route is unchanged.
     pub cache: Option<Arc<ResponseCache>>,
+    /// Credentials, ACL, IP lists and body checks; `None` for a public route.
+    pub access: Option<Arc<RouteAccess>>,
 }
 
 pub struct GatewaySnapshot {
@@ -46,6 +61,8 @@ pub struct GatewaySnapshot {
     pub routes: Vec<RouteEntry>,
     /// TLS certificates of the proxy listener, by SNI name.
     pub certificates: CertStore,
+    /// Consumers and their credentials.
+    pub identities: Arc<Identities>,
 }
 
 impl GatewaySnapshot {
@@ -55,6 +72,7 @@ impl GatewaySnapshot {
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
             routes: Vec::new(),
             certificates: CertStore::default(),
+            identities: Arc::new(Identities::default()),
         }
     }
 }
@@ -71,8 +89,17 @@ type Change = ((String, String), Option<pb::Resource>);
 pub struct SnapshotBuilder {
     reader: StateReader,
     services: BTreeMap<String, Arc<Upstream>>,
-    /// Route name -> (revision, parsed spec, compiled rule).
-    routes: BTreeMap<String, (u64, RouteSpec, RouteRule)>,
+    /// Route name -> (revision, parsed spec, compiled rule, compiled access rules).
+    routes: BTreeMap<String, (u64, RouteSpec, RouteRule, Option<Arc<RouteAccess>>)>,
+    consumers: BTreeMap<String, ConsumerSpec>,
+    /// ApiKey name -> spec.
+    keys: BTreeMap<String, ApiKeySpec>,
+    /// ApiKey name -> when this node last accepted it; survives rebuilds.
+    key_usage: HashMap<String, Arc<AtomicU64>>,
+    /// JwtProvider name -> (revision, verifier); a verifier (and its JWKS cache) lives while
+    /// its provider is unchanged.
+    jwt: BTreeMap<String, (u64, Arc<JwtVerifier>)>,
+    identities: Arc<Identities>,
     /// Certificate name -> (SNI names, key).
     certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
     /// Route name -> (route revision, cache).
@@ -93,6 +120,11 @@ impl SnapshotBuilder {
             services: BTreeMap::new(),
             routes: BTreeMap::new(),
             certs: BTreeMap::new(),
+            consumers: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            key_usage: HashMap::new(),
+            jwt: BTreeMap::new(),
+            identities: Arc::new(Identities::default()),
             caches: HashMap::new(),
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
         }
@@ -123,6 +155,17 @@ impl SnapshotBuilder {
                 .keys()
                 .map(|n| ("Certificate".to_string(), n.clone())),
         );
+        known.extend(
+            self.consumers
+                .keys()
+                .map(|n| ("Consumer".to_string(), n.clone())),
+        );
+        known.extend(self.keys.keys().map(|n| ("ApiKey".to_string(), n.clone())));
+        known.extend(
+            self.jwt
+                .keys()
+                .map(|n| ("JwtProvider".to_string(), n.clone())),
+        );
         for key in known {
             if !changes.iter().any(|(k, _)| *k == key) {
                 changes.push((key, None));
@@ -149,6 +192,7 @@ impl SnapshotBuilder {
         full: bool,
     ) -> Result<GatewaySnapshot, String> {
         let mut routes_changed = full;
+        let mut identities_changed = full;
         for ((kind, name), resource) in changes {
             match (kind.as_str(), resource) {
                 ("Service", None) => {
@@ -182,17 +226,26 @@ impl SnapshotBuilder {
                     if self
                         .routes
                         .get(&name)
-                        .is_some_and(|(rev, _, _)| *rev == r.revision)
+                        .is_some_and(|(rev, ..)| *rev == r.revision)
                     {
                         continue;
                     }
                     routes_changed = true;
                     let parsed = RouteSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
                         .map_err(|e| e.to_string())
-                        .and_then(|spec| spec.to_rule(&name).map(|rule| (spec, rule)));
+                        .and_then(|spec| spec.to_rule(&name).map(|rule| (spec, rule)))
+                        .and_then(|(spec, rule)| {
+                            RouteAccess::compile(
+                                spec.auth.as_ref(),
+                                spec.acl.as_ref(),
+                                spec.ip_restriction.as_ref(),
+                                spec.validate.as_ref(),
+                            )
+                            .map(|access| (spec, rule, access.map(Arc::new)))
+                        });
                     match parsed {
-                        Ok((spec, rule)) => {
-                            self.routes.insert(name, (r.revision, spec, rule));
+                        Ok((spec, rule, access)) => {
+                            self.routes.insert(name, (r.revision, spec, rule, access));
                         }
                         Err(e) => {
                             self.routes.remove(&name);
@@ -216,13 +269,71 @@ impl SnapshotBuilder {
                         }
                     }
                 }
+                ("Consumer", r) => {
+                    identities_changed = true;
+                    self.consumers.remove(&name);
+                    if let Some(r) = r {
+                        match ConsumerSpec::parse(&struct_to_json(&r.spec.unwrap_or_default())) {
+                            Ok(spec) => {
+                                self.consumers.insert(name, spec);
+                            }
+                            Err(e) => skip("Consumer", &name, e.to_string()),
+                        }
+                    }
+                }
+                ("ApiKey", r) => {
+                    identities_changed = true;
+                    self.keys.remove(&name);
+                    if let Some(r) = r {
+                        match ApiKeySpec::parse(&struct_to_json(&r.spec.unwrap_or_default())) {
+                            Ok(spec) => {
+                                self.keys.insert(name, spec);
+                            }
+                            Err(e) => skip("ApiKey", &name, e.to_string()),
+                        }
+                    }
+                }
+                ("JwtProvider", None) => {
+                    identities_changed |= self.jwt.remove(&name).is_some();
+                }
+                ("JwtProvider", Some(r)) => {
+                    if self
+                        .jwt
+                        .get(&name)
+                        .is_some_and(|(rev, _)| *rev == r.revision)
+                    {
+                        continue;
+                    }
+                    identities_changed = true;
+                    let built =
+                        JwtProviderSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
+                            .map_err(|e| e.to_string())
+                            .and_then(|spec| JwtVerifier::new(&name, spec));
+                    match built {
+                        Ok(v) => {
+                            self.jwt.insert(name, (r.revision, v));
+                        }
+                        Err(e) => {
+                            self.jwt.remove(&name);
+                            skip("JwtProvider", &name, e);
+                        }
+                    }
+                }
                 _ => {}
             }
+        }
+        if identities_changed {
+            self.identities = Arc::new(self.build_identities());
         }
 
         // Routes whose service is missing are left out (the state machine keeps references
         // intact; this only guards a corrupt state). Rule i of the router is entry i.
-        let usable: Vec<(&String, &(u64, RouteSpec, RouteRule), Arc<Upstream>)> = self
+        type Usable<'a> = (
+            &'a String,
+            &'a (u64, RouteSpec, RouteRule, Option<Arc<RouteAccess>>),
+            Arc<Upstream>,
+        );
+        let usable: Vec<Usable> = self
             .routes
             .iter()
             .filter_map(|(name, route)| match self.services.get(&route.1.service) {
@@ -240,13 +351,13 @@ impl SnapshotBuilder {
         if routes_changed || usable.len() != self.routes.len() {
             let rules = usable
                 .iter()
-                .map(|(_, (_, _, rule), _)| rule.clone())
+                .map(|(_, (_, _, rule, _), _)| rule.clone())
                 .collect();
             self.router = Arc::new(Router::new(rules).map_err(|e| e.to_string())?);
         }
         let mut caches = HashMap::new();
         let mut entries = Vec::with_capacity(usable.len());
-        for (name, (rev, spec, _), upstream) in usable {
+        for (name, (rev, spec, _, access), upstream) in usable {
             let cache = spec.cache.as_ref().map(|c| {
                 let cache = match self.caches.get(name) {
                     Some((r, cache)) if r == rev => cache.clone(),
@@ -260,6 +371,7 @@ impl SnapshotBuilder {
                 spec: spec.clone(),
                 upstream,
                 cache,
+                access: access.clone(),
             });
         }
         self.caches = caches;
@@ -274,7 +386,56 @@ impl SnapshotBuilder {
             router: self.router.clone(),
             routes: entries,
             certificates,
+            identities: self.identities.clone(),
         })
+    }
+
+    /// Consumers, their keys and subjects, and the JWT verifiers, as one lookup structure.
+    fn build_identities(&mut self) -> Identities {
+        let mut ids = Identities::default();
+        for (name, spec) in &self.consumers {
+            let entry = Arc::new(ConsumerEntry {
+                name: name.clone(),
+                team: spec.team.clone(),
+                groups: spec.groups.clone(),
+            });
+            ids.consumers.insert(name.clone(), entry.clone());
+            for subject in std::iter::once(name).chain(&spec.jwt_subjects) {
+                ids.by_jwt_subject.insert(subject.clone(), entry.clone());
+            }
+            for subject in std::iter::once(name).chain(&spec.mtls_subjects) {
+                ids.by_mtls_subject.insert(subject.clone(), entry.clone());
+            }
+        }
+        let mut usage = HashMap::with_capacity(self.keys.len());
+        for (name, spec) in &self.keys {
+            let (Some(hash), Some(consumer)) = (spec.hash(), ids.consumers.get(&spec.consumer))
+            else {
+                continue;
+            };
+            let last_used = self
+                .key_usage
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(AtomicU64::new(0)));
+            usage.insert(name.clone(), last_used.clone());
+            ids.keys.insert(
+                hash,
+                KeyEntry {
+                    id: name.clone(),
+                    consumer: consumer.clone(),
+                    expires_unix_ms: spec.expires_unix_ms,
+                    last_used,
+                },
+            );
+        }
+        self.key_usage = usage;
+        ids.jwt = self
+            .jwt
+            .iter()
+            .map(|(n, (_, v))| (n.clone(), v.clone()))
+            .collect();
+        ids
     }
 }
 
@@ -370,4 +531,50 @@ pub fn spawn_snapshot_updates(
         }
     });
     out
+}
+
+/// Reports, in one `TouchApiKeys` command per `interval` (`--key-usage-report-ms`), the keys
+/// this node accepted since the last report: `keys list` shows "last used" to within that, at
+/// the cost of at most one Raft entry per node per interval. Never on the request path; a
+/// failed report is retried with the next one.
+pub async fn report_key_usage(
+    snapshot: SharedSnapshot,
+    proposer: crate::raft::proposer::Proposer,
+    interval: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut reported: HashMap<String, u64> = HashMap::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let current = snapshot.load_full();
+        let mut touched = std::collections::BTreeMap::new();
+        for key in current.identities.keys.values() {
+            let used = key.last_used.load(std::sync::atomic::Ordering::Relaxed);
+            if used > 0 && reported.get(&key.id).is_none_or(|r| used > *r) {
+                touched.insert(key.id.clone(), used);
+            }
+        }
+        if touched.is_empty() {
+            continue;
+        }
+        let cmd = pb::Command {
+            actor: "system".into(),
+            op: Some(pb::command::Op::TouchKeys(pb::TouchApiKeys {
+                last_used_unix_ms: touched.clone(),
+            })),
+            ..Default::default()
+        };
+        match proposer.write(cmd).await {
+            Ok(_) => {
+                reported.retain(|id, _| current.identities.keys.values().any(|k| &k.id == id));
+                reported.extend(touched);
+            }
+            Err(e) => tracing::debug!(error = %e, "API key usage not reported; will retry"),
+        }
+    }
 }

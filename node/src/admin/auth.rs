@@ -1,6 +1,13 @@
-//! Admin API authentication: `authorization: Bearer <token>` checked against the SHA-256
-//! hashes in the replicated state. Missing and wrong tokens get the same answer, so a caller
-//! learns nothing about which tokens exist.
+//! Admin API authentication and authorisation: `authorization: Bearer <token>` checked against
+//! the SHA-256 hashes in the replicated state, then the token's role against what the call
+//! needs. Missing and wrong tokens get the same answer, so a caller learns nothing about which
+//! tokens exist.
+//!
+//! Roles (the one table of who may do what is [`Role::allows`]):
+//! - `viewer`: read the cluster status and resources (secrets are always redacted).
+//! - `editor`: also write configuration and manage consumers' API keys, but not set secret
+//!   fields, manage admin tokens, read the audit log or change membership.
+//! - `admin`: everything.
 
 use konnect_proto::state::v1 as pb;
 use rand::RngCore;
@@ -12,6 +19,59 @@ use crate::raft::state::StateReader;
 
 /// Prefix of admin tokens, so a leaked one is recognisable (secret scanners, logs review).
 pub const TOKEN_PREFIX: &str = "kadm_";
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Cluster status, resource get/list/watch, key listings.
+    Read,
+    /// Resource writes that set no secret field; consumers' API keys.
+    Write,
+    /// Resource writes that set a secret field (private keys, credentials); rekeying.
+    WriteSecrets,
+    /// Admin tokens and the audit log.
+    ManageAccess,
+    /// Adding and removing nodes.
+    Membership,
+}
+
+impl Permission {
+    fn describe(self) -> &'static str {
+        match self {
+            Permission::Read => "read the configuration",
+            Permission::Write => "change the configuration",
+            Permission::WriteSecrets => "set secret fields",
+            Permission::ManageAccess => "manage admin tokens or read the audit log",
+            Permission::Membership => "change cluster membership",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Viewer,
+    Editor,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "editor" => Some(Role::Editor),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn allows(self, p: Permission) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Editor => matches!(p, Permission::Read | Permission::Write),
+            Role::Viewer => p == Permission::Read,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Authenticator {
@@ -45,6 +105,32 @@ impl Authenticator {
         }
         Err(AdminError::Unauthenticated)
     }
+}
+
+impl Authenticator {
+    /// The caller's token, if it is known and its role allows `needed`.
+    pub async fn authorize<T>(
+        &self,
+        req: &tonic::Request<T>,
+        needed: Permission,
+    ) -> Result<pb::AdminToken, AdminError> {
+        let token = self.check(req).await?;
+        require(&token, needed)?;
+        Ok(token)
+    }
+}
+
+/// Refuses a token whose role does not allow `needed` (an unknown role allows nothing).
+pub fn require(token: &pb::AdminToken, needed: Permission) -> Result<(), AdminError> {
+    if Role::parse(&token.role).is_some_and(|r| r.allows(needed)) {
+        return Ok(());
+    }
+    Err(AdminError::PermissionDenied(format!(
+        "token {:?} has the {} role, which may not {}",
+        token.name,
+        token.role,
+        needed.describe()
+    )))
 }
 
 /// SHA-256 of the bearer token the request carries.

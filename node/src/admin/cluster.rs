@@ -8,7 +8,7 @@ use konnect_proto::peer::v1 as peer;
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
-use super::auth::Authenticator;
+use super::auth::{Authenticator, Permission};
 use super::{count_request, AdminError};
 use crate::bootstrap;
 use crate::node::NodeHandle;
@@ -80,7 +80,7 @@ impl Cluster for ClusterService {
         req: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusResponse>, Status> {
         count_request("Status");
-        self.auth.check(&req).await?;
+        self.auth.authorize(&req, Permission::Read).await?;
         let m = self.node.raft.metrics().borrow().clone();
         Ok(Response::new(api::StatusResponse {
             cluster_id: self
@@ -108,7 +108,7 @@ impl Cluster for ClusterService {
         req: Request<api::AddNodeRequest>,
     ) -> Result<Response<api::MembershipResponse>, Status> {
         count_request("AddNode");
-        self.auth.check(&req).await?;
+        self.auth.authorize(&req, Permission::Membership).await?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(AdminError::invalid("node_id: node ids start at 1").into());
@@ -161,7 +161,7 @@ impl Cluster for ClusterService {
         req: Request<api::RemoveNodeRequest>,
     ) -> Result<Response<api::MembershipResponse>, Status> {
         count_request("RemoveNode");
-        self.auth.check(&req).await?;
+        self.auth.authorize(&req, Permission::Membership).await?;
         let id = req.into_inner().node_id;
         self.node
             .proposer

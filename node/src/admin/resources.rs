@@ -13,8 +13,8 @@ use konnect_proto::state::v1 as pb;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::auth::Authenticator;
-use super::{command_outcome, count_request, AdminError};
+use super::auth::{require, Authenticator, Permission};
+use super::{count_request, AdminError};
 use crate::node::NodeHandle;
 use crate::raft::state::{History, LabelSelector};
 use crate::resources;
@@ -38,6 +38,44 @@ fn known_kind(kind: &str) -> Result<(), AdminError> {
     }
 }
 
+/// Refuses writes of kinds made by their own service (API keys) and, for callers whose role
+/// may not set secrets, writes that set a secret field (sending `<redacted>` back keeps the
+/// stored value and needs no such right).
+fn check_writes(
+    token: &pb::AdminToken,
+    inputs: &[api::ResourceInput],
+    prune_kinds: &[String],
+) -> Result<(), AdminError> {
+    for kind in inputs.iter().map(|i| &i.kind).chain(prune_kinds) {
+        if let Some(how) = resources::managed_by(kind) {
+            return Err(AdminError::invalid(format!(
+                "{kind} resources cannot be written or pruned here: {how}"
+            )));
+        }
+    }
+    for input in inputs {
+        let Some(spec) = &input.spec else { continue };
+        let spec = konnect_proto::json::struct_to_json(spec);
+        for path in resources::secret_fields(&input.kind) {
+            let value = path.split('.').try_fold(&spec, |v, part| v.get(part));
+            let sets = match value {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::String(s)) => s != resources::REDACTED,
+                Some(_) => true,
+            };
+            if sets {
+                require(token, Permission::WriteSecrets).map_err(|_| {
+                    AdminError::PermissionDenied(format!(
+                        "{} {:?} sets the secret field spec.{path}; token {:?} has the {} role, which may not set secrets (send {} to keep the stored value)",
+                        input.kind, input.name, token.name, token.role, resources::REDACTED
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn to_write(input: api::ResourceInput, expected_revision: Option<u64>) -> pb::ResourceWrite {
     pb::ResourceWrite {
         kind: input.kind,
@@ -56,14 +94,7 @@ impl ResourceService {
         actor: &pb::AdminToken,
         op: pb::command::Op,
     ) -> Result<pb::ApplyResult, AdminError> {
-        let cmd = pb::Command {
-            leader_time_unix_ms: 0,
-            request_id,
-            actor: actor.id.clone(),
-            op: Some(op),
-        };
-        let (_, result) = self.node.proposer.write(cmd).await?;
-        match command_outcome(result)? {
+        match super::propose(&self.node, request_id, actor, op).await? {
             pb::command_result::Result::Apply(a) => Ok(a),
             _ => Err(AdminError::Internal("unexpected command result".into())),
         }
@@ -113,7 +144,8 @@ impl Resources for ResourceService {
         req: Request<api::ApplyRequest>,
     ) -> Result<Response<api::ApplyResponse>, Status> {
         count_request("Apply");
-        let token = self.auth.check(&req).await?;
+        let token = self.auth.authorize(&req, Permission::Write).await?;
+        check_writes(&token, &req.get_ref().resources, &req.get_ref().prune_kinds)?;
         let request_id = scoped_request_id(&req, &token);
         let r = req.into_inner();
         if r.resources.is_empty() && r.prune_kinds.is_empty() {
@@ -141,7 +173,8 @@ impl Resources for ResourceService {
         req: Request<api::CreateRequest>,
     ) -> Result<Response<pb::Resource>, Status> {
         count_request("Create");
-        let token = self.auth.check(&req).await?;
+        let token = self.auth.authorize(&req, Permission::Write).await?;
+        check_writes(&token, req.get_ref().resource.as_slice(), &[])?;
         let request_id = scoped_request_id(&req, &token);
         let input = req
             .into_inner()
@@ -163,7 +196,8 @@ impl Resources for ResourceService {
         req: Request<api::UpdateRequest>,
     ) -> Result<Response<pb::Resource>, Status> {
         count_request("Update");
-        let token = self.auth.check(&req).await?;
+        let token = self.auth.authorize(&req, Permission::Write).await?;
+        check_writes(&token, req.get_ref().resource.as_slice(), &[])?;
         let request_id = scoped_request_id(&req, &token);
         let r = req.into_inner();
         let input = r
@@ -186,7 +220,7 @@ impl Resources for ResourceService {
         req: Request<api::DeleteRequest>,
     ) -> Result<Response<api::DeleteResponse>, Status> {
         count_request("Delete");
-        let token = self.auth.check(&req).await?;
+        let token = self.auth.authorize(&req, Permission::Write).await?;
         let request_id = scoped_request_id(&req, &token);
         let r = req.into_inner();
         let result = self
@@ -207,7 +241,7 @@ impl Resources for ResourceService {
 
     async fn get(&self, req: Request<api::GetRequest>) -> Result<Response<pb::Resource>, Status> {
         count_request("Get");
-        self.auth.check(&req).await?;
+        self.auth.authorize(&req, Permission::Read).await?;
         let r = req.into_inner();
         known_kind(&r.kind)?;
         self.read_barrier(r.consistent).await?;
@@ -219,7 +253,7 @@ impl Resources for ResourceService {
         req: Request<api::ListRequest>,
     ) -> Result<Response<api::ListResponse>, Status> {
         count_request("List");
-        self.auth.check(&req).await?;
+        self.auth.authorize(&req, Permission::Read).await?;
         let r = req.into_inner();
         if !r.kind.is_empty() {
             known_kind(&r.kind)?;
@@ -257,7 +291,7 @@ impl Resources for ResourceService {
         req: Request<api::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         count_request("Watch");
-        self.auth.check(&req).await?;
+        self.auth.authorize(&req, Permission::Read).await?;
         let r = req.into_inner();
         if !r.kind.is_empty() {
             known_kind(&r.kind)?;
@@ -357,7 +391,7 @@ fn redact_path(spec: &mut prost_types::Struct, path: &str) {
 
 /// The client's `x-konnect-request-id` (the same on every retry of one logical write),
 /// scoped to the caller's token, so a retried write applies once.
-fn scoped_request_id<T>(req: &Request<T>, actor: &pb::AdminToken) -> String {
+pub(super) fn scoped_request_id<T>(req: &Request<T>, actor: &pb::AdminToken) -> String {
     req.metadata()
         .get("x-konnect-request-id")
         .and_then(|v| v.to_str().ok())

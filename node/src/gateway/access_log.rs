@@ -28,6 +28,8 @@ pub struct AccessEntry {
     pub bytes_sent: u64,
     pub complete: bool,
     pub consumer: Option<String>,
+    /// How the consumer was identified: `key:<id>`, `jwt:<provider>` or `mtls`.
+    pub credential: Option<String>,
     /// `hit`, `miss` or `bypass` on routes with a response cache.
     pub cache: Option<&'static str>,
     pub error: Option<String>,

@@ -29,6 +29,16 @@ pub enum GatewayError {
     UpstreamReset { upstream: String, detail: String },
     #[error("the upstream did not answer in time")]
     UpstreamTimeout { upstream: String },
+    /// Missing or invalid credentials. `reason` goes to the log only.
+    #[error("valid credentials are required for this route")]
+    Unauthorized { reason: &'static str, invalid: bool },
+    /// The caller is known but not allowed here. `reason` goes to the log only.
+    #[error("you are not allowed to use this route")]
+    Forbidden { reason: &'static str },
+    #[error("the request body's content type is not accepted here (accepted: {allowed})")]
+    UnsupportedMediaType { allowed: String },
+    #[error("the request body does not match the route's schema at {location:?}: {message}")]
+    SchemaViolation { location: String, message: String },
     #[error("internal error")]
     Internal(String),
 }
@@ -48,6 +58,10 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            GatewayError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::SchemaViolation { .. } => StatusCode::BAD_REQUEST,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +79,10 @@ impl GatewayError {
             GatewayError::UpstreamConnect { .. } => "upstream_unreachable",
             GatewayError::UpstreamReset { .. } => "upstream_reset",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::Unauthorized { .. } => "unauthorized",
+            GatewayError::Forbidden { .. } => "forbidden",
+            GatewayError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            GatewayError::SchemaViolation { .. } => "schema_violation",
             GatewayError::Internal(_) => "internal",
         }
     }
@@ -79,8 +97,19 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { upstream } => Some(upstream.clone()),
             GatewayError::CircuitOpen { service } => Some(format!("service {service}")),
             GatewayError::Internal(d) => Some(d.clone()),
+            GatewayError::Unauthorized { reason, .. } | GatewayError::Forbidden { reason } => {
+                Some((*reason).to_string())
+            }
             _ => None,
         }
+    }
+
+    /// Auth failures are expected traffic: their reason is logged at debug, not warn.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Unauthorized { .. } | GatewayError::Forbidden { .. }
+        )
     }
 
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
@@ -100,6 +129,17 @@ impl GatewayError {
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),
         );
+        if let GatewayError::Unauthorized { invalid, .. } = &self {
+            let challenge = if *invalid {
+                r#"Bearer realm="konnect", error="invalid_token""#
+            } else {
+                r#"Bearer realm="konnect""#
+            };
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static(challenge),
+            );
+        }
         resp
     }
 }

@@ -81,6 +81,30 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
+/// The client's address: the connection's peer, or, when the peer is a trusted proxy, the
+/// rightmost X-Forwarded-For hop that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut client = peer;
+    for v in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(v) = v.to_str() else { return client };
+        for hop in v.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !is_trusted(ip, trusted) {
+                        return ip;
+                    }
+                }
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
 /// Sets X-Forwarded-For/Proto/Host. Values the client sent are kept (and extended) only when
 /// the client is a trusted proxy; otherwise they are replaced, so nobody can spoof an address.
 pub fn set_forwarded(

@@ -57,14 +57,42 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A TLS acceptor that serves the snapshot's certificates.
-pub fn acceptor(snapshot: SharedSnapshot) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(SniResolver { snapshot }));
+/// A TLS acceptor that serves the snapshot's certificates. With `client_ca` (PEM bytes of CA
+/// certificates), clients are asked for a certificate and one they send must chain to those
+/// CAs; a client without one still connects, and routes decide (`auth.mtls`).
+pub fn acceptor(
+    snapshot: SharedSnapshot,
+    client_ca: Option<&[u8]>,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            use rustls_pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("no CA certificate found in the file".into());
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { snapshot }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

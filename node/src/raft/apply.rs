@@ -75,7 +75,11 @@ pub fn apply_command(txn: &mut WriteTxn, index: u64, cmd: &pb::Command) -> Appli
         Some(pb::command::Op::InitCluster(init)) => init_cluster(txn, init)?,
         Some(pb::command::Op::Apply(a)) => apply_resources(txn, index, now, a)?,
         Some(pb::command::Op::Delete(d)) => delete_resource(txn, index, now, d)?,
+        Some(pb::command::Op::CreateToken(c)) => create_token(txn, index, c)?,
+        Some(pb::command::Op::RevokeToken(r)) => revoke_token(txn, index, r)?,
+        Some(pb::command::Op::TouchKeys(t)) => touch_keys(txn, index, t)?,
     };
+    audit(txn, index, now, cmd, &result)?;
     if !cmd.request_id.is_empty() {
         remember_request(txn, &cmd.request_id, &result)?;
     }
@@ -122,6 +126,177 @@ fn init_cluster(txn: &mut WriteTxn, init: &pb::InitCluster) -> Applied {
     Ok(ok(Outcome::InitCluster(pb::InitClusterResult {
         cluster_id: init.cluster_id.clone(),
     })))
+}
+
+const ROLES: &[&str] = &["admin", "editor", "viewer"];
+
+fn create_token(txn: &mut WriteTxn, index: u64, c: &pb::CreateAdminToken) -> Applied {
+    let Some(token) = &c.token else {
+        return Ok(fail(ErrorCode::Invalid, "no token given"));
+    };
+    if !ROLES.contains(&token.role.as_str()) {
+        return Ok(fail_at(
+            ErrorCode::Invalid,
+            None,
+            "role",
+            format!(
+                "unknown role {:?} (use admin, editor or viewer)",
+                token.role
+            ),
+        ));
+    }
+    if let Err(e) = resources::validate_name(&token.name) {
+        return Ok(fail_at(ErrorCode::Invalid, None, "name", e.message));
+    }
+    if token.secret_sha256.len() != 32 {
+        return Ok(fail(ErrorCode::Invalid, "a token hash is 32 bytes"));
+    }
+    for (_, v) in txn.range(ADMIN_TOKENS, .., usize::MAX)? {
+        let t: pb::AdminToken = decode(&v, "admin token")?;
+        if t.id == token.id || t.secret_sha256 == token.secret_sha256 {
+            return Ok(fail(
+                ErrorCode::AlreadyExists,
+                format!("a token with id {} already exists", t.id),
+            ));
+        }
+        if t.name == token.name {
+            return Ok(fail(
+                ErrorCode::AlreadyExists,
+                format!("a token named {:?} already exists (id {})", t.name, t.id),
+            ));
+        }
+    }
+    txn.put(ADMIN_TOKENS, &token.secret_sha256, &token.encode_to_vec())?;
+    let mut shown = token.clone();
+    shown.secret_sha256.clear();
+    Ok(ok(Outcome::Token(pb::TokenResult {
+        token: Some(shown),
+        revision: index,
+    })))
+}
+
+fn revoke_token(txn: &mut WriteTxn, index: u64, r: &pb::RevokeAdminToken) -> Applied {
+    let all: Vec<(Vec<u8>, pb::AdminToken)> = txn
+        .range(ADMIN_TOKENS, .., usize::MAX)?
+        .into_iter()
+        .map(|(k, v)| decode(&v, "admin token").map(|t| (k, t)))
+        .collect::<Result<_, _>>()?;
+    let Some((key, token)) = all.iter().find(|(_, t)| t.id == r.id) else {
+        return Ok(fail(
+            ErrorCode::NotFound,
+            format!("no admin token with id {:?}", r.id),
+        ));
+    };
+    if token.role == "admin" && all.iter().filter(|(_, t)| t.role == "admin").count() == 1 {
+        return Ok(fail(
+            ErrorCode::InUse,
+            format!(
+                "token {} ({:?}) is the last admin token; create another admin token first",
+                token.id, token.name
+            ),
+        ));
+    }
+    txn.delete(ADMIN_TOKENS, key)?;
+    let mut shown = token.clone();
+    shown.secret_sha256.clear();
+    Ok(ok(Outcome::Token(pb::TokenResult {
+        token: Some(shown),
+        revision: index,
+    })))
+}
+
+/// Records when keys were last used: the latest time wins, for keys that still exist.
+fn touch_keys(txn: &mut WriteTxn, index: u64, t: &pb::TouchApiKeys) -> Applied {
+    for (name, at) in &t.last_used_unix_ms {
+        if txn.get(RESOURCES, &resource_key("ApiKey", name))?.is_none() {
+            continue;
+        }
+        let prior = u64_value(txn.get(API_KEY_LAST_USED, name.as_bytes())?);
+        if *at > prior {
+            txn.put(API_KEY_LAST_USED, name.as_bytes(), &at.to_be_bytes())?;
+        }
+    }
+    Ok(ok(Outcome::Apply(pb::ApplyResult {
+        changes: Vec::new(),
+        revision: index,
+    })))
+}
+
+/// Adds one entry to the audit log for a command that changed something on behalf of an
+/// admin caller, and drops the oldest beyond [`AUDIT_MEMORY`].
+fn audit(
+    txn: &mut WriteTxn,
+    index: u64,
+    now: u64,
+    cmd: &pb::Command,
+    result: &pb::CommandResult,
+) -> Result<(), StoreError> {
+    use pb::command::Op;
+    let mut entry = pb::AuditEntry {
+        revision: index,
+        leader_time_unix_ms: now,
+        actor: if cmd.actor.is_empty() {
+            "system".into()
+        } else {
+            cmd.actor.clone()
+        },
+        actor_name: cmd.actor_name.clone(),
+        request_id: cmd.request_id.clone(),
+        ..Default::default()
+    };
+    match (&cmd.op, &result.result) {
+        (Some(Op::InitCluster(init)), Some(Outcome::InitCluster(_))) => {
+            entry.action = "cluster.init".into();
+            entry.detail = format!("cluster id {}", init.cluster_id);
+        }
+        (Some(Op::Apply(_)), Some(Outcome::Apply(a))) => {
+            entry.changes = a
+                .changes
+                .iter()
+                .filter(|c| c.action != ChangeAction::Unchanged as i32)
+                .cloned()
+                .collect();
+            if entry.changes.is_empty() {
+                return Ok(());
+            }
+            entry.action = "resources.apply".into();
+        }
+        (Some(Op::Delete(_)), Some(Outcome::Apply(a))) => {
+            entry.action = "resources.delete".into();
+            entry.changes = a.changes.clone();
+        }
+        (Some(Op::CreateToken(_)), Some(Outcome::Token(t)))
+        | (Some(Op::RevokeToken(_)), Some(Outcome::Token(t))) => {
+            let created = matches!(cmd.op, Some(Op::CreateToken(_)));
+            entry.action = if created {
+                "token.create"
+            } else {
+                "token.revoke"
+            }
+            .into();
+            if let Some(t) = &t.token {
+                entry.detail = format!("token {} {:?} role {}", t.id, t.name, t.role);
+            }
+        }
+        _ => return Ok(()),
+    }
+    let seq = match txn.get(SM_META, KEY_AUDIT_CURSOR)? {
+        Some(b) if b.len() == 12 && event_revision(&b) == index => {
+            u32::from_be_bytes([b[8], b[9], b[10], b[11]])
+        }
+        _ => 0,
+    };
+    txn.put(AUDIT, &event_key(index, seq), &entry.encode_to_vec())?;
+    txn.put(SM_META, KEY_AUDIT_CURSOR, &event_key(index, seq + 1))?;
+    let mut count = u64_value(txn.get(SM_META, KEY_AUDIT_COUNT)?) + 1;
+    if count > AUDIT_MEMORY {
+        let excess = (count - AUDIT_MEMORY) as usize;
+        for (k, _) in txn.range(AUDIT, .., excess)? {
+            txn.delete(AUDIT, &k)?;
+            count -= 1;
+        }
+    }
+    txn.put(SM_META, KEY_AUDIT_COUNT, &count.to_be_bytes())
 }
 
 fn get_resource(
@@ -312,6 +487,9 @@ fn apply_resources(txn: &mut WriteTxn, index: u64, now: u64, a: &pb::ApplyResour
     }
     for mut d in deletes {
         txn.delete(RESOURCES, &resource_key(&d.kind, &d.name))?;
+        if d.kind == "ApiKey" {
+            txn.delete(API_KEY_LAST_USED, d.name.as_bytes())?;
+        }
         changes.push(pb::ResourceChange {
             kind: d.kind.clone(),
             name: d.name.clone(),
@@ -444,6 +622,9 @@ fn delete_resource(txn: &mut WriteTxn, index: u64, now: u64, d: &pb::DeleteResou
         return Ok(fail(ErrorCode::InUse, msg));
     }
     txn.delete(RESOURCES, &resource_key(&d.kind, &d.name))?;
+    if d.kind == "ApiKey" {
+        txn.delete(API_KEY_LAST_USED, d.name.as_bytes())?;
+    }
     existing.revision = index;
     existing.updated_unix_ms = now;
     let mut events = EventLog::open(txn, index)?;
@@ -538,6 +719,7 @@ mod tests {
         pb::Command {
             leader_time_unix_ms: 1,
             actor: "test".into(),
+            actor_name: "tester".into(),
             request_id: request_id.into(),
             op: Some(pb::command::Op::Apply(pb::ApplyResources {
                 writes: vec![pb::ResourceWrite {
@@ -581,6 +763,7 @@ mod tests {
         let batch = pb::Command {
             leader_time_unix_ms: 7,
             actor: "batch".into(),
+            actor_name: String::new(),
             request_id: String::new(),
             op: Some(pb::command::Op::Batch(pb::Batch {
                 commands: vec![

@@ -191,6 +191,7 @@ mod tests {
                 payload: EntryPayload::Normal(pb::Command {
                     leader_time_unix_ms: 42,
                     actor: "t".into(),
+                    actor_name: "n".into(),
                     request_id: "r".into(),
                     op: None,
                 }),

@@ -118,6 +118,7 @@ async fn propose_group(raft: &Raft, mut group: Vec<Pending>) {
         pb::Command {
             leader_time_unix_ms: 0,
             actor: "batch".into(),
+            actor_name: String::new(),
             request_id: String::new(),
             op: Some(pb::command::Op::Batch(pb::Batch {
                 commands: group.iter().map(|p| p.cmd.clone()).collect(),

@@ -23,6 +23,10 @@ pub const ADMIN_TOKENS: Table = Table("admin_tokens");
 pub const REQUESTS: Table = Table("requests");
 /// Sequence number -> request id: the order in which ids are forgotten.
 pub const REQUEST_ORDER: Table = Table("request_order");
+/// Big-endian (revision, sequence) -> `AuditEntry`: the bounded audit log of admin changes.
+pub const AUDIT: Table = Table("audit");
+/// ApiKey name -> big-endian u64: the latest use any node reported (unix ms).
+pub const API_KEY_LAST_USED: Table = Table("api_key_last_used");
 
 /// Every table of the state machine; a snapshot copies exactly these.
 pub const TABLES: &[Table] = &[
@@ -32,6 +36,8 @@ pub const TABLES: &[Table] = &[
     ADMIN_TOKENS,
     REQUESTS,
     REQUEST_ORDER,
+    AUDIT,
+    API_KEY_LAST_USED,
 ];
 
 pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -51,6 +57,12 @@ pub const KEY_REQUEST_SEQ: &[u8] = b"request_seq";
 /// (revision, next sequence) of the last events written, so several commands in one entry
 /// (a batch) append to the same revision without overwriting each other.
 pub const KEY_EVENT_CURSOR: &[u8] = b"event_cursor";
+
+/// How many admin changes the audit log keeps; the oldest are dropped first.
+pub const AUDIT_MEMORY: u64 = 100_000;
+pub const KEY_AUDIT_COUNT: &[u8] = b"audit_count";
+/// (revision, next sequence) of the last audit entry, like [`KEY_EVENT_CURSOR`].
+pub const KEY_AUDIT_CURSOR: &[u8] = b"audit_cursor";
 
 /// How many resource change events the watch history keeps (etcd keeps by revision too).
 pub const WATCH_HISTORY: u64 = 10_000;
@@ -287,6 +299,68 @@ impl StateReader {
             }
         }
         Ok(History::Events(out, applied))
+    }
+
+    /// Every admin token (few: they are made by hand).
+    pub fn tokens(&self) -> Result<Vec<pb::AdminToken>, StoreError> {
+        let txn = self.store.read()?;
+        txn.range(ADMIN_TOKENS, .., usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| decode(&v, "admin token"))
+            .collect()
+    }
+
+    /// Audit entries with a revision above `after_revision`, oldest first, at most `limit`
+    /// matching `keep`.
+    pub fn audit_after(
+        &self,
+        after_revision: u64,
+        limit: usize,
+        keep: impl Fn(&pb::AuditEntry) -> bool,
+    ) -> Result<Vec<pb::AuditEntry>, StoreError> {
+        let txn = self.store.read()?;
+        let from = event_key(after_revision.saturating_add(1), 0);
+        let mut out = Vec::new();
+        for (_, v) in txn.range(AUDIT, from.as_slice().., usize::MAX)? {
+            let e: pb::AuditEntry = decode(&v, "audit entry")?;
+            if keep(&e) {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` audit entries matching `keep`, newest first.
+    pub fn audit_newest(
+        &self,
+        limit: usize,
+        keep: impl Fn(&pb::AuditEntry) -> bool,
+    ) -> Result<Vec<pb::AuditEntry>, StoreError> {
+        let txn = self.store.read()?;
+        let mut out: Vec<pb::AuditEntry> = Vec::new();
+        for (_, v) in txn.range(AUDIT, .., usize::MAX)?.into_iter().rev() {
+            let e: pb::AuditEntry = decode(&v, "audit entry")?;
+            if keep(&e) {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// When each API key was last used, as far as the nodes reported (unix ms).
+    pub fn api_keys_last_used(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let txn = self.store.read()?;
+        Ok(txn
+            .range(API_KEY_LAST_USED, .., usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), u64_value(Some(v))))
+            .collect())
     }
 
     pub fn token_by_hash(&self, sha256: &[u8]) -> Result<Option<pb::AdminToken>, StoreError> {

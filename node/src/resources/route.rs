@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::access::{AclSpec, AuthSpec, IpRestriction, RequestValidation};
 use super::{parse_spec, KindDef, Reference, SpecError};
 use crate::gateway::cache::CacheSpec;
 use crate::gateway::router::{PathPattern, RouteRule, Router};
@@ -17,11 +18,21 @@ pub const KIND: KindDef = KindDef {
     name: "Route",
     validate: |spec| RouteSpec::parse(spec).map(|_| ()),
     references: |spec| match RouteSpec::parse(spec) {
-        Ok(r) => vec![Reference {
-            kind: "Service",
-            name: r.service,
-            field: "spec.service".into(),
-        }],
+        Ok(r) => {
+            let mut refs = vec![Reference {
+                kind: "Service",
+                name: r.service,
+                field: "spec.service".into(),
+            }];
+            for (i, p) in r.auth.into_iter().flat_map(|a| a.jwt).enumerate() {
+                refs.push(Reference {
+                    kind: "JwtProvider",
+                    name: p,
+                    field: format!("spec.auth.jwt[{i}]"),
+                });
+            }
+            refs
+        }
         Err(_) => Vec::new(),
     },
 };
@@ -70,6 +81,19 @@ pub struct RouteSpec {
     pub response: Option<ResponseTransform>,
     /// Name of the Service that receives the traffic.
     pub service: String,
+    /// Credentials callers must present (API key, JWT, client certificate). Default: none,
+    /// the route is public.
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    /// Which consumers may call the route (needs `auth`). Default: every identified consumer.
+    #[serde(default)]
+    pub acl: Option<AclSpec>,
+    /// Client addresses allowed or refused (CIDR). Default: all.
+    #[serde(default)]
+    pub ip_restriction: Option<IpRestriction>,
+    /// Content types and JSON Schema that request bodies must satisfy. Default: none.
+    #[serde(default)]
+    pub validate: Option<RequestValidation>,
 }
 
 /// Where the requested API version is read from.
@@ -271,6 +295,21 @@ impl RouteSpec {
         }
         if let Some(t) = &r.response {
             t.validate("spec.response")?;
+        }
+        if let Some(a) = &r.auth {
+            a.validate("spec.auth")?;
+        }
+        if r.acl.is_some() && r.auth.is_none() {
+            return Err(SpecError::new(
+                "spec.acl",
+                "an ACL needs auth: callers must be identified before they can be allowed",
+            ));
+        }
+        if let Some(ip) = &r.ip_restriction {
+            ip.parse("spec.ip_restriction")?;
+        }
+        if let Some(v) = &r.validate {
+            v.validate("spec.validate")?;
         }
         if r.service.is_empty() {
             return Err(SpecError::new("spec.service", "a service name is required"));
