@@ -682,3 +682,92 @@ async fn ip_lists_and_body_schemas_guard_routes() {
     .await;
     assert_eq!(r.status, 415);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_from_a_provider_name_consumers_by_claim() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let up = Upstream::start("echo").await;
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let secret = "an-hmac-secret-of-at-least-32-bytes!!";
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource("JwtProvider", "idp", json!({"issuer": "https://idp.test", "audiences": ["api"], "hmac_secret": secret})),
+                resource("Consumer", "alice", json!({"jwt_subjects": ["user-42"]})),
+                resource("Service", "echo", json!({"targets": [{"url": up.url()}]})),
+                resource("Route", "j", json!({"paths": ["/j"], "service": "echo", "auth": {"jwt": ["idp"]}})),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    let proxy = cluster.proxy_addr(1).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |claims: serde_json::Value, key: &str| {
+        let t = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap();
+        format!("Bearer {t}")
+    };
+    let good = token(
+        json!({"iss": "https://idp.test", "aud": "api", "sub": "user-42", "exp": now + 600}),
+        secret,
+    );
+    let r = until_status(&proxy, "/j", &[("authorization", &good)], 200).await;
+    assert_eq!(r.json()["headers"]["x-consumer-name"], "alice");
+    assert_eq!(r.json()["headers"]["x-credential"], "jwt:idp");
+    assert!(r.json()["headers"].get("authorization").is_none());
+    let refused = [
+        token(
+            json!({"iss": "https://idp.test", "aud": "api", "sub": "user-42", "exp": now - 600}),
+            secret,
+        ),
+        token(
+            json!({"iss": "https://other.test", "aud": "api", "sub": "user-42", "exp": now + 600}),
+            secret,
+        ),
+        token(
+            json!({"iss": "https://idp.test", "aud": "web", "sub": "user-42", "exp": now + 600}),
+            secret,
+        ),
+        token(
+            json!({"iss": "https://idp.test", "aud": "api", "sub": "user-42", "exp": now + 600}),
+            "a-different-secret-also-32-bytes-long",
+        ),
+        token(
+            json!({"iss": "https://idp.test", "aud": "api", "sub": "nobody", "exp": now + 600}),
+            secret,
+        ),
+        // alg none: header {"alg":"none"}, no signature.
+        format!("Bearer eyJhbGciOiJub25lIn0.{}.", {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(json!({"iss": "https://idp.test", "aud": "api", "sub": "user-42", "exp": now + 600}).to_string())
+        }),
+    ];
+    for t in &refused {
+        let r = http("GET", &proxy, "/j", &[("authorization", t)], "").await;
+        assert_eq!(r.status, 401, "{t}");
+        assert!(r.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token"));
+    }
+    // The provider's secret is never shown.
+    let stored = cluster
+        .client_of(1)
+        .get("JwtProvider", "idp", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        konnect_proto::json::struct_to_json(stored.spec.as_ref().unwrap())["hmac_secret"],
+        "<redacted>"
+    );
+}

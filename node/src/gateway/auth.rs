@@ -262,7 +262,15 @@ pub async fn authenticate(
         };
     }
     if !auth.jwt.is_empty() {
-        if let Some(token) = p.bearer.filter(|b| looks_like_jwt(b)) {
+        if let Some(token) = p.bearer {
+            if !looks_like_jwt(token) {
+                // Presented, but neither a key (checked above) nor a signed JWT (`alg: none`
+                // has an empty signature).
+                return Err(GatewayError::Unauthorized {
+                    reason: "malformed_token",
+                    invalid: true,
+                });
+            }
             return check_jwt(auth, ids, token, now_unix_ms / 1000)
                 .await
                 .map(Some)
