@@ -1151,3 +1151,71 @@ fn router_agrees_with_a_linear_scan_on_random_rules_and_requests() {
         }
     }
 }
+
+mod normalize_properties {
+    //! Property tests of the path normaliser: whatever a client sends, the result is either a
+    //! refusal or a canonical path that no spelling trick can move outside of.
+    use super::super::normalize_path;
+    use proptest::prelude::*;
+
+    /// Path-ish strings: segments of dots, letters, escapes (also of `.` and `/`), slashes and
+    /// odd bytes, so that traversal spellings come up often.
+    fn pathish() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_string()),
+            Just("//".to_string()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("%2e".to_string()),
+            Just("%2E%2e".to_string()),
+            Just("%2f".to_string()),
+            Just("%5c".to_string()),
+            Just("%00".to_string()),
+            Just("%".to_string()),
+            Just("%4".to_string()),
+            Just("\\".to_string()),
+            Just("é".to_string()),
+            Just(" ".to_string()),
+            "[a-z]{1,3}",
+            "%[0-9a-fA-F]{2}",
+            any::<char>().prop_map(|c| c.to_string()),
+        ];
+        prop::collection::vec(piece, 0..12).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn normalised_paths_are_canonical_fixed_points(raw in pathish()) {
+            let raw = format!("/{raw}");
+            if let Ok(p) = normalize_path(&raw) {
+                prop_assert!(p.starts_with('/'), "{p:?}");
+                prop_assert!(!p.contains("//"), "{p:?} from {raw:?}");
+                prop_assert!(!p.contains('\\'), "{p:?}");
+                for seg in p.split('/') {
+                    prop_assert!(seg != "." && seg != "..", "dot segment in {p:?} from {raw:?}");
+                    let lower = seg.to_ascii_lowercase();
+                    prop_assert!(!lower.contains("%2e") && !lower.contains("%2f") && !lower.contains("%5c"),
+                        "escaped dot or separator left in {p:?} from {raw:?}");
+                }
+                prop_assert!(p.bytes().all(|b| b.is_ascii_graphic()), "{p:?}");
+                prop_assert_eq!(normalize_path(&p).ok(), Some(p.clone()), "not a fixed point");
+            }
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(raw in any::<String>()) {
+            let _ = normalize_path(&raw);
+        }
+
+        /// A path under /public stays under /public unless it really climbs out with `..`:
+        /// no escape spelling climbs further than the plain one.
+        #[test]
+        fn escaped_dots_climb_exactly_like_plain_ones(depth in 0usize..4, tail in "[a-z]{1,4}") {
+            let plain = format!("/public/{}{tail}", "../".repeat(depth));
+            let escaped = format!("/public/{}{tail}", "%2e%2E/".repeat(depth));
+            prop_assert_eq!(normalize_path(&plain).ok(), normalize_path(&escaped).ok());
+        }
+    }
+}
