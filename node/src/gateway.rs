@@ -17,6 +17,7 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod jwt;
+pub mod redact;
 pub mod router;
 pub mod tls;
 pub mod transform;
@@ -205,7 +206,8 @@ impl Gateway {
                 client_ip: client.ip().to_string(),
                 method: req.method().to_string(),
                 host: request_host(&req).unwrap_or_default(),
-                path: req.uri().path().to_string(),
+                path: snapshot.redactor.text(req.uri().path()).into_owned(),
+                query: req.uri().query().map(|q| snapshot.redactor.query(q)),
                 ..Default::default()
             }
         } else {
@@ -287,7 +289,7 @@ impl Gateway {
         }
         let path = router::normalize_path(req.uri().path())
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-        entry.path = path.clone();
+        entry.path = snapshot.redactor.text(&path).into_owned();
         let host = request_host(&req);
 
         // Phase: match_route.

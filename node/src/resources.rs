@@ -11,6 +11,7 @@ pub mod certificate;
 pub mod consumer;
 pub mod duration;
 pub mod jwt_provider;
+pub mod log_redaction;
 pub mod route;
 pub mod service;
 
@@ -58,6 +59,7 @@ pub const KINDS: &[KindDef] = &[
     consumer::TEAM,
     consumer::CONSUMER,
     api_key::KIND,
+    log_redaction::KIND,
 ];
 
 /// Kinds the Resources API may read and delete but not write: they are made by their own

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::gateway::auth::{ConsumerEntry, Identities, KeyEntry, RouteAccess};
 use crate::gateway::cache::ResponseCache;
 use crate::gateway::jwt::JwtVerifier;
+use crate::gateway::redact::Redactor;
 use crate::gateway::router::{RouteRule, Router};
 use crate::gateway::tls::CertStore;
 use crate::gateway::upstream::Upstream;
@@ -24,6 +25,7 @@ use crate::resources::api_key::ApiKeySpec;
 use crate::resources::certificate::CertificateSpec;
 use crate::resources::consumer::ConsumerSpec;
 use crate::resources::jwt_provider::JwtProviderSpec;
+use crate::resources::log_redaction::LogRedactionSpec;
 use crate::resources::route::RouteSpec;
 use crate::resources::service::ServiceSpec;
 use konnect_proto::state::v1 as pb;
@@ -41,6 +43,7 @@ const GATEWAY_KINDS: &[&str] = &[
     "Consumer",
     "ApiKey",
     "JwtProvider",
+    "LogRedaction",
 ];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
@@ -63,6 +66,8 @@ pub struct GatewaySnapshot {
     pub certificates: CertStore,
     /// Consumers and their credentials.
     pub identities: Arc<Identities>,
+    /// What access and call logs must mask.
+    pub redactor: Arc<Redactor>,
 }
 
 impl GatewaySnapshot {
@@ -73,6 +78,7 @@ impl GatewaySnapshot {
             routes: Vec::new(),
             certificates: CertStore::default(),
             identities: Arc::new(Identities::default()),
+            redactor: Arc::new(Redactor::default()),
         }
     }
 }
@@ -100,6 +106,8 @@ pub struct SnapshotBuilder {
     /// its provider is unchanged.
     jwt: BTreeMap<String, (u64, Arc<JwtVerifier>)>,
     identities: Arc<Identities>,
+    redactions: BTreeMap<String, LogRedactionSpec>,
+    redactor: Arc<Redactor>,
     /// Certificate name -> (SNI names, key).
     certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
     /// Route name -> (route revision, cache).
@@ -125,6 +133,8 @@ impl SnapshotBuilder {
             key_usage: HashMap::new(),
             jwt: BTreeMap::new(),
             identities: Arc::new(Identities::default()),
+            redactions: BTreeMap::new(),
+            redactor: Arc::new(Redactor::default()),
             caches: HashMap::new(),
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
         }
@@ -166,6 +176,11 @@ impl SnapshotBuilder {
                 .keys()
                 .map(|n| ("JwtProvider".to_string(), n.clone())),
         );
+        known.extend(
+            self.redactions
+                .keys()
+                .map(|n| ("LogRedaction".to_string(), n.clone())),
+        );
         for key in known {
             if !changes.iter().any(|(k, _)| *k == key) {
                 changes.push((key, None));
@@ -193,6 +208,7 @@ impl SnapshotBuilder {
     ) -> Result<GatewaySnapshot, String> {
         let mut routes_changed = full;
         let mut identities_changed = full;
+        let mut redactions_changed = full;
         for ((kind, name), resource) in changes {
             match (kind.as_str(), resource) {
                 ("Service", None) => {
@@ -293,6 +309,19 @@ impl SnapshotBuilder {
                         }
                     }
                 }
+                ("LogRedaction", r) => {
+                    redactions_changed = true;
+                    self.redactions.remove(&name);
+                    if let Some(r) = r {
+                        match LogRedactionSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
+                        {
+                            Ok(spec) => {
+                                self.redactions.insert(name, spec);
+                            }
+                            Err(e) => skip("LogRedaction", &name, e.to_string()),
+                        }
+                    }
+                }
                 ("JwtProvider", None) => {
                     identities_changed |= self.jwt.remove(&name).is_some();
                 }
@@ -324,6 +353,19 @@ impl SnapshotBuilder {
         }
         if identities_changed {
             self.identities = Arc::new(self.build_identities());
+        }
+        if redactions_changed || routes_changed {
+            // Query parameters that routes read API keys from are masked too.
+            let key_params: Vec<String> = self
+                .routes
+                .values()
+                .filter_map(|(_, spec, ..)| spec.auth.as_ref()?.key_query.clone())
+                .collect();
+            let specs: Vec<LogRedactionSpec> = self.redactions.values().cloned().collect();
+            match Redactor::new(&specs, &key_params) {
+                Ok(r) => self.redactor = Arc::new(r),
+                Err(e) => skip("LogRedaction", "*", e),
+            }
         }
 
         // Routes whose service is missing are left out (the state machine keeps references
@@ -387,6 +429,7 @@ impl SnapshotBuilder {
             routes: entries,
             certificates,
             identities: self.identities.clone(),
+            redactor: self.redactor.clone(),
         })
     }
 

@@ -771,3 +771,51 @@ async fn jwts_from_a_provider_name_consumers_by_claim() {
         "<redacted>"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_logs_mask_keys_and_configured_patterns() {
+    let up = Upstream::start("echo").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let cluster = Cluster::start_initialised(1, &["--access-log", log.to_str().unwrap()]).await;
+    let client = cluster.client_of(1);
+    client
+        .apply(
+            vec![
+                resource("LogRedaction", "pci", json!({"patterns": [r"\b\d(?:[ -]?\d){12,15}\b"], "query_params": ["ssn"]})),
+                resource("Consumer", "alice", json!({})),
+                resource("Service", "echo", json!({"targets": [{"url": up.url()}]})),
+                resource("Route", "pay", json!({"paths": ["/pay"], "service": "echo", "auth": {"key": true, "key_query": "k"}})),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    let proxy = cluster.proxy_addr(1).await;
+    let key = client.create_key("alice", None, "").await.unwrap().key;
+    // Once the configuration (and with it the redaction rules) is live...
+    until_status(&proxy, "/pay/x", &[("x-api-key", &key)], 200).await;
+    let path = format!("/pay/4111-1111-1111-1111?k={key}&ssn=078-05-1120&page=2");
+    assert_eq!(http("GET", &proxy, &path, &[], "").await.status, 200);
+    let text = wait_for("the access log line", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("page=2").then_some(text)
+    })
+    .await;
+    assert!(!text.contains(&key[4..]), "key in the access log: {text}");
+    assert!(
+        !text.contains("4111-1111"),
+        "card number in the access log: {text}"
+    );
+    assert!(!text.contains("078-05"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("page=2"))
+        .expect("the line");
+    assert!(
+        line.contains("k=[redacted]") && line.contains("page=2"),
+        "{line}"
+    );
+    assert!(line.contains("/pay/[redacted]"), "{line}");
+    assert!(line.contains("\"consumer\":\"alice\""), "{line}");
+}

@@ -2,7 +2,9 @@
 //! path never waits on disk. When the writer falls behind, lines are dropped and counted
 //! (`konnect_proxy_access_log_dropped_total`) rather than slowing traffic.
 //!
-//! No header values are logged, so credentials in headers cannot leak into the log.
+//! No header values are logged, so credentials in headers cannot leak into the log; the path
+//! and query pass through the snapshot's `Redactor` (LogRedaction resources and built-in
+//! credential parameters) first.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,6 +20,8 @@ pub struct AccessEntry {
     pub method: String,
     pub host: String,
     pub path: String,
+    /// The query string, with credential-like parameters and LogRedaction matches masked.
+    pub query: Option<String>,
     pub route: Option<String>,
     pub service: Option<String>,
     pub upstream: Option<String>,
