@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod certs;
 pub mod config;
 pub mod gateway;
 pub mod node;
