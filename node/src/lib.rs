@@ -5,6 +5,7 @@ pub mod admin;
 pub mod bootstrap;
 pub mod certs;
 pub mod config;
+pub mod control_tls;
 pub mod gateway;
 pub mod node;
 pub mod raft;
