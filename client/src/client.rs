@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
@@ -26,6 +26,7 @@ use konnect_proto::admin::v1::{
     WatchRequest,
 };
 use konnect_proto::state::v1::Resource;
+use rustls::client::danger::ServerCertVerifier;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -112,9 +113,11 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        // Built once, for the first https:// endpoint (reading the system's CAs takes a while).
+        let mut verifier = None;
         let endpoints = endpoints
             .into_iter()
-            .map(|address| configure_endpoint(&address, &trust))
+            .map(|address| configure_endpoint(&address, &trust, &mut verifier))
             .collect::<Result<Vec<_>, _>>()?;
         let auth = match token.filter(|token| !token.trim().is_empty()) {
             None => BearerToken(None),
@@ -468,17 +471,27 @@ impl Client {
     }
 }
 
-fn configure_endpoint(address: &str, trust: &TrustRoots) -> Result<Endpoint, ClientError> {
+fn configure_endpoint(
+    address: &str,
+    trust: &TrustRoots,
+    verifier: &mut Option<Arc<dyn ServerCertVerifier>>,
+) -> Result<Endpoint, ClientError> {
     let invalid = |error: tonic::transport::Error| ClientError::InvalidEndpoint {
         endpoint: address.to_string(),
         reason: error_chain(&error),
     };
     let mut endpoint = Endpoint::from_shared(address.to_string()).map_err(invalid)?;
     if endpoint.uri().scheme_str() == Some("https") {
-        let verifier = trust.verifier().map_err(|reason| ClientError::TlsSetup {
-            endpoint: address.to_string(),
-            reason,
-        })?;
+        let verifier = match verifier {
+            Some(v) => v.clone(),
+            None => {
+                let built = trust.verifier().map_err(|reason| ClientError::TlsSetup {
+                    endpoint: address.to_string(),
+                    reason,
+                })?;
+                verifier.insert(built).clone()
+            }
+        };
         endpoint = endpoint
             .tls_config_with_verifier(ClientTlsConfig::new().timeout(CONNECT_TIMEOUT), verifier)
             .map_err(invalid)?;
