@@ -61,7 +61,7 @@ pub async fn identify(
             }
             Err((_, s)) if Instant::now() >= deadline => {
                 return Err(AdminError::Unavailable(format!(
-                    "the node at {peer_addr} did not answer on its peer port: {}; is it running?",
+                    "the node at {peer_addr} did not answer on its peer port: {}; is it running, with --peer-tls-* if and only if this node has them?",
                     s.message()
                 )))
             }
