@@ -6,22 +6,29 @@ pub mod cluster;
 pub mod output;
 pub mod resources;
 
-use konnect_client::{Client, ClientError};
+use konnect_client::{Client, ClientError, TrustRoots};
 
 use output::OutputFormat;
 
 /// What every command needs from the global options.
 pub struct Context {
-    /// Admin endpoints, already normalised (`http://host:port`).
+    /// Admin endpoints, already normalised (`http://host:port`, `https://host:port`).
     pub endpoints: Vec<String>,
     /// The admin token; never printed.
     pub token: Option<String>,
+    /// The CAs `https://` endpoints are verified against (`--ca`, or the system's).
+    pub trust: TrustRoots,
     pub output: OutputFormat,
 }
 
 impl Context {
     /// Connects to the first reachable endpoint.
     pub async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect(self.endpoints.clone(), self.token.clone()).await
+        Client::connect_with_trust(
+            self.endpoints.clone(),
+            self.token.clone(),
+            self.trust.clone(),
+        )
+        .await
     }
 }

@@ -6,10 +6,14 @@
 //! answer, including an application error, is final. Writes retried on another endpoint after
 //! `Unavailable` are safe for `Apply`, `Update` with a revision, and `Delete` with a revision;
 //! a retried `Create` may report `AlreadyExists` for a resource the first attempt created.
+//!
+//! `https://` endpoints speak TLS, verifying the node's certificate against `TrustRoots` (the
+//! system's CAs, or the cluster CA of `--ca`). When every endpoint fails in the handshake the
+//! error says so (`ClientError::Tls`) instead of calling the nodes unreachable.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
@@ -30,13 +34,15 @@ use konnect_proto::admin::v1::{
     RevokeKeyRequest, RevokeKeyResponse, RevokeTokenRequest, RevokeTokenResponse, RotateKeyRequest,
 };
 use konnect_proto::state::v1::Resource;
+use rustls::client::danger::ServerCertVerifier;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 use crate::error::{error_chain, status_message, EndpointFailure};
+use crate::tls::{tls_failure, TrustRoots};
 use crate::ClientError;
 
 /// How long to wait for a TCP/HTTP2 connection to one endpoint before trying the next.
@@ -67,6 +73,8 @@ pub struct Client {
     /// Index of the endpoint that answered last; calls start there.
     current: AtomicUsize,
     auth: BearerToken,
+    /// The CAs `https://` endpoints are verified against.
+    trust: TrustRoots,
 }
 
 /// Adds `authorization: Bearer <token>` to every request when a token is set.
@@ -84,20 +92,40 @@ impl Client {
         endpoints: Vec<String>,
         token: Option<String>,
     ) -> Result<Client, ClientError> {
-        let client = Client::new(endpoints, token)?;
+        Client::connect_with_trust(endpoints, token, TrustRoots::System).await
+    }
+
+    /// Like `connect`, verifying `https://` endpoints against `trust`.
+    pub async fn connect_with_trust(
+        endpoints: Vec<String>,
+        token: Option<String>,
+        trust: TrustRoots,
+    ) -> Result<Client, ClientError> {
+        let client = Client::with_trust(endpoints, token, trust)?;
         client.connect_any().await?;
         Ok(client)
     }
 
     /// Like `connect` but does not touch the network until the first call. An empty token
-    /// counts as none.
+    /// counts as none. `https://` endpoints are verified against the system's CAs.
     pub fn new(endpoints: Vec<String>, token: Option<String>) -> Result<Client, ClientError> {
+        Client::with_trust(endpoints, token, TrustRoots::System)
+    }
+
+    /// Like `new`, verifying `https://` endpoints against `trust` (`--ca`).
+    pub fn with_trust(
+        endpoints: Vec<String>,
+        token: Option<String>,
+        trust: TrustRoots,
+    ) -> Result<Client, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        // Built once, for the first https:// endpoint (reading the system's CAs takes a while).
+        let mut verifier = None;
         let endpoints = endpoints
             .into_iter()
-            .map(|address| configure_endpoint(&address))
+            .map(|address| configure_endpoint(&address, &trust, &mut verifier))
             .collect::<Result<Vec<_>, _>>()?;
         let auth = match token.filter(|token| !token.trim().is_empty()) {
             None => BearerToken(None),
@@ -114,6 +142,7 @@ impl Client {
             endpoints,
             current: AtomicUsize::new(0),
             auth,
+            trust,
         })
     }
 
@@ -494,18 +523,14 @@ impl Client {
     {
         let start = self.current_index();
         let count = self.endpoints.len();
-        let mut failures = Vec::new();
+        let mut failures = Failures::default();
         for step in 0..count {
             let index = (start + step) % count;
             let name = endpoint_name(&self.endpoints[index]);
             let channel = match self.channel(index).await {
                 Ok(channel) => channel,
                 Err(error) => {
-                    failures.push(EndpointFailure {
-                        endpoint: name,
-                        code: None,
-                        reason: error_chain(&error),
-                    });
+                    failures.push(name, None, &error, &self.trust);
                     continue;
                 }
             };
@@ -515,11 +540,7 @@ impl Client {
                     return Ok((response.into_inner(), name));
                 }
                 Err(status) if is_endpoint_failure(&status) => {
-                    failures.push(EndpointFailure {
-                        endpoint: name,
-                        code: Some(status.code()),
-                        reason: status_message(&status),
-                    });
+                    failures.push(name, Some(status.code()), &status, &self.trust);
                 }
                 Err(status) => {
                     self.current.store(index, Ordering::Relaxed);
@@ -527,17 +548,14 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::Unreachable {
-            tried: failures.iter().map(|f| f.endpoint.clone()).collect(),
-            failures,
-        })
+        Err(failures.into_error())
     }
 
     /// Connects to the first reachable endpoint, starting at the current one.
     async fn connect_any(&self) -> Result<(), ClientError> {
         let start = self.current_index();
         let count = self.endpoints.len();
-        let mut failures = Vec::new();
+        let mut failures = Failures::default();
         for step in 0..count {
             let index = (start + step) % count;
             match self.channel(index).await {
@@ -545,17 +563,15 @@ impl Client {
                     self.current.store(index, Ordering::Relaxed);
                     return Ok(());
                 }
-                Err(error) => failures.push(EndpointFailure {
-                    endpoint: endpoint_name(&self.endpoints[index]),
-                    code: None,
-                    reason: error_chain(&error),
-                }),
+                Err(error) => failures.push(
+                    endpoint_name(&self.endpoints[index]),
+                    None,
+                    &error,
+                    &self.trust,
+                ),
             }
         }
-        Err(ClientError::Unreachable {
-            tried: failures.iter().map(|f| f.endpoint.clone()).collect(),
-            failures,
-        })
+        Err(failures.into_error())
     }
 
     /// The cached channel to endpoint `index`, connecting (within `CONNECT_TIMEOUT`) if there
@@ -582,13 +598,31 @@ impl Client {
     }
 }
 
-fn configure_endpoint(address: &str) -> Result<Endpoint, ClientError> {
-    let endpoint = Endpoint::from_shared(address.to_string()).map_err(|error| {
-        ClientError::InvalidEndpoint {
-            endpoint: address.to_string(),
-            reason: error_chain(&error),
-        }
-    })?;
+fn configure_endpoint(
+    address: &str,
+    trust: &TrustRoots,
+    verifier: &mut Option<Arc<dyn ServerCertVerifier>>,
+) -> Result<Endpoint, ClientError> {
+    let invalid = |error: tonic::transport::Error| ClientError::InvalidEndpoint {
+        endpoint: address.to_string(),
+        reason: error_chain(&error),
+    };
+    let mut endpoint = Endpoint::from_shared(address.to_string()).map_err(invalid)?;
+    if endpoint.uri().scheme_str() == Some("https") {
+        let verifier = match verifier {
+            Some(v) => v.clone(),
+            None => {
+                let built = trust.verifier().map_err(|reason| ClientError::TlsSetup {
+                    endpoint: address.to_string(),
+                    reason,
+                })?;
+                verifier.insert(built).clone()
+            }
+        };
+        endpoint = endpoint
+            .tls_config_with_verifier(ClientTlsConfig::new().timeout(CONNECT_TIMEOUT), verifier)
+            .map_err(invalid)?;
+    }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -598,6 +632,51 @@ fn configure_endpoint(address: &str) -> Result<Endpoint, ClientError> {
 
 fn endpoint_name(endpoint: &Endpoint) -> String {
     endpoint.uri().to_string().trim_end_matches('/').to_string()
+}
+
+/// Why each endpoint failed one call, and whether every failure was a TLS handshake.
+#[derive(Default)]
+struct Failures {
+    all: Vec<EndpointFailure>,
+    /// The TLS failures, as (endpoint, reason).
+    tls: Vec<(String, String)>,
+}
+
+impl Failures {
+    fn push(
+        &mut self,
+        endpoint: String,
+        code: Option<Code>,
+        error: &(dyn std::error::Error + 'static),
+        trust: &TrustRoots,
+    ) {
+        let reason = match tls_failure(error, trust) {
+            Some(reason) => {
+                self.tls.push((endpoint.clone(), reason.clone()));
+                format!("TLS handshake failed: {reason}")
+            }
+            None => match error.downcast_ref::<tonic::Status>() {
+                Some(status) => status_message(status),
+                None => error_chain(error),
+            },
+        };
+        self.all.push(EndpointFailure {
+            endpoint,
+            code,
+            reason,
+        });
+    }
+
+    fn into_error(self) -> ClientError {
+        if !self.tls.is_empty() && self.tls.len() == self.all.len() {
+            let (endpoint, reason) = self.tls.into_iter().next().expect("not empty");
+            return ClientError::Tls { endpoint, reason };
+        }
+        ClientError::Unreachable {
+            tried: self.all.iter().map(|f| f.endpoint.clone()).collect(),
+            failures: self.all,
+        }
+    }
 }
 
 // === impl BearerToken ===

@@ -31,6 +31,19 @@ pub enum ClientError {
     )]
     InvalidToken,
 
+    /// The `--ca` file cannot be used.
+    #[error("--ca {path}: {reason}")]
+    InvalidCa { path: String, reason: String },
+
+    /// TLS cannot be set up for an `https://` endpoint (no CA to verify it with).
+    #[error("cannot set up TLS for {endpoint}: {reason}")]
+    TlsSetup { endpoint: String, reason: String },
+
+    /// Every endpoint failed, each in the TLS handshake (an untrusted certificate, a plain
+    /// server): the first one is reported, since the fix is the same for all.
+    #[error("TLS handshake with {endpoint} failed: {reason}")]
+    Tls { endpoint: String, reason: String },
+
     /// Every endpoint failed at the transport level or answered `Unavailable`.
     #[error(
         "no endpoint reachable (tried {}): {}",
@@ -122,8 +135,10 @@ impl ClientError {
         match self {
             ClientError::NoEndpoints
             | ClientError::InvalidEndpoint { .. }
-            | ClientError::InvalidToken => Code::InvalidArgument,
-            ClientError::Unreachable { .. } => Code::Unavailable,
+            | ClientError::InvalidToken
+            | ClientError::InvalidCa { .. }
+            | ClientError::TlsSetup { .. } => Code::InvalidArgument,
+            ClientError::Unreachable { .. } | ClientError::Tls { .. } => Code::Unavailable,
             ClientError::Status { code, .. } | ClientError::StreamBroken { code, .. } => *code,
         }
     }
@@ -144,7 +159,9 @@ impl ClientError {
             ClientError::Status { endpoint, .. } | ClientError::StreamBroken { endpoint, .. } => {
                 Some(endpoint)
             }
-            ClientError::InvalidEndpoint { endpoint, .. } => Some(endpoint),
+            ClientError::InvalidEndpoint { endpoint, .. }
+            | ClientError::TlsSetup { endpoint, .. }
+            | ClientError::Tls { endpoint, .. } => Some(endpoint),
             _ => None,
         }
     }

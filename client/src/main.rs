@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use konnect_client::{parse_endpoint_list, ClientError, ManifestErrors};
+use konnect_client::{
+    parse_endpoint_list_with_default_scheme, ClientError, ManifestErrors, TrustRoots,
+};
 
 use cli::output::OutputFormat;
 use cli::Context;
@@ -18,17 +20,23 @@ use cli::Context;
 #[derive(Parser)]
 #[command(name = "konnectctl", version, max_term_width = 100)]
 struct Cli {
-    /// Admin API endpoints, comma-separated; a bare host:port means http://host:port. Each
-    /// call starts at the endpoint that answered last and moves to the next one when a node
-    /// cannot be reached or is unavailable.
+    /// Admin API endpoints, comma-separated; a bare host:port means http://host:port, or
+    /// https://host:port with --ca. Each call starts at the endpoint that answered last and
+    /// moves to the next one when a node cannot be reached or is unavailable.
     #[arg(
         long,
         global = true,
         env = "KONNECT_ENDPOINT",
-        default_value = "http://127.0.0.1:7201",
+        default_value = "127.0.0.1:7201",
         value_name = "URL[,URL...]"
     )]
     endpoint: String,
+
+    /// PEM file of the CA that signed the nodes' admin certificates (ca.pem of `konnect certs
+    /// init`): the only CA trusted on https:// endpoints, and bare host:port endpoints then
+    /// mean https://. Without it, https:// endpoints are verified against the system's CAs.
+    #[arg(long, global = true, env = "KONNECT_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
 
     /// Admin token, sent as `authorization: Bearer <token>`.
     #[arg(
@@ -109,9 +117,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => Some(read_token_file(path)?),
         None => cli.token.filter(|token| !token.trim().is_empty()),
     };
+    let (trust, scheme) = match &cli.ca {
+        Some(path) => (TrustRoots::ca_file(path)?, "https"),
+        None => (TrustRoots::System, "http"),
+    };
+    let endpoints = parse_endpoint_list_with_default_scheme(&cli.endpoint, scheme)?;
+    if let Some(path) = &cli.ca {
+        if let Some(plain) = endpoints.iter().find(|e| e.starts_with("http://")) {
+            bail!(
+                "--ca {} is given, but endpoint {plain} is plain HTTP: write it as https://{} (or drop --ca)",
+                path.display(),
+                plain.trim_start_matches("http://")
+            );
+        }
+    }
     let context = Context {
-        endpoints: parse_endpoint_list(&cli.endpoint)?,
+        endpoints,
         token,
+        trust,
         output: cli.output,
     };
     match cli.command {
@@ -156,6 +179,16 @@ fn report(error: &anyhow::Error) {
             }
             tonic::Code::PermissionDenied => text.push_str("; use a token whose role allows this"),
             _ => {}
+        }
+        // A TLS server answers an h2c preface with a TLS alert record, which HTTP/2 reads as
+        // a frame header with an impossible length.
+        let plain = client_error
+            .endpoint()
+            .is_some_and(|e| e.starts_with("http://"));
+        if plain && text.contains("frame with invalid size") {
+            text.push_str(
+                "; the node may require TLS (--admin-tls-cert): use an https:// endpoint and --ca",
+            );
         }
     }
     eprintln!("error: {text}");

@@ -41,17 +41,27 @@ pub async fn identify(
         let req = node
             .channels
             .request(peer::IdentifyRequest {}, Duration::from_secs(3));
-        match client.identify(req).await {
+        let answer = client
+            .identify(req)
+            .await
+            .map_err(|s| (crate::control_tls::tls_failure(&s).is_some(), s));
+        match answer {
             Ok(r) => return Ok(r.into_inner()),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            // A certificate problem does not go away by waiting: say so at once.
+            Err((true, s)) => {
+                return Err(AdminError::FailedPrecondition(
+                    node.channels.explain(peer_addr, s).message().to_string(),
+                ))
+            }
+            Err((_, s)) if s.code() == tonic::Code::FailedPrecondition => {
                 return Err(AdminError::FailedPrecondition(format!(
                     "the node at {peer_addr} refused: {}",
                     s.message()
                 )))
             }
-            Err(s) if Instant::now() >= deadline => {
+            Err((_, s)) if Instant::now() >= deadline => {
                 return Err(AdminError::Unavailable(format!(
-                    "the node at {peer_addr} did not answer on its peer port: {}; is it running?",
+                    "the node at {peer_addr} did not answer on its peer port: {}; is it running, with --peer-tls-* if and only if this node has them?",
                     s.message()
                 )))
             }

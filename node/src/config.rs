@@ -40,13 +40,41 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Address for node-to-node traffic (Raft, bootstrap, write forwarding); other nodes
-    /// dial it. Default: 127.0.0.1:7101.
+    /// dial it. A non-loopback address without --peer-tls-cert gets a warning at start.
+    /// Default: 127.0.0.1:7101.
     #[arg(long, env = "KONNECT_PEER_ADDR")]
     pub peer_addr: Option<SocketAddr>,
 
-    /// Address of the gRPC admin API (konnectctl). Default: 127.0.0.1:7201 (loopback only).
+    /// Address of the gRPC admin API (konnectctl). A non-loopback address without
+    /// --admin-tls-cert gets a warning at start. Default: 127.0.0.1:7201 (loopback only).
     #[arg(long, env = "KONNECT_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
+
+    /// PEM certificate (chain) the admin API presents; with --admin-tls-key the admin port
+    /// speaks TLS only (`konnectctl --ca`). Both or neither. Default: none (plain gRPC).
+    #[arg(long, env = "KONNECT_ADMIN_TLS_CERT", value_name = "FILE")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --admin-tls-cert. Both or neither.
+    #[arg(long, env = "KONNECT_ADMIN_TLS_KEY", value_name = "FILE")]
+    pub admin_tls_key: Option<PathBuf>,
+
+    /// PEM certificate (chain) of this node on the peer port, presented to peers both as
+    /// server and as client; issued by --peer-tls-ca. With --peer-tls-key and --peer-tls-ca
+    /// the peer port requires mutual TLS. All three or none; every node of a cluster alike.
+    /// Default: none (plain gRPC).
+    #[arg(long, env = "KONNECT_PEER_TLS_CERT", value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --peer-tls-cert. All three peer TLS flags or none.
+    #[arg(long, env = "KONNECT_PEER_TLS_KEY", value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// PEM file of the cluster CA (one or more certificates): the only roots trusted on the
+    /// peer port, for peers' server and client certificates alike. All three peer TLS flags
+    /// or none.
+    #[arg(long, env = "KONNECT_PEER_TLS_CA", value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
 
     /// Address the gateway serves proxied traffic on. Default: 127.0.0.1:8080.
     #[arg(long, env = "KONNECT_PROXY_ADDR")]
@@ -169,6 +197,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub peer_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// `--admin-tls-cert` and `--admin-tls-key`: the admin port speaks TLS.
+    pub admin_tls: Option<TlsFiles>,
+    /// `--peer-tls-*`: the peer port requires mutual TLS with the cluster CA.
+    pub peer_tls: Option<PeerTlsFiles>,
     pub proxy_addr: SocketAddr,
     pub proxy_tls_addr: Option<SocketAddr>,
     pub proxy_client_ca: Option<PathBuf>,
@@ -187,6 +219,75 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub log: String,
     pub log_format: LogFormat,
+}
+
+/// A certificate chain and its private key, as PEM files (read at start by `control_tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The peer port's mutual TLS: this node's certificate and key, and the cluster CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// `--admin-tls-cert` and `--admin-tls-key`: both or neither.
+fn admin_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (Some(_), None) => Err(bad(
+            "--admin-tls-key",
+            "required with --admin-tls-cert (give both, or neither for a plain admin port)",
+        )),
+        (None, Some(_)) => Err(bad(
+            "--admin-tls-cert",
+            "required with --admin-tls-key (give both, or neither for a plain admin port)",
+        )),
+    }
+}
+
+/// `--peer-tls-cert`, `--peer-tls-key` and `--peer-tls-ca`: all three or none.
+fn peer_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<PeerTlsFiles>, ConfigError> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTlsFiles { cert, key, ca })),
+        (cert, key, ca) => {
+            let given: Vec<&str> = [
+                ("--peer-tls-cert", cert.is_some()),
+                ("--peer-tls-key", key.is_some()),
+                ("--peer-tls-ca", ca.is_some()),
+            ]
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(flag, _)| *flag)
+            .collect();
+            let missing = if cert.is_none() {
+                "--peer-tls-cert"
+            } else if key.is_none() {
+                "--peer-tls-key"
+            } else {
+                "--peer-tls-ca"
+            };
+            Err(bad(
+                missing,
+                format!(
+                    "required with {} (mutual TLS on the peer port needs all three of \
+                     --peer-tls-cert, --peer-tls-key and --peer-tls-ca, or none)",
+                    given.join(" and ")
+                ),
+            ))
+        }
+    }
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -244,6 +345,11 @@ impl ServeArgs {
             data_dir: self.data_dir.or(file.data_dir),
             peer_addr: self.peer_addr.or(file.peer_addr),
             admin_addr: self.admin_addr.or(file.admin_addr),
+            admin_tls_cert: self.admin_tls_cert.or(file.admin_tls_cert),
+            admin_tls_key: self.admin_tls_key.or(file.admin_tls_key),
+            peer_tls_cert: self.peer_tls_cert.or(file.peer_tls_cert),
+            peer_tls_key: self.peer_tls_key.or(file.peer_tls_key),
+            peer_tls_ca: self.peer_tls_ca.or(file.peer_tls_ca),
             proxy_addr: self.proxy_addr.or(file.proxy_addr),
             proxy_tls_addr: self.proxy_tls_addr.or(file.proxy_tls_addr),
             proxy_client_ca: self.proxy_client_ca.or(file.proxy_client_ca),
@@ -336,6 +442,12 @@ impl ServeArgs {
                 ))
             }
         };
+        let admin_tls = admin_tls(a.admin_tls_cert.clone(), a.admin_tls_key.clone())?;
+        let peer_tls = peer_tls(
+            a.peer_tls_cert.clone(),
+            a.peer_tls_key.clone(),
+            a.peer_tls_ca.clone(),
+        )?;
         let snapshot_after_entries = a.snapshot_after_entries.unwrap_or(5000);
         if snapshot_after_entries == 0 {
             return Err(bad("--snapshot-after-entries", "must be at least 1"));
@@ -395,6 +507,8 @@ impl ServeArgs {
             data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("konnect-data")),
             peer_addr,
             admin_addr: a.admin_addr.unwrap_or_else(|| addr("127.0.0.1:7201")),
+            admin_tls,
+            peer_tls,
             proxy_addr: a.proxy_addr.unwrap_or_else(|| addr("127.0.0.1:8080")),
             proxy_tls_addr: a.proxy_tls_addr,
             proxy_client_ca: a.proxy_client_ca.clone(),
@@ -442,6 +556,61 @@ mod tests {
         assert_eq!(s.node_id, 2);
         assert_eq!(s.zone, "az-c");
         assert_eq!(s.heartbeat, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn admin_tls_needs_both_halves_and_the_error_names_the_missing_one() {
+        let args = |cert: Option<&str>, key: Option<&str>| ServeArgs {
+            node_id: Some(1),
+            admin_tls_cert: cert.map(PathBuf::from),
+            admin_tls_key: key.map(PathBuf::from),
+            ..Default::default()
+        };
+        let e = args(Some("c.pem"), None).resolve().unwrap_err();
+        assert_eq!(e.setting, "--admin-tls-key", "{e}");
+        let e = args(None, Some("k.pem")).resolve().unwrap_err();
+        assert_eq!(e.setting, "--admin-tls-cert", "{e}");
+        assert_eq!(args(None, None).resolve().unwrap().admin_tls, None);
+        let s = args(Some("c.pem"), Some("k.pem")).resolve().unwrap();
+        assert_eq!(
+            s.admin_tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+    }
+
+    #[test]
+    fn peer_tls_needs_all_three_and_the_error_names_a_missing_one() {
+        let args = |cert: bool, key: bool, ca: bool| ServeArgs {
+            node_id: Some(1),
+            peer_tls_cert: cert.then(|| "n.pem".into()),
+            peer_tls_key: key.then(|| "n-key.pem".into()),
+            peer_tls_ca: ca.then(|| "ca.pem".into()),
+            ..Default::default()
+        };
+        let e = args(true, true, false).resolve().unwrap_err();
+        assert_eq!(e.setting, "--peer-tls-ca", "{e}");
+        assert!(
+            e.to_string()
+                .contains("required with --peer-tls-cert and --peer-tls-key"),
+            "{e}"
+        );
+        assert_eq!(
+            args(false, true, true).resolve().unwrap_err().setting,
+            "--peer-tls-cert"
+        );
+        assert_eq!(
+            args(true, false, false).resolve().unwrap_err().setting,
+            "--peer-tls-key"
+        );
+        assert!(args(false, false, false)
+            .resolve()
+            .unwrap()
+            .peer_tls
+            .is_none());
+        assert!(args(true, true, true).resolve().unwrap().peer_tls.is_some());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod certs;
 pub mod config;
+pub mod control_tls;
 pub mod gateway;
 pub mod node;
 pub mod raft;

@@ -12,15 +12,30 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the `serve` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (see `konnect serve --help`; `konnect serve --dev` for a first look).
     Serve(ServeArgs),
+    /// Make TLS certificates for the admin and peer ports (`konnect certs init --help`).
+    #[command(subcommand)]
+    Certs(konnect::certs::CertsCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Certs(command) => match konnect::certs::run(&command) {
+            Ok(report) => {
+                println!("{report}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             let settings = match args.resolve() {
                 Ok(s) => s,

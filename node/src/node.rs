@@ -1,5 +1,6 @@
-//! Wires a node together: opens the stores, starts Raft, binds the peer, admin and status
-//! listeners, bootstraps `--dev` mode, and owns shutdown (SIGINT/SIGTERM).
+//! Wires a node together: reads the control-plane TLS files, opens the stores, starts Raft,
+//! binds the peer, admin and status listeners (TLS on the admin and peer ports when
+//! configured), bootstraps `--dev` mode, and owns shutdown (SIGINT/SIGTERM).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct NodeHandle {
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Tls(#[from] crate::control_tls::TlsFileError),
     #[error("data dir {path}: {message}")]
     DataDir { path: PathBuf, message: String },
     #[error("{flag} {addr}: cannot listen: {source}")]
@@ -91,6 +94,16 @@ fn raft_config(s: &Settings) -> Result<openraft::Config, StartError> {
 
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> Result<(), StartError> {
+    // TLS files first: a wrong path or a key that does not fit stops the node before it
+    // touches its data directory or any port.
+    let admin_tls = match &settings.admin_tls {
+        Some(files) => Some(crate::control_tls::admin_acceptor(files)?),
+        None => None,
+    };
+    let peer_tls = match &settings.peer_tls {
+        Some(files) => Some(crate::control_tls::peer_tls(files, settings.peer_addr)?),
+        None => None,
+    };
     let metrics_handle = telemetry::init_metrics().map_err(StartError::Metrics)?;
     let data_dir = settings.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir {
@@ -115,15 +128,14 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     };
     // With port 0 the OS picks; advertise what was bound.
     let proxy_addr = proxy_listener.local_addr().unwrap_or(settings.proxy_addr);
-    if !settings.admin_addr.ip().is_loopback() {
-        tracing::warn!(
-            admin_addr = %settings.admin_addr,
-            "the admin API listens on a non-loopback address without TLS: anyone who can reach it can try tokens; bind it to loopback or a private network"
-        );
-    }
+    warn_if_exposed(&settings, admin_tls.is_some(), peer_tls.is_some());
 
     let identity = ClusterIdentity::new(reader.clone());
-    let channels = PeerChannels::new(identity.clone(), Duration::from_secs(2));
+    let (peer_acceptor, peer_client_tls) = match peer_tls {
+        Some(t) => (Some(t.acceptor), Some(t.client)),
+        None => (None, None),
+    };
+    let channels = PeerChannels::new(identity.clone(), Duration::from_secs(2), peer_client_tls);
     let raft = Raft::new(
         settings.node_id,
         Arc::new(raft_config(&settings)?),
@@ -165,18 +177,23 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         identity: identity.clone(),
         proposer: proposer.clone(),
     };
-    let peer_server = tonic::transport::Server::builder()
+    let peer_router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
             PeerServer::new(peer)
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
-        )
-        .serve_with_incoming_shutdown(
+        );
+    let peer_task = match peer_acceptor {
+        Some(acceptor) => tokio::spawn(peer_router.serve_with_incoming_shutdown(
+            crate::control_tls::incoming(peer_listener, acceptor, "peer"),
+            stopped(shutdown_rx.clone()),
+        )),
+        None => tokio::spawn(peer_router.serve_with_incoming_shutdown(
             TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
             stopped(shutdown_rx.clone()),
-        );
-    let peer_task = tokio::spawn(peer_server);
+        )),
+    };
 
     let auth = Authenticator::new(reader.clone(), proposer.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -190,7 +207,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         .register_encoded_file_descriptor_set(konnect_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Raft(format!("reflection: {e}")))?;
-    let admin_server = tonic::transport::Server::builder()
+    let admin_router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ClusterServer::new(ClusterService {
@@ -212,12 +229,17 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         .add_service(AuditServer::new(AuditService {
             node: node.clone(),
             auth,
-        }))
-        .serve_with_incoming_shutdown(
+        }));
+    let admin_task = match admin_tls {
+        Some(acceptor) => tokio::spawn(admin_router.serve_with_incoming_shutdown(
+            crate::control_tls::incoming(admin_listener, acceptor, "admin"),
+            stopped(shutdown_rx.clone()),
+        )),
+        None => tokio::spawn(admin_router.serve_with_incoming_shutdown(
             TcpIncoming::from(admin_listener).with_nodelay(Some(true)),
             stopped(shutdown_rx.clone()),
-        );
-    let admin_task = tokio::spawn(admin_server);
+        )),
+    };
     let status_task = tokio::spawn(status::serve(
         status_listener,
         node.clone(),
@@ -279,7 +301,9 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         proxy = %proxy_addr,
         zone = %settings.zone,
         peer = %settings.peer_addr,
+        peer_tls = settings.peer_tls.is_some(),
         admin = %settings.admin_addr,
+        admin_tls = settings.admin_tls.is_some(),
         status = %settings.status_addr,
         "konnect node started"
     );
@@ -301,6 +325,27 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     let _ = tokio::join!(peer_task, admin_task, status_task);
     let _ = raft.shutdown().await;
     Ok(())
+}
+
+/// Tokens on a plain admin port, and Raft traffic on a plain peer port, travel in clear
+/// text: say so loudly, in the log and on stderr, when either listens beyond loopback.
+fn warn_if_exposed(settings: &Settings, admin_tls: bool, peer_tls: bool) {
+    if !admin_tls && !settings.admin_addr.ip().is_loopback() {
+        let message = format!(
+            "the admin API listens on {} without TLS: admin tokens travel in clear text and anyone who can reach the port can try them; set --admin-tls-cert and --admin-tls-key (see `konnect certs init`), or bind --admin-addr to loopback",
+            settings.admin_addr
+        );
+        tracing::warn!(admin_addr = %settings.admin_addr, "{message}");
+        eprintln!("WARNING: {message}");
+    }
+    if !peer_tls && !settings.peer_addr.ip().is_loopback() {
+        let message = format!(
+            "the peer port listens on {} without mutual TLS: Raft messages and forwarded writes travel in clear text and anyone who can reach the port can send them; set --peer-tls-cert, --peer-tls-key and --peer-tls-ca (see `konnect certs init`), or keep the port on a private network",
+            settings.peer_addr
+        );
+        tracing::warn!(peer_addr = %settings.peer_addr, "{message}");
+        eprintln!("WARNING: {message}");
+    }
 }
 
 async fn wait_for_signal() {
@@ -339,15 +384,22 @@ async fn dev_bootstrap(node: &NodeHandle) -> Result<(), StartError> {
             token_file.display()
         )
     };
+    let (scheme, ca_flag) = match &s.admin_tls {
+        Some(_) => (
+            "https",
+            " --ca <the CA that signed --admin-tls-cert>".to_string(),
+        ),
+        None => ("http", String::new()),
+    };
     println!(
         "konnect is running in development mode (one node, data in {data})\n\
          \n  proxy             http://{proxy}\
-         \n  admin API (gRPC)  http://{admin}\
+         \n  admin API (gRPC)  {scheme}://{admin}\
          \n  status            http://{status}/readyz   http://{status}/metrics\
          \n  admin token       {token_note}\
          \n\nNext, try:\
-         \n  konnectctl --endpoint http://{admin} --token-file {token} cluster status\
-         \n  konnectctl --endpoint http://{admin} --token-file {token} apply -f docs/examples/echo.yaml\n",
+         \n  konnectctl --endpoint {scheme}://{admin}{ca_flag} --token-file {token} cluster status\
+         \n  konnectctl --endpoint {scheme}://{admin}{ca_flag} --token-file {token} apply -f docs/examples/echo.yaml\n",
         data = s.data_dir.display(),
         admin = s.admin_addr,
         proxy = node.meta.proxy_addr,

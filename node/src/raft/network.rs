@@ -2,11 +2,13 @@
 //! and the shared pool of peer channels that bootstrap and write forwarding also use.
 //!
 //! Every request carries this node's cluster id (`x-konnect-cluster`) once it has one, so a
-//! node of another cluster refuses it.
+//! node of another cluster refuses it. With `--peer-tls-*`, every channel is `https://` with
+//! the cluster CA as its only root and this node's certificate as its client identity, and a
+//! TLS failure is reported (and logged) as such, saying what to fix.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use konnect_proto::peer::v1 as peer;
@@ -26,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::codec::*;
 use super::state::StateReader;
 use super::{NodeId, NodeMeta, TypeConfig};
+use crate::control_tls::{tls_failure, PeerClientTls};
 
 pub const CLUSTER_HEADER: &str = "x-konnect-cluster";
 
@@ -81,7 +84,8 @@ impl ClusterIdentity {
     /// Like [`check`](Self::check), and once this node belongs to a cluster the sender must
     /// say it belongs to the same one: Raft traffic, forwarded writes and membership changes
     /// come only from members (which all know the id once the first entry is applied).
-    /// Until mutual TLS on the peer port lands, this is what keeps strangers out.
+    /// Without `--peer-tls-*` this is all that keeps strangers out; with it, only holders of
+    /// a certificate from the cluster CA get this far.
     pub fn check_member<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
         self.check(req)?;
         match (self.get(), req.metadata().get(CLUSTER_HEADER)) {
@@ -93,20 +97,33 @@ impl ClusterIdentity {
     }
 }
 
+/// A TLS failure towards one peer is logged at warn level at most this often.
+const TLS_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Lazily connected channels to peers, by peer address, shared by every user of the peer port.
 #[derive(Clone)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     pub identity: ClusterIdentity,
     connect_timeout: Duration,
+    /// `--peer-tls-*`: dial `https://` with mutual TLS; `None`: plain `http://`.
+    tls: Option<PeerClientTls>,
+    /// When a TLS failure towards each peer was last logged at warn level.
+    tls_logged: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl PeerChannels {
-    pub fn new(identity: ClusterIdentity, connect_timeout: Duration) -> PeerChannels {
+    pub fn new(
+        identity: ClusterIdentity,
+        connect_timeout: Duration,
+        tls: Option<PeerClientTls>,
+    ) -> PeerChannels {
         PeerChannels {
             channels: Arc::new(Mutex::new(HashMap::new())),
             identity,
             connect_timeout,
+            tls,
+            tls_logged: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -115,10 +132,18 @@ impl PeerChannels {
         if let Some(ch) = map.get(peer_addr) {
             return Ok(PeerClient::new(ch.clone()).max_decoding_message_size(usize::MAX));
         }
-        let ch = Endpoint::from_shared(format!("http://{peer_addr}"))
-            .map_err(|e| {
-                tonic::Status::invalid_argument(format!("bad peer address {peer_addr:?}: {e}"))
-            })?
+        let bad_address = |e: tonic::transport::Error| {
+            tonic::Status::invalid_argument(format!("bad peer address {peer_addr:?}: {e}"))
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            Endpoint::from_shared(format!("{scheme}://{peer_addr}")).map_err(bad_address)?;
+        if let Some(tls) = &self.tls {
+            endpoint = tls
+                .configure(endpoint, self.connect_timeout)
+                .map_err(bad_address)?;
+        }
+        let ch = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -126,6 +151,30 @@ impl PeerChannels {
             .connect_lazy();
         map.insert(peer_addr.to_string(), ch.clone());
         Ok(PeerClient::new(ch).max_decoding_message_size(usize::MAX))
+    }
+
+    /// Says what failed when a call to the peer at `peer_addr` failed in the TLS handshake
+    /// (and logs it, at most every `TLS_LOG_EVERY` per peer); other failures pass unchanged.
+    pub fn explain(&self, peer_addr: &str, status: tonic::Status) -> tonic::Status {
+        let Some(reason) = tls_failure(&status) else {
+            return status;
+        };
+        let message = format!("TLS handshake with the node at {peer_addr} failed: {reason}");
+        let now = Instant::now();
+        let loud = {
+            let mut logged = self.tls_logged.lock().unwrap_or_else(|p| p.into_inner());
+            match logged.get(peer_addr) {
+                Some(at) if now.duration_since(*at) < TLS_LOG_EVERY => false,
+                _ => {
+                    logged.insert(peer_addr.to_string(), now);
+                    true
+                }
+            }
+        };
+        if loud {
+            tracing::warn!(peer = %peer_addr, "{message}");
+        }
+        tonic::Status::unavailable(message)
     }
 
     /// Builds a request with the cluster header and a deadline.
@@ -143,6 +192,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerChannels {
     async fn new_client(&mut self, target: NodeId, node: &NodeMeta) -> PeerConnection {
         PeerConnection {
             target,
+            peer_addr: node.peer_addr.clone(),
             client: self.client(&node.peer_addr),
             channels: self.clone(),
         }
@@ -152,6 +202,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerChannels {
 /// openraft's view of one peer.
 pub struct PeerConnection {
     target: NodeId,
+    peer_addr: String,
     client: Result<PeerClient<Channel>, tonic::Status>,
     channels: PeerChannels,
 }
@@ -171,6 +222,9 @@ fn rpc_error<E: std::error::Error>(
 }
 
 impl PeerConnection {
+    // The error type is the one openraft's `RaftNetwork` methods return; boxing it here would
+    // only move the unboxing into each of them.
+    #[allow(clippy::result_large_err)]
     fn client<E: std::error::Error>(
         &self,
     ) -> Result<PeerClient<Channel>, RPCError<NodeId, NodeMeta, RaftError<NodeId, E>>> {
@@ -197,7 +251,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .client()?
             .append_entries(req)
             .await
-            .map_err(rpc_error)?
+            .map_err(|s| rpc_error(self.channels.explain(&self.peer_addr, s)))?
             .into_inner();
         use peer::append_entries_response::Result as R;
         Ok(match resp.result {
@@ -232,7 +286,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .client()?
             .install_snapshot(req)
             .await
-            .map_err(rpc_error)?
+            .map_err(|s| rpc_error(self.channels.explain(&self.peer_addr, s)))?
             .into_inner();
         use peer::install_snapshot_response::Result as R;
         match resp.result {
@@ -275,7 +329,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .client()?
             .vote(req)
             .await
-            .map_err(rpc_error)?
+            .map_err(|s| rpc_error(self.channels.explain(&self.peer_addr, s)))?
             .into_inner();
         Ok(VoteResponse {
             vote: vote_from_pb(&resp.vote.unwrap_or_default()),

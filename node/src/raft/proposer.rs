@@ -271,7 +271,7 @@ impl Proposer {
         let resp = client
             .forward(req)
             .await
-            .map_err(ProposeError::from_status)?
+            .map_err(|s| ProposeError::from_status(self.channels.explain(&leader.peer_addr, s)))?
             .into_inner();
         Ok((resp.log_index, resp.result.unwrap_or_default()))
     }
@@ -312,7 +312,8 @@ impl Proposer {
                         match client.read_index(req).await {
                             Ok(r) => return Ok(r.into_inner().index),
                             Err(s) if Instant::now() >= deadline => {
-                                return Err(ProposeError::NoLeader(s.message().to_string()))
+                                let s = self.channels.explain(&leader.peer_addr, s);
+                                return Err(ProposeError::NoLeader(s.message().to_string()));
                             }
                             Err(_) => {}
                         }
@@ -404,7 +405,9 @@ impl Proposer {
                     .change_membership(req)
                     .await
                     .map(|_| ())
-                    .map_err(ProposeError::from_status)
+                    .map_err(|s| {
+                        ProposeError::from_status(self.channels.explain(&leader.peer_addr, s))
+                    })
             }
         }
     }

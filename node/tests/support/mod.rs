@@ -1,5 +1,9 @@
 //! Test harness: real `konnect` processes on loopback ports, each with its own temporary data
 //! directory, driven through the Rust admin client. A failing test prints each node's log.
+//!
+//! TLS mode (`Cluster::start_tls`): the certificates come from the real `konnect certs init`
+//! run into the cluster's temporary directory; every node gets admin TLS and peer mTLS with
+//! them, and the harness's clients trust the CA it made.
 
 #![allow(dead_code)]
 
@@ -11,10 +15,80 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use konnect_client::Client;
+use konnect_client::{Client, TrustRoots};
 use konnect_proto::admin::v1::{ResourceInput, StatusResponse};
 
 pub const KONNECT: &str = env!("CARGO_BIN_EXE_konnect");
+
+/// The konnectctl binary next to the konnect binary (built by `cargo test --workspace`;
+/// built here when a test of this crate runs alone).
+pub fn konnectctl_bin() -> PathBuf {
+    let path = PathBuf::from(KONNECT).with_file_name("konnectctl");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "konnect-client", "--bin", "konnectctl"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building konnectctl failed");
+    }
+    path
+}
+
+/// A cluster CA and node certificates made by the real `konnect certs init`.
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    /// Runs `konnect certs init --out DIR --nodes N` and checks that it succeeded.
+    pub fn init(dir: &Path, nodes: usize) -> Certs {
+        let out = Command::new(KONNECT)
+            .args(["certs", "init", "--nodes", &nodes.to_string(), "--out"])
+            .arg(dir)
+            .output()
+            .expect("run konnect certs init");
+        assert!(
+            out.status.success(),
+            "konnect certs init failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Certs {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    pub fn cert(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.pem"))
+    }
+
+    pub fn key(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}-key.pem"))
+    }
+
+    /// The flags of node `id` for admin TLS and peer mTLS with these certificates.
+    pub fn node_args(&self, id: u64) -> Vec<String> {
+        let (cert, key, ca) = (self.cert(id), self.key(id), self.ca());
+        [
+            ("--admin-tls-cert", &cert),
+            ("--admin-tls-key", &key),
+            ("--peer-tls-cert", &cert),
+            ("--peer-tls-key", &key),
+            ("--peer-tls-ca", &ca),
+        ]
+        .iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+
+    pub fn trust(&self) -> TrustRoots {
+        TrustRoots::ca_file(self.ca()).expect("the CA of certs init is usable")
+    }
+}
 
 /// Free loopback ports, held until the caller is ready to hand them to a process.
 pub fn free_ports(n: usize) -> Vec<u16> {
@@ -37,6 +111,8 @@ pub struct NodeProc {
     pub extra_args: Vec<String>,
     pub peers: Option<String>,
     pub zone: String,
+    /// Set by `with_tls`: the admin port speaks TLS, verified with this CA.
+    pub ca: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -59,12 +135,23 @@ impl NodeProc {
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             peers,
             zone: zone.to_string(),
+            ca: None,
             child: None,
         }
     }
 
+    /// Admin TLS and peer mTLS with certificate `cert_id` of `certs` (not yet started).
+    pub fn with_tls(mut self, certs: &Certs, cert_id: u64) -> NodeProc {
+        self.extra_args.extend(certs.node_args(cert_id));
+        self.ca = Some(certs.ca());
+        self
+    }
+
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin)
+        match self.ca {
+            Some(_) => format!("https://{}", self.admin),
+            None => format!("http://{}", self.admin),
+        }
     }
 
     pub fn start(&mut self) {
@@ -161,6 +248,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeProc>,
     pub token: Option<String>,
+    /// TLS mode: the certificates every node uses; clients trust their CA.
+    pub certs: Option<Certs>,
 }
 
 pub const ZONES: [&str; 4] = ["az-a", "az-b", "az-c", "az-d"];
@@ -168,7 +257,18 @@ pub const ZONES: [&str; 4] = ["az-a", "az-b", "az-c", "az-d"];
 impl Cluster {
     /// Starts `n` nodes that share one `--peers` list (not yet initialised).
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(n, extra, false)
+    }
+
+    /// Like `start`, with admin TLS and peer mTLS on every node, from certificates made by
+    /// `konnect certs init` in the cluster's directory.
+    pub fn start_tls(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(n, extra, true)
+    }
+
+    fn start_with(n: usize, extra: &[&str], tls: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        let certs = tls.then(|| Certs::init(&dir.path().join("certs"), n));
         let ports: Vec<Vec<u16>> = free_ports(3 * n).chunks(3).map(|c| c.to_vec()).collect();
         let peers = (0..n)
             .map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i][0]))
@@ -176,14 +276,18 @@ impl Cluster {
             .join(",");
         let mut nodes = Vec::new();
         for i in 0..n {
+            let id = i as u64 + 1;
             let mut node = NodeProc::new(
                 dir.path(),
-                i as u64 + 1,
+                id,
                 ZONES[i % 4],
                 Some(peers.clone()),
                 &ports[i],
                 extra,
             );
+            if let Some(certs) = &certs {
+                node = node.with_tls(certs, id);
+            }
             node.start();
             nodes.push(node);
         }
@@ -191,12 +295,21 @@ impl Cluster {
             dir,
             nodes,
             token: None,
+            certs,
         }
     }
 
     /// Starts `n` nodes and initialises them through node 1.
     pub async fn start_initialised(n: usize, extra: &[&str]) -> Cluster {
-        let mut c = Cluster::start(n, extra);
+        Cluster::initialise(Cluster::start(n, extra)).await
+    }
+
+    /// `start_tls`, then initialised through node 1.
+    pub async fn start_initialised_tls(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::initialise(Cluster::start_tls(n, extra)).await
+    }
+
+    async fn initialise(mut c: Cluster) -> Cluster {
         let init = c
             .client_without_token(0)
             .init()
@@ -210,14 +323,24 @@ impl Cluster {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
     }
 
+    /// A client of `endpoints` with `token`, trusting the cluster CA in TLS mode.
+    pub fn client_for(&self, endpoints: Vec<String>, token: Option<String>) -> Client {
+        let trust = self
+            .certs
+            .as_ref()
+            .map(Certs::trust)
+            .unwrap_or(TrustRoots::System);
+        Client::with_trust(endpoints, token, trust).expect("client")
+    }
+
     pub fn client_without_token(&self, index: usize) -> Client {
-        Client::new(vec![self.nodes[index].admin_url()], None).expect("client")
+        self.client_for(vec![self.nodes[index].admin_url()], None)
     }
 
     /// A client talking only to node `id`.
     pub fn client_of(&self, id: u64) -> Client {
         let n = self.nodes.iter().find(|n| n.id == id).expect("node id");
-        Client::new(vec![n.admin_url()], self.token.clone()).expect("client")
+        self.client_for(vec![n.admin_url()], self.token.clone())
     }
 
     /// A client that fails over across every running node.
@@ -228,7 +351,7 @@ impl Cluster {
             .filter(|n| n.is_running())
             .map(|n| n.admin_url())
             .collect();
-        Client::new(eps, self.token.clone()).expect("client")
+        self.client_for(eps, self.token.clone())
     }
 
     /// Waits until every running node agrees on one leader; returns its id.
