@@ -15,11 +15,12 @@ use std::time::Duration;
 use futures::stream::{BoxStream, StreamExt};
 use konnect_proto::admin::v1::cluster_client::ClusterClient;
 use konnect_proto::admin::v1::resources_client::ResourcesClient;
+use konnect_proto::admin::v1::secrets_client::SecretsClient;
 use konnect_proto::admin::v1::{
     AddNodeRequest, ApplyRequest, ApplyResponse, CreateRequest, DeleteRequest, DeleteResponse,
     GetRequest, InitRequest, InitResponse, ListRequest, ListResponse, MembershipResponse,
-    RemoveNodeRequest, ResourceInput, StatusRequest, StatusResponse, UpdateRequest, WatchEvent,
-    WatchRequest,
+    RekeyRequest, RekeyResponse, RemoveNodeRequest, ResourceInput, StatusRequest, StatusResponse,
+    UpdateRequest, WatchEvent, WatchRequest,
 };
 use konnect_proto::state::v1::Resource;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -337,6 +338,19 @@ impl Client {
                 })
             })
             .boxed())
+    }
+
+    // --- Secrets service ---
+
+    /// Re-encrypts every stored secret under the answering node's primary key. Safe to
+    /// retry: a second run finds nothing left to rewrite.
+    pub async fn rekey(&self) -> Result<RekeyResponse, ClientError> {
+        self.call(|channel| async move {
+            SecretsClient::with_interceptor(channel, self.auth.clone())
+                .rekey(RekeyRequest {})
+                .await
+        })
+        .await
     }
 
     // --- failover ---

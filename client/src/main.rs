@@ -72,6 +72,9 @@ enum Command {
     Delete(cli::resources::DeleteArgs),
     /// Print changes to resources as they happen, until interrupted.
     Watch(cli::resources::WatchArgs),
+    /// Secrets at rest: re-encrypt stored secrets after adding a new key.
+    #[command(subcommand)]
+    Secrets(cli::secrets::SecretsCommand),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => cli::resources::get(&context, args).await,
         Command::Delete(args) => cli::resources::delete(&context, args).await,
         Command::Watch(args) => cli::resources::watch(&context, args).await,
+        Command::Secrets(command) => cli::secrets::run(&context, command).await,
     }
 }
 

@@ -16,11 +16,38 @@ struct Cli {
 enum Command {
     /// Run a node (see `konnect serve --help`; `konnect serve --dev` for a first look).
     Serve(ServeArgs),
+    /// Cluster data keys for secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Print a new random key line (`<key-id>:<base64 of 32 bytes>`) for --secret-key-file:
+    /// `konnect secrets new-key > konnect.key && chmod 600 konnect.key`.
+    NewKey {
+        /// The key's id (letters, digits, '.', '_', '-'). Default: `key-` and 8 random hex
+        /// digits.
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Secrets(SecretsCommand::NewKey { id }) => {
+            match konnect::secrets::new_key_line(id.as_deref()) {
+                Ok(line) => {
+                    println!("{line}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: --id: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            }
+        }
         Command::Serve(args) => {
             let settings = match args.resolve() {
                 Ok(s) => s,

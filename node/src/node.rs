@@ -1,4 +1,5 @@
-//! Wires a node together: opens the stores, starts Raft, binds the peer, admin and status
+//! Wires a node together: loads the secret keys, opens the stores (refusing to start when a
+//! stored secret cannot be decrypted), starts Raft, binds the peer, admin and status
 //! listeners, bootstraps `--dev` mode, and owns shutdown (SIGINT/SIGTERM).
 
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use konnect_proto::admin::v1::cluster_server::ClusterServer;
 use konnect_proto::admin::v1::resources_server::ResourcesServer;
+use konnect_proto::admin::v1::secrets_server::SecretsServer;
 use konnect_proto::peer::v1::peer_server::PeerServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,7 +18,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin::auth::Authenticator;
 use crate::admin::cluster::ClusterService;
 use crate::admin::resources::ResourceService;
-use crate::config::Settings;
+use crate::admin::secrets::SecretsService;
+use crate::config::{SecretKeySource, Settings};
 use crate::gateway::access_log::AccessLog;
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::raft::log_store::LogStore;
@@ -26,6 +29,7 @@ use crate::raft::proposer::Proposer;
 use crate::raft::state::StateReader;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeMeta, Raft};
+use crate::secrets::Keyring;
 use crate::{bootstrap, status, telemetry};
 
 /// Everything the admin API and the status endpoint need from the running node.
@@ -39,6 +43,8 @@ pub struct NodeHandle {
     pub channels: PeerChannels,
     /// Last applied log index, updated after every apply.
     pub applied: watch::Receiver<u64>,
+    /// The cluster data keys: the admin write path encrypts secret fields with the primary.
+    pub keyring: Arc<Keyring>,
 }
 
 /// A startup failure, said in terms of the setting or file involved.
@@ -60,6 +66,9 @@ pub enum StartError {
     Metrics(String),
     #[error("dev bootstrap: {0}")]
     Bootstrap(String),
+    /// The secret keys cannot be loaded, or do not open what the state holds.
+    #[error("secrets: {0}")]
+    Secrets(String),
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -96,8 +105,18 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         path: data_dir.clone(),
         message: e.to_string(),
     };
+    let keyring = Arc::new(load_keyring(&settings.secret_keys)?);
     let log_store = LogStore::open(&data_dir.join("raft-log.redb")).map_err(store_err)?;
     let (state_machine, reader, applied) = StateMachine::open(&data_dir).map_err(store_err)?;
+    // Refuse to serve a configuration whose secrets this node cannot open.
+    let plaintext = crate::state::check_stored_secrets(&reader, &keyring)
+        .map_err(|e| StartError::Secrets(e.to_string()))?;
+    if !plaintext.is_empty() {
+        tracing::warn!(
+            resources = %plaintext.join(", "),
+            "secret fields stored unencrypted (written before encryption at rest); run `konnectctl secrets rekey` to encrypt them"
+        );
+    }
 
     // Bind everything before starting Raft, so a port clash fails fast and clearly.
     let peer_listener = bind("--peer-addr", settings.peer_addr).await?;
@@ -146,6 +165,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         reader: reader.clone(),
         channels: channels.clone(),
         applied,
+        keyring: keyring.clone(),
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -181,6 +201,9 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     health_reporter
         .set_serving::<ResourcesServer<ResourceService>>()
         .await;
+    health_reporter
+        .set_serving::<SecretsServer<SecretsService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(konnect_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -193,6 +216,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
             auth: auth.clone(),
         }))
         .add_service(ResourcesServer::new(ResourceService {
+            node: node.clone(),
+            auth: auth.clone(),
+        }))
+        .add_service(SecretsServer::new(SecretsService {
             node: node.clone(),
             auth,
         }))
@@ -212,7 +239,8 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         path: PathBuf::from(format!("{:?}", settings.access_log)),
         message: format!("cannot open the access log: {e}"),
     })?;
-    let snapshot = crate::state::spawn_snapshot_updates(reader.clone(), node.applied.clone());
+    let snapshot =
+        crate::state::spawn_snapshot_updates(reader.clone(), node.applied.clone(), keyring.clone());
     let gateway = Gateway::new(
         snapshot.clone(),
         GatewaySettings {
@@ -309,6 +337,7 @@ async fn dev_bootstrap(node: &NodeHandle) -> Result<(), StartError> {
          \n  admin API (gRPC)  http://{admin}\
          \n  status            http://{status}/readyz   http://{status}/metrics\
          \n  admin token       {token_note}\
+         \n  secret key        {secret_key}\
          \n\nNext, try:\
          \n  konnectctl --endpoint http://{admin} --token-file {token} cluster status\
          \n  konnectctl --endpoint http://{admin} --token-file {token} apply -f docs/examples/echo.yaml\n",
@@ -317,8 +346,54 @@ async fn dev_bootstrap(node: &NodeHandle) -> Result<(), StartError> {
         proxy = node.meta.proxy_addr,
         status = s.status_addr,
         token = token_file.display(),
+        secret_key = match &s.secret_keys {
+            SecretKeySource::DevFile(path) => format!(
+                "{} (mode 0600; development only: keep production keys apart from the data)",
+                path.display()
+            ),
+            SecretKeySource::File(path) => format!("from {}", path.display()),
+            SecretKeySource::Env(_) => format!("from {}", crate::secrets::KEY_ENV),
+        },
     );
     Ok(())
+}
+
+/// The keyring from the configured source; `--dev` makes its key file on first start.
+fn load_keyring(source: &SecretKeySource) -> Result<Keyring, StartError> {
+    let keyring = match source {
+        SecretKeySource::File(path) => {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "the secret key file is readable by other users; chmod 600 it"
+                    );
+                }
+            }
+            Keyring::from_file(path, "--secret-key-file")
+        }
+        SecretKeySource::Env(text) => Keyring::parse(&text.0, crate::secrets::KEY_ENV),
+        SecretKeySource::DevFile(path) => {
+            if !path.exists() {
+                let line =
+                    crate::secrets::new_key_line(Some("dev")).map_err(StartError::Secrets)?;
+                write_secret_file(path, &line).map_err(|e| StartError::DataDir {
+                    path: path.clone(),
+                    message: format!("cannot write the development secret key: {e}"),
+                })?;
+                tracing::info!(file = %path.display(), "made a secret key for development mode");
+            }
+            Keyring::from_file(path, "--dev key file")
+        }
+    }
+    .map_err(|e| StartError::Secrets(e.to_string()))?;
+    tracing::info!(
+        primary = keyring.primary_id(),
+        keys = %keyring.key_ids().join(", "),
+        "secret keys loaded"
+    );
+    Ok(keyring)
 }
 
 /// Writes `contents` to a new file readable only by its owner.

@@ -1,5 +1,6 @@
 //! The immutable configuration snapshot the gateway reads, and the task that rebuilds it
 //! whenever an applied Raft entry changed a gateway resource (Service, Route, Certificate).
+//! Secret fields are stored encrypted; they are decrypted here, into the snapshot only.
 //!
 //! Architecture invariant: the request path only ever does `snapshot.load_full()`: one atomic
 //! pointer read, no lock, no Raft, no disk. A request keeps the `Arc` it loaded, so in-flight
@@ -20,6 +21,7 @@ use crate::raft::state::{History, StateReader};
 use crate::resources::certificate::CertificateSpec;
 use crate::resources::route::RouteSpec;
 use crate::resources::service::ServiceSpec;
+use crate::secrets::Keyring;
 use konnect_proto::state::v1 as pb;
 use rustls::sign::CertifiedKey;
 
@@ -78,6 +80,78 @@ pub struct SnapshotBuilder {
     /// Route name -> (route revision, cache).
     caches: HashMap<String, (u64, Arc<ResponseCache>)>,
     router: Arc<Router>,
+    /// Decrypts the secret fields (certificate keys, upstream client keys).
+    keyring: Arc<Keyring>,
+}
+
+/// A stored resource's spec as JSON with its secret fields decrypted. The error names the
+/// field and the key id, never the value.
+fn plain_spec(keyring: &Keyring, r: &pb::Resource) -> Result<serde_json::Value, String> {
+    let mut spec = struct_to_json(&r.spec.clone().unwrap_or_default());
+    crate::secrets::decrypt_spec(keyring, &r.kind, &r.name, &mut spec)
+        .map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+/// A stored secret this node cannot decrypt, found by [`check_stored_secrets`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoredSecretError {
+    #[error("cannot read the stored resources: {0}")]
+    Read(String),
+    #[error("{kind} {name:?}: {error}; {hint}")]
+    Undecryptable {
+        kind: String,
+        name: String,
+        error: crate::secrets::FieldError,
+        hint: String,
+    },
+}
+
+/// Checks that every stored secret field opens with `keyring`, so a node never serves
+/// without its secrets. Returns the resources whose secrets are still plaintext (written
+/// before encryption at rest), as `Kind "name"`.
+pub fn check_stored_secrets(
+    reader: &StateReader,
+    keyring: &Keyring,
+) -> Result<Vec<String>, StoredSecretError> {
+    let kinds: Vec<&str> = crate::resources::KINDS
+        .iter()
+        .map(|k| k.name)
+        .filter(|k| !crate::resources::secret_fields(k).is_empty())
+        .collect();
+    let (_, stored) = reader
+        .resources_of_kinds(&kinds)
+        .map_err(|e| StoredSecretError::Read(e.to_string()))?;
+    let mut plaintext = Vec::new();
+    for r in stored.iter().flatten() {
+        let mut spec = struct_to_json(&r.spec.clone().unwrap_or_default());
+        for field in crate::resources::secret_fields(&r.kind) {
+            if crate::secrets::field_str(&spec, field)
+                .is_some_and(|v| !crate::secrets::is_envelope(v))
+            {
+                plaintext.push(format!("{} {:?}", r.kind, r.name));
+            }
+        }
+        if let Err(error) = crate::secrets::decrypt_spec(keyring, &r.kind, &r.name, &mut spec) {
+            let hint = match &error.error {
+                crate::secrets::SecretError::UnknownKey { key_id, .. } => format!(
+                    "start this node with a keyring that holds key {key_id:?} (--secret-key-file or KONNECT_SECRET_KEY)"
+                ),
+                crate::secrets::SecretError::Undecryptable { key_id } => format!(
+                    "this node's key {key_id:?} is not the key the value was encrypted with; use the cluster's key file"
+                ),
+                _ => "the stored value is damaged; apply the resource again".to_string(),
+            };
+            return Err(StoredSecretError::Undecryptable {
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+                error,
+                hint,
+            });
+        }
+    }
+    plaintext.dedup();
+    Ok(plaintext)
 }
 
 fn skip(kind: &str, name: &str, e: String) {
@@ -87,9 +161,10 @@ fn skip(kind: &str, name: &str, e: String) {
 }
 
 impl SnapshotBuilder {
-    pub fn new(reader: StateReader) -> SnapshotBuilder {
+    pub fn new(reader: StateReader, keyring: Arc<Keyring>) -> SnapshotBuilder {
         SnapshotBuilder {
             reader,
+            keyring,
             services: BTreeMap::new(),
             routes: BTreeMap::new(),
             certs: BTreeMap::new(),
@@ -162,8 +237,8 @@ impl SnapshotBuilder {
                     {
                         continue;
                     }
-                    let built = ServiceSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
-                        .map_err(|e| e.to_string())
+                    let built = plain_spec(&self.keyring, &r)
+                        .and_then(|spec| ServiceSpec::parse(&spec).map_err(|e| e.to_string()))
                         .and_then(|spec| Upstream::new(&name, r.revision, spec));
                     match built {
                         Ok(u) => {
@@ -204,15 +279,18 @@ impl SnapshotBuilder {
                     self.certs.remove(&name);
                 }
                 ("Certificate", Some(r)) => {
-                    let key = CertificateSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
-                        .and_then(|spec| spec.certified_key().map(|k| (spec.snis, k)));
+                    let key = plain_spec(&self.keyring, &r).and_then(|spec| {
+                        CertificateSpec::parse(&spec)
+                            .and_then(|spec| spec.certified_key().map(|k| (spec.snis, k)))
+                            .map_err(|e| e.to_string())
+                    });
                     match key {
                         Ok(entry) => {
                             self.certs.insert(name, entry);
                         }
                         Err(e) => {
                             self.certs.remove(&name);
-                            skip("Certificate", &name, e.to_string());
+                            skip("Certificate", &name, e);
                         }
                     }
                 }
@@ -282,8 +360,9 @@ impl SnapshotBuilder {
 pub fn spawn_snapshot_updates(
     reader: StateReader,
     mut applied: watch::Receiver<u64>,
+    keyring: Arc<Keyring>,
 ) -> SharedSnapshot {
-    let mut builder = SnapshotBuilder::new(reader.clone());
+    let mut builder = SnapshotBuilder::new(reader.clone(), keyring.clone());
     let first = builder.build().unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot build the gateway configuration; serving none until it changes");
         GatewaySnapshot::empty()
@@ -338,7 +417,7 @@ pub fn spawn_snapshot_updates(
                         // A bug, not bad config: start over with a full build from the state.
                         tracing::error!(error = %e, "gateway config build panicked; rebuilding from scratch");
                         metrics::counter!("konnect_gateway_snapshot_errors_total").increment(1);
-                        builder = SnapshotBuilder::new(reader.clone());
+                        builder = SnapshotBuilder::new(reader.clone(), keyring.clone());
                         builder.build()
                     }
                 };
