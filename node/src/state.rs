@@ -98,13 +98,25 @@ fn plain_spec(keyring: &Keyring, r: &pb::Resource) -> Result<serde_json::Value, 
 pub enum StoredSecretError {
     #[error("cannot read the stored resources: {0}")]
     Read(String),
-    #[error("{kind} {name:?}: {error}; {hint}")]
+    /// `resource` is `Kind "name"`.
+    #[error("{resource}: {error}; {}", what_to_do(&.error.error))]
     Undecryptable {
-        kind: String,
-        name: String,
-        error: crate::secrets::FieldError,
-        hint: String,
+        resource: String,
+        error: Box<crate::secrets::FieldError>,
     },
+}
+
+/// The fix for a stored secret that does not decrypt.
+fn what_to_do(e: &crate::secrets::SecretError) -> String {
+    match e {
+        crate::secrets::SecretError::UnknownKey { key_id, .. } => format!(
+            "start this node with a keyring that holds key {key_id:?} (--secret-key-file or KONNECT_SECRET_KEY)"
+        ),
+        crate::secrets::SecretError::Undecryptable { key_id } => format!(
+            "this node's key {key_id:?} is not the key the value was encrypted with; use the cluster's key file"
+        ),
+        _ => "the stored value is damaged; apply the resource again".to_string(),
+    }
 }
 
 /// Checks that every stored secret field opens with `keyring`, so a node never serves
@@ -133,20 +145,9 @@ pub fn check_stored_secrets(
             }
         }
         if let Err(error) = crate::secrets::decrypt_spec(keyring, &r.kind, &r.name, &mut spec) {
-            let hint = match &error.error {
-                crate::secrets::SecretError::UnknownKey { key_id, .. } => format!(
-                    "start this node with a keyring that holds key {key_id:?} (--secret-key-file or KONNECT_SECRET_KEY)"
-                ),
-                crate::secrets::SecretError::Undecryptable { key_id } => format!(
-                    "this node's key {key_id:?} is not the key the value was encrypted with; use the cluster's key file"
-                ),
-                _ => "the stored value is damaged; apply the resource again".to_string(),
-            };
             return Err(StoredSecretError::Undecryptable {
-                kind: r.kind.clone(),
-                name: r.name.clone(),
-                error,
-                hint,
+                resource: format!("{} {:?}", r.kind, r.name),
+                error: Box::new(error),
             });
         }
     }
