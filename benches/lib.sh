@@ -67,6 +67,12 @@ for s in socks:
 ' "$1"
 }
 
+# Writes a fresh cluster secret key to FILE (mode 0600) with `konnect secrets new-key`; every
+# node of a bench cluster gets the same file as --secret-key-file.
+konnect_key_file() { # konnect-binary file
+    (umask 077 && "$1" secrets new-key --id bench >"$2") || die "konnect secrets new-key failed"
+}
+
 wait_port() { # port pid what
     for _ in $(seq 300); do
         kill -0 "$2" 2>/dev/null || die "$3 exited while starting"

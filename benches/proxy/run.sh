@@ -227,8 +227,9 @@ wait_port "$haproxy_port" "$haproxy_pid" "haproxy"
 
 # --- konnect: one node (--dev), one core ---
 
+konnect_key_file "$bin/konnect" "$work/secret.key"
 taskset -c "$PROXY_CPU" "$bin/konnect" serve --dev --data-dir "$work/konnect" \
-    --peer-addr "127.0.0.1:$k_peer" --admin-addr "127.0.0.1:$k_admin" \
+    --secret-key-file "$work/secret.key" --peer-addr "127.0.0.1:$k_peer" --admin-addr "127.0.0.1:$k_admin" \
     --status-addr "127.0.0.1:$k_status" --proxy-addr "127.0.0.1:$k_proxy" \
     >"$work/logs/konnect.log" 2>&1 &
 k_pid=$!

@@ -71,8 +71,10 @@ for i in 1 2 3; do
     k_admin[i]=${ports[$((i + 2))]}
 done
 peers="1=127.0.0.1:${k_peer[1]},2=127.0.0.1:${k_peer[2]},3=127.0.0.1:${k_peer[3]}"
+konnect_key_file "$bin/konnect" "$work/secret.key"
 for i in 1 2 3; do
     "$bin/konnect" serve --node-id "$i" --zone "z$i" --data-dir "$work/konnect/n$i" \
+        --secret-key-file "$work/secret.key" \
         --peer-addr "127.0.0.1:${k_peer[i]}" --admin-addr "127.0.0.1:${k_admin[i]}" \
         --status-addr "127.0.0.1:${ports[$((i + 5))]}" --proxy-addr "127.0.0.1:${ports[$((i + 8))]}" \
         --peers "$peers" >"$work/logs/konnect-$i.log" 2>&1 &

@@ -1,7 +1,8 @@
 //! A cluster of real `konnect serve` processes for one chaos run: in network namespaces when
 //! this process may create them (`Mode::Netns`), otherwise on loopback ports
 //! (`Mode::Loopback`, where only process faults are possible). Owns the processes, their data
-//! directories and logs, and the namespace topology; dropping it kills and removes them all.
+//! directories and logs, the cluster's secret key file, and the namespace topology; dropping
+//! it kills and removes them all.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,6 +64,8 @@ pub struct Node {
     pub proxy_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// `--secret-key-file`: the same file for every node of the cluster.
+    pub secret_key_file: PathBuf,
     child: Option<Child>,
     paused: bool,
 }
@@ -130,6 +133,8 @@ impl Node {
                 &self.proxy_addr,
                 "--peers",
                 peers,
+                "--secret-key-file",
+                &self.secret_key_file.display().to_string(),
                 "--heartbeat-ms",
                 &HEARTBEAT_MS.to_string(),
                 "--election-timeout-min-ms",
@@ -146,6 +151,8 @@ impl Node {
             .args(&argv[1..])
             .env_remove("KONNECT_TOKEN")
             .env_remove("KONNECT_CONFIG")
+            .env_remove("KONNECT_SECRET_KEY")
+            .env_remove("KONNECT_SECRET_KEY_FILE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("clone log handle")?)
             .stderr(log)
@@ -318,6 +325,27 @@ fn built_konnect_binary() -> Result<PathBuf> {
     Ok(candidate)
 }
 
+/// Makes the cluster's secret key file (`<dir>/secret.key`, mode 0600) with the binary's own
+/// `konnect secrets new-key`.
+fn write_secret_key(binary: &Path, dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let out = Command::new(binary)
+        .args(["secrets", "new-key", "--id", "chaos"])
+        .output()
+        .with_context(|| format!("run {} secrets new-key", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "konnect secrets new-key failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = dir.join("secret.key");
+    std::fs::write(&path, &out.stdout).with_context(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(path)
+}
+
 /// N konnect processes that form one Raft cluster.
 pub struct Cluster {
     // Field order is drop order: processes die before their namespaces go.
@@ -356,6 +384,7 @@ impl Cluster {
         } else {
             ModeKind::Loopback
         };
+        let secret_key_file = write_secret_key(binary.path(), dir.path())?;
         let mut nodes = Vec::new();
         let ports = free_ports(4 * n)?;
         for i in 0..n {
@@ -390,6 +419,7 @@ impl Cluster {
                 proxy_addr: format!("{host}:{}", p[3]),
                 data_dir: dir.path().join(format!("node{id}")),
                 log_path: dir.path().join(format!("node{id}.log")),
+                secret_key_file: secret_key_file.clone(),
                 child: None,
                 paused: false,
             });

@@ -1,10 +1,11 @@
 //! The `konnectctl` commands: `cluster` (membership), `resources` (apply, get, delete,
-//! watch) and `output` (tables, JSON and YAML views of the proto types).
+//! watch), `secrets` (rekey) and `output` (tables, JSON and YAML views of the proto types).
 
 pub mod access;
 pub mod cluster;
 pub mod output;
 pub mod resources;
+pub mod secrets;
 
 use konnect_client::{Client, ClientError, TrustRoots};
 

@@ -21,12 +21,13 @@ use konnect_proto::admin::v1::audit_client::AuditClient;
 use konnect_proto::admin::v1::cluster_client::ClusterClient;
 use konnect_proto::admin::v1::keys_client::KeysClient;
 use konnect_proto::admin::v1::resources_client::ResourcesClient;
+use konnect_proto::admin::v1::secrets_client::SecretsClient;
 use konnect_proto::admin::v1::tokens_client::TokensClient;
 use konnect_proto::admin::v1::{
     AddNodeRequest, ApplyRequest, ApplyResponse, CreateRequest, DeleteRequest, DeleteResponse,
     GetRequest, InitRequest, InitResponse, ListRequest, ListResponse, MembershipResponse,
-    RemoveNodeRequest, ResourceInput, StatusRequest, StatusResponse, UpdateRequest, WatchEvent,
-    WatchRequest,
+    RekeyRequest, RekeyResponse, RemoveNodeRequest, ResourceInput, StatusRequest, StatusResponse,
+    UpdateRequest, WatchEvent, WatchRequest,
 };
 use konnect_proto::admin::v1::{
     CreateKeyRequest, CreateKeyResponse, CreateTokenRequest, CreateTokenResponse, ListAuditRequest,
@@ -479,6 +480,19 @@ impl Client {
         self.call(|channel| {
             let request = request.clone();
             async move { self.audit(channel).list(request).await }
+        })
+        .await
+    }
+
+    // --- Secrets service ---
+
+    /// Re-encrypts every stored secret under the answering node's primary key. Safe to
+    /// retry: a second run finds nothing left to rewrite.
+    pub async fn rekey(&self) -> Result<RekeyResponse, ClientError> {
+        self.call(|channel| async move {
+            SecretsClient::with_interceptor(channel, self.auth.clone())
+                .rekey(RekeyRequest {})
+                .await
         })
         .await
     }

@@ -88,6 +88,9 @@ enum Command {
     Tokens(cli::access::TokensCommand),
     /// The audit log of admin changes: who, when (leader time), what, at which revision.
     Audit(cli::access::AuditArgs),
+    /// Secrets at rest: re-encrypt stored secrets after adding a new key.
+    #[command(subcommand)]
+    Secrets(cli::secrets::SecretsCommand),
 }
 
 fn main() -> ExitCode {
@@ -146,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(command) => cli::access::keys(&context, command).await,
         Command::Tokens(command) => cli::access::tokens(&context, command).await,
         Command::Audit(args) => cli::access::audit(&context, args).await,
+        Command::Secrets(command) => cli::secrets::run(&context, command).await,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The gRPC admin API on `--admin-addr`: cluster operations and the resource store.
+//! The gRPC admin API on `--admin-addr`: cluster operations, the resource store and secrets
+//! at rest (rekey).
 //!
 //! `AdminError` is this layer's one error type, and `impl From<AdminError> for tonic::Status`
 //! is the one place that maps errors to gRPC codes. Messages say what was wrong and what to
@@ -9,6 +10,7 @@ pub mod auth;
 pub mod cluster;
 pub mod keys;
 pub mod resources;
+pub mod secrets;
 
 use konnect_proto::state::v1 as pb;
 use pb::ErrorCode;

@@ -157,6 +157,16 @@ pub struct ServeArgs {
     #[arg(long, env = "KONNECT_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
 
+    /// File with the cluster data keys that encrypt secrets at rest (TLS private keys,
+    /// upstream credentials): one `<key-id>:<base64 of 32 bytes>` per line, the first one
+    /// encrypts, all decrypt; `#` starts a comment. Make a key with `konnect secrets new-key`;
+    /// every node needs the same keys. Instead of a file, KONNECT_SECRET_KEY may hold the key
+    /// lines themselves (separated by newlines or `,`). Required: a node without a key refuses
+    /// to start. Default: none, except with --dev (<data-dir>/secret-key, made on first
+    /// start).
+    #[arg(long, env = "KONNECT_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+
     /// Log filter in `tracing` syntax (`info`, `konnect=debug,openraft=warn`). Default: info
     /// for konnect, warn for libraries.
     #[arg(long, env = "KONNECT_LOG")]
@@ -179,6 +189,60 @@ fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         message: message.into(),
+    }
+}
+
+/// Where the cluster data keys come from (`secrets::Keyring`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretKeySource {
+    /// `--secret-key-file`.
+    File(PathBuf),
+    /// The key lines of `KONNECT_SECRET_KEY`.
+    Env(KeyText),
+    /// `--dev` without either: this file in the data directory, made on first start.
+    DevFile(PathBuf),
+}
+
+/// Key lines read from the environment; `{:?}` never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyText(pub String);
+
+impl std::fmt::Debug for KeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyText(<redacted>)")
+    }
+}
+
+/// Picks the key source: the file or the variable (not both), else the dev file with
+/// `--dev`; otherwise says how to make a key.
+pub fn secret_key_source(
+    file: Option<PathBuf>,
+    env: Option<String>,
+    dev: bool,
+    data_dir: &std::path::Path,
+) -> Result<SecretKeySource, ConfigError> {
+    let env = env.filter(|e| !e.trim().is_empty());
+    match (file, env) {
+        (Some(_), Some(_)) => Err(bad(
+            "--secret-key-file",
+            format!(
+                "both --secret-key-file and {} are set; give the keys one way",
+                crate::secrets::KEY_ENV
+            ),
+        )),
+        (Some(f), None) => Ok(SecretKeySource::File(f)),
+        (None, Some(e)) => Ok(SecretKeySource::Env(KeyText(e))),
+        (None, None) if dev => Ok(SecretKeySource::DevFile(data_dir.join("secret-key"))),
+        (None, None) => Err(bad(
+            "--secret-key-file",
+            format!(
+                "required: the cluster data key that encrypts secrets at rest. Make one with \
+                 `konnect secrets new-key > konnect.key` (mode 0600; every node needs the same \
+                 file) and start with `--secret-key-file konnect.key`, or put the key line in \
+                 {}",
+                crate::secrets::KEY_ENV
+            ),
+        )),
     }
 }
 
@@ -217,6 +281,7 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
+    pub secret_keys: SecretKeySource,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -372,6 +437,7 @@ impl ServeArgs {
             header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
             max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
             drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
+            secret_key_file: self.secret_key_file.or(file.secret_key_file),
             log: self.log.or(file.log),
             log_format: self.log_format.or(file.log_format),
         })
@@ -489,7 +555,15 @@ impl ServeArgs {
         if max_header_bytes < 1024 {
             return Err(bad("--max-header-bytes", "must be at least 1024"));
         }
+        let data_dir = a.data_dir.unwrap_or_else(|| PathBuf::from("konnect-data"));
+        let secret_keys = secret_key_source(
+            a.secret_key_file,
+            std::env::var(crate::secrets::KEY_ENV).ok(),
+            a.dev,
+            &data_dir,
+        )?;
         Ok(Settings {
+            secret_keys,
             trusted_proxies,
             access_log,
             header_read_timeout: Duration::from_millis(a.header_read_timeout_ms.unwrap_or(10_000)),
@@ -504,7 +578,7 @@ impl ServeArgs {
                     "default".into()
                 }
             }),
-            data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("konnect-data")),
+            data_dir,
             peer_addr,
             admin_addr: a.admin_addr.unwrap_or_else(|| addr("127.0.0.1:7201")),
             admin_tls,
@@ -550,6 +624,7 @@ mod tests {
         let args = ServeArgs {
             config: Some(file),
             zone: Some("az-c".into()),
+            secret_key_file: Some("k".into()),
             ..Default::default()
         };
         let s = args.resolve().unwrap();
@@ -626,5 +701,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_node_needs_a_secret_key_unless_dev_makes_one() {
+        let dir = std::path::Path::new("/data");
+        let e = secret_key_source(None, None, false, dir).unwrap_err();
+        assert_eq!(e.setting, "--secret-key-file");
+        assert!(e.message.contains("konnect secrets new-key"), "{e}");
+        assert_eq!(
+            secret_key_source(None, Some(" ".into()), true, dir).unwrap(),
+            SecretKeySource::DevFile(dir.join("secret-key"))
+        );
+        assert_eq!(
+            secret_key_source(Some("k".into()), None, true, dir).unwrap(),
+            SecretKeySource::File("k".into())
+        );
+        let from_env = secret_key_source(None, Some("a:b".into()), false, dir).unwrap();
+        assert!(!format!("{from_env:?}").contains("a:b"));
+        assert!(secret_key_source(Some("k".into()), Some("a:b".into()), false, dir).is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod node;
 pub mod raft;
 pub mod resources;
+pub mod secrets;
 pub mod state;
 pub mod status;
 pub mod store;

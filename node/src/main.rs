@@ -12,7 +12,7 @@ struct Cli {
     command: Command,
 }
 
-// Parsed once per process: the size of the `serve` variant does not matter.
+// Parsed once at startup: the size difference between the variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
@@ -21,6 +21,21 @@ enum Command {
     /// Make TLS certificates for the admin and peer ports (`konnect certs init --help`).
     #[command(subcommand)]
     Certs(konnect::certs::CertsCommand),
+    /// Cluster data keys for secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Print a new random key line (`<key-id>:<base64 of 32 bytes>`) for --secret-key-file:
+    /// `konnect secrets new-key > konnect.key && chmod 600 konnect.key`.
+    NewKey {
+        /// The key's id (letters, digits, '.', '_', '-'). Default: `key-` and 8 random hex
+        /// digits.
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +51,18 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Secrets(SecretsCommand::NewKey { id }) => {
+            match konnect::secrets::new_key_line(id.as_deref()) {
+                Ok(line) => {
+                    println!("{line}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: --id: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            }
+        }
         Command::Serve(args) => {
             let settings = match args.resolve() {
                 Ok(s) => s,

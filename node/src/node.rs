@@ -1,6 +1,7 @@
-//! Wires a node together: reads the control-plane TLS files, opens the stores, starts Raft,
-//! binds the peer, admin and status listeners (TLS on the admin and peer ports when
-//! configured), bootstraps `--dev` mode, and owns shutdown (SIGINT/SIGTERM).
+//! Wires a node together: reads the control-plane TLS files, loads the secret keys, opens the
+//! stores (refusing to start when a stored secret cannot be decrypted), starts Raft, binds the
+//! peer, admin and status listeners (TLS on the admin and peer ports when configured),
+//! bootstraps `--dev` mode, and owns shutdown (SIGINT/SIGTERM).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use konnect_proto::admin::v1::audit_server::AuditServer;
 use konnect_proto::admin::v1::cluster_server::ClusterServer;
 use konnect_proto::admin::v1::keys_server::KeysServer;
 use konnect_proto::admin::v1::resources_server::ResourcesServer;
+use konnect_proto::admin::v1::secrets_server::SecretsServer;
 use konnect_proto::admin::v1::tokens_server::TokensServer;
 use konnect_proto::peer::v1::peer_server::PeerServer;
 use tokio::net::TcpListener;
@@ -22,7 +24,8 @@ use crate::admin::auth::Authenticator;
 use crate::admin::cluster::ClusterService;
 use crate::admin::keys::KeyService;
 use crate::admin::resources::ResourceService;
-use crate::config::Settings;
+use crate::admin::secrets::SecretsService;
+use crate::config::{SecretKeySource, Settings};
 use crate::gateway::access_log::AccessLog;
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::raft::log_store::LogStore;
@@ -32,6 +35,7 @@ use crate::raft::proposer::Proposer;
 use crate::raft::state::StateReader;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeMeta, Raft};
+use crate::secrets::Keyring;
 use crate::{bootstrap, status, telemetry};
 
 /// Everything the admin API and the status endpoint need from the running node.
@@ -45,6 +49,8 @@ pub struct NodeHandle {
     pub channels: PeerChannels,
     /// Last applied log index, updated after every apply.
     pub applied: watch::Receiver<u64>,
+    /// The cluster data keys: the admin write path encrypts secret fields with the primary.
+    pub keyring: Arc<Keyring>,
 }
 
 /// A startup failure, said in terms of the setting or file involved.
@@ -68,6 +74,9 @@ pub enum StartError {
     Metrics(String),
     #[error("dev bootstrap: {0}")]
     Bootstrap(String),
+    /// The secret keys cannot be loaded, or do not open what the state holds.
+    #[error("secrets: {0}")]
+    Secrets(String),
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -114,8 +123,18 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         path: data_dir.clone(),
         message: e.to_string(),
     };
+    let keyring = Arc::new(load_keyring(&settings.secret_keys)?);
     let log_store = LogStore::open(&data_dir.join("raft-log.redb")).map_err(store_err)?;
     let (state_machine, reader, applied) = StateMachine::open(&data_dir).map_err(store_err)?;
+    // Refuse to serve a configuration whose secrets this node cannot open.
+    let plaintext = crate::state::check_stored_secrets(&reader, &keyring)
+        .map_err(|e| StartError::Secrets(e.to_string()))?;
+    if !plaintext.is_empty() {
+        tracing::warn!(
+            resources = %plaintext.join(", "),
+            "secret fields stored unencrypted (written before encryption at rest); run `konnectctl secrets rekey` to encrypt them"
+        );
+    }
 
     // Bind everything before starting Raft, so a port clash fails fast and clearly.
     let peer_listener = bind("--peer-addr", settings.peer_addr).await?;
@@ -163,6 +182,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         reader: reader.clone(),
         channels: channels.clone(),
         applied,
+        keyring: keyring.clone(),
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -203,6 +223,9 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     health_reporter
         .set_serving::<ResourcesServer<ResourceService>>()
         .await;
+    health_reporter
+        .set_serving::<SecretsServer<SecretsService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(konnect_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -215,6 +238,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
             auth: auth.clone(),
         }))
         .add_service(ResourcesServer::new(ResourceService {
+            node: node.clone(),
+            auth: auth.clone(),
+        }))
+        .add_service(SecretsServer::new(SecretsService {
             node: node.clone(),
             auth: auth.clone(),
         }))
@@ -251,7 +278,8 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         path: PathBuf::from(format!("{:?}", settings.access_log)),
         message: format!("cannot open the access log: {e}"),
     })?;
-    let snapshot = crate::state::spawn_snapshot_updates(reader.clone(), node.applied.clone());
+    let snapshot =
+        crate::state::spawn_snapshot_updates(reader.clone(), node.applied.clone(), keyring.clone());
     tokio::spawn(crate::state::report_key_usage(
         snapshot.clone(),
         proposer.clone(),
@@ -397,6 +425,7 @@ async fn dev_bootstrap(node: &NodeHandle) -> Result<(), StartError> {
          \n  admin API (gRPC)  {scheme}://{admin}\
          \n  status            http://{status}/readyz   http://{status}/metrics\
          \n  admin token       {token_note}\
+         \n  secret key        {secret_key}\
          \n\nNext, try:\
          \n  konnectctl --endpoint {scheme}://{admin}{ca_flag} --token-file {token} cluster status\
          \n  konnectctl --endpoint {scheme}://{admin}{ca_flag} --token-file {token} apply -f docs/examples/echo.yaml\n",
@@ -405,8 +434,54 @@ async fn dev_bootstrap(node: &NodeHandle) -> Result<(), StartError> {
         proxy = node.meta.proxy_addr,
         status = s.status_addr,
         token = token_file.display(),
+        secret_key = match &s.secret_keys {
+            SecretKeySource::DevFile(path) => format!(
+                "{} (mode 0600; development only: keep production keys apart from the data)",
+                path.display()
+            ),
+            SecretKeySource::File(path) => format!("from {}", path.display()),
+            SecretKeySource::Env(_) => format!("from {}", crate::secrets::KEY_ENV),
+        },
     );
     Ok(())
+}
+
+/// The keyring from the configured source; `--dev` makes its key file on first start.
+fn load_keyring(source: &SecretKeySource) -> Result<Keyring, StartError> {
+    let keyring = match source {
+        SecretKeySource::File(path) => {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "the secret key file is readable by other users; chmod 600 it"
+                    );
+                }
+            }
+            Keyring::from_file(path, "--secret-key-file")
+        }
+        SecretKeySource::Env(text) => Keyring::parse(&text.0, crate::secrets::KEY_ENV),
+        SecretKeySource::DevFile(path) => {
+            if !path.exists() {
+                let line =
+                    crate::secrets::new_key_line(Some("dev")).map_err(StartError::Secrets)?;
+                write_secret_file(path, &line).map_err(|e| StartError::DataDir {
+                    path: path.clone(),
+                    message: format!("cannot write the development secret key: {e}"),
+                })?;
+                tracing::info!(file = %path.display(), "made a secret key for development mode");
+            }
+            Keyring::from_file(path, "--dev key file")
+        }
+    }
+    .map_err(|e| StartError::Secrets(e.to_string()))?;
+    tracing::info!(
+        primary = keyring.primary_id(),
+        keys = %keyring.key_ids().join(", "),
+        "secret keys loaded"
+    );
+    Ok(keyring)
 }
 
 /// Writes `contents` to a new file readable only by its owner.

@@ -88,7 +88,6 @@ pub fn secret_fields(kind: &str) -> &'static [&'static str] {
         "Certificate" => certificate::SECRET_FIELDS,
         "Service" => service::SECRET_FIELDS,
         "JwtProvider" => jwt_provider::SECRET_FIELDS,
-        "ApiKey" => api_key::SECRET_FIELDS,
         _ => &[],
     }
 }

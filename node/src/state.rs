@@ -1,5 +1,6 @@
 //! The immutable configuration snapshot the gateway reads, and the task that rebuilds it
 //! whenever an applied Raft entry changed a gateway resource (Service, Route, Certificate).
+//! Secret fields are stored encrypted; they are decrypted here, into the snapshot only.
 //!
 //! Architecture invariant: the request path only ever does `snapshot.load_full()`: one atomic
 //! pointer read, no lock, no Raft, no disk. A request keeps the `Arc` it loaded, so in-flight
@@ -28,6 +29,7 @@ use crate::resources::jwt_provider::JwtProviderSpec;
 use crate::resources::log_redaction::LogRedactionSpec;
 use crate::resources::route::RouteSpec;
 use crate::resources::service::ServiceSpec;
+use crate::secrets::Keyring;
 use konnect_proto::state::v1 as pb;
 use rustls::sign::CertifiedKey;
 
@@ -113,6 +115,79 @@ pub struct SnapshotBuilder {
     /// Route name -> (route revision, cache).
     caches: HashMap<String, (u64, Arc<ResponseCache>)>,
     router: Arc<Router>,
+    /// Decrypts the secret fields (certificate keys, upstream client keys).
+    keyring: Arc<Keyring>,
+}
+
+/// A stored resource's spec as JSON with its secret fields decrypted. The error names the
+/// field and the key id, never the value.
+fn plain_spec(keyring: &Keyring, r: &pb::Resource) -> Result<serde_json::Value, String> {
+    let mut spec = struct_to_json(&r.spec.clone().unwrap_or_default());
+    crate::secrets::decrypt_spec(keyring, &r.kind, &r.name, &mut spec)
+        .map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+/// A stored secret this node cannot decrypt, found by [`check_stored_secrets`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoredSecretError {
+    #[error("cannot read the stored resources: {0}")]
+    Read(String),
+    /// `resource` is `Kind "name"`.
+    #[error("{resource}: {error}; {}", what_to_do(&.error.error))]
+    Undecryptable {
+        resource: String,
+        error: Box<crate::secrets::FieldError>,
+    },
+}
+
+/// The fix for a stored secret that does not decrypt.
+fn what_to_do(e: &crate::secrets::SecretError) -> String {
+    match e {
+        crate::secrets::SecretError::UnknownKey { key_id, .. } => format!(
+            "start this node with a keyring that holds key {key_id:?} (--secret-key-file or KONNECT_SECRET_KEY)"
+        ),
+        crate::secrets::SecretError::Undecryptable { key_id } => format!(
+            "this node's key {key_id:?} is not the key the value was encrypted with; use the cluster's key file"
+        ),
+        _ => "the stored value is damaged; apply the resource again".to_string(),
+    }
+}
+
+/// Checks that every stored secret field opens with `keyring`, so a node never serves
+/// without its secrets. Returns the resources whose secrets are still plaintext (written
+/// before encryption at rest), as `Kind "name"`.
+pub fn check_stored_secrets(
+    reader: &StateReader,
+    keyring: &Keyring,
+) -> Result<Vec<String>, StoredSecretError> {
+    let kinds: Vec<&str> = crate::resources::KINDS
+        .iter()
+        .map(|k| k.name)
+        .filter(|k| !crate::resources::secret_fields(k).is_empty())
+        .collect();
+    let (_, stored) = reader
+        .resources_of_kinds(&kinds)
+        .map_err(|e| StoredSecretError::Read(e.to_string()))?;
+    let mut plaintext = Vec::new();
+    for r in stored.iter().flatten() {
+        let mut spec = struct_to_json(&r.spec.clone().unwrap_or_default());
+        for field in crate::resources::secret_fields(&r.kind) {
+            if crate::secrets::field_str(&spec, field)
+                .is_some_and(|v| !crate::secrets::is_envelope(v))
+            {
+                plaintext.push(format!("{} {:?}", r.kind, r.name));
+            }
+        }
+        if let Err(error) = crate::secrets::decrypt_spec(keyring, &r.kind, &r.name, &mut spec) {
+            return Err(StoredSecretError::Undecryptable {
+                resource: format!("{} {:?}", r.kind, r.name),
+                error: Box::new(error),
+            });
+        }
+    }
+    plaintext.dedup();
+    Ok(plaintext)
 }
 
 fn skip(kind: &str, name: &str, e: String) {
@@ -122,9 +197,10 @@ fn skip(kind: &str, name: &str, e: String) {
 }
 
 impl SnapshotBuilder {
-    pub fn new(reader: StateReader) -> SnapshotBuilder {
+    pub fn new(reader: StateReader, keyring: Arc<Keyring>) -> SnapshotBuilder {
         SnapshotBuilder {
             reader,
+            keyring,
             services: BTreeMap::new(),
             routes: BTreeMap::new(),
             certs: BTreeMap::new(),
@@ -222,8 +298,8 @@ impl SnapshotBuilder {
                     {
                         continue;
                     }
-                    let built = ServiceSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
-                        .map_err(|e| e.to_string())
+                    let built = plain_spec(&self.keyring, &r)
+                        .and_then(|spec| ServiceSpec::parse(&spec).map_err(|e| e.to_string()))
                         .and_then(|spec| Upstream::new(&name, r.revision, spec));
                     match built {
                         Ok(u) => {
@@ -273,15 +349,18 @@ impl SnapshotBuilder {
                     self.certs.remove(&name);
                 }
                 ("Certificate", Some(r)) => {
-                    let key = CertificateSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
-                        .and_then(|spec| spec.certified_key().map(|k| (spec.snis, k)));
+                    let key = plain_spec(&self.keyring, &r).and_then(|spec| {
+                        CertificateSpec::parse(&spec)
+                            .and_then(|spec| spec.certified_key().map(|k| (spec.snis, k)))
+                            .map_err(|e| e.to_string())
+                    });
                     match key {
                         Ok(entry) => {
                             self.certs.insert(name, entry);
                         }
                         Err(e) => {
                             self.certs.remove(&name);
-                            skip("Certificate", &name, e.to_string());
+                            skip("Certificate", &name, e);
                         }
                     }
                 }
@@ -334,10 +413,9 @@ impl SnapshotBuilder {
                         continue;
                     }
                     identities_changed = true;
-                    let built =
-                        JwtProviderSpec::parse(&struct_to_json(&r.spec.unwrap_or_default()))
-                            .map_err(|e| e.to_string())
-                            .and_then(|spec| JwtVerifier::new(&name, spec));
+                    let built = plain_spec(&self.keyring, &r)
+                        .and_then(|spec| JwtProviderSpec::parse(&spec).map_err(|e| e.to_string()))
+                        .and_then(|spec| JwtVerifier::new(&name, spec));
                     match built {
                         Ok(v) => {
                             self.jwt.insert(name, (r.revision, v));
@@ -486,8 +564,9 @@ impl SnapshotBuilder {
 pub fn spawn_snapshot_updates(
     reader: StateReader,
     mut applied: watch::Receiver<u64>,
+    keyring: Arc<Keyring>,
 ) -> SharedSnapshot {
-    let mut builder = SnapshotBuilder::new(reader.clone());
+    let mut builder = SnapshotBuilder::new(reader.clone(), keyring.clone());
     let first = builder.build().unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot build the gateway configuration; serving none until it changes");
         GatewaySnapshot::empty()
@@ -542,7 +621,7 @@ pub fn spawn_snapshot_updates(
                         // A bug, not bad config: start over with a full build from the state.
                         tracing::error!(error = %e, "gateway config build panicked; rebuilding from scratch");
                         metrics::counter!("konnect_gateway_snapshot_errors_total").increment(1);
-                        builder = SnapshotBuilder::new(reader.clone());
+                        builder = SnapshotBuilder::new(reader.clone(), keyring.clone());
                         builder.build()
                     }
                 };

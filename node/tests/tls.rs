@@ -379,8 +379,11 @@ fn certs_init_refuses_to_overwrite_and_writes_keys_only_their_owner_can_read() {
 /// `konnect serve` with `flags`; it must exit at once.
 fn serve_refused(dir: &Path, flags: &[&str]) -> Output {
     let data = dir.join("data").display().to_string();
+    let key = cluster_key_file(dir).display().to_string();
     let mut args = vec![
         "serve",
+        "--secret-key-file",
+        &key,
         "--node-id",
         "1",
         "--data-dir",
@@ -475,6 +478,8 @@ fn plain_control_ports_beyond_loopback_warn_that_tokens_travel_in_clear_text() {
         .args(["--admin-addr", &admin, "--peer-addr", &peer])
         .args(["--status-addr", &format!("127.0.0.1:{}", ports[2])])
         .args(["--proxy-addr", "127.0.0.1:0", "--log", "off"])
+        .arg("--secret-key-file")
+        .arg(cluster_key_file(dir.path()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

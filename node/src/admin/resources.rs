@@ -1,14 +1,19 @@
 //! `konnect.admin.v1.Resources`: apply, create, update, delete, get, list and watch resources.
 //!
 //! Writes become one Raft command each (an Apply of many resources is one command, applied
-//! atomically); the state machine validates them. Reads are served from this node's applied
-//! state, or linearizably (`consistent`) after a read-index barrier through the leader.
+//! atomically); the state machine validates them. Before a write is proposed, its secret
+//! fields (`resources::secret_fields`) are validated as plaintext here and replaced by
+//! envelopes encrypted with the primary key (`seal_secrets`): plaintext secrets never enter
+//! the log or the state. Reads are served from this node's applied state, or linearizably
+//! (`consistent`) after a read-index barrier through the leader, with every secret shown as
+//! `<redacted>`.
 
 use std::pin::Pin;
 
 use futures::Stream;
 use konnect_proto::admin::v1 as api;
 use konnect_proto::admin::v1::resources_server::Resources;
+use konnect_proto::json::struct_to_json;
 use konnect_proto::state::v1 as pb;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -18,6 +23,7 @@ use super::{count_request, AdminError};
 use crate::node::NodeHandle;
 use crate::raft::state::{History, LabelSelector};
 use crate::resources;
+use crate::secrets;
 
 const DEFAULT_PAGE: usize = 500;
 const MAX_PAGE: usize = 5000;
@@ -87,6 +93,140 @@ fn to_write(input: api::ResourceInput, expected_revision: Option<u64>) -> pb::Re
 }
 
 impl ResourceService {
+    /// Replaces the secret fields of `writes` by envelopes, after checking each such spec in
+    /// full with its plaintext (the state machine can only check the rest). Per field:
+    /// plaintext is encrypted with the primary key (or keeps the stored envelope when that
+    /// holds the same value, so re-applying a manifest changes nothing); `<redacted>` keeps
+    /// the stored envelope, and then the write only applies if the resource is still at the
+    /// revision read; an envelope is kept if this node's keyring opens it for this resource
+    /// and field.
+    async fn seal_secrets(&self, writes: &mut [pb::ResourceWrite]) -> Result<(), AdminError> {
+        for (i, w) in writes.iter_mut().enumerate() {
+            let fields = resources::secret_fields(&w.kind);
+            let (Some(def), Some(spec)) = (resources::kind(&w.kind), w.spec.as_mut()) else {
+                continue;
+            };
+            let mut plain = struct_to_json(spec);
+            let invalid = |field: String, message: String| AdminError::Invalid {
+                message: format!("{field}: {message}"),
+                write_index: Some(i as u32),
+                field,
+            };
+            let mut present = false;
+            for field in fields {
+                let value = field
+                    .split('.')
+                    .try_fold(&plain, |v, part| v.get(part))
+                    .filter(|v| !v.is_null());
+                match value {
+                    None => {}
+                    Some(v) if v.is_string() => present = true,
+                    // Refused here, so that not even a malformed secret reaches the log.
+                    Some(_) => {
+                        return Err(invalid(
+                            format!("spec.{field}"),
+                            "must be a string (PEM)".into(),
+                        ))
+                    }
+                }
+            }
+            if !present {
+                continue;
+            }
+            resources::validate_name(&w.name)
+                .and_then(|_| resources::validate_labels(&w.labels))
+                .map_err(|e| invalid(e.field, e.message))?;
+            let mut stored: Option<Option<pb::Resource>> = None;
+            let mut kept_stored_revision = None;
+            let mut sealed: Vec<(&str, String)> = Vec::new();
+            for field in fields {
+                let Some(value) = secrets::field_str(&plain, field).map(str::to_string) else {
+                    continue;
+                };
+                let aad = secrets::aad(&w.kind, &w.name, field);
+                let (plaintext, envelope) = if value == resources::REDACTED {
+                    // Keep what is stored: read it as of now (through the leader), since a
+                    // user round-tripping `get | apply` may ask any node.
+                    if stored.is_none() {
+                        self.node.proposer.linearizable_barrier().await?;
+                        stored = Some(self.node.reader.get_resource(&w.kind, &w.name)?);
+                    }
+                    let current = stored.as_ref().and_then(|r| r.as_ref());
+                    let kept = current
+                        .and_then(|r| r.spec.as_ref())
+                        .map(struct_to_json)
+                        .and_then(|s| secrets::field_str(&s, field).map(str::to_string))
+                        .filter(|v| v != resources::REDACTED)
+                        .ok_or_else(|| {
+                            invalid(
+                                format!("spec.{field}"),
+                                format!(
+                                    "is {} but {} {:?} has no stored value to keep; send the secret itself",
+                                    resources::REDACTED,
+                                    w.kind,
+                                    w.name
+                                ),
+                            )
+                        })?;
+                    kept_stored_revision = current.map(|r| r.revision);
+                    let plaintext = if secrets::is_envelope(&kept) {
+                        self.node.keyring.decrypt(&kept, &aad).map_err(|e| {
+                            invalid(
+                                format!("spec.{field}"),
+                                format!("the stored value cannot be opened on this node: {e}"),
+                            )
+                        })?
+                    } else {
+                        kept.clone()
+                    };
+                    (plaintext, kept)
+                } else if secrets::is_envelope(&value) {
+                    let plaintext = self.node.keyring.decrypt(&value, &aad).map_err(|e| {
+                        invalid(
+                            format!("spec.{field}"),
+                            format!(
+                                "an encrypted value is accepted only if this node's keys open it for this resource and field: {e}"
+                            ),
+                        )
+                    })?;
+                    (plaintext, value)
+                } else {
+                    let same_as_stored = self
+                        .node
+                        .reader
+                        .get_resource(&w.kind, &w.name)?
+                        .and_then(|r| r.spec)
+                        .map(|s| struct_to_json(&s))
+                        .and_then(|s| secrets::field_str(&s, field).map(str::to_string))
+                        .filter(|old| {
+                            secrets::is_envelope(old)
+                                && self.node.keyring.decrypt(old, &aad).ok().as_deref()
+                                    == Some(value.as_str())
+                        });
+                    let envelope = match same_as_stored {
+                        Some(old) => old,
+                        None => self
+                            .node
+                            .keyring
+                            .encrypt(&value, &aad)
+                            .map_err(|e| AdminError::Internal(e.to_string()))?,
+                    };
+                    (value, envelope)
+                };
+                set_secret_json(&mut plain, field, plaintext);
+                sealed.push((field, envelope));
+            }
+            (def.validate)(&plain).map_err(|e| invalid(e.field, e.message))?;
+            for (field, envelope) in sealed {
+                set_path(spec, field, &envelope);
+            }
+            if w.expected_revision.is_none() {
+                w.expected_revision = kept_stored_revision;
+            }
+        }
+        Ok(())
+    }
+
     /// Proposes a write under `request_id` (see [`scoped_request_id`]).
     async fn propose(
         &self,
@@ -110,8 +250,10 @@ impl ResourceService {
         expected_revision: Option<u64>,
     ) -> Result<pb::Resource, AdminError> {
         let (kind, name) = (input.kind.clone(), input.name.clone());
+        let mut writes = vec![to_write(input, expected_revision)];
+        self.seal_secrets(&mut writes).await?;
         let op = pb::command::Op::Apply(pb::ApplyResources {
-            writes: vec![to_write(input, expected_revision)],
+            writes,
             prune_kinds: vec![],
         });
         let done = self.propose(request_id, token, op).await?;
@@ -151,7 +293,9 @@ impl Resources for ResourceService {
         if r.resources.is_empty() && r.prune_kinds.is_empty() {
             return Err(AdminError::invalid("nothing to apply: no resources given").into());
         }
-        let writes = r.resources.into_iter().map(|i| to_write(i, None)).collect();
+        let mut writes: Vec<pb::ResourceWrite> =
+            r.resources.into_iter().map(|i| to_write(i, None)).collect();
+        self.seal_secrets(&mut writes).await?;
         let result = self
             .propose(
                 request_id,
@@ -352,20 +496,21 @@ impl Resources for ResourceService {
     }
 }
 
-/// Replaces the secret fields of a resource's spec with `<redacted>`: every resource leaving
-/// the admin API goes through here.
-fn redact(mut r: pb::Resource) -> pb::Resource {
+/// Replaces the secret fields of a resource's spec (plaintext or encrypted) with
+/// `<redacted>`: every resource leaving the admin API goes through here.
+pub(super) fn redact(mut r: pb::Resource) -> pb::Resource {
     let secrets = resources::secret_fields(&r.kind);
     if let Some(spec) = r.spec.as_mut() {
         for path in secrets {
-            redact_path(spec, path);
+            set_path(spec, path, resources::REDACTED);
         }
     }
     r
 }
 
-/// Replaces the value at a dotted path (`tls.client_key_pem`) when it is present.
-fn redact_path(spec: &mut prost_types::Struct, path: &str) {
+/// Replaces the value at a dotted path (`tls.client_key_pem`) with a string when a non-null
+/// value is present there.
+pub(super) fn set_path(spec: &mut prost_types::Struct, path: &str, value: &str) {
     let (head, rest) = match path.split_once('.') {
         Some((h, r)) => (h, Some(r)),
         None => (path, None),
@@ -377,15 +522,24 @@ fn redact_path(spec: &mut prost_types::Struct, path: &str) {
         (None, Some(prost_types::value::Kind::NullValue(_))) => {}
         (None, _) => {
             *v = prost_types::Value {
-                kind: Some(prost_types::value::Kind::StringValue(
-                    resources::REDACTED.into(),
-                )),
+                kind: Some(prost_types::value::Kind::StringValue(value.into())),
             }
         }
         (Some(rest), Some(prost_types::value::Kind::StructValue(inner))) => {
-            redact_path(inner, rest)
+            set_path(inner, rest, value)
         }
         _ => {}
+    }
+}
+
+/// Sets the string at a dotted path of a JSON spec where a string already is.
+fn set_secret_json(spec: &mut serde_json::Value, path: &str, value: String) {
+    if let Some(slot) = path
+        .split('.')
+        .try_fold(spec, |v, part| v.get_mut(part))
+        .filter(|v| v.is_string())
+    {
+        *slot = serde_json::Value::String(value);
     }
 }
 

@@ -34,17 +34,12 @@ pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsSettingError>
     };
     let config = match (&tls.client_cert_pem, &tls.client_key_pem) {
         (Some(cert), Some(key)) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| {
-                        (
-                            "client_cert_pem",
-                            format!("not a PEM certificate chain: {e}"),
-                        )
-                    })?;
-            if chain.is_empty() {
-                return Err(("client_cert_pem", "no certificate found in the PEM".into()));
+            let chain = client_chain(cert)?;
+            if crate::secrets::is_envelope(key) {
+                return Err((
+                    "client_key_pem",
+                    "the key is still encrypted (internal error: decrypt before use)".into(),
+                ));
             }
             let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
                 (
@@ -78,6 +73,43 @@ pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsSettingError>
             .map_err(|_| ("sni", format!("{sni:?} is not a host name")))?;
     }
     Ok(config)
+}
+
+/// Checks everything but the client key, which is encrypted (the stored form of a Service):
+/// trust roots, SNI and the client certificate chain.
+pub fn check_without_client_key(tls: &UpstreamTls) -> Result<(), TlsSettingError> {
+    match &tls.client_cert_pem {
+        Some(cert) => {
+            client_chain(cert)?;
+        }
+        None => {
+            return Err((
+                "client_cert_pem",
+                "a client key needs its certificate".into(),
+            ))
+        }
+    }
+    let without_identity = UpstreamTls {
+        client_cert_pem: None,
+        client_key_pem: None,
+        ..tls.clone()
+    };
+    client_config(&without_identity).map(|_| ())
+}
+
+fn client_chain(cert: &str) -> Result<Vec<CertificateDer<'static>>, TlsSettingError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            (
+                "client_cert_pem",
+                format!("not a PEM certificate chain: {e}"),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(("client_cert_pem", "no certificate found in the PEM".into()));
+    }
+    Ok(chain)
 }
 
 fn roots(ca_pem: Option<&str>) -> Result<RootCertStore, TlsSettingError> {

@@ -2,7 +2,9 @@
 //!
 //! Keys are made by the node (`konnectctl keys create`, the admin `Keys` service), never
 //! written by hand: the Resources API refuses to create or change this kind, so a stored key
-//! hash always comes from 256 random bits. The key itself is shown once and never stored.
+//! hash always comes from 256 random bits. The key itself is shown once and never stored; its
+//! hash is not a secret (nothing can be learnt from a SHA-256 of 256 random bits), so it is
+//! neither encrypted nor redacted.
 
 use rand::RngCore;
 use serde::Deserialize;
@@ -22,9 +24,6 @@ pub const KIND: KindDef = KindDef {
         Err(_) => Vec::new(),
     },
 };
-
-/// The hash is not reversible, but nobody needs to see it either.
-pub const SECRET_FIELDS: &[&str] = &["sha256"];
 
 /// Every key starts with this, so leaked keys are recognisable (secret scanners, log reviews).
 pub const KEY_PREFIX: &str = "knk_";

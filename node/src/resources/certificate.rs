@@ -1,5 +1,7 @@
 //! `kind: Certificate`: a PEM certificate chain and its private key, served by the proxy's TLS
-//! listener for the SNI names listed. The key is a secret: the admin API never shows it.
+//! listener for the SNI names listed. The key is a secret: the admin API never shows it, and
+//! the state stores it encrypted (`secrets.rs`), so `parse` accepts an encrypted key without
+//! looking inside; the admin write path checked the plaintext before encrypting it.
 
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ pub const KIND: KindDef = KindDef {
 /// Spec fields that are secrets: replaced by `<redacted>` in every admin API answer.
 pub const SECRET_FIELDS: &[&str] = &["key_pem"];
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateSpec {
     /// The certificate chain in PEM, leaf first.
@@ -30,10 +32,27 @@ pub struct CertificateSpec {
     pub snis: Vec<String>,
 }
 
+impl std::fmt::Debug for CertificateSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log line, even through `{:?}`.
+        f.debug_struct("CertificateSpec")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &crate::resources::REDACTED)
+            .field("snis", &self.snis)
+            .finish()
+    }
+}
+
 impl CertificateSpec {
+    /// Parses and checks a spec. An encrypted `key_pem` (an `enc:v1:` envelope) is accepted
+    /// as it is: only the chain is checked then, since `apply` holds no key.
     pub fn parse(spec: &serde_json::Value) -> Result<CertificateSpec, SpecError> {
         let c: CertificateSpec = parse_spec(spec)?;
-        c.certified_key()?;
+        if crate::secrets::is_envelope(&c.key_pem) {
+            c.chain()?;
+        } else {
+            c.certified_key()?;
+        }
         if c.snis.is_empty() {
             return Err(SpecError::new(
                 "spec.snis",
@@ -57,8 +76,8 @@ impl CertificateSpec {
         Ok(c)
     }
 
-    /// The chain and key, checked to belong together, ready for rustls.
-    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, SpecError> {
+    /// The certificate chain, leaf first.
+    fn chain(&self) -> Result<Vec<CertificateDer<'static>>, SpecError> {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
@@ -69,6 +88,19 @@ impl CertificateSpec {
             return Err(SpecError::new(
                 "spec.cert_pem",
                 "no certificate found in the PEM",
+            ));
+        }
+        Ok(chain)
+    }
+
+    /// The chain and key, checked to belong together, ready for rustls. Needs the plaintext
+    /// key: the caller decrypts first.
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, SpecError> {
+        let chain = self.chain()?;
+        if crate::secrets::is_envelope(&self.key_pem) {
+            return Err(SpecError::new(
+                "spec.key_pem",
+                "the key is still encrypted (internal error: decrypt before use)",
             ));
         }
         // Never echo the key material in an error.
@@ -118,5 +150,24 @@ mod tests {
             CertificateSpec::parse(&garbage).unwrap_err().field,
             "spec.cert_pem"
         );
+    }
+
+    #[test]
+    fn an_encrypted_key_is_accepted_unread_while_the_chain_is_still_checked() {
+        let (cert, key) = pair("api.example.com");
+        let stored = serde_json::json!({"cert_pem": cert, "key_pem": "enc:v1:k1:AAAA", "snis": ["api.example.com"]});
+        let c = CertificateSpec::parse(&stored).unwrap();
+        // Using it needs the plaintext.
+        assert_eq!(c.certified_key().unwrap_err().field, "spec.key_pem");
+        let bad_chain =
+            serde_json::json!({"cert_pem": "nope", "key_pem": "enc:v1:k1:AAAA", "snis": ["a"]});
+        assert_eq!(
+            CertificateSpec::parse(&bad_chain).unwrap_err().field,
+            "spec.cert_pem"
+        );
+        let plain =
+            serde_json::json!({"cert_pem": cert, "key_pem": key, "snis": ["api.example.com"]});
+        let shown = format!("{:?}", CertificateSpec::parse(&plain).unwrap());
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
     }
 }

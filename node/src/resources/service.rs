@@ -41,7 +41,7 @@ pub struct ServiceSpec {
 }
 
 /// How konnect speaks TLS to `https://` targets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Verify the target's certificate chain and name. Default true; false accepts any
@@ -60,6 +60,22 @@ pub struct UpstreamTls {
 
 fn default_true() -> bool {
     true
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client key never reaches a log line, even through `{:?}`.
+        f.debug_struct("UpstreamTls")
+            .field("verify", &self.verify)
+            .field("ca_pem", &self.ca_pem)
+            .field("sni", &self.sni)
+            .field("client_cert_pem", &self.client_cert_pem)
+            .field(
+                "client_key_pem",
+                &self.client_key_pem.as_ref().map(|_| super::REDACTED),
+            )
+            .finish()
+    }
 }
 
 /// Spec fields of a Service that are secrets (dotted paths).
@@ -323,7 +339,18 @@ impl ServiceSpec {
             a.validate("spec.health_check.active")?;
         }
         if let Some(tls) = &s.tls {
-            crate::gateway::upstream_tls::client_config(tls)
+            // An encrypted client key (stored form) is checked only for its presence: `apply`
+            // holds no key, and the admin write path checked the plaintext.
+            let checked = if tls
+                .client_key_pem
+                .as_deref()
+                .is_some_and(crate::secrets::is_envelope)
+            {
+                crate::gateway::upstream_tls::check_without_client_key(tls)
+            } else {
+                crate::gateway::upstream_tls::client_config(tls).map(|_| ())
+            };
+            checked
                 .map_err(|(field, message)| SpecError::new(format!("spec.tls.{field}"), message))?;
         }
         if s.retries.count > 10 {
@@ -415,6 +442,35 @@ mod tests {
         let e = ServiceSpec::parse(&json!({"targets": [{"url": "http://a", "weight": "x"}]}))
             .unwrap_err();
         assert_eq!(e.field, "spec.targets[0].weight");
+    }
+
+    #[test]
+    fn an_encrypted_client_key_is_accepted_unread_but_needs_its_certificate() {
+        let c = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
+        let (cert, key) = (c.cert.pem(), c.signing_key.serialize_pem());
+        let with = |tls: serde_json::Value| {
+            ServiceSpec::parse(&json!({"targets": [{"url": "https://a:1"}], "tls": tls}))
+        };
+        let s = with(
+            json!({"verify": false, "client_cert_pem": cert, "client_key_pem": "enc:v1:k:AAAA"}),
+        )
+        .unwrap();
+        let shown = format!("{:?}", s.tls);
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("enc:v1"),
+            "{shown}"
+        );
+        let e = with(json!({"verify": false, "client_key_pem": "enc:v1:k:AAAA"})).unwrap_err();
+        assert_eq!(e.field, "spec.tls.client_cert_pem");
+        let e = with(
+            json!({"verify": false, "client_cert_pem": "x", "client_key_pem": "enc:v1:k:AAAA"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.tls.client_cert_pem");
+        // Plaintext is checked in full, and never shown.
+        let s =
+            with(json!({"verify": false, "client_cert_pem": cert, "client_key_pem": key})).unwrap();
+        assert!(!format!("{:?}", s.tls).contains("PRIVATE KEY"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! TLS mode (`Cluster::start_tls`): the certificates come from the real `konnect certs init`
 //! run into the cluster's temporary directory; every node gets admin TLS and peer mTLS with
 //! them, and the harness's clients trust the CA it made.
+//! The nodes under one root directory share one secret key file (`<root>/secret.key`).
 
 #![allow(dead_code)]
 
@@ -113,7 +114,30 @@ pub struct NodeProc {
     pub zone: String,
     /// Set by `with_tls`: the admin port speaks TLS, verified with this CA.
     pub ca: Option<PathBuf>,
+    /// Passed as `--secret-key-file`; `None` starts the node without a key.
+    pub secret_key_file: Option<PathBuf>,
+    /// `--log` filter.
+    pub log_filter: String,
     child: Option<Child>,
+}
+
+/// The key file shared by every node under `root`, made with one fresh key on first use.
+pub fn cluster_key_file(root: &Path) -> PathBuf {
+    let path = root.join("secret.key");
+    if !path.exists() {
+        write_key_file(
+            &path,
+            &[&konnect::secrets::new_key_line(Some("test")).unwrap()],
+        );
+    }
+    path
+}
+
+/// Writes key lines (the first is the primary) to a 0600 file.
+pub fn write_key_file(path: &Path, lines: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, lines.join("\n") + "\n").expect("write key file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
 }
 
 impl NodeProc {
@@ -136,6 +160,8 @@ impl NodeProc {
             peers,
             zone: zone.to_string(),
             ca: None,
+            secret_key_file: Some(cluster_key_file(root)),
+            log_filter: "warn,konnect=info,openraft=warn".into(),
             child: None,
         }
     }
@@ -154,8 +180,8 @@ impl NodeProc {
         }
     }
 
-    pub fn start(&mut self) {
-        assert!(self.child.is_none(), "node {} already running", self.id);
+    /// The `konnect serve` command line of this node, output appended to its log.
+    pub fn command(&self) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -171,20 +197,51 @@ impl NodeProc {
             .args(["--admin-addr", &self.admin])
             .args(["--status-addr", &self.status])
             .args(["--proxy-addr", "127.0.0.1:0"])
-            .args(["--log", "warn,konnect=info,openraft=warn"])
+            .args(["--log", &self.log_filter])
             // Tests share two cores with compilers and other clusters: timings that tolerate
             // a starved process for a second keep elections from flapping.
             .args(["--heartbeat-ms", "150", "--election-timeout-min-ms", "1000"])
             .args(&self.extra_args)
             .env_remove("KONNECT_TOKEN")
+            .env_remove("KONNECT_SECRET_KEY")
+            .env_remove("KONNECT_SECRET_KEY_FILE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);
         if let Some(p) = &self.peers {
             cmd.args(["--peers", p]);
         }
-        self.child = Some(cmd.spawn().expect("spawn konnect"));
+        if let Some(k) = &self.secret_key_file {
+            cmd.arg("--secret-key-file").arg(k);
+        }
+        cmd
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        self.child = Some(self.command().spawn().expect("spawn konnect"));
         self.wait_listening();
+    }
+
+    /// Starts the node expecting it to refuse: waits up to 20 s for it to exit and returns
+    /// whether it exited successfully and what it wrote to its log meanwhile.
+    pub fn start_expecting_exit(&mut self) -> (bool, String) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let before = self.log().len();
+        let mut child = self.command().spawn().expect("spawn konnect");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for konnect") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {} kept running:\n{}", self.id, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status.success(), self.log()[before..].to_string())
     }
 
     /// Blocks until the admin port accepts connections (the node binds all ports at once).
