@@ -5,6 +5,12 @@
 # with 10,000 routes loaded into konnect, with konnect's resident memory (VmRSS) at 10 and at
 # 10,000 routes.
 #
+# konnect is measured three ways in the same rounds: `konnect` (a route with no auth),
+# `konnect-key` (a route with `auth: {key: true}`, wrk sending a Consumer's API key in
+# `x-api-key`) and `konnect-jwt` (a route with `auth: {jwt: [bench-idp]}`, wrk sending an HS256
+# JWT minted here for a JwtProvider with an `hmac_secret`); the summary gives their req/s and CPU
+# per request as ratios to `konnect`: what authentication costs.
+#
 # Placement: every proxy has one worker on one core (konnect under `taskset -c $PROXY_CPU`, so
 # its async runtime starts one worker thread; nginx `worker_processes 1`; HAProxy `nbthread 1`),
 # and the load generator (wrk -t1) and the upstream (nginx, one worker) share the other core.
@@ -18,7 +24,8 @@
 # DURATION seconds and every wait has a bound.
 #
 # Settings (environment variables):
-#   ROUNDS=3          repetitions of each measurement; the order of the targets rotates
+#   ROUNDS=3          repetitions of each measurement; the order of the six targets rotates by one
+#                     each round (their cyclic order stays, so only ROUNDS=6 puts each first once)
 #   DURATION=10       seconds per measurement (wrk -d)
 #   CONNECTIONS="64 1"  wrk connection counts (wrk -t1 -c N); 1 shows latency without queueing
 #   ROUTES=10000      routes in konnect for the second half (0 skips it); applied in batches
@@ -26,8 +33,9 @@
 #   LOAD_CPU=0        core of wrk and the upstream
 #   PROXY_CPU=1       core of the proxy under test
 #   PROFILE=0         1: afterwards, count each proxy's syscalls and context switches per request
-#                     (perf stat), `perf record -g` konnect for 5 s under wrk and print the top of
-#                     `perf report --no-children` (needs perf: Debian's linux-perf)
+#                     (perf stat), `perf record -g` konnect for 5 s under wrk for each of konnect,
+#                     konnect-key and konnect-jwt, and print the top of each `perf report
+#                     --no-children` (needs perf: Debian's linux-perf)
 #   BENCH_TMP=/var/tmp  where the work directory is made
 #   KEEP=0            1 keeps the work directory (configs, logs, data, perf.data)
 #   SKIP_BUILD=0      1 uses the binaries already in target/release
@@ -246,8 +254,11 @@ k_threads=$(ls "/proc/$k_pid/task" | wc -l)
 ctl() { "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" --token-file "$work/konnect/admin-token" "$@"; }
 
 # The same path for every target and both halves: it is one of konnect's routes at 10 routes and
-# at 10,000 (prefix routes match by segment, so /r5 is not a prefix of /r50).
+# at 10,000 (prefix routes match by segment, so /r5 is not a prefix of /r50). The auth targets
+# request /key/r5 and /jwt/r5: routes /key and /jwt, which exist in both halves.
 req_path=/r5
+# Routes besides / and /r<i>: auth-key and auth-jwt (not counted in the `routes` figures).
+auth_routes=2
 # First half: 10 routes (`/` and /r1 ... /r9), all to the one Service.
 {
     cat <<EOF
@@ -264,6 +275,44 @@ EOF
     done
 } >"$work/routes-10.yaml"
 ctl apply -f "$work/routes-10.yaml" >>"$work/logs/konnectctl.log" 2>&1 || die "konnectctl apply failed"
+
+# Authentication: a Consumer `bench` with an API key, a JwtProvider `bench-idp` with a shared
+# secret, and one route for each credential, to the same Service. The JWT's `sub` is the
+# consumer's name; it expires in 2100.
+jwt_issuer=https://bench-idp.invalid
+jwt_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+cat >"$work/auth.yaml" <<EOF
+kind: Consumer
+name: bench
+spec: {description: "benches/proxy"}
+---
+kind: JwtProvider
+name: bench-idp
+spec: {issuer: "$jwt_issuer", hmac_secret: "$jwt_secret", algorithms: [HS256]}
+---
+kind: Route
+name: auth-key
+spec: {paths: ["/key"], service: up, auth: {key: true}}
+---
+kind: Route
+name: auth-jwt
+spec: {paths: ["/jwt"], service: up, auth: {jwt: [bench-idp]}}
+EOF
+ctl apply -f "$work/auth.yaml" >>"$work/logs/konnectctl.log" 2>&1 || die "konnectctl apply of the auth resources failed"
+api_key=$(ctl keys create --consumer bench --description "benches/proxy" 2>>"$work/logs/konnectctl.log") ||
+    die "konnectctl keys create failed"
+[ -n "$api_key" ] || die "konnectctl keys create printed no key"
+jwt=$(python3 - "$jwt_issuer" "$jwt_secret" <<'EOF'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+part = lambda d: b64(json.dumps(d, separators=(",", ":")).encode())
+issuer, secret = sys.argv[1], sys.argv[2]
+signed = part({"alg": "HS256", "typ": "JWT"}) + "." + part(
+    {"iss": issuer, "sub": "bench", "iat": int(time.time()), "exp": 4102444800})
+sig = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
+print(signed + "." + b64(sig))
+EOF
+) || die "could not mint the JWT"
 for url in "http://127.0.0.1:$up_port$req_path" "http://127.0.0.1:$nginx_port$req_path" \
     "http://127.0.0.1:$haproxy_port$req_path" "http://127.0.0.1:$k_proxy$req_path"; do
     wait_200 "$url" "target"
@@ -321,7 +370,24 @@ target_port() {
     direct) echo "$up_port" ;;
     nginx) echo "$nginx_port" ;;
     haproxy) echo "$haproxy_port" ;;
-    konnect) echo "$k_proxy" ;;
+    konnect | konnect-key | konnect-jwt) echo "$k_proxy" ;;
+    esac
+}
+
+# The path each target is asked for: the auth targets' routes are /key and /jwt.
+target_path() {
+    case "$1" in
+    konnect-key) echo "/key$req_path" ;;
+    konnect-jwt) echo "/jwt$req_path" ;;
+    *) echo "$req_path" ;;
+    esac
+}
+
+# The credential header each target is sent (none for the others).
+target_header() {
+    case "$1" in
+    konnect-key) echo "x-api-key: $api_key" ;;
+    konnect-jwt) echo "Authorization: Bearer $jwt" ;;
     esac
 }
 
@@ -331,13 +397,37 @@ target_pids() {
     direct) nginx_pids "$up_pid" ;;
     nginx) nginx_pids "$nginx_pid" ;;
     haproxy) echo "$haproxy_pid" ;;
-    konnect) echo "$k_pid" ;;
+    konnect | konnect-key | konnect-jwt) echo "$k_pid" ;;
     esac
 }
 
+target_url() {
+    echo "http://127.0.0.1:$(target_port "$1")$(target_path "$1")"
+}
+
 run_wrk() { # target conns seconds
+    local header args=()
+    header=$(target_header "$1")
+    [ -z "$header" ] || args=(-H "$header")
     timeout $(($3 + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"$3"s -s "$work/report.lua" \
-        "http://127.0.0.1:$(target_port "$1")$req_path" 2>>"$work/logs/wrk.log"
+        "${args[@]}" "$(target_url "$1")" 2>>"$work/logs/wrk.log"
+}
+
+# An auth target must answer 200 with its credential (within 10 s: the key and the routes reach
+# the proxy's snapshot after the apply) and 401 without it; otherwise its figures would measure
+# a refusal, or no auth at all.
+check_auth() { # target
+    local url code
+    url=$(target_url "$1")
+    for _ in $(seq 100); do
+        code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' -H "$(target_header "$1")" "$url" || true)
+        [ "$code" = 200 ] && break
+        sleep 0.1
+    done
+    [ "$code" = 200 ] || die "$1: $url answered $code with the credential, not 200"
+    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" || true)
+    [ "$code" = 401 ] || die "$1: $url answered $code without the credential, not 401"
+    say "$1: $url answers 200 with the credential, 401 without"
 }
 
 measure() { # target conns round
@@ -383,7 +473,7 @@ record_rss() { # when
 }
 
 measure_all() {
-    local targets=(direct nginx haproxy konnect) order conns round t i n=4
+    local targets=(direct nginx haproxy konnect konnect-key konnect-jwt) order conns round t i n=6
     say "warming up (1 s per target)"
     for t in "${targets[@]}"; do
         run_wrk "$t" 64 1 >/dev/null || die "wrk warm-up failed against $t"
@@ -401,6 +491,9 @@ measure_all() {
         done
     done
 }
+
+check_auth konnect-key
+check_auth konnect-jwt
 
 # What konnect burns doing nothing (Raft timers, health of its own listeners): it is in its CPU
 # per request, and is small next to it.
@@ -441,11 +534,15 @@ try:
 except ValueError:
     print("unreadable")
 ')
-    [ "$routes_now" = "$ROUTES" ] || die "konnect lists $routes_now routes, expected $ROUTES"
+    [ "$routes_now" = "$((ROUTES + auth_routes))" ] ||
+        die "konnect lists $routes_now routes, expected $ROUTES and $auth_routes auth routes"
+    routes_now=$ROUTES
     # Every path answers 200 through the `/` route, so the count above is the check that the
     # routes are in; this only checks that the proxy still answers. The new snapshot is in
     # within milliseconds of the last apply, and the 1 s pause below covers it.
     wait_200 "http://127.0.0.1:$k_proxy/r$((ROUTES - 1))" "konnect with $ROUTES routes"
+    check_auth konnect-key
+    check_auth konnect-jwt
     say "loaded $routes_now routes in $apply_s s"
     sleep 1
     record_rss idle
@@ -512,22 +609,32 @@ if [ "$PROFILE" = 1 ]; then
     done
     say "counting syscalls per request (perf stat, wrk -c64 for 4 s per proxy)"
     : >"$work/syscalls.txt"
-    for t in direct nginx haproxy konnect; do
+    for t in direct nginx haproxy konnect konnect-key konnect-jwt; do
         syscall_profile "$t"
     done
-    say "profiling konnect: perf record -g for 5 s under wrk -c64"
-    run_wrk konnect 64 8 >/dev/null &
-    wrk_bg=$!
-    pids+=("$wrk_bg")
-    sleep 1
-    timeout 60 perf record -g -o "$work/perf.data" -p "$k_pid" -- sleep 5 \
-        >"$work/logs/perf.log" 2>&1 || say "perf record failed: $(tail -n 3 "$work/logs/perf.log")"
-    wait "$wrk_bg" || true
-    if [ -s "$work/perf.data" ]; then
-        perf_report=$(perf report -i "$work/perf.data" --stdio --no-children -g none --sort dso,sym \
-            --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -45 || true)
-        perf_dso="  konnect: $(dso_split "$work/perf.data")"
-    fi
+    # konnect without auth (perf.data), then with each credential (perf-konnect-key.data, ...).
+    for t in konnect konnect-key konnect-jwt; do
+        data="$work/perf.data"
+        [ "$t" = konnect ] || data="$work/perf-$t.data"
+        say "profiling $t: perf record -g for 5 s under wrk -c64"
+        run_wrk "$t" 64 8 >/dev/null &
+        wrk_bg=$!
+        pids+=("$wrk_bg")
+        sleep 1
+        timeout 60 perf record -g -o "$data" -p "$k_pid" -- sleep 5 \
+            >"$work/logs/perf-$t.log" 2>&1 || say "perf record failed: $(tail -n 3 "$work/logs/perf-$t.log")"
+        wait "$wrk_bg" || true
+        if [ -s "$data" ]; then
+            report=$(perf report -i "$data" --stdio --no-children -g none --sort dso,sym \
+                --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -45 || true)
+            perf_report="$perf_report${perf_report:+
+
+}$t:
+$report"
+            perf_dso="$perf_dso${perf_dso:+
+}  $(printf '%-12s' "$t:") $(dso_split "$data")"
+        fi
+    done
     say "profiling nginx (for comparison): perf record for 5 s under wrk -c64"
     run_wrk nginx 64 8 >/dev/null &
     wrk_bg=$!
@@ -539,7 +646,7 @@ if [ "$PROFILE" = 1 ]; then
     wait "$wrk_bg" || true
     if [ -s "$work/perf-nginx.data" ]; then
         perf_dso="$perf_dso
-  nginx:   $(dso_split "$work/perf-nginx.data")"
+  $(printf '%-12s' nginx:) $(dso_split "$work/perf-nginx.data")"
     fi
 fi
 
@@ -550,7 +657,8 @@ cat <<EOF
 proxy: konnect ($konnect_version) vs nginx $nginx_version and HAProxy $haproxy_version, wrk $wrk_version
 machine: $(nproc) cores, $(uname -r), shared; everything on loopback; wrk -t1 and the upstream (nginx, 1 worker, return 200) on core $LOAD_CPU, the proxy on core $PROXY_CPU
 proxies: nginx worker_processes 1 with upstream keepalive; haproxy nbthread 1 with http-reuse always; konnect --dev under taskset, access log off
-each figure: median [min-max] of $ROUNDS rounds of $DURATION s, path $req_path; CPU = user+sys of the proxy's processes (of the upstream for direct) / requests, and the sys part (median);
+auth: konnect-key = route /key with auth {key: true}, x-api-key; konnect-jwt = route /jwt with auth {jwt: [bench-idp]}, HS256 Bearer JWT; both to the same Service (+$auth_routes routes, not counted below)
+each figure: median [min-max] of $ROUNDS rounds of $DURATION s, path $req_path (/key$req_path, /jwt$req_path); CPU = user+sys of the proxy's processes (of the upstream for direct) / requests, and the sys part (median);
 up conns = connections the upstream accepted during the run (median), i.e. new connections the proxy (or wrk) opened
 konnect idle CPU (included in its CPU per request): $k_idle ms/s; threads at the end: $k_thread_names (1 runtime worker, the rest blocking pool)
 $load_note
@@ -560,7 +668,7 @@ import statistics
 import sys
 
 rows = [dict(kv.split("=", 1) for kv in line.split()) for line in open(sys.argv[1])]
-targets = ("direct", "nginx", "haproxy", "konnect")
+targets = ("direct", "nginx", "haproxy", "konnect", "konnect-key", "konnect-jwt")
 
 def group(target, routes, conns):
     return [r for r in rows if (r["target"], r["routes"], r["conns"]) == (target, routes, conns)]
@@ -576,7 +684,7 @@ def cell(rs, key, fmt):
 
 phases = sorted({r["routes"] for r in rows}, key=int)
 conns_list = sorted({r["conns"] for r in rows}, key=int, reverse=True)
-header = (f"{'target':8} {'routes':>6} {'conns':>5}  {'req/s':>22}  {'p50 ms':>20}  {'p99 ms':>20}"
+header = (f"{'target':11} {'routes':>6} {'conns':>5}  {'req/s':>22}  {'p50 ms':>20}  {'p99 ms':>20}"
           f"  {'CPU us/req':>18}  {'of it sys':>9}  {'up conns':>8}  {'errors':>6}")
 print()
 print(header)
@@ -588,8 +696,8 @@ for conns in conns_list:
             if not rs:
                 continue
             errors = sum(int(r["errors"]) for r in rs)
-            shown = routes if t == "konnect" else "-"
-            print(f"{t:8} {shown:>6} {conns:>5}  {cell(rs, 'rps', '{:.0f}'):>22}  {cell(rs, 'p50_ms', '{:.3f}'):>20}"
+            shown = routes if t.startswith("konnect") else "-"
+            print(f"{t:11} {shown:>6} {conns:>5}  {cell(rs, 'rps', '{:.0f}'):>22}  {cell(rs, 'p50_ms', '{:.3f}'):>20}"
                   f"  {cell(rs, 'p99_ms', '{:.3f}'):>20}  {cell(rs, 'cpu_us_per_req', '{:.1f}'):>18}"
                   f"  {med(rs, 'sys_us_per_req'):>9.1f}  {med(rs, 'upstream_conns_opened'):>8.0f}  {errors:>6}")
         print()
@@ -618,6 +726,31 @@ for conns in conns_list:
               f"   (goal konnect p99 added < 1 ms: {'met' if k99 < 1.0 else 'NOT met'})")
 
 print()
+print("authentication against konnect without it (same half, same connections): per round, the auth")
+print("target's figure / konnect's in the same round; median [min-max] of the rounds; RPS cost = 1 - req/s ratio")
+
+def per_round(a, b, key):
+    by_round = {r["round"]: float(r[key]) for r in b}
+    v = [float(r[key]) / by_round[r["round"]] for r in a if r["round"] in by_round]
+    return statistics.median(v), min(v), max(v)
+
+for conns in conns_list:
+    for routes in phases:
+        k = group("konnect", routes, conns)
+        for t in ("konnect-key", "konnect-jwt"):
+            a = group(t, routes, conns)
+            if not (a and k):
+                continue
+            rps = per_round(a, k, "rps")
+            cpu = per_round(a, k, "cpu_us_per_req")
+            goal = ""
+            if t == "konnect-key":
+                goal = f"   (goal key-auth req/s cost < 5%: {'met' if rps[0] > 0.95 else 'NOT met'})"
+            print(f"  {routes:>5} routes, {conns:>2} conns: req/s {t}/konnect {rps[0]:.3f} [{rps[1]:.3f}-{rps[2]:.3f}]"
+                  f" (cost {(1 - rps[0]) * 100:+.1f}%); CPU/req {cpu[0]:.3f} [{cpu[1]:.3f}-{cpu[2]:.3f}]"
+                  f" ({med(a, 'cpu_us_per_req') - med(k, 'cpu_us_per_req'):+.1f} us){goal}")
+
+print()
 print("resident memory (VmRSS; nginx = master + worker)")
 for line in open(sys.argv[2]):
     r = dict(kv.split("=", 1) for kv in line.replace("after load", "after_load").split())
@@ -643,6 +776,6 @@ if [ -n "$perf_dso" ]; then
     printf '\nwhere the CPU goes, by binary (perf record, wrk -c64, 5 s):\n%s\n' "$perf_dso"
 fi
 if [ -n "$perf_report" ]; then
-    printf '\nperf report --no-children -g none --sort dso,sym (konnect, %s routes, wrk -c64, 5 s; KEEP=1 keeps perf.data):\n%s\n' \
+    printf '\nperf report --no-children -g none --sort dso,sym (konnect without and with auth, %s routes, wrk -c64, 5 s each; KEEP=1 keeps perf*.data):\n%s\n' \
         "$routes_now" "$perf_report"
 fi
