@@ -312,10 +312,11 @@ impl Gateway {
         let upstream = route.upstream.clone();
 
         // Phases: restrict_ip, authenticate, authorize (routes with access rules).
-        let client_ip = self.client_ip(client.ip(), req.headers());
         let caller = match &route.access {
             Some(access) => {
-                auth::restrict_ip(access, client_ip)?;
+                if !(access.ip_allow.is_empty() && access.ip_deny.is_empty()) {
+                    auth::restrict_ip(access, self.client_ip(client.ip(), req.headers()))?;
+                }
                 let caller = match &access.auth {
                     Some(a) => {
                         auth::authenticate(
@@ -331,9 +332,9 @@ impl Gateway {
                     None => None,
                 };
                 auth::authorize(access, caller.as_ref())?;
-                if let Some(c) = &caller {
+                if let (Some(c), true) = (&caller, self.access_log.is_enabled()) {
                     entry.consumer = Some(c.consumer.name.clone());
-                    entry.credential = Some(c.credential.describe());
+                    entry.credential = Some(c.credential.label.clone());
                 }
                 caller
             }

@@ -14,7 +14,9 @@ use arc_swap::ArcSwap;
 use konnect_proto::json::struct_to_json;
 use tokio::sync::watch;
 
-use crate::gateway::auth::{ConsumerEntry, Identities, KeyEntry, RouteAccess};
+use crate::gateway::auth::{
+    ConsumerEntry, Credential, Identities, JwtEntry, KeyEntry, RouteAccess,
+};
 use crate::gateway::cache::ResponseCache;
 use crate::gateway::jwt::JwtVerifier;
 use crate::gateway::redact::Redactor;
@@ -515,11 +517,11 @@ impl SnapshotBuilder {
     fn build_identities(&mut self) -> Identities {
         let mut ids = Identities::default();
         for (name, spec) in &self.consumers {
-            let entry = Arc::new(ConsumerEntry {
-                name: name.clone(),
-                team: spec.team.clone(),
-                groups: spec.groups.clone(),
-            });
+            let entry = Arc::new(ConsumerEntry::new(
+                name.clone(),
+                spec.team.clone(),
+                spec.groups.clone(),
+            ));
             ids.consumers.insert(name.clone(), entry.clone());
             for subject in std::iter::once(name).chain(&spec.jwt_subjects) {
                 ids.by_jwt_subject.insert(subject.clone(), entry.clone());
@@ -545,6 +547,7 @@ impl SnapshotBuilder {
                 KeyEntry {
                     id: name.clone(),
                     consumer: consumer.clone(),
+                    credential: Credential::api_key(name),
                     expires_unix_ms: spec.expires_unix_ms,
                     last_used,
                 },
@@ -554,7 +557,15 @@ impl SnapshotBuilder {
         ids.jwt = self
             .jwt
             .iter()
-            .map(|(n, (_, v))| (n.clone(), v.clone()))
+            .map(|(n, (_, v))| {
+                (
+                    n.clone(),
+                    JwtEntry {
+                        verifier: v.clone(),
+                        credential: Credential::jwt(n),
+                    },
+                )
+            })
             .collect();
         ids
     }

@@ -27,6 +27,32 @@ pub struct ConsumerEntry {
     pub name: String,
     pub team: Option<String>,
     pub groups: Vec<String>,
+    /// The identity headers sent upstream, made once per snapshot build, not per request.
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ConsumerEntry {
+    pub fn new(name: String, team: Option<String>, groups: Vec<String>) -> ConsumerEntry {
+        let mut headers = Vec::with_capacity(3);
+        let mut push = |n: &'static str, v: &str| {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                headers.push((HeaderName::from_static(n), v));
+            }
+        };
+        push(X_CONSUMER, &name);
+        if let Some(team) = &team {
+            push(X_CONSUMER_TEAM, team);
+        }
+        if !groups.is_empty() {
+            push(X_CONSUMER_GROUPS, &groups.join(","));
+        }
+        ConsumerEntry {
+            name,
+            team,
+            groups,
+            headers,
+        }
+    }
 }
 
 /// One API key: its hash is the map key in [`Identities::keys`].
@@ -34,6 +60,8 @@ pub struct KeyEntry {
     /// The key's id (resource name), for logs and `last used`.
     pub id: String,
     pub consumer: Arc<ConsumerEntry>,
+    /// `key:<id>`, made once.
+    pub credential: Arc<Credential>,
     pub expires_unix_ms: Option<u64>,
     /// When this node last accepted the key (unix ms); reported in batches, kept across
     /// snapshots while the key exists.
@@ -49,7 +77,13 @@ pub struct Identities {
     pub by_jwt_subject: HashMap<String, Arc<ConsumerEntry>>,
     pub by_mtls_subject: HashMap<String, Arc<ConsumerEntry>>,
     pub keys: HashMap<[u8; 32], KeyEntry>,
-    pub jwt: HashMap<String, Arc<JwtVerifier>>,
+    pub jwt: HashMap<String, JwtEntry>,
+}
+
+/// A JwtProvider's verifier and the credential label of its tokens (`jwt:<provider>`).
+pub struct JwtEntry {
+    pub verifier: Arc<JwtVerifier>,
+    pub credential: Arc<Credential>,
 }
 
 /// A route's access rules, compiled when the snapshot is built.
@@ -136,22 +170,34 @@ impl ClientCert {
     }
 }
 
-/// How the caller proved who it is.
-#[derive(Debug, Clone)]
-pub enum Credential {
-    ApiKey { id: String },
-    Jwt { provider: String },
-    ClientCert,
+/// How the caller proved who it is, labelled once when the snapshot is built (the request path
+/// only clones an `Arc`).
+#[derive(Debug)]
+pub struct Credential {
+    /// `key:<id>`, `jwt:<provider>` or `mtls`: for the access log and `x-credential`.
+    pub label: String,
+    header: Option<HeaderValue>,
 }
 
 impl Credential {
-    /// Short form for the access log and the upstream: `key:<id>`, `jwt:<provider>`, `mtls`.
-    pub fn describe(&self) -> String {
-        match self {
-            Credential::ApiKey { id } => format!("key:{id}"),
-            Credential::Jwt { provider } => format!("jwt:{provider}"),
-            Credential::ClientCert => "mtls".into(),
-        }
+    fn new(label: String) -> Arc<Credential> {
+        Arc::new(Credential {
+            header: HeaderValue::from_str(&label).ok(),
+            label,
+        })
+    }
+
+    pub fn api_key(id: &str) -> Arc<Credential> {
+        Credential::new(format!("key:{id}"))
+    }
+
+    pub fn jwt(provider: &str) -> Arc<Credential> {
+        Credential::new(format!("jwt:{provider}"))
+    }
+
+    pub fn client_cert() -> Arc<Credential> {
+        static MTLS: std::sync::OnceLock<Arc<Credential>> = std::sync::OnceLock::new();
+        MTLS.get_or_init(|| Credential::new("mtls".into())).clone()
     }
 }
 
@@ -159,7 +205,7 @@ impl Credential {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub consumer: Arc<ConsumerEntry>,
-    pub credential: Credential,
+    pub credential: Arc<Credential>,
 }
 
 /// Headers that tell the upstream who called; whatever the client sent under these names is
@@ -246,7 +292,7 @@ pub async fn authenticate(
             {
                 return Ok(Some(Caller {
                     consumer: consumer.clone(),
-                    credential: Credential::ClientCert,
+                    credential: Credential::client_cert(),
                 }));
             }
         }
@@ -312,9 +358,7 @@ fn check_key(ids: &Identities, key: &str, now_unix_ms: u64) -> Result<Caller, &'
     }
     Ok(Caller {
         consumer: entry.consumer.clone(),
-        credential: Credential::ApiKey {
-            id: entry.id.clone(),
-        },
+        credential: entry.credential.clone(),
     })
 }
 
@@ -326,17 +370,15 @@ async fn check_jwt(
 ) -> Result<Caller, &'static str> {
     let mut last = "jwt_no_provider";
     for provider in &auth.jwt {
-        let Some(verifier) = ids.jwt.get(provider) else {
+        let Some(jwt) = ids.jwt.get(provider) else {
             continue;
         };
-        match verifier.verify(token, now_unix_secs).await {
+        match jwt.verifier.verify(token, now_unix_secs).await {
             Ok(verified) => {
                 return match ids.by_jwt_subject.get(&verified.consumer) {
                     Some(consumer) => Ok(Caller {
                         consumer: consumer.clone(),
-                        credential: Credential::Jwt {
-                            provider: provider.clone(),
-                        },
+                        credential: jwt.credential.clone(),
                     }),
                     None => Err("jwt_unknown_consumer"),
                 };
@@ -404,20 +446,12 @@ pub fn prepare_identity_headers(
         }
     }
     if let Some(caller) = caller {
-        let c = &caller.consumer;
-        let mut set = |name: &'static str, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                headers.insert(HeaderName::from_static(name), v);
-            }
-        };
-        set(X_CONSUMER, &c.name);
-        if let Some(team) = &c.team {
-            set(X_CONSUMER_TEAM, team);
+        for (name, value) in &caller.consumer.headers {
+            headers.insert(name.clone(), value.clone());
         }
-        if !c.groups.is_empty() {
-            set(X_CONSUMER_GROUPS, &c.groups.join(","));
+        if let Some(v) = &caller.credential.header {
+            headers.insert(HeaderName::from_static(X_CREDENTIAL), v.clone());
         }
-        set(X_CREDENTIAL, &caller.credential.describe());
     }
     new_query
 }

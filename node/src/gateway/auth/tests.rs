@@ -5,11 +5,11 @@ use crate::resources::access::AuthSpec;
 
 fn identities(now: u64) -> (Identities, String, String) {
     let mut ids = Identities::default();
-    let alice = Arc::new(ConsumerEntry {
-        name: "alice".into(),
-        team: Some("research".into()),
-        groups: vec!["beta".into()],
-    });
+    let alice = Arc::new(ConsumerEntry::new(
+        "alice".into(),
+        Some("research".into()),
+        vec!["beta".into()],
+    ));
     ids.consumers.insert("alice".into(), alice.clone());
     ids.by_mtls_subject
         .insert("alice.example".into(), alice.clone());
@@ -21,6 +21,7 @@ fn identities(now: u64) -> (Identities, String, String) {
             KeyEntry {
                 id: k.id.clone(),
                 consumer: alice.clone(),
+                credential: Credential::api_key(&k.id),
                 expires_unix_ms: exp,
                 last_used: Arc::new(AtomicU64::new(0)),
             },
@@ -71,7 +72,7 @@ async fn keys_are_accepted_from_every_documented_place() {
             .unwrap()
             .expect("identified");
         assert_eq!(caller.consumer.name, "alice");
-        assert!(matches!(caller.credential, Credential::ApiKey { .. }));
+        assert!(caller.credential.label.starts_with("key:"));
     }
     // The key's last use is recorded locally for the batched report.
     let entry = ids
@@ -237,12 +238,8 @@ fn acl_refuses_anonymous_with_401_and_strangers_with_403() {
         Err(GatewayError::Unauthorized { .. })
     ));
     let caller = Caller {
-        consumer: Arc::new(ConsumerEntry {
-            name: "bob".into(),
-            team: None,
-            groups: vec!["beta".into()],
-        }),
-        credential: Credential::ClientCert,
+        consumer: Arc::new(ConsumerEntry::new("bob".into(), None, vec!["beta".into()])),
+        credential: Credential::client_cert(),
     };
     assert!(matches!(
         authorize(&a, Some(&caller)),
@@ -276,12 +273,12 @@ fn credentials_and_spoofed_identity_headers_never_reach_the_upstream() {
         ("accept", "text/plain"),
     ]);
     let caller = Caller {
-        consumer: Arc::new(ConsumerEntry {
-            name: "alice".into(),
-            team: Some("research".into()),
-            groups: vec!["a".into(), "b".into()],
-        }),
-        credential: Credential::ApiKey { id: "abc".into() },
+        consumer: Arc::new(ConsumerEntry::new(
+            "alice".into(),
+            Some("research".into()),
+            vec!["a".into(), "b".into()],
+        )),
+        credential: Credential::api_key("abc"),
     };
     let q = prepare_identity_headers(&a, Some(&caller), &mut h, Some("x=1&apikey=knk_x&y=2"));
     assert_eq!(q, Some(Some("x=1&y=2".into())));
