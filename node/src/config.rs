@@ -639,6 +639,7 @@ mod tests {
             node_id: Some(1),
             admin_tls_cert: cert.map(PathBuf::from),
             admin_tls_key: key.map(PathBuf::from),
+            secret_key_file: Some("k".into()),
             ..Default::default()
         };
         let e = args(Some("c.pem"), None).resolve().unwrap_err();
@@ -663,6 +664,7 @@ mod tests {
             peer_tls_cert: cert.then(|| "n.pem".into()),
             peer_tls_key: key.then(|| "n-key.pem".into()),
             peer_tls_ca: ca.then(|| "ca.pem".into()),
+            secret_key_file: Some("k".into()),
             ..Default::default()
         };
         let e = args(true, true, false).resolve().unwrap_err();
