@@ -92,6 +92,9 @@ pub type SharedSnapshot = Arc<ArcSwap<GatewaySnapshot>>;
 /// What a changed resource is now: its current state, or gone.
 type Change = ((String, String), Option<pb::Resource>);
 
+/// A route as parsed and compiled: (revision, spec, router rule, access rules).
+type BuiltRoute = (u64, RouteSpec, RouteRule, Option<Arc<RouteAccess>>);
+
 /// Builds snapshots. It keeps the parsed config between builds and, after the first, applies
 /// only the resources that changed: a write to one Service costs one parse, not a re-read of
 /// every Service and Route. Upstreams (pools, health) and caches are reused while their
@@ -100,7 +103,7 @@ pub struct SnapshotBuilder {
     reader: StateReader,
     services: BTreeMap<String, Arc<Upstream>>,
     /// Route name -> (revision, parsed spec, compiled rule, compiled access rules).
-    routes: BTreeMap<String, (u64, RouteSpec, RouteRule, Option<Arc<RouteAccess>>)>,
+    routes: BTreeMap<String, BuiltRoute>,
     consumers: BTreeMap<String, ConsumerSpec>,
     /// ApiKey name -> spec.
     keys: BTreeMap<String, ApiKeySpec>,
@@ -450,11 +453,7 @@ impl SnapshotBuilder {
 
         // Routes whose service is missing are left out (the state machine keeps references
         // intact; this only guards a corrupt state). Rule i of the router is entry i.
-        type Usable<'a> = (
-            &'a String,
-            &'a (u64, RouteSpec, RouteRule, Option<Arc<RouteAccess>>),
-            Arc<Upstream>,
-        );
+        type Usable<'a> = (&'a String, &'a BuiltRoute, Arc<Upstream>);
         let usable: Vec<Usable> = self
             .routes
             .iter()

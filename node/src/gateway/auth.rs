@@ -476,7 +476,7 @@ pub fn check_content_type(
                 .to_ascii_lowercase()
         })
         .unwrap_or_default();
-    if access.content_types.iter().any(|t| *t == media) {
+    if access.content_types.contains(&media) {
         Ok(())
     } else {
         Err(GatewayError::UnsupportedMediaType {
