@@ -525,13 +525,13 @@ impl Gateway {
                 Err(_) => drop(permit),
             }
         }
-        let (resp, target) = result?;
+        let (resp, in_flight) = result?;
 
         // A switched protocol: splice the two upgraded connections together.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade) {
                 return Ok((
-                    splice_upgrade(client_upgrade, resp, protocol, upstream.clone(), target),
+                    splice_upgrade(client_upgrade, resp, protocol, in_flight),
                     upstream.spec.timeouts.idle.0,
                 ));
             }
@@ -544,10 +544,9 @@ impl Gateway {
         if let Some(t) = &route.spec.response {
             t.apply(&mut rparts.headers);
         }
-        let guard = InFlightGuard::new(upstream.clone(), target);
-        // The in-flight count lasts until the body is done.
+        // The target's request slot (in-flight count) is held until the body is done.
         let body = MeteredBody::new(rbody, upstream.spec.timeouts.idle.0, move |_, _| {
-            drop(guard)
+            drop(in_flight)
         });
         let resp = Response::from_parts(rparts, BodyExt::boxed(body));
         let resp = match (&route.cache, cache_ticket) {
@@ -564,11 +563,9 @@ fn splice_upgrade(
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut resp: Response<Incoming>,
     protocol: HeaderValue,
-    upstream: Arc<Upstream>,
-    target: usize,
+    guard: InFlightGuard,
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
-    let guard = InFlightGuard::new(upstream, target);
     tokio::spawn(async move {
         let _guard = guard;
         let (client, server) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -716,7 +713,8 @@ enum AttemptError {
 }
 
 /// Sends the request to a target, retrying on another target when the failure is listed in
-/// `retries.on` and resending is safe. Returns the response and the target index.
+/// `retries.on` and resending is safe. Returns the response and the request slot it holds on
+/// its target (hold it until the body is done).
 async fn forward(
     upstream: &Arc<Upstream>,
     parts: &hyper::http::request::Parts,
@@ -726,7 +724,7 @@ async fn forward(
     hash_key: Option<&[u8]>,
     retries_allowed: bool,
     entry: &mut AccessEntry,
-) -> Result<(Response<Incoming>, usize), GatewayError> {
+) -> Result<(Response<Incoming>, InFlightGuard), GatewayError> {
     let spec = &upstream.spec;
     let deadline = spec.timeouts.total.map(|t| Instant::now() + t.0);
     let (replay, mut streaming) = match body {
@@ -744,8 +742,26 @@ async fn forward(
         if attempt > 1 {
             tokio::time::sleep(upstream.backoff(attempt - 1)).await;
         }
-        let Some(i) = upstream.balancer.pick(upstream.as_ref(), hash_key, &tried) else {
-            return Err(GatewayError::NoHealthyTarget);
+        // Pick a target and take one of its request slots (`pool.max_requests_per_target`);
+        // another request may take the last slot between the two, so pick again a few times.
+        let mut picked = None;
+        for _ in 0..=upstream.targets.len() {
+            let Some(i) = upstream.balancer.pick(upstream.as_ref(), hash_key, &tried) else {
+                break;
+            };
+            if let Some(guard) = InFlightGuard::try_new(upstream.clone(), i) {
+                picked = Some((i, guard));
+                break;
+            }
+        }
+        let Some((i, _in_flight)) = picked else {
+            return Err(if upstream.spec.pool.max_requests_per_target.is_some() {
+                GatewayError::UpstreamBusy {
+                    service: upstream.name.clone(),
+                }
+            } else {
+                GatewayError::NoHealthyTarget
+            });
         };
         tried.push(i);
         let target = &upstream.targets[i];
@@ -782,7 +798,6 @@ async fn forward(
             req.headers_mut().insert(HOST, v);
         }
 
-        let _in_flight = InFlightGuard::new(upstream.clone(), i);
         let sent = Instant::now();
         let mut wait = spec.timeouts.read.0;
         if let Some(d) = deadline {
@@ -810,7 +825,7 @@ async fn forward(
                     && spec.retries.on.contains(&RetryOn::Status5xx)
                     && deadline.is_none_or(|d| Instant::now() < d);
                 if !more {
-                    return Ok((resp, i));
+                    return Ok((resp, _in_flight));
                 }
                 metrics::counter!("konnect_proxy_retries_total", "service" => upstream.name.clone()).increment(1);
                 continue;

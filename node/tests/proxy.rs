@@ -718,3 +718,49 @@ async fn changing_a_service_moves_traffic_without_touching_its_routes() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_at_its_request_limit_answers_503_busy_at_once() {
+    let up = Upstream::start("slow").await;
+    let (_c, proxy) = gateway_with(
+        vec![
+            resource(
+                "Service",
+                "slow",
+                json!({"targets": [{"url": up.url()}], "pool": {"max_requests_per_target": 1}}),
+            ),
+            resource(
+                "Route",
+                "slow",
+                json!({"paths": ["/slow"], "service": "slow"}),
+            ),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/slow/0").await;
+    let before = up.hits();
+    // One request holds the only slot while the upstream takes its time...
+    let first = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { http("GET", &proxy, "/slow/1500", &[], "").await })
+    };
+    wait_for(
+        "the first request to reach the upstream",
+        Duration::from_secs(5),
+        || async { (up.hits() > before).then_some(()) },
+    )
+    .await;
+    // ...so a second one is refused without waiting, and never reaches the upstream.
+    let busy = http("GET", &proxy, "/slow/0", &[], "").await;
+    assert_eq!(busy.status, 503);
+    assert_eq!(busy.json()["error"]["code"], "upstream_busy");
+    assert!(
+        !first.is_finished(),
+        "the busy answer waited for the first request"
+    );
+    assert_eq!(up.hits(), before + 1);
+    assert_eq!(first.await.unwrap().status, 200);
+    // The slot is free again once the first response is done.
+    assert_eq!(http("GET", &proxy, "/slow/0", &[], "").await.status, 200);
+}

@@ -24,6 +24,11 @@ pub struct Balancer {
 pub trait TargetView {
     fn available(&self, index: usize) -> bool;
     fn in_flight(&self, index: usize) -> u64;
+    /// Below its concurrency limit (`pool.max_requests_per_target`); a full target is never
+    /// picked, not even as a fallback.
+    fn has_capacity(&self, _index: usize) -> bool {
+        true
+    }
 }
 
 impl Balancer {
@@ -46,7 +51,7 @@ impl Balancer {
         }
     }
 
-    /// Picks a target index, or `None` when there are no targets with weight.
+    /// Picks a target index, or `None` when no target has weight and capacity.
     /// `hash_key` is used by consistent hashing; `tried` targets are avoided when possible.
     pub fn pick(
         &self,
@@ -54,8 +59,9 @@ impl Balancer {
         hash_key: Option<&[u8]>,
         tried: &[usize],
     ) -> Option<usize> {
+        let open = |i: usize| self.weights[i] > 0 && view.has_capacity(i);
         let usable = |i: usize, strict: bool| {
-            self.weights[i] > 0 && !tried.contains(&i) && (!strict || view.available(i))
+            open(i) && !tried.contains(&i) && (!strict || view.available(i))
         };
         // First only healthy untried targets; then any untried one; then anything with weight.
         for strict in [true, false] {
@@ -63,7 +69,7 @@ impl Balancer {
                 return Some(i);
             }
         }
-        self.pick_among(view, hash_key, &|i| self.weights[i] > 0)
+        self.pick_among(view, hash_key, &open)
     }
 
     fn pick_among(
@@ -189,6 +195,37 @@ mod tests {
         }
         // Everything down: still answer rather than fail.
         assert!(b.pick(&Down(0), None, &[1, 2]).is_some());
+    }
+
+    /// Targets listed here are at their request limit.
+    struct Full(Vec<usize>);
+    impl TargetView for Full {
+        fn available(&self, _: usize) -> bool {
+            true
+        }
+        fn in_flight(&self, _: usize) -> u64 {
+            0
+        }
+        fn has_capacity(&self, i: usize) -> bool {
+            !self.0.contains(&i)
+        }
+    }
+
+    #[test]
+    fn a_full_target_is_never_picked_not_even_as_a_fallback() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::ConsistentHash,
+        ] {
+            let keys = ["a".to_string(), "b".to_string()];
+            let b = Balancer::new(algorithm, vec![100, 100], &keys);
+            for n in 0..20u8 {
+                // Even with the free target already tried, the full one is not the fallback.
+                assert_eq!(b.pick(&Full(vec![0]), Some(&[n]), &[1]), Some(1));
+            }
+            assert_eq!(b.pick(&Full(vec![0, 1]), Some(b"k"), &[]), None);
+        }
     }
 
     #[test]

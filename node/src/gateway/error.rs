@@ -23,6 +23,9 @@ pub enum GatewayError {
     NoHealthyTarget,
     #[error("the service is failing and its circuit breaker is open; retry later")]
     CircuitOpen { service: String },
+    /// Every target is at `pool.max_requests_per_target`.
+    #[error("the service is at its connection limit; retry later")]
+    UpstreamBusy { service: String },
     #[error("the upstream could not be reached")]
     UpstreamConnect { upstream: String, detail: String },
     #[error("the upstream closed the connection before answering")]
@@ -51,9 +54,9 @@ impl GatewayError {
             GatewayError::UpgradeNotAllowed => StatusCode::BAD_REQUEST,
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::NoHealthyTarget | GatewayError::CircuitOpen { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::NoHealthyTarget
+            | GatewayError::CircuitOpen { .. }
+            | GatewayError::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamReset { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -76,6 +79,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::NoHealthyTarget => "no_healthy_target",
             GatewayError::CircuitOpen { .. } => "circuit_open",
+            GatewayError::UpstreamBusy { .. } => "upstream_busy",
             GatewayError::UpstreamConnect { .. } => "upstream_unreachable",
             GatewayError::UpstreamReset { .. } => "upstream_reset",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -95,7 +99,9 @@ impl GatewayError {
                 Some(format!("{upstream}: {detail}"))
             }
             GatewayError::UpstreamTimeout { upstream } => Some(upstream.clone()),
-            GatewayError::CircuitOpen { service } => Some(format!("service {service}")),
+            GatewayError::CircuitOpen { service } | GatewayError::UpstreamBusy { service } => {
+                Some(format!("service {service}"))
+            }
             GatewayError::Internal(d) => Some(d.clone()),
             GatewayError::Unauthorized { reason, .. } | GatewayError::Forbidden { reason } => {
                 Some((*reason).to_string())

@@ -167,6 +167,13 @@ impl TargetView for Upstream {
     fn in_flight(&self, index: usize) -> u64 {
         self.targets[index].in_flight.get()
     }
+
+    fn has_capacity(&self, index: usize) -> bool {
+        self.spec
+            .pool
+            .max_requests_per_target
+            .is_none_or(|max| self.targets[index].in_flight.get() < max)
+    }
 }
 
 /// Counts a request in flight on a target for as long as it lives.
@@ -176,12 +183,27 @@ pub struct InFlightGuard {
 }
 
 impl InFlightGuard {
-    pub fn new(upstream: Arc<Upstream>, index: usize) -> InFlightGuard {
+    fn new(upstream: Arc<Upstream>, index: usize) -> InFlightGuard {
         upstream.targets[index]
             .in_flight
             .0
             .fetch_add(1, Ordering::Relaxed);
         InFlightGuard { upstream, index }
+    }
+
+    /// Counts the request in, unless the target is at `pool.max_requests_per_target`: the
+    /// increment and the check are one atomic step, so concurrent requests never exceed it.
+    pub fn try_new(upstream: Arc<Upstream>, index: usize) -> Option<InFlightGuard> {
+        let Some(max) = upstream.spec.pool.max_requests_per_target else {
+            return Some(InFlightGuard::new(upstream, index));
+        };
+        let counter = &upstream.targets[index].in_flight.0;
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlightGuard { upstream, index })
     }
 }
 

@@ -257,6 +257,11 @@ pub struct Pool {
     /// Idle connections are closed after this long. Default 90s.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
+    /// Most requests in flight to one target on each node (with HTTP/1.1, the most open
+    /// connections in use). A request that finds every target at its limit gets 503
+    /// `upstream_busy` at once instead of queueing. Default: no limit.
+    #[serde(default)]
+    pub max_requests_per_target: Option<u64>,
 }
 
 fn default_max_idle() -> usize {
@@ -271,6 +276,7 @@ impl Default for Pool {
         Pool {
             max_idle_per_target: default_max_idle(),
             idle_timeout: default_idle_timeout(),
+            max_requests_per_target: None,
         }
     }
 }
@@ -355,6 +361,12 @@ impl ServiceSpec {
         }
         if s.retries.count > 10 {
             return Err(SpecError::new("spec.retries.count", "at most 10 retries"));
+        }
+        if s.pool.max_requests_per_target == Some(0) {
+            return Err(SpecError::new(
+                "spec.pool.max_requests_per_target",
+                "must be at least 1 (leave it out for no limit)",
+            ));
         }
         if let Some(p) = &s.health_check.passive {
             if p.consecutive_failures == 0 {
