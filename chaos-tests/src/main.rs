@@ -40,10 +40,6 @@ struct Args {
     /// Print each fault as it is injected.
     #[arg(long, short)]
     verbose: bool,
-    /// Note, instead of failing on, konnect's known issue: a write answered Aborted
-    /// (revision conflict) that took effect.
-    #[arg(long)]
-    tolerate_known_issues: bool,
 }
 
 /// splitmix64: each soak round's seed from the base seed.
@@ -124,7 +120,6 @@ async fn main() -> ExitCode {
                 options.nodes = args.nodes;
                 options.mode = mode;
                 options.verbose = args.verbose;
-                options.tolerate_known_issues = args.tolerate_known_issues;
                 let outcome = scenario::run(*s, &options).await;
                 println!("{outcome}");
                 if !outcome.passed {

@@ -75,9 +75,6 @@ pub struct RunOptions {
     pub registers: usize,
     /// Print each fault as it is injected.
     pub verbose: bool,
-    /// Report konnect's known issue (`workload::KNOWN_ISSUE_CONFLICT_AFTER_COMMIT`) as a
-    /// note instead of failing. Everything else still fails.
-    pub tolerate_known_issues: bool,
     /// Workload reads with `consistent=true` (the default). `false` reads each node's local
     /// state, which must make the register check FAIL: a test of the harness itself.
     pub consistent_reads: bool,
@@ -96,7 +93,6 @@ impl RunOptions {
             set_clients: 2,
             registers: 2,
             verbose: false,
-            tolerate_known_issues: false,
             consistent_reads: true,
             keep_failed_dir: true,
         }
@@ -332,15 +328,9 @@ async fn drive(
     let set = workload::check_set(cluster, &records, deadline).await?;
     phase("set listed through every node");
     outcome.problems.extend(registers.problems.iter().cloned());
-    if !options.tolerate_known_issues {
-        outcome
-            .problems
-            .extend(registers.conflicts_that_took_effect.iter().cloned());
-    } else {
-        for c in &registers.conflicts_that_took_effect {
-            eprintln!("chaos: known issue tolerated (--tolerate-known-issues): {c}");
-        }
-    }
+    outcome
+        .problems
+        .extend(registers.conflicts_that_took_effect.iter().cloned());
     outcome.problems.extend(set.problems.iter().cloned());
 
     let already_exists: usize = records.iter().map(|r| r.already_exists).sum();
@@ -376,13 +366,8 @@ async fn drive(
     let mut oddities = Vec::new();
     if !registers.conflicts_that_took_effect.is_empty() {
         oddities.push(format!(
-            "{} registers saw a conflict answer for a write that took effect{}",
+            "{} registers saw a conflict answer for a write that took effect",
             registers.conflicts_that_took_effect.len(),
-            if options.tolerate_known_issues {
-                " (known issue, tolerated)"
-            } else {
-                ""
-            }
         ));
     }
     if notes.stale_update_responses > 0 {

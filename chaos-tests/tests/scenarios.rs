@@ -10,13 +10,6 @@ use std::time::Duration;
 use chaos_tests::cluster::{ModeKind, ModeRequest};
 use chaos_tests::scenario::{self, Outcome, RunOptions};
 
-/// konnect answers some committed writes with Aborted (revision conflict): a node re-proposes
-/// a write after its forward to a dying leader failed, though the first attempt committed
-/// (`workload::KNOWN_ISSUE_CONFLICT_AFTER_COMMIT`). Until that is fixed these tests note it
-/// instead of failing; set this to `false` to make it fail again. `cargo run -p chaos-tests`
-/// fails on it unless given `--tolerate-known-issues`.
-const TOLERATE_KNOWN_ISSUES: bool = false;
-
 /// Time the fault schedule fills in each test: one or two faults.
 const DURATION: Duration = Duration::from_secs(5);
 
@@ -34,7 +27,6 @@ fn options(default_seed: u64, mode: ModeRequest) -> RunOptions {
     let mut options = RunOptions::new(seed(default_seed), DURATION);
     options.mode = mode;
     options.verbose = true;
-    options.tolerate_known_issues = TOLERATE_KNOWN_ISSUES;
     options
 }
 
