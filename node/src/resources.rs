@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod duration;
 pub mod jwt_provider;
 pub mod log_redaction;
+pub mod rate_limit;
 pub mod route;
 pub mod service;
 
@@ -60,6 +61,7 @@ pub const KINDS: &[KindDef] = &[
     consumer::CONSUMER,
     api_key::KIND,
     log_redaction::KIND,
+    rate_limit::KIND,
 ];
 
 /// Kinds the Resources API may read and delete but not write: they are made by their own
@@ -104,6 +106,7 @@ pub fn kinds_referring_to(target_kind: &str) -> Vec<&'static KindDef> {
             "Route" => matches!(target_kind, "Service" | "JwtProvider"),
             "Consumer" => target_kind == "Team",
             "ApiKey" => target_kind == "Consumer",
+            "RateLimit" => matches!(target_kind, "Route" | "Service" | "Consumer" | "Team"),
             _ => false,
         })
         .collect()

@@ -78,6 +78,7 @@ pub fn apply_command(txn: &mut WriteTxn, index: u64, cmd: &pb::Command) -> Appli
         Some(pb::command::Op::CreateToken(c)) => create_token(txn, index, c)?,
         Some(pb::command::Op::RevokeToken(r)) => revoke_token(txn, index, r)?,
         Some(pb::command::Op::TouchKeys(t)) => touch_keys(txn, index, t)?,
+        Some(pb::command::Op::Grants(g)) => grant(txn, now, g)?,
     };
     audit(txn, index, now, cmd, &result)?;
     if !cmd.request_id.is_empty() {
@@ -220,6 +221,96 @@ fn touch_keys(txn: &mut WriteTxn, index: u64, t: &pb::TouchApiKeys) -> Applied {
         changes: Vec::new(),
         revision: index,
     })))
+}
+
+/// Finished grant windows deleted per command at most (bounded work per entry; a backlog is
+/// worked off by the next ones).
+const GRANT_GC_PER_COMMAND: usize = 1000;
+
+/// Grants units of strict rate limits. Invariant (what makes `strict` exact): for every
+/// (limit, key, window), the units granted to all nodes together never exceed the limit. The
+/// window is the one the leader-stamped `now` falls in, aligned to multiples of the window
+/// length, so every replica computes the same window whatever the nodes' clocks say.
+fn grant(txn: &mut WriteTxn, now: u64, g: &pb::GrantRequests) -> Applied {
+    // Rows of finished windows go first, oldest first.
+    let expired = txn.range(
+        GRANT_EXPIRY,
+        ..crate::store::u64_key(now.saturating_add(1)).as_slice(),
+        GRANT_GC_PER_COMMAND,
+    )?;
+    for (k, _) in expired {
+        txn.delete(GRANT_EXPIRY, &k)?;
+        let row_key = &k[8..];
+        if let Some(b) = txn.get(GRANTS, row_key)? {
+            let row: pb::GrantRow = decode(&b, "grant row")?;
+            if row.window_end_unix_ms <= now {
+                txn.delete(GRANTS, row_key)?;
+            }
+        }
+    }
+    let mut specs: std::collections::HashMap<&str, Option<resources::rate_limit::RateLimitSpec>> =
+        std::collections::HashMap::new();
+    let mut results = Vec::with_capacity(g.asks.len());
+    for ask in &g.asks {
+        if !specs.contains_key(ask.limit.as_str()) {
+            let spec = get_resource(txn, "RateLimit", &ask.limit)?.and_then(|r| {
+                resources::rate_limit::RateLimitSpec::parse(&struct_to_json(
+                    &r.spec.unwrap_or_default(),
+                ))
+                .ok()
+            });
+            specs.insert(ask.limit.as_str(), spec);
+        }
+        let spec = match specs.get(ask.limit.as_str()) {
+            Some(Some(s)) if s.mode == resources::rate_limit::Mode::Strict => s,
+            _ => {
+                results.push(pb::GrantResult {
+                    error: format!("no strict RateLimit {:?}", ask.limit),
+                    ..Default::default()
+                });
+                continue;
+            }
+        };
+        let window = spec.window_ms();
+        let start = now - now % window;
+        let end = start + window;
+        let row_key = resource_key(&ask.limit, &ask.key);
+        let mut row: pb::GrantRow = match txn.get(GRANTS, &row_key)? {
+            Some(b) => decode(&b, "grant row")?,
+            None => pb::GrantRow::default(),
+        };
+        if row.window_start_unix_ms != start {
+            // A new window: what was granted in the old one is gone with it.
+            if row.window_end_unix_ms != 0 {
+                let mut old = crate::store::u64_key(row.window_end_unix_ms).to_vec();
+                old.extend_from_slice(&row_key);
+                txn.delete(GRANT_EXPIRY, &old)?;
+            }
+            row = pb::GrantRow {
+                window_start_unix_ms: start,
+                window_end_unix_ms: end,
+                ..Default::default()
+            };
+            let mut expiry = crate::store::u64_key(end).to_vec();
+            expiry.extend_from_slice(&row_key);
+            txn.put(GRANT_EXPIRY, &expiry, &[])?;
+        }
+        let granted = ask.units.min(spec.limit.saturating_sub(row.granted));
+        row.granted += granted;
+        if granted > 0 {
+            *row.per_node.entry(g.node_id).or_default() += granted;
+        }
+        txn.put(GRANTS, &row_key, &row.encode_to_vec())?;
+        results.push(pb::GrantResult {
+            granted,
+            window_start_unix_ms: start,
+            window_end_unix_ms: end,
+            used: row.granted,
+            limit: spec.limit,
+            error: String::new(),
+        });
+    }
+    Ok(ok(Outcome::Grants(pb::GrantResults { results })))
 }
 
 /// Adds one entry to the audit log for a command that changed something on behalf of an
@@ -738,6 +829,105 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s"), TABLES).unwrap();
         (dir, store)
+    }
+
+    fn command(time: u64, op: pb::command::Op) -> pb::Command {
+        pb::Command {
+            leader_time_unix_ms: time,
+            actor: "test".into(),
+            op: Some(op),
+            ..Default::default()
+        }
+    }
+
+    fn grants(
+        txn: &mut WriteTxn,
+        index: u64,
+        time: u64,
+        node: u64,
+        asks: &[(&str, u64)],
+    ) -> Vec<pb::GrantResult> {
+        let op = pb::command::Op::Grants(pb::GrantRequests {
+            node_id: node,
+            asks: asks
+                .iter()
+                .map(|(key, units)| pb::GrantAsk {
+                    limit: "rl".into(),
+                    key: key.to_string(),
+                    units: *units,
+                })
+                .collect(),
+        });
+        match apply_command(txn, index, &command(time, op))
+            .unwrap()
+            .result
+        {
+            Some(Outcome::Grants(g)) => g.results,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn grants_never_exceed_the_limit_per_window_and_finished_windows_are_collected() {
+        let (_d, store) = store();
+        let mut txn = store.write().unwrap();
+        let spec = serde_json::json!({"applies_to": {"global": true}, "key": "ip", "limit": 100, "window": "10s"});
+        let write = pb::command::Op::Apply(pb::ApplyResources {
+            writes: vec![pb::ResourceWrite {
+                kind: "RateLimit".into(),
+                name: "rl".into(),
+                spec: Some(konnect_proto::json::json_to_struct(&spec).unwrap()),
+                ..Default::default()
+            }],
+            prune_kinds: vec![],
+        });
+        apply_command(&mut txn, 1, &command(1_000, write)).unwrap();
+        // Three nodes ask for more than there is, in one window (leader time 20.0-29.999 s).
+        let mut total = 0;
+        for (i, node) in [1u64, 2, 3, 1, 2, 3].iter().enumerate() {
+            let r = grants(
+                &mut txn,
+                2 + i as u64,
+                21_000 + i as u64 * 100,
+                *node,
+                &[("a", 40)],
+            );
+            assert_eq!(
+                (r[0].window_start_unix_ms, r[0].window_end_unix_ms),
+                (20_000, 30_000)
+            );
+            total += r[0].granted;
+            assert_eq!(r[0].used, total);
+        }
+        assert_eq!(total, 100, "exactly the limit, never more");
+        // Another key has its own budget; a missing limit grants nothing and says so.
+        assert_eq!(grants(&mut txn, 10, 22_000, 1, &[("b", 7)])[0].granted, 7);
+        let op = pb::command::Op::Grants(pb::GrantRequests {
+            node_id: 1,
+            asks: vec![pb::GrantAsk {
+                limit: "nope".into(),
+                key: "a".into(),
+                units: 1,
+            }],
+        });
+        match apply_command(&mut txn, 11, &command(22_000, op))
+            .unwrap()
+            .result
+        {
+            Some(Outcome::Grants(g)) => {
+                assert!(g.results[0].granted == 0 && !g.results[0].error.is_empty())
+            }
+            other => panic!("{other:?}"),
+        }
+        // The next window starts afresh, even if the leader's clock is read as earlier by a
+        // node: time comes from the entry.
+        let r = grants(&mut txn, 12, 30_500, 2, &[("a", 60)]);
+        assert_eq!((r[0].granted, r[0].window_start_unix_ms), (60, 30_000));
+        // Rows of finished windows are deleted: "b" (window ended at 30 s) is gone after 40 s.
+        grants(&mut txn, 13, 41_000, 3, &[("c", 1)]);
+        assert!(txn.get(GRANTS, &resource_key("rl", "b")).unwrap().is_none());
+        assert!(txn.get(GRANTS, &resource_key("rl", "c")).unwrap().is_some());
+        assert_eq!(txn.range(GRANT_EXPIRY, .., usize::MAX).unwrap().len(), 1);
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub const REQUEST_ORDER: Table = Table("request_order");
 pub const AUDIT: Table = Table("audit");
 /// ApiKey name -> big-endian u64: the latest use any node reported (unix ms).
 pub const API_KEY_LAST_USED: Table = Table("api_key_last_used");
+/// `limit \0 key` -> `GrantRow`: the units of a strict RateLimit granted in the current window.
+pub const GRANTS: Table = Table("grants");
+/// Big-endian window end (unix ms) ++ `limit \0 key` -> empty: which grant rows expire when,
+/// so finished windows are deleted oldest first.
+pub const GRANT_EXPIRY: Table = Table("grant_expiry");
 
 /// Every table of the state machine; a snapshot copies exactly these.
 pub const TABLES: &[Table] = &[
@@ -38,6 +43,8 @@ pub const TABLES: &[Table] = &[
     REQUEST_ORDER,
     AUDIT,
     API_KEY_LAST_USED,
+    GRANTS,
+    GRANT_EXPIRY,
 ];
 
 pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -351,6 +358,15 @@ impl StateReader {
             }
         }
         Ok(out)
+    }
+
+    /// The grant row of a (limit, key), if its window is still open at `now_unix_ms` (for
+    /// `konnectctl usage`-style reads).
+    pub fn grant_row(&self, limit: &str, key: &str) -> Result<Option<pb::GrantRow>, StoreError> {
+        let txn = self.store.read()?;
+        txn.get(GRANTS, &resource_key(limit, key))?
+            .map(|b| decode(&b, "grant row"))
+            .transpose()
     }
 
     /// When each API key was last used, as far as the nodes reported (unix ms).
