@@ -17,6 +17,7 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod jwt;
+pub mod ratelimit;
 pub mod redact;
 pub mod router;
 pub mod tls;

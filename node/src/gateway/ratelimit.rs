@@ -1,0 +1,352 @@
+//! Phase `rate_limit`: admits a request against every RateLimit that applies to it, from
+//! local atomics only.
+//!
+//! `strict` limits: the node admits from units the Raft state machine granted it for the
+//! current window (leader time). When its units run low it asks for more in the background
+//! (`grants.rs` batches the asks of all keys into one entry every few milliseconds); a request
+//! that finds none waits up to [`STRICT_WAIT`] for the next grant, then gets 429. Units left at
+//! the end of a window, or on a node that crashes, are lost: the cluster may admit fewer than
+//! the limit, never more. Ask sizes follow the key's recent rate on this node, so a node
+//! without traffic for a key holds nothing of it.
+//!
+//! `local` limits count per node and window (node clock), without asking anyone.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::resources::rate_limit::{Mode, OnQuorumLoss, RateLimitSpec};
+
+/// Longest a request waits for a grant when its node has no units left.
+pub const STRICT_WAIT: Duration = Duration::from_millis(100);
+/// After a failed ask (no quorum), how long the node acts on `on_quorum_loss` before asking
+/// again.
+const QUORUM_RETRY_MS: u64 = 1_000;
+
+/// One (limit, key) on this node.
+pub struct Allocation {
+    pub limit_name: String,
+    pub key: String,
+    limit: u64,
+    window_ms: u64,
+    on_quorum_loss: OnQuorumLoss,
+    /// Units this node may still admit in the window ending at `window_end_ms`.
+    remaining: AtomicI64,
+    /// End of the window the units belong to (unix ms: leader time for strict, node time for
+    /// local); 0 before the first grant.
+    window_end_ms: AtomicU64,
+    /// Units granted to all nodes in that window, as of the last grant (for headers).
+    used_cluster: AtomicU64,
+    /// The cluster has no units left for this window: refuse until it ends.
+    exhausted_until_ms: AtomicU64,
+    /// An ask is queued or in flight.
+    asking: AtomicBool,
+    /// Requests admitted since the last ask: the next ask is twice this.
+    admitted_since_ask: AtomicU64,
+    /// Set by a failed ask until this time: follow `on_quorum_loss`.
+    quorum_lost_until_ms: AtomicU64,
+    /// Admissions under `local_fallback` in the current fallback window.
+    fallback_used: AtomicU64,
+    fallback_window_end_ms: AtomicU64,
+    granted: Notify,
+}
+
+/// What one admission decided, for the response headers.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub limit_name: String,
+    pub limit: u64,
+    pub window_s: u64,
+    /// Best estimate of what is left in the window across the cluster.
+    pub remaining: u64,
+    /// Seconds until the window resets.
+    pub reset_s: u64,
+}
+
+/// A request refused by a limit.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub verdict: Verdict,
+    pub retry_after_s: u64,
+}
+
+/// An ask for units, as sent to the state machine.
+pub struct Ask {
+    pub allocation: Arc<Allocation>,
+    pub units: u64,
+}
+
+/// The state machine's answer to one ask.
+pub struct Granted {
+    pub granted: u64,
+    pub window_end_ms: u64,
+    pub used: u64,
+    /// The limit no longer exists or is not strict.
+    pub refused: bool,
+}
+
+pub struct RateLimiter {
+    allocations: RwLock<HashMap<(String, String), Arc<Allocation>>>,
+    asks: mpsc::UnboundedSender<Ask>,
+    /// Voters in the cluster, for `local_fallback` (limit / voters per node).
+    pub cluster_size: AtomicU64,
+}
+
+impl RateLimiter {
+    /// The limiter and the queue of asks that `grants.rs` ships to Raft.
+    pub fn new() -> (Arc<RateLimiter>, mpsc::UnboundedReceiver<Ask>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(RateLimiter {
+                allocations: RwLock::new(HashMap::new()),
+                asks: tx,
+                cluster_size: AtomicU64::new(1),
+            }),
+            rx,
+        )
+    }
+
+    fn allocation(&self, name: &str, spec: &RateLimitSpec, key: &str) -> Arc<Allocation> {
+        let k = (name.to_string(), key.to_string());
+        if let Some(a) = self
+            .allocations
+            .read()
+            .ok()
+            .and_then(|m| m.get(&k).cloned())
+        {
+            if a.limit == spec.limit && a.window_ms == spec.window_ms() {
+                return a;
+            }
+        }
+        let fresh = Arc::new(Allocation {
+            limit_name: name.to_string(),
+            key: key.to_string(),
+            limit: spec.limit,
+            window_ms: spec.window_ms(),
+            on_quorum_loss: spec.on_quorum_loss,
+            remaining: AtomicI64::new(0),
+            window_end_ms: AtomicU64::new(0),
+            used_cluster: AtomicU64::new(0),
+            exhausted_until_ms: AtomicU64::new(0),
+            asking: AtomicBool::new(false),
+            admitted_since_ask: AtomicU64::new(0),
+            quorum_lost_until_ms: AtomicU64::new(0),
+            fallback_used: AtomicU64::new(0),
+            fallback_window_end_ms: AtomicU64::new(0),
+            granted: Notify::new(),
+        });
+        let Ok(mut map) = self.allocations.write() else {
+            return fresh;
+        };
+        let entry = map.entry(k).or_insert_with(|| fresh.clone());
+        if entry.limit != spec.limit || entry.window_ms != spec.window_ms() {
+            // The limit changed: start over with the new figures.
+            *entry = fresh;
+        }
+        entry.clone()
+    }
+
+    /// Drops allocations whose window ended long ago, so memory follows the active keys.
+    pub fn sweep(&self, now_ms: u64) {
+        if let Ok(mut map) = self.allocations.write() {
+            map.retain(|_, a| {
+                let end = a.window_end_ms.load(Ordering::Relaxed);
+                if end == 0 {
+                    // Never granted: kept only while its first ask is out.
+                    a.asking.load(Ordering::Relaxed)
+                } else {
+                    end + a.window_ms > now_ms
+                }
+            });
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.allocations.read().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Admits one request against limit `name` for `key`, or refuses it.
+    pub async fn admit(
+        &self,
+        name: &str,
+        spec: &RateLimitSpec,
+        key: &str,
+        now_ms: impl Fn() -> u64,
+    ) -> Result<Verdict, Refused> {
+        let a = self.allocation(name, spec, key);
+        match spec.mode {
+            Mode::Local => a.admit_local(now_ms()),
+            Mode::Strict => self.admit_strict(&a, now_ms).await,
+        }
+    }
+
+    /// Gives back a unit admitted by a limit when another limit refused the same request.
+    pub fn refund(&self, name: &str, key: &str) {
+        if let Some(a) = self
+            .allocations
+            .read()
+            .ok()
+            .and_then(|m| m.get(&(name.to_string(), key.to_string())).cloned())
+        {
+            a.remaining.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    async fn admit_strict(
+        &self,
+        a: &Arc<Allocation>,
+        now_ms: impl Fn() -> u64,
+    ) -> Result<Verdict, Refused> {
+        let deadline = now_ms() + STRICT_WAIT.as_millis() as u64;
+        loop {
+            let now = now_ms();
+            if a.window_end_ms.load(Ordering::Acquire) <= now {
+                // The window of our units is over: they are gone.
+                a.remaining.store(0, Ordering::Release);
+            }
+            let before = a.remaining.fetch_sub(1, Ordering::AcqRel);
+            if before > 0 {
+                let admitted = a.admitted_since_ask.fetch_add(1, Ordering::Relaxed) + 1;
+                // Low-water mark: ask for more before running out.
+                if (before - 1) as u64 <= admitted.max(1) / 2 {
+                    self.ask(a, now);
+                }
+                return Ok(a.verdict(now));
+            }
+            a.remaining.fetch_add(1, Ordering::AcqRel);
+            let exhausted = a.exhausted_until_ms.load(Ordering::Acquire);
+            if exhausted > now {
+                return Err(a.refused(now, exhausted));
+            }
+            if a.quorum_lost_until_ms.load(Ordering::Acquire) > now {
+                return self.on_quorum_loss(a, now);
+            }
+            if now >= deadline {
+                return Err(a.refused(now, now + 1000));
+            }
+            let granted = a.granted.notified();
+            self.ask(a, now);
+            let left = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            let _ = tokio::time::timeout(left, granted).await;
+        }
+    }
+
+    fn on_quorum_loss(&self, a: &Arc<Allocation>, now: u64) -> Result<Verdict, Refused> {
+        match a.on_quorum_loss {
+            OnQuorumLoss::FailOpen => Ok(a.verdict(now)),
+            OnQuorumLoss::FailClosed => Err(a.refused(now, now + QUORUM_RETRY_MS)),
+            OnQuorumLoss::LocalFallback => {
+                let window_end = now - now % a.window_ms + a.window_ms;
+                if a.fallback_window_end_ms.swap(window_end, Ordering::AcqRel) != window_end {
+                    a.fallback_used.store(0, Ordering::Release);
+                }
+                let share = (a.limit / self.cluster_size.load(Ordering::Relaxed).max(1)).max(1);
+                if a.fallback_used.fetch_add(1, Ordering::AcqRel) < share {
+                    Ok(a.verdict(now))
+                } else {
+                    Err(a.refused(now, window_end))
+                }
+            }
+        }
+    }
+
+    fn ask(&self, a: &Arc<Allocation>, now: u64) {
+        if a.quorum_lost_until_ms.load(Ordering::Acquire) > now
+            || a.asking.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        // Twice the recent demand, at least 1, at most the limit.
+        let recent = a.admitted_since_ask.swap(0, Ordering::Relaxed);
+        let units = (recent * 2).clamp(1, a.limit);
+        if self
+            .asks
+            .send(Ask {
+                allocation: a.clone(),
+                units,
+            })
+            .is_err()
+        {
+            a.asking.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Allocation {
+    fn admit_local(&self, now: u64) -> Result<Verdict, Refused> {
+        let end = now - now % self.window_ms + self.window_ms;
+        if self.window_end_ms.swap(end, Ordering::AcqRel) != end {
+            self.remaining.store(self.limit as i64, Ordering::Release);
+            self.used_cluster.store(0, Ordering::Release);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) > 0 {
+            self.used_cluster.fetch_add(1, Ordering::Relaxed);
+            Ok(self.verdict(now))
+        } else {
+            self.remaining.fetch_add(1, Ordering::AcqRel);
+            Err(self.refused(now, end))
+        }
+    }
+
+    fn verdict(&self, now: u64) -> Verdict {
+        let end = self.window_end_ms.load(Ordering::Relaxed);
+        let used = self.used_cluster.load(Ordering::Relaxed);
+        let local = self.remaining.load(Ordering::Relaxed).max(0) as u64;
+        Verdict {
+            limit_name: self.limit_name.clone(),
+            limit: self.limit,
+            window_s: self.window_ms / 1000,
+            remaining: (self.limit.saturating_sub(used) + local).min(self.limit),
+            reset_s: end.saturating_sub(now).div_ceil(1000),
+        }
+    }
+
+    fn refused(&self, now: u64, until: u64) -> Refused {
+        let mut verdict = self.verdict(now);
+        verdict.remaining = 0;
+        Refused {
+            retry_after_s: until.saturating_sub(now).div_ceil(1000).max(1),
+            verdict,
+        }
+    }
+
+    /// Takes in the state machine's answer to an ask.
+    pub fn granted(&self, g: Granted, now: u64) {
+        if g.refused {
+            self.exhausted_until_ms.store(now + 1000, Ordering::Release);
+        } else {
+            if self.window_end_ms.swap(g.window_end_ms, Ordering::AcqRel) == g.window_end_ms {
+                self.remaining.fetch_add(g.granted as i64, Ordering::AcqRel);
+            } else {
+                // Units of an older window are gone; these are the new window's.
+                self.remaining.store(g.granted as i64, Ordering::Release);
+            }
+            self.used_cluster.store(g.used, Ordering::Release);
+            if g.used >= self.limit {
+                self.exhausted_until_ms
+                    .store(g.window_end_ms, Ordering::Release);
+            }
+            self.quorum_lost_until_ms.store(0, Ordering::Release);
+        }
+        self.asking.store(false, Ordering::Release);
+        self.granted.notify_waiters();
+    }
+
+    /// The ask could not be shipped (no quorum): follow `on_quorum_loss` for a while.
+    pub fn ask_failed(&self, now: u64) {
+        self.quorum_lost_until_ms
+            .store(now + QUORUM_RETRY_MS, Ordering::Release);
+        self.asking.store(false, Ordering::Release);
+        self.granted.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests;

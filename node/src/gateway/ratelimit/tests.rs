@@ -1,0 +1,101 @@
+//! Unit tests of admission from local units. The grant answers come from a small stand-in for
+//! the state machine's rule (never more than the limit per window); the real one is tested in
+//! `raft/apply.rs` and end to end in `node/tests/rate_limits.rs`.
+
+use super::*;
+use serde_json::json;
+
+fn spec(v: serde_json::Value) -> RateLimitSpec {
+    RateLimitSpec::parse(&v).unwrap()
+}
+
+#[tokio::test]
+async fn local_limits_count_per_window_on_the_node_clock() {
+    let (rl, _asks) = RateLimiter::new();
+    let s = spec(
+        json!({"applies_to": {"global": true}, "key": "ip", "limit": 3, "window": "10s", "mode": "local"}),
+    );
+    for _ in 0..3 {
+        assert!(rl.admit("l", &s, "1.2.3.4", || 21_000).await.is_ok());
+    }
+    let refused = rl.admit("l", &s, "1.2.3.4", || 21_000).await.unwrap_err();
+    assert_eq!(refused.retry_after_s, 9);
+    assert_eq!(refused.verdict.remaining, 0);
+    // Another key has its own count; the next window starts afresh.
+    assert!(rl.admit("l", &s, "5.6.7.8", || 21_000).await.is_ok());
+    assert!(rl.admit("l", &s, "1.2.3.4", || 30_000).await.is_ok());
+}
+
+/// Answers asks like the state machine: at most `limit` per window of leader time `now`.
+async fn serve_grants(mut asks: mpsc::UnboundedReceiver<Ask>, limit: u64, now: u64) {
+    let mut used = 0;
+    while let Some(ask) = asks.recv().await {
+        let granted = ask.units.min(limit - used);
+        used += granted;
+        ask.allocation.granted(
+            Granted {
+                granted,
+                window_end_ms: now - now % 10_000 + 10_000,
+                used,
+                refused: false,
+            },
+            now,
+        );
+    }
+}
+
+#[tokio::test]
+async fn strict_limits_admit_exactly_what_was_granted() {
+    let (rl, asks) = RateLimiter::new();
+    tokio::spawn(serve_grants(asks, 50, 21_000));
+    let s = spec(json!({"applies_to": {"global": true}, "limit": 50, "window": "10s"}));
+    let mut admitted = 0;
+    let mut last = None;
+    for _ in 0..80 {
+        match rl.admit("s", &s, "alice", || 21_000).await {
+            Ok(_) => admitted += 1,
+            Err(r) => last = Some(r),
+        }
+    }
+    assert_eq!(admitted, 50, "all of the limit is usable, none beyond it");
+    let refused = last.expect("refusals");
+    assert_eq!(refused.retry_after_s, 9, "until the window ends");
+}
+
+#[tokio::test]
+async fn without_grants_strict_limits_follow_on_quorum_loss() {
+    for (policy, expect_admitted) in [("fail_closed", 0), ("fail_open", 10), ("local_fallback", 5)]
+    {
+        let (rl, mut asks) = RateLimiter::new();
+        rl.cluster_size.store(2, Ordering::Relaxed);
+        // Every ask fails, as when no leader can be reached.
+        tokio::spawn(async move {
+            while let Some(ask) = asks.recv().await {
+                ask.allocation.ask_failed(21_000);
+            }
+        });
+        let s = spec(
+            json!({"applies_to": {"global": true}, "limit": 10, "window": "10s", "on_quorum_loss": policy}),
+        );
+        let mut admitted = 0;
+        for _ in 0..10 {
+            if rl.admit("s", &s, "k", || 21_000).await.is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, expect_admitted, "{policy}");
+    }
+}
+
+#[tokio::test]
+async fn idle_keys_are_swept_and_hold_nothing() {
+    let (rl, asks) = RateLimiter::new();
+    tokio::spawn(serve_grants(asks, 1_000, 21_000));
+    let s = spec(json!({"applies_to": {"global": true}, "limit": 1000, "window": "10s"}));
+    for i in 0..100 {
+        let _ = rl.admit("s", &s, &format!("k{i}"), || 21_000).await;
+    }
+    assert_eq!(rl.len(), 100);
+    rl.sweep(45_000);
+    assert_eq!(rl.len(), 0);
+}
