@@ -66,6 +66,7 @@ pub struct Gateway {
     snapshot: SharedSnapshot,
     settings: GatewaySettings,
     access_log: AccessLog,
+    limiter: Arc<ratelimit::RateLimiter>,
 }
 
 /// Bodies up to this size are buffered when a retry could need them again.
@@ -76,12 +77,77 @@ impl Gateway {
         snapshot: SharedSnapshot,
         settings: GatewaySettings,
         access_log: AccessLog,
+        limiter: Arc<ratelimit::RateLimiter>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             snapshot,
             settings,
             access_log,
+            limiter,
         })
+    }
+
+    /// Phase `rate_limit`: every RateLimit that applies must admit the request. Returns the
+    /// verdict with the least left (for the response headers), or the refusal.
+    async fn rate_limit(
+        &self,
+        snapshot: &GatewaySnapshot,
+        route: &crate::state::RouteEntry,
+        caller: Option<&auth::Caller>,
+        client: SocketAddr,
+        headers: &hyper::HeaderMap,
+    ) -> Result<Option<ratelimit::Verdict>, GatewayError> {
+        use crate::resources::rate_limit::{AppliesTo, LimitKey};
+        if snapshot.rate_limits.is_empty() {
+            return Ok(None);
+        }
+        let consumer = caller.map(|c| &c.consumer);
+        let mut admitted: Vec<(&str, String)> = Vec::new();
+        let mut tightest: Option<ratelimit::Verdict> = None;
+        for limit in snapshot.rate_limits.iter() {
+            let applies = match &limit.spec.applies_to {
+                AppliesTo::Global(on) => *on,
+                AppliesTo::Route(n) => *n == route.name,
+                AppliesTo::Service(n) => *n == route.upstream.name,
+                AppliesTo::Consumer(n) => consumer.is_some_and(|c| c.name == *n),
+                AppliesTo::Team(n) => consumer.is_some_and(|c| c.team.as_deref() == Some(n)),
+                AppliesTo::Group(g) => consumer.is_some_and(|c| c.groups.contains(g)),
+            };
+            if !applies {
+                continue;
+            }
+            let key = match &limit.key {
+                LimitKey::Consumer => consumer.map(|c| c.name.clone()),
+                LimitKey::Team => consumer.and_then(|c| c.team.clone()),
+                LimitKey::Credential => caller.map(|c| c.credential.label.clone()),
+                LimitKey::Ip => Some(self.client_ip(client.ip(), headers).to_string()),
+                LimitKey::Route => Some(route.name.clone()),
+                LimitKey::Header(h) => headers
+                    .get(h.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.chars().take(256).collect()),
+            }
+            .unwrap_or_else(|| "-".into());
+            match self
+                .limiter
+                .admit(&limit.name, &limit.spec, &key, unix_ms_now)
+                .await
+            {
+                Ok(v) => {
+                    if tightest.as_ref().is_none_or(|t| v.remaining < t.remaining) {
+                        tightest = Some(v);
+                    }
+                    admitted.push((&limit.name, key));
+                }
+                Err(refused) => {
+                    for (name, key) in &admitted {
+                        self.limiter.refund(name, key);
+                    }
+                    return Err(GatewayError::RateLimited(Box::new(refused)));
+                }
+            }
+        }
+        Ok(tightest)
     }
 
     /// Accepts connections until `shutdown` turns true, then drains in-flight requests for up
@@ -342,6 +408,11 @@ impl Gateway {
             None => None,
         };
 
+        // Phase: rate_limit (every RateLimit that applies; cached answers count too).
+        let limited = self
+            .rate_limit(snapshot, route, caller.as_ref(), client, req.headers())
+            .await?;
+
         // Phase: cache_lookup (routes that opt in). Responses of routes with credentials are
         // cached per consumer: one consumer never gets another's answer.
         let cache_ticket = match &route.cache {
@@ -359,8 +430,11 @@ impl Gateway {
                     &key,
                     req.headers(),
                 ) {
-                    cache::Lookup::Hit(resp) => {
+                    cache::Lookup::Hit(mut resp) => {
                         entry.cache = Some("hit");
+                        if let Some(v) = &limited {
+                            ratelimit_headers(resp.headers_mut(), v);
+                        }
                         return Ok((resp, upstream.spec.timeouts.idle.0));
                     }
                     cache::Lookup::Miss(t) => {
@@ -554,8 +628,32 @@ impl Gateway {
             (Some(cache), Some(ticket)) => cache.store(ticket, resp),
             _ => resp,
         };
+        let mut resp = resp;
+        if let Some(v) = &limited {
+            ratelimit_headers(resp.headers_mut(), v);
+        }
         Ok((resp, upstream.spec.timeouts.idle.0))
     }
+}
+
+/// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft) and the common `X-RateLimit-*`.
+pub fn ratelimit_headers(headers: &mut hyper::HeaderMap, v: &ratelimit::Verdict) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(hyper::header::HeaderName::from_static(name), value);
+        }
+    };
+    set(
+        "ratelimit-policy",
+        format!("\"{}\";q={};w={}", v.limit_name, v.limit, v.window_s),
+    );
+    set(
+        "ratelimit",
+        format!("\"{}\";r={};t={}", v.limit_name, v.remaining, v.reset_s),
+    );
+    set("x-ratelimit-limit", v.limit.to_string());
+    set("x-ratelimit-remaining", v.remaining.to_string());
+    set("x-ratelimit-reset", v.reset_s.to_string());
 }
 
 /// Answers 101 to the client and, once both sides have switched, copies bytes both ways

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod config;
 pub mod control_tls;
 pub mod gateway;
+pub mod grants;
 pub mod node;
 pub mod raft;
 pub mod resources;

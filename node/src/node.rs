@@ -286,6 +286,15 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         settings.key_usage_report,
         shutdown_rx.clone(),
     ));
+    let (limiter, grant_asks) = crate::gateway::ratelimit::RateLimiter::new();
+    tokio::spawn(crate::grants::ship_grants(
+        grant_asks,
+        limiter.clone(),
+        proposer.clone(),
+        raft.clone(),
+        settings.node_id,
+        shutdown_rx.clone(),
+    ));
     let gateway = Gateway::new(
         snapshot.clone(),
         GatewaySettings {
@@ -295,6 +304,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
             drain_timeout: settings.drain_timeout,
         },
         access_log,
+        limiter.clone(),
     );
     let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
     let proxy_tls_task = match proxy_tls_listener {

@@ -29,6 +29,7 @@ use crate::resources::certificate::CertificateSpec;
 use crate::resources::consumer::ConsumerSpec;
 use crate::resources::jwt_provider::JwtProviderSpec;
 use crate::resources::log_redaction::LogRedactionSpec;
+use crate::resources::rate_limit::{LimitKey, RateLimitSpec};
 use crate::resources::route::RouteSpec;
 use crate::resources::service::ServiceSpec;
 use crate::secrets::Keyring;
@@ -48,6 +49,7 @@ const GATEWAY_KINDS: &[&str] = &[
     "ApiKey",
     "JwtProvider",
     "LogRedaction",
+    "RateLimit",
 ];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
@@ -72,6 +74,15 @@ pub struct GatewaySnapshot {
     pub identities: Arc<Identities>,
     /// What access and call logs must mask.
     pub redactor: Arc<Redactor>,
+    /// Every RateLimit, checked in order on each request they apply to.
+    pub rate_limits: Arc<Vec<LimitEntry>>,
+}
+
+/// One RateLimit as the gateway uses it.
+pub struct LimitEntry {
+    pub name: String,
+    pub spec: RateLimitSpec,
+    pub key: LimitKey,
 }
 
 impl GatewaySnapshot {
@@ -83,6 +94,7 @@ impl GatewaySnapshot {
             certificates: CertStore::default(),
             identities: Arc::new(Identities::default()),
             redactor: Arc::new(Redactor::default()),
+            rate_limits: Arc::new(Vec::new()),
         }
     }
 }
@@ -115,6 +127,8 @@ pub struct SnapshotBuilder {
     identities: Arc<Identities>,
     redactions: BTreeMap<String, LogRedactionSpec>,
     redactor: Arc<Redactor>,
+    limits: BTreeMap<String, RateLimitSpec>,
+    rate_limits: Arc<Vec<LimitEntry>>,
     /// Certificate name -> (SNI names, key).
     certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
     /// Route name -> (route revision, cache).
@@ -216,6 +230,8 @@ impl SnapshotBuilder {
             identities: Arc::new(Identities::default()),
             redactions: BTreeMap::new(),
             redactor: Arc::new(Redactor::default()),
+            limits: BTreeMap::new(),
+            rate_limits: Arc::new(Vec::new()),
             caches: HashMap::new(),
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
         }
@@ -262,6 +278,11 @@ impl SnapshotBuilder {
                 .keys()
                 .map(|n| ("LogRedaction".to_string(), n.clone())),
         );
+        known.extend(
+            self.limits
+                .keys()
+                .map(|n| ("RateLimit".to_string(), n.clone())),
+        );
         for key in known {
             if !changes.iter().any(|(k, _)| *k == key) {
                 changes.push((key, None));
@@ -290,6 +311,7 @@ impl SnapshotBuilder {
         let mut routes_changed = full;
         let mut identities_changed = full;
         let mut redactions_changed = full;
+        let mut limits_changed = full;
         for ((kind, name), resource) in changes {
             match (kind.as_str(), resource) {
                 ("Service", None) => {
@@ -393,6 +415,18 @@ impl SnapshotBuilder {
                         }
                     }
                 }
+                ("RateLimit", r) => {
+                    limits_changed = true;
+                    self.limits.remove(&name);
+                    if let Some(r) = r {
+                        match RateLimitSpec::parse(&struct_to_json(&r.spec.unwrap_or_default())) {
+                            Ok(spec) => {
+                                self.limits.insert(name, spec);
+                            }
+                            Err(e) => skip("RateLimit", &name, e.to_string()),
+                        }
+                    }
+                }
                 ("LogRedaction", r) => {
                     redactions_changed = true;
                     self.redactions.remove(&name);
@@ -436,6 +470,20 @@ impl SnapshotBuilder {
         }
         if identities_changed {
             self.identities = Arc::new(self.build_identities());
+        }
+        if limits_changed {
+            self.rate_limits = Arc::new(
+                self.limits
+                    .iter()
+                    .filter_map(|(name, spec)| {
+                        Some(LimitEntry {
+                            name: name.clone(),
+                            key: spec.key().ok()?,
+                            spec: spec.clone(),
+                        })
+                    })
+                    .collect(),
+            );
         }
         if redactions_changed || routes_changed {
             // Query parameters that routes read API keys from are masked too.
@@ -509,6 +557,7 @@ impl SnapshotBuilder {
             certificates,
             identities: self.identities.clone(),
             redactor: self.redactor.clone(),
+            rate_limits: self.rate_limits.clone(),
         })
     }
 

@@ -42,6 +42,9 @@ pub enum GatewayError {
     UnsupportedMediaType { allowed: String },
     #[error("the request body does not match the route's schema at {location:?}: {message}")]
     SchemaViolation { location: String, message: String },
+    /// A RateLimit refused the request (429).
+    #[error("rate limit {:?} exceeded: {} requests per {}s; retry in {}s", .0.verdict.limit_name, .0.verdict.limit, .0.verdict.window_s, .0.retry_after_s)]
+    RateLimited(Box<super::ratelimit::Refused>),
     #[error("internal error")]
     Internal(String),
 }
@@ -65,6 +68,7 @@ impl GatewayError {
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::SchemaViolation { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,6 +91,7 @@ impl GatewayError {
             GatewayError::Forbidden { .. } => "forbidden",
             GatewayError::UnsupportedMediaType { .. } => "unsupported_media_type",
             GatewayError::SchemaViolation { .. } => "schema_violation",
+            GatewayError::RateLimited(_) => "rate_limited",
             GatewayError::Internal(_) => "internal",
         }
     }
@@ -135,6 +140,12 @@ impl GatewayError {
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),
         );
+        if let GatewayError::RateLimited(r) = &self {
+            super::ratelimit_headers(resp.headers_mut(), &r.verdict);
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&r.retry_after_s.to_string()) {
+                resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+        }
         if let GatewayError::Unauthorized { invalid, .. } = &self {
             let challenge = if *invalid {
                 r#"Bearer realm="konnect", error="invalid_token""#

@@ -1,0 +1,113 @@
+//! Ships the gateway's asks for rate-limit units to Raft and hands back the grants: every ask
+//! made within a couple of milliseconds goes into one `GrantRequests` entry, one entry in
+//! flight at a time, so the cost in Raft entries follows time, not request volume.
+//!
+//! The request path never waits here: it only queues asks (`gateway/ratelimit.rs`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use konnect_proto::state::v1 as pb;
+use tokio::sync::{mpsc, watch};
+
+use crate::gateway::ratelimit::{Ask, Granted, RateLimiter};
+use crate::raft::proposer::Proposer;
+use crate::raft::Raft;
+
+/// How long asks are gathered before they are shipped together.
+const GATHER: Duration = Duration::from_millis(2);
+/// Most asks in one entry.
+const MAX_ASKS_PER_ENTRY: usize = 10_000;
+/// A ship that takes longer than this counts as failed (no quorum).
+const SHIP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often idle allocations are dropped and the cluster size is refreshed.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs until shutdown.
+pub async fn ship_grants(
+    mut asks: mpsc::UnboundedReceiver<Ask>,
+    limiter: Arc<RateLimiter>,
+    proposer: Proposer,
+    raft: Raft,
+    node_id: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        let first = tokio::select! {
+            a = asks.recv() => match a {
+                Some(a) => a,
+                None => return,
+            },
+            _ = sweep.tick() => {
+                limiter.sweep(now_ms());
+                let voters = raft.metrics().borrow().membership_config.voter_ids().count();
+                limiter.cluster_size.store(voters.max(1) as u64, Ordering::Relaxed);
+                continue;
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let mut batch = vec![first];
+        tokio::time::sleep(GATHER).await;
+        while batch.len() < MAX_ASKS_PER_ENTRY {
+            match asks.try_recv() {
+                Ok(a) => batch.push(a),
+                Err(_) => break,
+            }
+        }
+        let cmd = pb::Command {
+            actor: "system".into(),
+            op: Some(pb::command::Op::Grants(pb::GrantRequests {
+                node_id,
+                asks: batch
+                    .iter()
+                    .map(|a| pb::GrantAsk {
+                        limit: a.allocation.limit_name.clone(),
+                        key: a.allocation.key.clone(),
+                        units: a.units,
+                    })
+                    .collect(),
+            })),
+            ..Default::default()
+        };
+        let answer = tokio::time::timeout(SHIP_TIMEOUT, proposer.write(cmd)).await;
+        let now = now_ms();
+        let results = match answer {
+            Ok(Ok((
+                _,
+                pb::CommandResult {
+                    result: Some(pb::command_result::Result::Grants(g)),
+                },
+            ))) if g.results.len() == batch.len() => g.results,
+            other => {
+                if let Ok(Err(e)) = &other {
+                    tracing::debug!(error = %e, asks = batch.len(), "rate-limit grants not shipped");
+                }
+                metrics::counter!("konnect_ratelimit_grant_failures_total").increment(1);
+                for a in &batch {
+                    a.allocation.ask_failed(now);
+                }
+                continue;
+            }
+        };
+        metrics::counter!("konnect_ratelimit_grant_entries_total").increment(1);
+        for (a, r) in batch.iter().zip(results) {
+            a.allocation.granted(
+                Granted {
+                    granted: r.granted,
+                    window_end_ms: r.window_end_unix_ms,
+                    used: r.used,
+                    refused: !r.error.is_empty(),
+                },
+                now,
+            );
+        }
+    }
+}
