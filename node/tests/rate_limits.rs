@@ -187,3 +187,80 @@ async fn local_limits_count_per_node_and_admitted_answers_carry_the_headers() {
         .expect_err("limit 0");
     assert!(err.to_string().contains("spec.limit"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_mid_window_neither_resets_nor_overshoots_the_limit() {
+    const LIMIT: u64 = 300;
+    const WINDOW_MS: u64 = 10_000;
+    let up = Upstream::start("counted").await;
+    let mut cluster = Cluster::start_initialised(3, &[]).await;
+    cluster
+        .client_any()
+        .apply(
+            vec![
+                resource("Service", "api", json!({"targets": [{"url": up.url()}]})),
+                resource("Route", "api", json!({"paths": ["/api"], "service": "api"})),
+                resource(
+                    "RateLimit",
+                    "all",
+                    json!({"applies_to": {"global": true}, "key": "route", "limit": LIMIT, "window": "10s"}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    let leader = cluster.leader().await;
+    let mut proxies = Vec::new();
+    for id in (1..=3).filter(|id| *id != leader) {
+        let proxy = cluster.proxy_addr(id).await;
+        wait_for("the route", Duration::from_secs(10), || async {
+            let r = http("GET", &proxy, "/api/warm", &[], "").await;
+            (r.status == 200 || r.status == 429).then_some(())
+        })
+        .await;
+        proxies.push(proxy);
+    }
+    let to_next = WINDOW_MS - now_ms() % WINDOW_MS;
+    tokio::time::sleep(Duration::from_millis(to_next + 150)).await;
+    let window_end = Instant::now() + Duration::from_millis(WINDOW_MS - 150 - 500);
+    let hits_before = up.hits();
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let proxy = proxies[c % 2].clone();
+        let ok = ok.clone();
+        clients.push(tokio::spawn(async move {
+            while Instant::now() < window_end {
+                if http("GET", &proxy, "/api/x", &[], "").await.status == 200 {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+                // Paced, so the window's units are not all taken before the leader dies.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before_kill = up.hits() - hits_before;
+    cluster.node(leader).kill9();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let admitted = up.hits() - hits_before;
+    eprintln!(
+        "leader kill: {before_kill} admitted before, {admitted} in the window, limit {LIMIT}"
+    );
+    assert_eq!(admitted, ok.load(Ordering::SeqCst));
+    assert!(
+        before_kill < LIMIT,
+        "the limit was used up before the kill: nothing was tested"
+    );
+    assert!(
+        admitted <= LIMIT,
+        "overshoot after a leader change: {admitted} > {LIMIT}"
+    );
+    assert!(
+        admitted > before_kill,
+        "no grants after the new leader took over"
+    );
+}

@@ -25,6 +25,10 @@ pub const STRICT_WAIT: Duration = Duration::from_millis(100);
 /// After a failed ask (no quorum), how long the node acts on `on_quorum_loss` before asking
 /// again.
 const QUORUM_RETRY_MS: u64 = 1_000;
+/// Asks must have failed for this long before `on_quorum_loss` applies. A leader election
+/// takes less: during one, strict limits refuse (under-admit) rather than fall back, so a
+/// leader change never lets more than the limit through.
+pub const QUORUM_LOSS_AFTER_MS: u64 = 5_000;
 
 /// One (limit, key) on this node.
 pub struct Allocation {
@@ -48,6 +52,8 @@ pub struct Allocation {
     admitted_since_ask: AtomicU64,
     /// Set by a failed ask until this time: follow `on_quorum_loss`.
     quorum_lost_until_ms: AtomicU64,
+    /// When asks started failing (0: the last one succeeded).
+    failing_since_ms: AtomicU64,
     /// Admissions under `local_fallback` in the current fallback window.
     fallback_used: AtomicU64,
     fallback_window_end_ms: AtomicU64,
@@ -134,6 +140,7 @@ impl RateLimiter {
             asking: AtomicBool::new(false),
             admitted_since_ask: AtomicU64::new(0),
             quorum_lost_until_ms: AtomicU64::new(0),
+            failing_since_ms: AtomicU64::new(0),
             fallback_used: AtomicU64::new(0),
             fallback_window_end_ms: AtomicU64::new(0),
             granted: Notify::new(),
@@ -204,7 +211,8 @@ impl RateLimiter {
         a: &Arc<Allocation>,
         now_ms: impl Fn() -> u64,
     ) -> Result<Verdict, Refused> {
-        let deadline = now_ms() + STRICT_WAIT.as_millis() as u64;
+        let deadline = tokio::time::Instant::now() + STRICT_WAIT;
+        let mut waited = false;
         loop {
             let now = now_ms();
             if a.window_end_ms.load(Ordering::Acquire) <= now {
@@ -228,12 +236,15 @@ impl RateLimiter {
             if a.quorum_lost_until_ms.load(Ordering::Acquire) > now {
                 return self.on_quorum_loss(a, now);
             }
-            if now >= deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Out of time, or the grant we waited for did not come (the ask failed): refuse
+            // rather than ask again in a loop.
+            if left.is_zero() || (waited && a.failing_since_ms.load(Ordering::Acquire) != 0) {
                 return Err(a.refused(now, now + 1000));
             }
             let granted = a.granted.notified();
             self.ask(a, now);
-            let left = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            waited = true;
             let _ = tokio::time::timeout(left, granted).await;
         }
     }
@@ -334,15 +345,28 @@ impl Allocation {
                     .store(g.window_end_ms, Ordering::Release);
             }
             self.quorum_lost_until_ms.store(0, Ordering::Release);
+            self.failing_since_ms.store(0, Ordering::Release);
         }
         self.asking.store(false, Ordering::Release);
         self.granted.notify_waiters();
     }
 
-    /// The ask could not be shipped (no quorum): follow `on_quorum_loss` for a while.
+    /// The ask could not be shipped. Once asks have failed for [`QUORUM_LOSS_AFTER_MS`], the
+    /// node follows `on_quorum_loss` for a while before asking again.
     pub fn ask_failed(&self, now: u64) {
-        self.quorum_lost_until_ms
-            .store(now + QUORUM_RETRY_MS, Ordering::Release);
+        let since = match self.failing_since_ms.compare_exchange(
+            0,
+            now,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => now,
+            Err(earlier) => earlier,
+        };
+        if now.saturating_sub(since) >= QUORUM_LOSS_AFTER_MS {
+            self.quorum_lost_until_ms
+                .store(now + QUORUM_RETRY_MS, Ordering::Release);
+        }
         self.asking.store(false, Ordering::Release);
         self.granted.notify_waiters();
     }

@@ -68,9 +68,11 @@ async fn without_grants_strict_limits_follow_on_quorum_loss() {
     {
         let (rl, mut asks) = RateLimiter::new();
         rl.cluster_size.store(2, Ordering::Relaxed);
-        // Every ask fails, as when no leader can be reached.
+        // Every ask fails, as when no leader can be reached, and has for longer than an
+        // election takes.
         tokio::spawn(async move {
             while let Some(ask) = asks.recv().await {
+                ask.allocation.ask_failed(21_000 - QUORUM_LOSS_AFTER_MS);
                 ask.allocation.ask_failed(21_000);
             }
         });
@@ -84,6 +86,22 @@ async fn without_grants_strict_limits_follow_on_quorum_loss() {
             }
         }
         assert_eq!(admitted, expect_admitted, "{policy}");
+    }
+}
+
+#[tokio::test]
+async fn a_short_outage_such_as_an_election_refuses_instead_of_falling_back() {
+    let (rl, mut asks) = RateLimiter::new();
+    tokio::spawn(async move {
+        while let Some(ask) = asks.recv().await {
+            ask.allocation.ask_failed(21_000);
+        }
+    });
+    let s = spec(
+        json!({"applies_to": {"global": true}, "limit": 10, "window": "10s", "on_quorum_loss": "fail_open"}),
+    );
+    for _ in 0..3 {
+        assert!(rl.admit("s", &s, "k", || 21_000).await.is_err());
     }
 }
 
