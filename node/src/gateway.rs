@@ -102,7 +102,7 @@ impl Gateway {
             return Ok(None);
         }
         let consumer = caller.map(|c| &c.consumer);
-        let mut admitted: Vec<(&str, String)> = Vec::new();
+        let mut admitted: Vec<(&str, String, ratelimit::Verdict)> = Vec::new();
         let mut tightest: Option<ratelimit::Verdict> = None;
         for limit in snapshot.rate_limits.iter() {
             let applies = match &limit.spec.applies_to {
@@ -135,13 +135,13 @@ impl Gateway {
             {
                 Ok(v) => {
                     if tightest.as_ref().is_none_or(|t| v.remaining < t.remaining) {
-                        tightest = Some(v);
+                        tightest = Some(v.clone());
                     }
-                    admitted.push((&limit.name, key));
+                    admitted.push((&limit.name, key, v));
                 }
                 Err(refused) => {
-                    for (name, key) in &admitted {
-                        self.limiter.refund(name, key);
+                    for (name, key, v) in &admitted {
+                        self.limiter.refund(name, key, v);
                     }
                     return Err(GatewayError::RateLimited(Box::new(refused)));
                 }

@@ -70,6 +70,8 @@ pub struct Verdict {
     pub remaining: u64,
     /// Seconds until the window resets.
     pub reset_s: u64,
+    /// The window the admitting unit belonged to (for a refund).
+    window_end_ms: u64,
 }
 
 /// A request refused by a limit.
@@ -194,15 +196,18 @@ impl RateLimiter {
         }
     }
 
-    /// Gives back a unit admitted by a limit when another limit refused the same request.
-    pub fn refund(&self, name: &str, key: &str) {
+    /// Gives back a unit admitted by a limit when another limit refused the same request:
+    /// only into the window it came from (a unit never moves to another window).
+    pub fn refund(&self, name: &str, key: &str, admitted: &Verdict) {
         if let Some(a) = self
             .allocations
             .read()
             .ok()
             .and_then(|m| m.get(&(name.to_string(), key.to_string())).cloned())
         {
-            a.remaining.fetch_add(1, Ordering::AcqRel);
+            if a.window_end_ms.load(Ordering::Acquire) == admitted.window_end_ms {
+                a.remaining.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -219,8 +224,7 @@ impl RateLimiter {
                 // The window of our units is over: they are gone.
                 a.remaining.store(0, Ordering::Release);
             }
-            let before = a.remaining.fetch_sub(1, Ordering::AcqRel);
-            if before > 0 {
+            if let Some(before) = a.take() {
                 let admitted = a.admitted_since_ask.fetch_add(1, Ordering::Relaxed) + 1;
                 // Low-water mark: ask for more before running out.
                 if (before - 1) as u64 <= admitted.max(1) / 2 {
@@ -228,7 +232,6 @@ impl RateLimiter {
                 }
                 return Ok(a.verdict(now));
             }
-            a.remaining.fetch_add(1, Ordering::AcqRel);
             let exhausted = a.exhausted_until_ms.load(Ordering::Acquire);
             if exhausted > now {
                 return Err(a.refused(now, exhausted));
@@ -291,17 +294,43 @@ impl RateLimiter {
 }
 
 impl Allocation {
+    /// Takes one unit if there is one; returns how many there were. A compare-and-swap, never
+    /// a decrement undone later: a unit stored by a grant or a window change in between can
+    /// neither be lost nor counted twice.
+    fn take(&self) -> Option<i64> {
+        let mut current = self.remaining.load(Ordering::Acquire);
+        loop {
+            if current <= 0 {
+                return None;
+            }
+            match self.remaining.compare_exchange_weak(
+                current,
+                current - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(current),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     fn admit_local(&self, now: u64) -> Result<Verdict, Refused> {
         let end = now - now % self.window_ms + self.window_ms;
-        if self.window_end_ms.swap(end, Ordering::AcqRel) != end {
+        let current = self.window_end_ms.load(Ordering::Acquire);
+        if current < end
+            && self
+                .window_end_ms
+                .compare_exchange(current, end, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
             self.remaining.store(self.limit as i64, Ordering::Release);
             self.used_cluster.store(0, Ordering::Release);
         }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) > 0 {
+        if self.take().is_some() {
             self.used_cluster.fetch_add(1, Ordering::Relaxed);
             Ok(self.verdict(now))
         } else {
-            self.remaining.fetch_add(1, Ordering::AcqRel);
             Err(self.refused(now, end))
         }
     }
@@ -316,6 +345,7 @@ impl Allocation {
             window_s: self.window_ms / 1000,
             remaining: (self.limit.saturating_sub(used) + local).min(self.limit),
             reset_s: end.saturating_sub(now).div_ceil(1000),
+            window_end_ms: end,
         }
     }
 
@@ -333,12 +363,17 @@ impl Allocation {
         if g.refused {
             self.exhausted_until_ms.store(now + 1000, Ordering::Release);
         } else {
-            if self.window_end_ms.swap(g.window_end_ms, Ordering::AcqRel) == g.window_end_ms {
+            let current = self.window_end_ms.load(Ordering::Acquire);
+            if current == g.window_end_ms {
                 self.remaining.fetch_add(g.granted as i64, Ordering::AcqRel);
-            } else {
-                // Units of an older window are gone; these are the new window's.
-                self.remaining.store(g.granted as i64, Ordering::Release);
+            } else if g.window_end_ms > current {
+                // A new window: units of the old one are dropped before the new window is
+                // announced, so no request admitted in the new window uses an old unit.
+                self.remaining.store(0, Ordering::Release);
+                self.window_end_ms.store(g.window_end_ms, Ordering::Release);
+                self.remaining.fetch_add(g.granted as i64, Ordering::AcqRel);
             }
+            // (A grant for a window older than ours is dropped.)
             self.used_cluster.store(g.used, Ordering::Release);
             if g.used >= self.limit {
                 self.exhausted_until_ms

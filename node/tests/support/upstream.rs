@@ -26,6 +26,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
     pub hits: Arc<AtomicU64>,
+    /// Arrival time (unix ms, this machine's clock) of every request.
+    arrivals: Arc<std::sync::Mutex<Vec<u64>>>,
     sse_release: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -38,15 +40,22 @@ impl Upstream {
         let flaky = Arc::new(AtomicU64::new(0));
         let sse_release = Arc::new(Notify::new());
         let (h, n, s) = (hits.clone(), name.to_string(), sse_release.clone());
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let arr = arrivals.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let (h, n, f, s) = (h.clone(), n.clone(), flaky.clone(), s.clone());
+                let arr = arr.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let (h, n, f, s) = (h.clone(), n.clone(), f.clone(), s.clone());
+                        let at = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        arr.lock().unwrap().push(at);
                         async move {
                             Ok::<_, std::convert::Infallible>(serve(req, &h, &n, &f, &s).await)
                         }
@@ -61,6 +70,7 @@ impl Upstream {
             addr,
             name: name.to_string(),
             hits,
+            arrivals,
             sse_release,
             task,
         }
@@ -76,6 +86,16 @@ impl Upstream {
 
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests that arrived in `[from_ms, to_ms)` (unix ms).
+    pub fn arrivals_between(&self, from_ms: u64, to_ms: u64) -> u64 {
+        self.arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| (from_ms..to_ms).contains(*t))
+            .count() as u64
     }
 }
 

@@ -117,3 +117,61 @@ async fn idle_keys_are_swept_and_hold_nothing() {
     rl.sweep(45_000);
     assert_eq!(rl.len(), 0);
 }
+
+/// Many requests at once while grants arrive and windows turn over: per window, never more
+/// admitted than granted (the race a decrement-then-undo would lose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_admissions_never_use_more_units_than_were_granted() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let (rl, mut asks) = RateLimiter::new();
+    let clock = Arc::new(AtomicU64::new(20_000));
+    let granted_per_window: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    {
+        let (clock, granted) = (clock.clone(), granted_per_window.clone());
+        tokio::spawn(async move {
+            while let Some(ask) = asks.recv().await {
+                let now = clock.fetch_add(7, Ordering::SeqCst);
+                let end = now - now % 1_000 + 1_000;
+                let units = ask.units.min(5);
+                *granted.lock().unwrap().entry(end).or_default() += units;
+                ask.allocation.granted(
+                    Granted {
+                        granted: units,
+                        window_end_ms: end,
+                        used: 0,
+                        refused: false,
+                    },
+                    now,
+                );
+            }
+        });
+    }
+    let s = spec(json!({"applies_to": {"global": true}, "limit": 1000000, "window": "1s"}));
+    let admitted: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (rl, s, clock, admitted) = (rl.clone(), s.clone(), clock.clone(), admitted.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..2_000 {
+                let c = clock.clone();
+                if let Ok(v) = rl
+                    .admit("s", &s, "k", move || c.fetch_add(1, Ordering::SeqCst))
+                    .await
+                {
+                    *admitted.lock().unwrap().entry(v.window_end_ms).or_default() += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let granted = granted_per_window.lock().unwrap();
+    let admitted = admitted.lock().unwrap();
+    assert!(admitted.values().sum::<u64>() > 0);
+    for (window, n) in admitted.iter() {
+        let g = granted.get(window).copied().unwrap_or(0);
+        assert!(*n <= g, "window ending {window}: {n} admitted, {g} granted");
+    }
+}
