@@ -122,7 +122,7 @@ impl RateLimitSpec {
             ));
         }
         let ms = r.window.0.as_millis();
-        if ms < MIN_WINDOW_MS as u128 || ms > MAX_WINDOW_MS as u128 || ms % 1000 != 0 {
+        if ms < MIN_WINDOW_MS as u128 || ms > MAX_WINDOW_MS as u128 || !ms.is_multiple_of(1000) {
             return Err(SpecError::new(
                 "spec.window",
                 "must be whole seconds from 1s to 31d",
