@@ -51,8 +51,16 @@ pub fn apply_command(txn: &mut WriteTxn, index: u64, cmd: &pb::Command) -> Appli
     let now = last_time.max(cmd.leader_time_unix_ms);
     txn.put(SM_META, KEY_LEADER_TIME, &now.to_be_bytes())?;
 
-    // A retried write (same request id) gets the answer of its first application.
-    if !cmd.request_id.is_empty() {
+    // A retried write (same request id) gets the answer of its first application. Rate-limit
+    // grants and key-usage reports are not remembered: applying one twice is harmless (a grant
+    // still never exceeds the limit, a report is a maximum), and at their rate they would crowd
+    // admin writes out of the request memory.
+    let remembered = !cmd.request_id.is_empty()
+        && !matches!(
+            cmd.op,
+            Some(pb::command::Op::Grants(_)) | Some(pb::command::Op::TouchKeys(_))
+        );
+    if remembered {
         if let Some(bytes) = txn.get(REQUESTS, cmd.request_id.as_bytes())? {
             return decode(&bytes, "remembered result");
         }
@@ -81,7 +89,7 @@ pub fn apply_command(txn: &mut WriteTxn, index: u64, cmd: &pb::Command) -> Appli
         Some(pb::command::Op::Grants(g)) => grant(txn, now, g)?,
     };
     audit(txn, index, now, cmd, &result)?;
-    if !cmd.request_id.is_empty() {
+    if remembered {
         remember_request(txn, &cmd.request_id, &result)?;
     }
     Ok(result)
@@ -928,6 +936,18 @@ mod tests {
         assert!(txn.get(GRANTS, &resource_key("rl", "b")).unwrap().is_none());
         assert!(txn.get(GRANTS, &resource_key("rl", "c")).unwrap().is_some());
         assert_eq!(txn.range(GRANT_EXPIRY, .., usize::MAX).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn grants_do_not_take_room_in_the_request_memory() {
+        let (_d, store) = store();
+        let mut txn = store.write().unwrap();
+        let mut cmd = command(1_000, pb::command::Op::Grants(pb::GrantRequests::default()));
+        cmd.request_id = "grant-1".into();
+        apply_command(&mut txn, 1, &cmd).unwrap();
+        apply_command(&mut txn, 2, &service("a", 1, "admin-1")).unwrap();
+        assert!(txn.get(REQUESTS, b"grant-1").unwrap().is_none());
+        assert!(txn.get(REQUESTS, b"admin-1").unwrap().is_some());
     }
 
     #[test]
