@@ -134,11 +134,7 @@ pub async fn init_cluster(node: &NodeHandle) -> Result<Initialised, AdminError> 
     let mut cluster_id = [0u8; 16];
     rand::rng().fill_bytes(&mut cluster_id);
     let cluster_id = hex::encode(cluster_id);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let (admin_token, stored) = new_admin_token("initial-admin", "admin", now);
+    let (admin_token, stored) = new_admin_token("initial-admin", "admin", crate::clock::unix_ms());
     let cmd = pb::Command {
         leader_time_unix_ms: 0,
         request_id: String::new(),

@@ -130,7 +130,7 @@ impl Gateway {
             .unwrap_or_else(|| "-".into());
             match self
                 .limiter
-                .admit(&limit.name, &limit.spec, &key, unix_ms_now)
+                .admit(&limit.name, &limit.spec, &key, crate::clock::unix_ms)
                 .await
             {
                 Ok(v) => {
@@ -392,7 +392,7 @@ impl Gateway {
                             req.headers(),
                             req.uri().query(),
                             client_cert,
-                            unix_ms_now(),
+                            crate::clock::unix_ms(),
                         )
                         .await?
                     }
@@ -685,12 +685,6 @@ fn splice_upgrade(
     headers::restore_upgrade(&mut parts.headers, protocol);
     headers::add_via(&mut parts.headers);
     Response::from_parts(parts, body::empty())
-}
-
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn status_class(status: u16) -> &'static str {

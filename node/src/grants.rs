@@ -6,7 +6,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::unix_ms as now_ms;
 
 use konnect_proto::state::v1 as pb;
 use tokio::sync::{mpsc, watch};
@@ -23,12 +25,6 @@ const MAX_ASKS_PER_ENTRY: usize = 10_000;
 const SHIP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often idle allocations are dropped and the cluster size is refreshed.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Runs until shutdown.
 pub async fn ship_grants(

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod certs;
+pub mod clock;
 pub mod config;
 pub mod control_tls;
 pub mod gateway;

@@ -1,8 +1,6 @@
 //! `konnect.admin.v1.Tokens` and `konnect.admin.v1.Audit`: who may use the admin API, and
 //! what they changed. Both need the admin role.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use konnect_proto::admin::v1 as api;
 use konnect_proto::admin::v1::audit_server::Audit;
 use konnect_proto::admin::v1::tokens_server::Tokens;
@@ -51,10 +49,7 @@ impl Tokens for TokenService {
             }
             .into());
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let (secret, stored) = new_admin_token(&r.name, &r.role, now);
+        let (secret, stored) = new_admin_token(&r.name, &r.role, crate::clock::unix_ms());
         let outcome = propose(
             &self.node,
             request_id,

@@ -3,8 +3,6 @@
 //! Revoking deletes that resource; rotating issues a new key and shortens the old one's life to
 //! the overlap, in one atomic write.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use konnect_proto::admin::v1 as api;
 use konnect_proto::admin::v1::keys_server::Keys;
 use konnect_proto::json::{json_to_struct, struct_to_json};
@@ -24,12 +22,6 @@ pub struct KeyService {
 }
 
 const KIND: &str = "ApiKey";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Accepts a key id, its prefix (`knk_<id>`) or the whole key, and returns the id.
 fn key_id(given: &str) -> Result<String, AdminError> {
@@ -153,7 +145,7 @@ impl Keys for KeyService {
         if r.consumer.is_empty() {
             return Err(AdminError::invalid("consumer: name the consumer the key is for").into());
         }
-        let now = now_ms();
+        let now = crate::clock::unix_ms();
         let new = api_key::generate();
         let spec = ApiKeySpec {
             consumer: r.consumer,
@@ -256,7 +248,7 @@ impl Keys for KeyService {
         let mut old_json = struct_to_json(&old.spec.clone().unwrap_or_default());
         let old_spec =
             ApiKeySpec::parse(&old_json).map_err(|e| AdminError::Internal(e.to_string()))?;
-        let now = now_ms();
+        let now = crate::clock::unix_ms();
         // The old key stops at the end of the overlap, or earlier if it was to expire anyway.
         let overlap_end = now.saturating_add(r.overlap_secs.saturating_mul(1000));
         let old_expires = old_spec

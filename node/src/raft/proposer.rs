@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use konnect_proto::peer::v1 as peer;
 use konnect_proto::state::v1 as pb;
@@ -110,7 +110,7 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
 }
 
 async fn propose_group(raft: &Raft, mut group: Vec<Pending>) {
-    let now = now_unix_ms();
+    let now = crate::clock::unix_ms();
     let single = group.len() == 1;
     let mut cmd = if single {
         group[0].cmd.clone()
@@ -161,13 +161,6 @@ async fn propose_group(raft: &Raft, mut group: Vec<Pending>) {
             }
         }
     }
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 enum Attempt<T> {
