@@ -102,7 +102,8 @@ impl Gateway {
             return Ok(None);
         }
         let consumer = caller.map(|c| &c.consumer);
-        let mut admitted: Vec<(&str, String, ratelimit::Verdict)> = Vec::new();
+        use std::borrow::Cow;
+        let mut admitted: Vec<(&str, Cow<str>, ratelimit::Verdict)> = Vec::new();
         let mut tightest: Option<ratelimit::Verdict> = None;
         for limit in snapshot.rate_limits.iter() {
             let applies = match &limit.spec.applies_to {
@@ -116,18 +117,24 @@ impl Gateway {
             if !applies {
                 continue;
             }
-            let key = match &limit.key {
-                LimitKey::Consumer => consumer.map(|c| c.name.clone()),
-                LimitKey::Team => consumer.and_then(|c| c.team.clone()),
-                LimitKey::Credential => caller.map(|c| c.credential.label.clone()),
-                LimitKey::Ip => Some(self.client_ip(client.ip(), headers).to_string()),
-                LimitKey::Route => Some(route.name.clone()),
-                LimitKey::Header(h) => headers
-                    .get(h.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v.chars().take(256).collect()),
+            // Borrowed where the value exists already: no allocation per request for it.
+            let key: Cow<str> = match &limit.key {
+                LimitKey::Consumer => consumer.map(|c| Cow::Borrowed(c.name.as_str())),
+                LimitKey::Team => consumer.and_then(|c| c.team.as_deref().map(Cow::Borrowed)),
+                LimitKey::Credential => caller.map(|c| Cow::Borrowed(c.credential.label.as_str())),
+                LimitKey::Ip => Some(Cow::Owned(self.client_ip(client.ip(), headers).to_string())),
+                LimitKey::Route => Some(Cow::Borrowed(route.name.as_str())),
+                LimitKey::Header(h) => {
+                    headers
+                        .get(h.as_str())
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| match v.char_indices().nth(256) {
+                            Some((cut, _)) => Cow::Borrowed(&v[..cut]),
+                            None => Cow::Borrowed(v),
+                        })
+                }
             }
-            .unwrap_or_else(|| "-".into());
+            .unwrap_or(Cow::Borrowed("-"));
             match self
                 .limiter
                 .admit(&limit.name, &limit.spec, &key, crate::clock::unix_ms)

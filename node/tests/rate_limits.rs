@@ -11,6 +11,34 @@ use serde_json::json;
 use support::upstream::Upstream;
 use support::*;
 
+/// The proxy address of each listed node, once it serves `/api` with the limit applied.
+async fn warmed_proxies(cluster: &Cluster, ids: impl Iterator<Item = u64>) -> Vec<String> {
+    let mut proxies = Vec::new();
+    for id in ids {
+        let proxy = cluster.proxy_addr(id).await;
+        wait_for("the route on the node", Duration::from_secs(10), || async {
+            let r = http("GET", &proxy, "/api/warm", &[], "").await;
+            (r.status == 200 || r.status == 429).then_some(())
+        })
+        .await;
+        proxies.push(proxy);
+    }
+    proxies
+}
+
+/// Sleeps until just after the next window of `window_ms` opens (leader and test share this
+/// machine's clock); returns the window's start (unix ms) and when clients must stop so that
+/// `margin_ms` is left before it ends.
+async fn enter_next_window(window_ms: u64, margin_ms: u64) -> (u64, Instant) {
+    let to_next = window_ms - now_ms() % window_ms;
+    let start = now_ms() + to_next;
+    tokio::time::sleep(Duration::from_millis(to_next + 150)).await;
+    (
+        start,
+        Instant::now() + Duration::from_millis(window_ms - 150 - margin_ms),
+    )
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -40,27 +68,11 @@ async fn a_strict_limit_holds_across_three_nodes_hammered_at_many_times_the_limi
         )
         .await
         .expect("apply");
-    let mut proxies = Vec::new();
-    for id in 1..=3 {
-        let proxy = cluster.proxy_addr(id).await;
-        // Every node has the route and the limit before the measured window.
-        wait_for(
-            "the route on every node",
-            Duration::from_secs(10),
-            || async {
-                let r = http("GET", &proxy, "/api/warm", &[], "").await;
-                (r.status == 200 || r.status == 429).then_some(())
-            },
-        )
-        .await;
-        proxies.push(proxy);
-    }
+    // Every node has the route and the limit before the measured window.
+    let proxies = warmed_proxies(&cluster, 1..=3).await;
     // Measure inside one whole window of (leader) time: start just after it opens, stop
     // before it ends, so every admitted request belongs to it.
-    let to_next = WINDOW_MS - now_ms() % WINDOW_MS;
-    let window_start_ms = now_ms() + to_next;
-    tokio::time::sleep(Duration::from_millis(to_next + 150)).await;
-    let window_end = Instant::now() + Duration::from_millis(WINDOW_MS - 150 - 400);
+    let (window_start_ms, window_end) = enter_next_window(WINDOW_MS, 400).await;
     let (ok, limited, other) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -211,20 +223,8 @@ async fn killing_the_leader_mid_window_neither_resets_nor_overshoots_the_limit()
         .await
         .expect("apply");
     let leader = cluster.leader().await;
-    let mut proxies = Vec::new();
-    for id in (1..=3).filter(|id| *id != leader) {
-        let proxy = cluster.proxy_addr(id).await;
-        wait_for("the route", Duration::from_secs(10), || async {
-            let r = http("GET", &proxy, "/api/warm", &[], "").await;
-            (r.status == 200 || r.status == 429).then_some(())
-        })
-        .await;
-        proxies.push(proxy);
-    }
-    let to_next = WINDOW_MS - now_ms() % WINDOW_MS;
-    let window_start_ms = now_ms() + to_next;
-    tokio::time::sleep(Duration::from_millis(to_next + 150)).await;
-    let window_end = Instant::now() + Duration::from_millis(WINDOW_MS - 150 - 500);
+    let proxies = warmed_proxies(&cluster, (1..=3).filter(|id| *id != leader)).await;
+    let (window_start_ms, window_end) = enter_next_window(WINDOW_MS, 500).await;
     let hits_before = up.hits();
     let ok = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();

@@ -97,7 +97,9 @@ pub struct Granted {
 }
 
 pub struct RateLimiter {
-    allocations: RwLock<HashMap<(String, String), Arc<Allocation>>>,
+    /// Limit name -> key -> allocation: nested so a lookup borrows the request's strings
+    /// instead of allocating a tuple of them.
+    allocations: RwLock<HashMap<String, HashMap<String, Arc<Allocation>>>>,
     asks: mpsc::UnboundedSender<Ask>,
     /// Voters in the cluster, for `local_fallback` (limit / voters per node).
     pub cluster_size: AtomicU64,
@@ -117,14 +119,15 @@ impl RateLimiter {
         )
     }
 
-    fn allocation(&self, name: &str, spec: &RateLimitSpec, key: &str) -> Arc<Allocation> {
-        let k = (name.to_string(), key.to_string());
-        if let Some(a) = self
-            .allocations
+    fn existing(&self, name: &str, key: &str) -> Option<Arc<Allocation>> {
+        self.allocations
             .read()
             .ok()
-            .and_then(|m| m.get(&k).cloned())
-        {
+            .and_then(|m| m.get(name)?.get(key).cloned())
+    }
+
+    fn allocation(&self, name: &str, spec: &RateLimitSpec, key: &str) -> Arc<Allocation> {
+        if let Some(a) = self.existing(name, key) {
             if a.limit == spec.limit && a.window_ms == spec.window_ms() {
                 return a;
             }
@@ -150,7 +153,11 @@ impl RateLimiter {
         let Ok(mut map) = self.allocations.write() else {
             return fresh;
         };
-        let entry = map.entry(k).or_insert_with(|| fresh.clone());
+        let entry = map
+            .entry(name.to_string())
+            .or_default()
+            .entry(key.to_string())
+            .or_insert_with(|| fresh.clone());
         if entry.limit != spec.limit || entry.window_ms != spec.window_ms() {
             // The limit changed: start over with the new figures.
             *entry = fresh;
@@ -161,20 +168,25 @@ impl RateLimiter {
     /// Drops allocations whose window ended long ago, so memory follows the active keys.
     pub fn sweep(&self, now_ms: u64) {
         if let Ok(mut map) = self.allocations.write() {
-            map.retain(|_, a| {
-                let end = a.window_end_ms.load(Ordering::Relaxed);
-                if end == 0 {
-                    // Never granted: kept only while its first ask is out.
-                    a.asking.load(Ordering::Relaxed)
-                } else {
-                    end + a.window_ms > now_ms
-                }
-            });
+            for keys in map.values_mut() {
+                keys.retain(|_, a| {
+                    let end = a.window_end_ms.load(Ordering::Relaxed);
+                    if end == 0 {
+                        // Never granted: kept only while its first ask is out.
+                        a.asking.load(Ordering::Relaxed)
+                    } else {
+                        end + a.window_ms > now_ms
+                    }
+                });
+            }
+            map.retain(|_, keys| !keys.is_empty());
         }
     }
 
     pub fn len(&self) -> usize {
-        self.allocations.read().map_or(0, |m| m.len())
+        self.allocations
+            .read()
+            .map_or(0, |m| m.values().map(HashMap::len).sum())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -199,12 +211,7 @@ impl RateLimiter {
     /// Gives back a unit admitted by a limit when another limit refused the same request:
     /// only into the window it came from (a unit never moves to another window).
     pub fn refund(&self, name: &str, key: &str, admitted: &Verdict) {
-        if let Some(a) = self
-            .allocations
-            .read()
-            .ok()
-            .and_then(|m| m.get(&(name.to_string(), key.to_string())).cloned())
-        {
+        if let Some(a) = self.existing(name, key) {
             if a.window_end_ms.load(Ordering::Acquire) == admitted.window_end_ms {
                 a.remaining.fetch_add(1, Ordering::AcqRel);
             }
