@@ -157,6 +157,17 @@ pub struct ServeArgs {
     #[arg(long, env = "KONNECT_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
 
+    /// Test hook: shifts this node's wall clock by this many milliseconds (negative: behind),
+    /// to show that nodes with skewed clocks still agree on rate-limit windows. Never set it
+    /// in production.
+    #[arg(
+        long,
+        env = "KONNECT_TEST_CLOCK_OFFSET_MS",
+        hide = true,
+        allow_hyphen_values = true
+    )]
+    pub test_clock_offset_ms: Option<i64>,
+
     /// File with the cluster data keys that encrypt secrets at rest (TLS private keys,
     /// upstream credentials): one `<key-id>:<base64 of 32 bytes>` per line, the first one
     /// encrypts, all decrypt; `#` starts a comment. Make a key with `konnect secrets new-key`;
@@ -281,6 +292,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
+    /// `--test-clock-offset-ms` (0 unless a test shifts this node's clock).
+    pub test_clock_offset_ms: i64,
     pub secret_keys: SecretKeySource,
     pub log: String,
     pub log_format: LogFormat,
@@ -437,6 +450,7 @@ impl ServeArgs {
             header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
             max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
             drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
+            test_clock_offset_ms: self.test_clock_offset_ms.or(file.test_clock_offset_ms),
             secret_key_file: self.secret_key_file.or(file.secret_key_file),
             log: self.log.or(file.log),
             log_format: self.log_format.or(file.log_format),
@@ -569,6 +583,7 @@ impl ServeArgs {
             header_read_timeout: Duration::from_millis(a.header_read_timeout_ms.unwrap_or(10_000)),
             max_header_bytes,
             drain_timeout: Duration::from_millis(a.drain_timeout_ms.unwrap_or(30_000)),
+            test_clock_offset_ms: a.test_clock_offset_ms.unwrap_or(0),
             dev: a.dev,
             node_id,
             zone: a.zone.unwrap_or_else(|| {

@@ -43,7 +43,7 @@ pub async fn ship_grants(
                 None => return,
             },
             _ = sweep.tick() => {
-                limiter.sweep(now_ms());
+                limiter.sweep(limiter.leader_now(now_ms()));
                 let voters = raft.metrics().borrow().membership_config.voter_ids().count();
                 limiter.cluster_size.store(voters.max(1) as u64, Ordering::Relaxed);
                 continue;
@@ -73,16 +73,20 @@ pub async fn ship_grants(
             })),
             ..Default::default()
         };
+        let sent_at = now_ms();
         let answer = tokio::time::timeout(SHIP_TIMEOUT, proposer.write(cmd)).await;
-        let now = now_ms();
         let results = match answer {
             Ok(Ok((
                 _,
                 pb::CommandResult {
                     result: Some(pb::command_result::Result::Grants(g)),
                 },
-            ))) if g.results.len() == batch.len() => g.results,
+            ))) if g.results.len() == batch.len() => {
+                limiter.learn_leader_time(g.leader_time_unix_ms, sent_at);
+                g.results
+            }
             other => {
+                let now = limiter.leader_now(now_ms());
                 if let Ok(Err(e)) = &other {
                     tracing::debug!(error = %e, asks = batch.len(), "rate-limit grants not shipped");
                 }
@@ -94,6 +98,7 @@ pub async fn ship_grants(
             }
         };
         metrics::counter!("konnect_ratelimit_grant_entries_total").increment(1);
+        let now = limiter.leader_now(now_ms());
         for (a, r) in batch.iter().zip(results) {
             a.allocation.granted(
                 Granted {

@@ -103,6 +103,13 @@ fn raft_config(s: &Settings) -> Result<openraft::Config, StartError> {
 
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> Result<(), StartError> {
+    if settings.test_clock_offset_ms != 0 {
+        crate::clock::set_offset_ms(settings.test_clock_offset_ms);
+        tracing::warn!(
+            offset_ms = settings.test_clock_offset_ms,
+            "test hook: this node's clock is shifted"
+        );
+    }
     // TLS files first: a wrong path or a key that does not fit stops the node before it
     // touches its data directory or any port.
     let admin_tls = match &settings.admin_tls {

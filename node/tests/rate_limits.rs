@@ -15,13 +15,19 @@ use support::*;
 async fn warmed_proxies(cluster: &Cluster, ids: impl Iterator<Item = u64>) -> Vec<String> {
     let mut proxies = Vec::new();
     for id in ids {
-        let proxy = cluster.proxy_addr(id).await;
+        proxies.push(cluster.proxy_addr(id).await);
+    }
+    warm(proxies).await
+}
+
+/// `proxies`, once each serves `/api` with the limit applied.
+async fn warm(proxies: Vec<String>) -> Vec<String> {
+    for proxy in &proxies {
         wait_for("the route on the node", Duration::from_secs(10), || async {
-            let r = http("GET", &proxy, "/api/warm", &[], "").await;
+            let r = http("GET", proxy, "/api/warm", &[], "").await;
             (r.status == 200 || r.status == 429).then_some(())
         })
         .await;
-        proxies.push(proxy);
     }
     proxies
 }
@@ -39,6 +45,86 @@ async fn enter_next_window(window_ms: u64, margin_ms: u64) -> (u64, Instant) {
     )
 }
 
+/// What clients hammering through some nodes for one window saw.
+struct Hammered {
+    /// Requests the upstream received while the window was open.
+    admitted: u64,
+    /// 200s per proxy (in the order given).
+    ok: Vec<u64>,
+    limited: u64,
+    other: u64,
+}
+
+impl Hammered {
+    fn ok(&self) -> u64 {
+        self.ok.iter().sum()
+    }
+}
+
+/// `clients` clients, spread over `proxies`, send back to back from just after the next
+/// window of `window_ms` opens until `margin_ms` before it ends; the upstream counts what
+/// arrived in the window.
+async fn hammer_one_window(
+    up: &Upstream,
+    proxies: &[String],
+    clients: usize,
+    window_ms: u64,
+    margin_ms: u64,
+) -> Hammered {
+    let (window_start_ms, window_end) = enter_next_window(window_ms, margin_ms).await;
+    let ok: Arc<Vec<AtomicU64>> = Arc::new(proxies.iter().map(|_| AtomicU64::new(0)).collect());
+    let (limited, other) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let i = c % proxies.len();
+        let proxy = proxies[i].clone();
+        let (ok, limited, other) = (ok.clone(), limited.clone(), other.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < window_end {
+                match http("GET", &proxy, "/api/x", &[], "").await.status {
+                    200 => ok[i].fetch_add(1, Ordering::SeqCst),
+                    429 => limited.fetch_add(1, Ordering::SeqCst),
+                    _ => other.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The upstream's own count of the window: what arrived while it was open. (On a loaded
+    // machine a request admitted at the window's very end may arrive just after it: counting
+    // by arrival keeps it out of this window's count, it never adds one.)
+    let h = Hammered {
+        admitted: up.arrivals_between(window_start_ms, window_start_ms + window_ms),
+        ok: ok.iter().map(|n| n.load(Ordering::SeqCst)).collect(),
+        limited: limited.load(Ordering::SeqCst),
+        other: other.load(Ordering::SeqCst),
+    };
+    assert_eq!(h.other, 0, "only 200 and 429 are expected");
+    assert!(
+        h.admitted <= h.ok(),
+        "only admitted requests reach the upstream"
+    );
+    h
+}
+
+/// The Service, Route (`/api`) and RateLimit `limit` of the tests, applied through any node.
+async fn apply_limited_api(cluster: &Cluster, up: &Upstream, limit: serde_json::Value) {
+    cluster
+        .client_any()
+        .apply(
+            vec![
+                resource("Service", "api", json!({"targets": [{"url": up.url()}]})),
+                resource("Route", "api", json!({"paths": ["/api"], "service": "api"})),
+                resource("RateLimit", "limit", limit),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -52,63 +138,22 @@ async fn a_strict_limit_holds_across_three_nodes_hammered_at_many_times_the_limi
     const WINDOW_MS: u64 = 5_000;
     let up = Upstream::start("counted").await;
     let cluster = Cluster::start_initialised(3, &[]).await;
-    cluster
-        .client_any()
-        .apply(
-            vec![
-                resource("Service", "api", json!({"targets": [{"url": up.url()}]})),
-                resource("Route", "api", json!({"paths": ["/api"], "service": "api"})),
-                resource(
-                    "RateLimit",
-                    "per-ip",
-                    json!({"applies_to": {"route": "api"}, "key": "ip", "limit": LIMIT, "window": "5s"}),
-                ),
-            ],
-            vec![],
-        )
-        .await
-        .expect("apply");
+    apply_limited_api(
+        &cluster,
+        &up,
+        json!({"applies_to": {"route": "api"}, "key": "ip", "limit": LIMIT, "window": "5s"}),
+    )
+    .await;
     // Every node has the route and the limit before the measured window.
     let proxies = warmed_proxies(&cluster, 1..=3).await;
     // Measure inside one whole window of (leader) time: start just after it opens, stop
     // before it ends, so every admitted request belongs to it.
-    let (window_start_ms, window_end) = enter_next_window(WINDOW_MS, 400).await;
-    let (ok, limited, other) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let mut clients = Vec::new();
-    for c in 0..9 {
-        let proxy = proxies[c % 3].clone();
-        let (ok, limited, other) = (ok.clone(), limited.clone(), other.clone());
-        clients.push(tokio::spawn(async move {
-            while Instant::now() < window_end {
-                match http("GET", &proxy, "/api/x", &[], "").await.status {
-                    200 => ok.fetch_add(1, Ordering::SeqCst),
-                    429 => limited.fetch_add(1, Ordering::SeqCst),
-                    _ => other.fetch_add(1, Ordering::SeqCst),
-                };
-            }
-        }));
-    }
-    for c in clients {
-        c.await.unwrap();
-    }
-    // The upstream's own count of the window: what arrived while it was open. (On a loaded
-    // machine a request admitted at the window's very end may arrive just after it: counting
-    // by arrival keeps it out of this window's count, it never adds one.)
-    let admitted = up.arrivals_between(window_start_ms, window_start_ms + WINDOW_MS);
-    let (ok, limited, other) = (
-        ok.load(Ordering::SeqCst),
-        limited.load(Ordering::SeqCst),
-        other.load(Ordering::SeqCst),
-    );
-    assert_eq!(other, 0);
-    assert!(admitted <= ok, "only admitted requests reach the upstream");
+    let h = hammer_one_window(&up, &proxies, 9, WINDOW_MS, 400).await;
+    let (admitted, limited) = (h.admitted, h.limited);
     assert!(
-        ok + limited >= 5 * LIMIT,
-        "the clients did not push hard enough: {ok} admitted, {limited} limited"
+        h.ok() + limited >= 5 * LIMIT,
+        "the clients did not push hard enough: {} admitted, {limited} limited",
+        h.ok()
     );
     eprintln!("strict: {admitted} admitted, {limited} limited, limit {LIMIT}");
     assert!(
@@ -131,7 +176,7 @@ async fn a_strict_limit_holds_across_three_nodes_hammered_at_many_times_the_limi
     assert!((1..=5).contains(&retry), "{retry}");
     assert_eq!(r.headers["x-ratelimit-limit"], "30");
     assert_eq!(r.headers["x-ratelimit-remaining"], "0");
-    assert_eq!(r.headers["ratelimit-policy"], r#""per-ip";q=30;w=5"#);
+    assert_eq!(r.headers["ratelimit-policy"], r#""limit";q=30;w=5"#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,22 +251,12 @@ async fn killing_the_leader_mid_window_neither_resets_nor_overshoots_the_limit()
     const WINDOW_MS: u64 = 10_000;
     let up = Upstream::start("counted").await;
     let mut cluster = Cluster::start_initialised(3, &[]).await;
-    cluster
-        .client_any()
-        .apply(
-            vec![
-                resource("Service", "api", json!({"targets": [{"url": up.url()}]})),
-                resource("Route", "api", json!({"paths": ["/api"], "service": "api"})),
-                resource(
-                    "RateLimit",
-                    "all",
-                    json!({"applies_to": {"global": true}, "key": "route", "limit": LIMIT, "window": "10s"}),
-                ),
-            ],
-            vec![],
-        )
-        .await
-        .expect("apply");
+    apply_limited_api(
+        &cluster,
+        &up,
+        json!({"applies_to": {"global": true}, "key": "route", "limit": LIMIT, "window": "10s"}),
+    )
+    .await;
     let leader = cluster.leader().await;
     let proxies = warmed_proxies(&cluster, (1..=3).filter(|id| *id != leader)).await;
     let (window_start_ms, window_end) = enter_next_window(WINDOW_MS, 500).await;
@@ -264,4 +299,90 @@ async fn killing_the_leader_mid_window_neither_resets_nor_overshoots_the_limit()
         admitted > before_kill,
         "no grants after the new leader took over"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fast_limit_overshoots_at_most_by_what_the_nodes_may_borrow() {
+    const LIMIT: u64 = 30;
+    const BORROW: u64 = 2;
+    const WINDOW_MS: u64 = 5_000;
+    let up = Upstream::start("counted").await;
+    let cluster = Cluster::start_initialised(3, &[]).await;
+    apply_limited_api(
+        &cluster,
+        &up,
+        json!({"applies_to": {"route": "api"}, "key": "route", "limit": LIMIT, "window": "5s",
+               "mode": "fast", "borrow": BORROW}),
+    )
+    .await;
+    let proxies = warmed_proxies(&cluster, 1..=3).await;
+    let h = hammer_one_window(&up, &proxies, 9, WINDOW_MS, 400).await;
+    eprintln!(
+        "fast: {} admitted, {} limited, limit {LIMIT}",
+        h.admitted, h.limited
+    );
+    assert!(h.ok() + h.limited >= 5 * LIMIT, "not pushed hard enough");
+    // docs/consistency.md: at most limit + nodes x borrow per window.
+    let bound = LIMIT + 3 * BORROW;
+    assert!(
+        h.admitted <= bound,
+        "{} admitted: beyond the bound {bound}",
+        h.admitted
+    );
+    assert!(
+        h.admitted * 10 >= LIMIT * 9,
+        "the limit is not usable: only {} of {LIMIT} admitted",
+        h.admitted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_with_clocks_30_seconds_off_still_agree_on_the_windows() {
+    const LIMIT: u64 = 30;
+    const WINDOW_MS: u64 = 5_000;
+    let up = Upstream::start("counted").await;
+    let mut cluster = Cluster::start_initialised(3, &[]).await;
+    let leader = cluster.leader().await;
+    // Both followers restart with skewed clocks: one ahead of the leader, one behind. (Whole
+    // windows of skew, so the test's clock still tells where the leader's windows start.)
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for (id, offset) in followers.iter().zip(["30000", "-30000"]) {
+        let node = cluster.node(*id);
+        node.kill9();
+        node.extra_args
+            .extend(["--test-clock-offset-ms".to_string(), offset.to_string()]);
+        node.start();
+    }
+    apply_limited_api(
+        &cluster,
+        &up,
+        json!({"applies_to": {"route": "api"}, "key": "route", "limit": LIMIT, "window": "5s"}),
+    )
+    .await;
+    // Traffic only through the skewed nodes.
+    let proxies = warm(
+        followers
+            .iter()
+            .map(|id| cluster.node(*id).started_proxy_addr())
+            .collect(),
+    )
+    .await;
+    for _ in 0..2 {
+        let h = hammer_one_window(&up, &proxies, 8, WINDOW_MS, 400).await;
+        eprintln!(
+            "skew: {} admitted ({:?} per node), limit {LIMIT}",
+            h.admitted, h.ok
+        );
+        assert!(h.admitted <= LIMIT, "overshoot: {} > {LIMIT}", h.admitted);
+        assert!(
+            h.admitted * 10 >= LIMIT * 9,
+            "the limit is not usable: only {} of {LIMIT} admitted",
+            h.admitted
+        );
+        assert!(
+            h.ok.iter().all(|n| *n > 0),
+            "a skewed node admitted nothing: {:?}",
+            h.ok
+        );
+    }
 }

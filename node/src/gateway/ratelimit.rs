@@ -9,7 +9,17 @@
 //! the limit, never more. Ask sizes follow the key's recent rate on this node, so a node
 //! without traffic for a key holds nothing of it.
 //!
+//! `fast` limits work the same way, except that a node out of units admits at once on credit
+//! (at most `borrow` requests owed at any time) and repays from its next grants, so no request
+//! waits and the cluster admits at most limit + nodes x borrow per window.
+//!
 //! `local` limits count per node and window (node clock), without asking anyone.
+//!
+//! Time: the units of `strict` and `fast` limits belong to windows of leader time, so a node
+//! reads its clock through [`RateLimiter::leader_now`]: its own clock shifted by what it
+//! learnt from the last grant (the leader time the grant was made at). The estimate is never
+//! behind leader time, so a node with a skewed clock ends a window no later than the state
+//! machine does (it may drop units early: under-admission, never over-admission).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -36,7 +46,12 @@ pub struct Allocation {
     pub key: String,
     limit: u64,
     window_ms: u64,
+    mode: Mode,
     on_quorum_loss: OnQuorumLoss,
+    /// `fast` limits: most requests admitted on credit and not yet repaid (0: no credit).
+    borrow: u64,
+    /// Requests admitted on credit and not yet repaid from a grant; never above `borrow`.
+    debt: AtomicU64,
     /// Units this node may still admit in the window ending at `window_end_ms`.
     remaining: AtomicI64,
     /// End of the window the units belong to (unix ms: leader time for strict, node time for
@@ -72,6 +87,8 @@ pub struct Verdict {
     pub reset_s: u64,
     /// The window the admitting unit belonged to (for a refund).
     window_end_ms: u64,
+    /// Admitted on credit (`fast`): a refund lowers the debt instead.
+    borrowed: bool,
 }
 
 /// A request refused by a limit.
@@ -103,6 +120,8 @@ pub struct RateLimiter {
     asks: mpsc::UnboundedSender<Ask>,
     /// Voters in the cluster, for `local_fallback` (limit / voters per node).
     pub cluster_size: AtomicU64,
+    /// Leader time minus this node's clock, as learnt from the last grant (an upper bound).
+    leader_offset_ms: AtomicI64,
 }
 
 impl RateLimiter {
@@ -114,9 +133,25 @@ impl RateLimiter {
                 allocations: RwLock::new(HashMap::new()),
                 asks: tx,
                 cluster_size: AtomicU64::new(1),
+                leader_offset_ms: AtomicI64::new(0),
             }),
             rx,
         )
+    }
+
+    /// This node's estimate of leader time at its own clock reading `local_ms`; windows of
+    /// `strict` and `fast` limits are judged by it.
+    pub fn leader_now(&self, local_ms: u64) -> u64 {
+        local_ms.saturating_add_signed(self.leader_offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Learns how far leader time is from this node's clock, from a grant made at leader time
+    /// `leader_ms` for an ask sent at local time `sent_at_ms`. The grant was made after the
+    /// ask left, so `leader_ms - sent_at_ms` is at least the true offset: the estimate is
+    /// never behind leader time (by at most one round trip ahead of it).
+    pub fn learn_leader_time(&self, leader_ms: u64, sent_at_ms: u64) {
+        let offset = leader_ms as i64 - sent_at_ms as i64;
+        self.leader_offset_ms.store(offset, Ordering::Relaxed);
     }
 
     fn existing(&self, name: &str, key: &str) -> Option<Arc<Allocation>> {
@@ -128,7 +163,7 @@ impl RateLimiter {
 
     fn allocation(&self, name: &str, spec: &RateLimitSpec, key: &str) -> Arc<Allocation> {
         if let Some(a) = self.existing(name, key) {
-            if a.limit == spec.limit && a.window_ms == spec.window_ms() {
+            if a.same_figures(spec) {
                 return a;
             }
         }
@@ -137,7 +172,10 @@ impl RateLimiter {
             key: key.to_string(),
             limit: spec.limit,
             window_ms: spec.window_ms(),
+            mode: spec.mode,
             on_quorum_loss: spec.on_quorum_loss,
+            borrow: spec.borrow(),
+            debt: AtomicU64::new(0),
             remaining: AtomicI64::new(0),
             window_end_ms: AtomicU64::new(0),
             used_cluster: AtomicU64::new(0),
@@ -158,7 +196,7 @@ impl RateLimiter {
             .or_default()
             .entry(key.to_string())
             .or_insert_with(|| fresh.clone());
-        if entry.limit != spec.limit || entry.window_ms != spec.window_ms() {
+        if !entry.same_figures(spec) {
             // The limit changed: start over with the new figures.
             *entry = fresh;
         }
@@ -166,6 +204,7 @@ impl RateLimiter {
     }
 
     /// Drops allocations whose window ended long ago, so memory follows the active keys.
+    /// `now_ms` is leader time (see [`RateLimiter::leader_now`]).
     pub fn sweep(&self, now_ms: u64) {
         if let Ok(mut map) = self.allocations.write() {
             for keys in map.values_mut() {
@@ -204,7 +243,7 @@ impl RateLimiter {
         let a = self.allocation(name, spec, key);
         match spec.mode {
             Mode::Local => a.admit_local(now_ms()),
-            Mode::Strict => self.admit_strict(&a, now_ms).await,
+            Mode::Strict | Mode::Fast => self.admit_granted(&a, || self.leader_now(now_ms())).await,
         }
     }
 
@@ -212,13 +251,19 @@ impl RateLimiter {
     /// only into the window it came from (a unit never moves to another window).
     pub fn refund(&self, name: &str, key: &str, admitted: &Verdict) {
         if let Some(a) = self.existing(name, key) {
-            if a.window_end_ms.load(Ordering::Acquire) == admitted.window_end_ms {
+            if admitted.borrowed {
+                let _ = a
+                    .debt
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
+            } else if a.window_end_ms.load(Ordering::Acquire) == admitted.window_end_ms {
                 a.remaining.fetch_add(1, Ordering::AcqRel);
             }
         }
     }
 
-    async fn admit_strict(
+    /// `strict` and `fast`: admits from granted units (or, `fast`, on credit); `now_ms` reads
+    /// leader time.
+    async fn admit_granted(
         &self,
         a: &Arc<Allocation>,
         now_ms: impl Fn() -> u64,
@@ -245,6 +290,13 @@ impl RateLimiter {
             }
             if a.quorum_lost_until_ms.load(Ordering::Acquire) > now {
                 return self.on_quorum_loss(a, now);
+            }
+            if a.try_borrow() {
+                a.admitted_since_ask.fetch_add(1, Ordering::Relaxed);
+                self.ask(a, now);
+                let mut verdict = a.verdict(now);
+                verdict.borrowed = true;
+                return Ok(verdict);
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // Out of time, or the grant we waited for did not come (the ask failed): refuse
@@ -301,6 +353,36 @@ impl RateLimiter {
 }
 
 impl Allocation {
+    /// Whether this allocation counts what `spec` says (a changed limit starts over).
+    fn same_figures(&self, spec: &RateLimitSpec) -> bool {
+        self.limit == spec.limit
+            && self.window_ms == spec.window_ms()
+            && self.mode == spec.mode
+            && self.borrow == spec.borrow()
+    }
+
+    /// Takes one request's worth of credit (`fast`), if the debt allows it.
+    fn try_borrow(&self) -> bool {
+        self.borrow > 0
+            && self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    (d < self.borrow).then_some(d + 1)
+                })
+                .is_ok()
+    }
+
+    /// Takes what is owed out of `granted` units; returns what is left to admit with.
+    fn repay(&self, granted: u64) -> i64 {
+        let owed = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                Some(d - d.min(granted))
+            })
+            .unwrap_or(0);
+        (granted - owed.min(granted)) as i64
+    }
+
     /// Takes one unit if there is one; returns how many there were. A compare-and-swap, never
     /// a decrement undone later: a unit stored by a grant or a window change in between can
     /// neither be lost nor counted twice.
@@ -353,6 +435,7 @@ impl Allocation {
             remaining: (self.limit.saturating_sub(used) + local).min(self.limit),
             reset_s: end.saturating_sub(now).div_ceil(1000),
             window_end_ms: end,
+            borrowed: false,
         }
     }
 
@@ -372,13 +455,15 @@ impl Allocation {
         } else {
             let current = self.window_end_ms.load(Ordering::Acquire);
             if current == g.window_end_ms {
-                self.remaining.fetch_add(g.granted as i64, Ordering::AcqRel);
+                let net = self.repay(g.granted);
+                self.remaining.fetch_add(net, Ordering::AcqRel);
             } else if g.window_end_ms > current {
                 // A new window: units of the old one are dropped before the new window is
                 // announced, so no request admitted in the new window uses an old unit.
                 self.remaining.store(0, Ordering::Release);
                 self.window_end_ms.store(g.window_end_ms, Ordering::Release);
-                self.remaining.fetch_add(g.granted as i64, Ordering::AcqRel);
+                let net = self.repay(g.granted);
+                self.remaining.fetch_add(net, Ordering::AcqRel);
             }
             // (A grant for a window older than ours is dropped.)
             self.used_cluster.store(g.used, Ordering::Release);

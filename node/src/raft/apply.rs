@@ -270,10 +270,10 @@ fn grant(txn: &mut WriteTxn, now: u64, g: &pb::GrantRequests) -> Applied {
             specs.insert(ask.limit.as_str(), spec);
         }
         let spec = match specs.get(ask.limit.as_str()) {
-            Some(Some(s)) if s.mode == resources::rate_limit::Mode::Strict => s,
+            Some(Some(s)) if s.mode.is_granted() => s,
             _ => {
                 results.push(pb::GrantResult {
-                    error: format!("no strict RateLimit {:?}", ask.limit),
+                    error: format!("no strict or fast RateLimit {:?}", ask.limit),
                     ..Default::default()
                 });
                 continue;
@@ -318,7 +318,10 @@ fn grant(txn: &mut WriteTxn, now: u64, g: &pb::GrantRequests) -> Applied {
             error: String::new(),
         });
     }
-    Ok(ok(Outcome::Grants(pb::GrantResults { results })))
+    Ok(ok(Outcome::Grants(pb::GrantResults {
+        results,
+        leader_time_unix_ms: now,
+    })))
 }
 
 /// Adds one entry to the audit log for a command that changed something on behalf of an

@@ -41,10 +41,17 @@ pub struct RateLimitSpec {
     pub window: Dur,
     /// `strict` (default): never more than `limit` per window across the cluster; a request
     /// that finds no local allocation waits up to 100 ms for one, then gets 429.
+    /// `fast`: like `strict`, but a node without units admits at once on credit, up to
+    /// `borrow` requests, and repays from its next grants: never more than
+    /// limit + nodes x borrow per window (docs/consistency.md), and no request waits.
     /// `local`: `limit` per window on each node, no coordination (N nodes admit up to
     /// N x limit).
     #[serde(default)]
     pub mode: Mode,
+    /// `fast` only: requests one node may admit ahead of its grants (its credit), from 1 to
+    /// `limit`. Default: 1% of the limit, at least 1.
+    #[serde(default)]
+    pub borrow: Option<u64>,
     /// What a node does in `strict` mode when it cannot get grants (no quorum):
     /// `local_fallback` (default: admit up to limit / cluster size per window locally),
     /// `fail_open` (admit) or `fail_closed` (429).
@@ -61,7 +68,15 @@ fn default_key() -> String {
 pub enum Mode {
     #[default]
     Strict,
+    Fast,
     Local,
+}
+
+impl Mode {
+    /// Held by the state machine's grants (`strict` and `fast`), not per node.
+    pub fn is_granted(self) -> bool {
+        matches!(self, Mode::Strict | Mode::Fast)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -135,7 +150,30 @@ impl RateLimitSpec {
             ));
         }
         r.key().map_err(|m| SpecError::new("spec.key", m))?;
+        match (r.mode, r.borrow) {
+            (Mode::Fast, Some(b)) if b == 0 || b > r.limit => {
+                return Err(SpecError::new(
+                    "spec.borrow",
+                    format!("must be from 1 to the limit ({})", r.limit),
+                ))
+            }
+            (Mode::Strict | Mode::Local, Some(_)) => {
+                return Err(SpecError::new(
+                    "spec.borrow",
+                    "only a `fast` limit borrows; remove it or set mode: fast",
+                ))
+            }
+            _ => {}
+        }
         Ok(r)
+    }
+
+    /// Requests a node may admit on credit: `borrow` for `fast` limits, 0 otherwise.
+    pub fn borrow(&self) -> u64 {
+        match self.mode {
+            Mode::Fast => self.borrow.unwrap_or((self.limit / 100).max(1)),
+            Mode::Strict | Mode::Local => 0,
+        }
     }
 
     pub fn window_ms(&self) -> u64 {
@@ -177,6 +215,18 @@ mod tests {
         assert_eq!(r.window_ms(), 60_000);
         assert_eq!(r.key().unwrap(), LimitKey::Header("x-tenant".into()));
         assert_eq!(r.mode, Mode::Strict);
+        assert_eq!(r.borrow(), 0);
+        let fast = |extra: serde_json::Value| {
+            let mut v = json!({"applies_to": {"global": true}, "limit": 1000, "window": "1m",
+                               "mode": "fast"});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            RateLimitSpec::parse(&v).unwrap().borrow()
+        };
+        assert_eq!(fast(json!({})), 10, "1% of the limit");
+        assert_eq!(fast(json!({"limit": 5})), 1, "at least one");
+        assert_eq!(fast(json!({"borrow": 3})), 3);
         let refs = (KIND.references)(
             &json!({"applies_to": {"route": "echo"}, "limit": 1, "window": "1s"}),
         );
@@ -199,6 +249,15 @@ mod tests {
         assert_eq!(bad(base(json!({"window": "32d"}))), "spec.window");
         assert_eq!(bad(base(json!({"key": "tenant"}))), "spec.key");
         assert_eq!(bad(base(json!({"mode": "eventual"}))), "spec.mode");
+        assert_eq!(
+            bad(base(json!({"mode": "fast", "borrow": 0}))),
+            "spec.borrow"
+        );
+        assert_eq!(
+            bad(base(json!({"mode": "fast", "borrow": 11}))),
+            "spec.borrow"
+        );
+        assert_eq!(bad(base(json!({"borrow": 2}))), "spec.borrow");
         assert_eq!(
             bad(base(json!({"applies_to": {"global": false}}))),
             "spec.applies_to.global"

@@ -293,6 +293,18 @@ impl NodeProc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// The proxy address this node printed when it last started (the cluster's member list
+    /// keeps the address of its first start; tests bind the proxy to port 0).
+    pub fn started_proxy_addr(&self) -> String {
+        self.log()
+            .lines()
+            .rev()
+            .filter(|l| l.contains("konnect node started"))
+            .find_map(|l| l.split(" proxy=").nth(1)?.split_whitespace().next())
+            .map(str::to_string)
+            .expect("the node logged its start")
+    }
 }
 
 impl Drop for NodeProc {

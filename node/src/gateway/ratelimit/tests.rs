@@ -175,3 +175,48 @@ async fn concurrent_admissions_never_use_more_units_than_were_granted() {
         assert!(*n <= g, "window ending {window}: {n} admitted, {g} granted");
     }
 }
+
+#[tokio::test]
+async fn fast_limits_admit_on_credit_and_repay_it_from_grants() {
+    // No answer yet: a fast limit admits `borrow` requests at once, then waits like strict.
+    let (rl, _held) = RateLimiter::new();
+    let s = spec(
+        json!({"applies_to": {"global": true}, "limit": 50, "window": "10s", "mode": "fast", "borrow": 5}),
+    );
+    let started = tokio::time::Instant::now();
+    let mut admitted = 0;
+    for _ in 0..6 {
+        if rl.admit("f", &s, "k", || 21_000).await.is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "exactly the credit, without grants");
+    assert!(
+        started.elapsed() >= STRICT_WAIT,
+        "the sixth waited for a grant"
+    );
+
+    // With grants flowing, the credit is repaid: one node admits exactly the limit.
+    let (rl, asks) = RateLimiter::new();
+    tokio::spawn(serve_grants(asks, 50, 21_000));
+    let mut admitted = 0;
+    for _ in 0..80 {
+        if rl.admit("f", &s, "k", || 21_000).await.is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 50);
+}
+
+#[test]
+fn leader_time_is_learnt_from_grants_and_never_underestimated() {
+    let (rl, _asks) = RateLimiter::new();
+    assert_eq!(rl.leader_now(1_000), 1_000);
+    // An ask sent at local 10_000 was granted at leader time 40_050: the leader's clock is at
+    // most 30_050 ahead (the ask took some of those 50 ms to arrive).
+    rl.learn_leader_time(40_050, 10_000);
+    assert_eq!(rl.leader_now(10_100), 40_150);
+    // A clock ahead of the leader's: the offset is negative.
+    rl.learn_leader_time(10_000, 40_000);
+    assert_eq!(rl.leader_now(40_500), 10_500);
+}
