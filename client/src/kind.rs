@@ -2,7 +2,7 @@
 //! canonical kind the admin API expects (`Service`, `Route`, `ApiKey`).
 
 /// Every kind the admin API knows, spelled as the server expects it.
-pub const KNOWN_KINDS: [&str; 11] = [
+pub const KNOWN_KINDS: [&str; 13] = [
     "Service",
     "Route",
     "Certificate",
@@ -10,7 +10,9 @@ pub const KNOWN_KINDS: [&str; 11] = [
     "Consumer",
     "Team",
     "ApiKey",
+    "LogRedaction",
     "RateLimit",
+    "ConcurrencyLimit",
     "Provider",
     "Model",
     "Budget",

@@ -13,6 +13,7 @@ pub mod balancer;
 pub mod body;
 pub mod cache;
 pub mod circuit;
+pub mod concurrency;
 pub mod error;
 pub mod headers;
 pub mod health;
@@ -67,6 +68,7 @@ pub struct Gateway {
     settings: GatewaySettings,
     access_log: AccessLog,
     limiter: Arc<ratelimit::RateLimiter>,
+    concurrency: concurrency::ConcurrencyLimiter,
 }
 
 /// Bodies up to this size are buffered when a retry could need them again.
@@ -84,7 +86,89 @@ impl Gateway {
             settings,
             access_log,
             limiter,
+            concurrency: concurrency::ConcurrencyLimiter::default(),
         })
+    }
+
+    /// Whether a RateLimit or ConcurrencyLimit scoped by `applies_to` counts this request.
+    fn limit_applies(
+        applies_to: &crate::resources::rate_limit::AppliesTo,
+        route: &crate::state::RouteEntry,
+        caller: Option<&auth::Caller>,
+    ) -> bool {
+        use crate::resources::rate_limit::AppliesTo;
+        let consumer = caller.map(|c| &c.consumer);
+        match applies_to {
+            AppliesTo::Global(on) => *on,
+            AppliesTo::Route(n) => *n == route.name,
+            AppliesTo::Service(n) => *n == route.upstream.name,
+            AppliesTo::Consumer(n) => consumer.is_some_and(|c| c.name == *n),
+            AppliesTo::Team(n) => consumer.is_some_and(|c| c.team.as_deref() == Some(n)),
+            AppliesTo::Group(g) => consumer.is_some_and(|c| c.groups.contains(g)),
+        }
+    }
+
+    /// The value a limit counts this request under; `-` when the request has none (no
+    /// consumer on a public route, no such header). Borrowed where the value exists already:
+    /// no allocation per request for it.
+    fn limit_key<'a>(
+        &self,
+        key: &crate::resources::rate_limit::LimitKey,
+        route: &'a crate::state::RouteEntry,
+        caller: Option<&'a auth::Caller>,
+        client: SocketAddr,
+        headers: &'a hyper::HeaderMap,
+    ) -> std::borrow::Cow<'a, str> {
+        use crate::resources::rate_limit::LimitKey;
+        use std::borrow::Cow;
+        let consumer = caller.map(|c| &c.consumer);
+        match key {
+            LimitKey::Consumer => consumer.map(|c| Cow::Borrowed(c.name.as_str())),
+            LimitKey::Team => consumer.and_then(|c| c.team.as_deref().map(Cow::Borrowed)),
+            LimitKey::Credential => caller.map(|c| Cow::Borrowed(c.credential.label.as_str())),
+            LimitKey::Ip => Some(Cow::Owned(self.client_ip(client.ip(), headers).to_string())),
+            LimitKey::Route => Some(Cow::Borrowed(route.name.as_str())),
+            LimitKey::Header(h) => headers
+                .get(h.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(|v| match v.char_indices().nth(256) {
+                    Some((cut, _)) => Cow::Borrowed(&v[..cut]),
+                    None => Cow::Borrowed(v),
+                }),
+        }
+        .unwrap_or(Cow::Borrowed("-"))
+    }
+
+    /// Phase `concurrency_limit`: every ConcurrencyLimit that applies must have room; the
+    /// places taken are held by the caller until the response is done.
+    fn concurrency_limit(
+        &self,
+        snapshot: &GatewaySnapshot,
+        route: &crate::state::RouteEntry,
+        caller: Option<&auth::Caller>,
+        client: SocketAddr,
+        headers: &hyper::HeaderMap,
+        places: &mut Vec<concurrency::InFlightPlace>,
+    ) -> Result<(), GatewayError> {
+        for limit in snapshot.concurrency_limits.iter() {
+            if !Self::limit_applies(&limit.spec.applies_to, route, caller) {
+                continue;
+            }
+            let key = self.limit_key(&limit.key, route, caller, client, headers);
+            match self
+                .concurrency
+                .try_enter(&limit.name, &key, limit.spec.max_in_flight)
+            {
+                Some(place) => places.push(place),
+                None => {
+                    return Err(GatewayError::ConcurrencyLimited {
+                        limit: limit.name.clone(),
+                        max: limit.spec.max_in_flight,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Phase `rate_limit`: every RateLimit that applies must admit the request. Returns the
@@ -97,44 +181,17 @@ impl Gateway {
         client: SocketAddr,
         headers: &hyper::HeaderMap,
     ) -> Result<Option<ratelimit::Verdict>, GatewayError> {
-        use crate::resources::rate_limit::{AppliesTo, LimitKey};
         if snapshot.rate_limits.is_empty() {
             return Ok(None);
         }
-        let consumer = caller.map(|c| &c.consumer);
         use std::borrow::Cow;
         let mut admitted: Vec<(&str, Cow<str>, ratelimit::Verdict)> = Vec::new();
         let mut tightest: Option<ratelimit::Verdict> = None;
         for limit in snapshot.rate_limits.iter() {
-            let applies = match &limit.spec.applies_to {
-                AppliesTo::Global(on) => *on,
-                AppliesTo::Route(n) => *n == route.name,
-                AppliesTo::Service(n) => *n == route.upstream.name,
-                AppliesTo::Consumer(n) => consumer.is_some_and(|c| c.name == *n),
-                AppliesTo::Team(n) => consumer.is_some_and(|c| c.team.as_deref() == Some(n)),
-                AppliesTo::Group(g) => consumer.is_some_and(|c| c.groups.contains(g)),
-            };
-            if !applies {
+            if !Self::limit_applies(&limit.spec.applies_to, route, caller) {
                 continue;
             }
-            // Borrowed where the value exists already: no allocation per request for it.
-            let key: Cow<str> = match &limit.key {
-                LimitKey::Consumer => consumer.map(|c| Cow::Borrowed(c.name.as_str())),
-                LimitKey::Team => consumer.and_then(|c| c.team.as_deref().map(Cow::Borrowed)),
-                LimitKey::Credential => caller.map(|c| Cow::Borrowed(c.credential.label.as_str())),
-                LimitKey::Ip => Some(Cow::Owned(self.client_ip(client.ip(), headers).to_string())),
-                LimitKey::Route => Some(Cow::Borrowed(route.name.as_str())),
-                LimitKey::Header(h) => {
-                    headers
-                        .get(h.as_str())
-                        .and_then(|v| v.to_str().ok())
-                        .map(|v| match v.char_indices().nth(256) {
-                            Some((cut, _)) => Cow::Borrowed(&v[..cut]),
-                            None => Cow::Borrowed(v),
-                        })
-                }
-            }
-            .unwrap_or(Cow::Borrowed("-"));
+            let key = self.limit_key(&limit.key, route, caller, client, headers);
             match self
                 .limiter
                 .admit(&limit.name, &limit.spec, &key, crate::clock::unix_ms)
@@ -287,6 +344,7 @@ impl Gateway {
         } else {
             AccessEntry::default()
         };
+        let mut places = Vec::new();
         let result = self
             .proxy(
                 &snapshot,
@@ -295,6 +353,7 @@ impl Gateway {
                 tls,
                 client_cert.as_deref(),
                 &mut entry,
+                &mut places,
             )
             .await;
         let (mut resp, idle) = match result {
@@ -327,6 +386,8 @@ impl Gateway {
         let log = self.access_log.clone();
         let (parts, body) = resp.into_parts();
         let metered = MeteredBody::new(body, idle, move |bytes, complete| {
+            // The request leaves its concurrency limits when its body is done.
+            drop(places);
             entry.bytes_sent = bytes;
             entry.complete = complete;
             metrics::counter!("konnect_proxy_bytes_sent_total", "route" => route_label)
@@ -344,6 +405,7 @@ impl Gateway {
         tls: bool,
         client_cert: Option<&auth::ClientCert>,
         entry: &mut AccessEntry,
+        places: &mut Vec<concurrency::InFlightPlace>,
     ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
         // Phase: normalize. (Framing is settled by hyper's parser per RFC 9112: with both
         // Transfer-Encoding and Content-Length, chunked wins and Content-Length is removed;
@@ -414,6 +476,18 @@ impl Gateway {
             }
             None => None,
         };
+
+        // Phase: concurrency_limit (places held until the response is done).
+        if !snapshot.concurrency_limits.is_empty() {
+            self.concurrency_limit(
+                snapshot,
+                route,
+                caller.as_ref(),
+                client,
+                req.headers(),
+                places,
+            )?;
+        }
 
         // Phase: rate_limit (every RateLimit that applies; cached answers count too).
         let limited = self
@@ -613,7 +687,12 @@ impl Gateway {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade) {
                 return Ok((
-                    splice_upgrade(client_upgrade, resp, protocol, in_flight),
+                    splice_upgrade(
+                        client_upgrade,
+                        resp,
+                        protocol,
+                        (in_flight, std::mem::take(places)),
+                    ),
                     upstream.spec.timeouts.idle.0,
                 ));
             }
@@ -669,7 +748,7 @@ fn splice_upgrade(
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut resp: Response<Incoming>,
     protocol: HeaderValue,
-    guard: InFlightGuard,
+    guard: (InFlightGuard, Vec<concurrency::InFlightPlace>),
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {

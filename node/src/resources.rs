@@ -8,6 +8,7 @@
 pub mod access;
 pub mod api_key;
 pub mod certificate;
+pub mod concurrency_limit;
 pub mod consumer;
 pub mod duration;
 pub mod jwt_provider;
@@ -62,6 +63,7 @@ pub const KINDS: &[KindDef] = &[
     api_key::KIND,
     log_redaction::KIND,
     rate_limit::KIND,
+    concurrency_limit::KIND,
 ];
 
 /// Kinds the Resources API may read and delete but not write: they are made by their own
@@ -106,7 +108,9 @@ pub fn kinds_referring_to(target_kind: &str) -> Vec<&'static KindDef> {
             "Route" => matches!(target_kind, "Service" | "JwtProvider"),
             "Consumer" => target_kind == "Team",
             "ApiKey" => target_kind == "Consumer",
-            "RateLimit" => matches!(target_kind, "Route" | "Service" | "Consumer" | "Team"),
+            "RateLimit" | "ConcurrencyLimit" => {
+                matches!(target_kind, "Route" | "Service" | "Consumer" | "Team")
+            }
             _ => false,
         })
         .collect()

@@ -26,6 +26,7 @@ use crate::gateway::upstream::Upstream;
 use crate::raft::state::{History, StateReader};
 use crate::resources::api_key::ApiKeySpec;
 use crate::resources::certificate::CertificateSpec;
+use crate::resources::concurrency_limit::ConcurrencyLimitSpec;
 use crate::resources::consumer::ConsumerSpec;
 use crate::resources::jwt_provider::JwtProviderSpec;
 use crate::resources::log_redaction::LogRedactionSpec;
@@ -50,6 +51,7 @@ const GATEWAY_KINDS: &[&str] = &[
     "JwtProvider",
     "LogRedaction",
     "RateLimit",
+    "ConcurrencyLimit",
 ];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
@@ -76,6 +78,15 @@ pub struct GatewaySnapshot {
     pub redactor: Arc<Redactor>,
     /// Every RateLimit, checked in order on each request they apply to.
     pub rate_limits: Arc<Vec<LimitEntry>>,
+    /// Every ConcurrencyLimit (per node), checked on each request they apply to.
+    pub concurrency_limits: Arc<Vec<ConcurrencyEntry>>,
+}
+
+/// One ConcurrencyLimit as the gateway uses it.
+pub struct ConcurrencyEntry {
+    pub name: String,
+    pub spec: ConcurrencyLimitSpec,
+    pub key: LimitKey,
 }
 
 /// One RateLimit as the gateway uses it.
@@ -95,6 +106,7 @@ impl GatewaySnapshot {
             identities: Arc::new(Identities::default()),
             redactor: Arc::new(Redactor::default()),
             rate_limits: Arc::new(Vec::new()),
+            concurrency_limits: Arc::new(Vec::new()),
         }
     }
 }
@@ -129,6 +141,8 @@ pub struct SnapshotBuilder {
     redactor: Arc<Redactor>,
     limits: BTreeMap<String, RateLimitSpec>,
     rate_limits: Arc<Vec<LimitEntry>>,
+    concurrency: BTreeMap<String, ConcurrencyLimitSpec>,
+    concurrency_limits: Arc<Vec<ConcurrencyEntry>>,
     /// Certificate name -> (SNI names, key).
     certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
     /// Route name -> (route revision, cache).
@@ -232,6 +246,8 @@ impl SnapshotBuilder {
             redactor: Arc::new(Redactor::default()),
             limits: BTreeMap::new(),
             rate_limits: Arc::new(Vec::new()),
+            concurrency: BTreeMap::new(),
+            concurrency_limits: Arc::new(Vec::new()),
             caches: HashMap::new(),
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
         }
@@ -282,6 +298,11 @@ impl SnapshotBuilder {
             self.limits
                 .keys()
                 .map(|n| ("RateLimit".to_string(), n.clone())),
+        );
+        known.extend(
+            self.concurrency
+                .keys()
+                .map(|n| ("ConcurrencyLimit".to_string(), n.clone())),
         );
         for key in known {
             if !changes.iter().any(|(k, _)| *k == key) {
@@ -427,6 +448,20 @@ impl SnapshotBuilder {
                         }
                     }
                 }
+                ("ConcurrencyLimit", r) => {
+                    limits_changed = true;
+                    self.concurrency.remove(&name);
+                    if let Some(r) = r {
+                        match ConcurrencyLimitSpec::parse(&struct_to_json(
+                            &r.spec.unwrap_or_default(),
+                        )) {
+                            Ok(spec) => {
+                                self.concurrency.insert(name, spec);
+                            }
+                            Err(e) => skip("ConcurrencyLimit", &name, e.to_string()),
+                        }
+                    }
+                }
                 ("LogRedaction", r) => {
                     redactions_changed = true;
                     self.redactions.remove(&name);
@@ -477,6 +512,18 @@ impl SnapshotBuilder {
                     .iter()
                     .filter_map(|(name, spec)| {
                         Some(LimitEntry {
+                            name: name.clone(),
+                            key: spec.key().ok()?,
+                            spec: spec.clone(),
+                        })
+                    })
+                    .collect(),
+            );
+            self.concurrency_limits = Arc::new(
+                self.concurrency
+                    .iter()
+                    .filter_map(|(name, spec)| {
+                        Some(ConcurrencyEntry {
                             name: name.clone(),
                             key: spec.key().ok()?,
                             spec: spec.clone(),
@@ -558,6 +605,7 @@ impl SnapshotBuilder {
             identities: self.identities.clone(),
             redactor: self.redactor.clone(),
             rate_limits: self.rate_limits.clone(),
+            concurrency_limits: self.concurrency_limits.clone(),
         })
     }
 

@@ -386,3 +386,107 @@ async fn nodes_with_clocks_30_seconds_off_still_agree_on_the_windows() {
         );
     }
 }
+
+/// Sends GET `path` with `x-tenant: tenant` and returns the response once its head (and first
+/// body frame, for a stream) has arrived: the request is then in flight until the body ends.
+async fn open_request(
+    proxy: &str,
+    path: &str,
+    tenant: &str,
+) -> (u16, hyper::HeaderMap, hyper::body::Incoming) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "x")
+        .header("x-tenant", tenant)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, mut body) = resp.into_parts();
+    if parts.status == 200 {
+        let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the first event arrives");
+        assert!(first.is_some());
+    }
+    (parts.status.as_u16(), parts.headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_refuses_beyond_the_requests_in_flight_until_one_finishes() {
+    use http_body_util::BodyExt;
+    let up = Upstream::start("slow").await;
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource("Service", "api", json!({"targets": [{"url": up.url()}]})),
+                resource(
+                    "Route",
+                    "api",
+                    json!({"paths": ["/sse", "/api"], "service": "api"}),
+                ),
+                resource(
+                    "ConcurrencyLimit",
+                    "two-at-once",
+                    json!({"applies_to": {"route": "api"}, "key": "header:x-tenant",
+                           "max_in_flight": 2}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    let proxy = warm(vec![cluster.proxy_addr(1).await]).await.remove(0);
+    // (One Apply is one revision: the route serving means the limit is live too.) Two
+    // streams stay open; a third request of the same tenant is refused at once.
+    let (first, _, first_body) = open_request(&proxy, "/sse", "a").await;
+    let (second, _, second_body) = open_request(&proxy, "/sse", "a").await;
+    assert_eq!((first, second), (200, 200));
+    let (status, headers, body) = open_request(&proxy, "/api/x", "a").await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "1");
+    let body: serde_json::Value =
+        serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], "concurrency_limited");
+    // Another tenant has its own count.
+    assert_eq!(open_request(&proxy, "/api/x", "b").await.0, 200);
+    // One stream ends: its place is free again.
+    up.release_sse();
+    let rest = first_body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "data: second\n\n");
+    let again = wait_for("a freed place", Duration::from_secs(10), || {
+        let proxy = proxy.clone();
+        async move {
+            let r = open_request(&proxy, "/api/x", "a").await;
+            (r.0 == 200).then_some(r.0)
+        }
+    })
+    .await;
+    assert_eq!(again, 200);
+    // (The first stream's place is free, the second's still held: one more is refused.)
+    let (held, _, _held_body) = open_request(&proxy, "/sse", "a").await;
+    assert_eq!(held, 200);
+    assert_eq!(open_request(&proxy, "/api/x", "a").await.0, 429);
+    drop(second_body);
+    // Bad input names the field.
+    let err = cluster
+        .client_of(1)
+        .apply(
+            vec![resource(
+                "ConcurrencyLimit",
+                "bad",
+                json!({"applies_to": {"global": true}, "max_in_flight": 0}),
+            )],
+            vec![],
+        )
+        .await
+        .expect_err("max_in_flight 0");
+    assert!(err.to_string().contains("spec.max_in_flight"), "{err}");
+}

@@ -23,7 +23,8 @@ use super::Context;
 
 /// The kinds `get`, `delete` and `watch` take, for help texts.
 const KIND_HELP: &str = "Service, Route, Certificate, JwtProvider, Consumer, Team, ApiKey, \
-                         RateLimit, Provider, Model or Budget (any case, singular or plural)";
+                         LogRedaction, RateLimit, ConcurrencyLimit, Provider, Model or Budget \
+                         (any case, singular or plural)";
 
 #[derive(Args)]
 pub struct ApplyArgs {

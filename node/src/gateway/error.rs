@@ -45,6 +45,9 @@ pub enum GatewayError {
     /// A RateLimit refused the request (429).
     #[error("rate limit {:?} exceeded: {} requests per {}s; retry in {}s", .0.verdict.limit_name, .0.verdict.limit, .0.verdict.window_s, .0.retry_after_s)]
     RateLimited(Box<super::ratelimit::Refused>),
+    /// A ConcurrencyLimit is full (429).
+    #[error("concurrency limit {limit:?} reached: at most {max} requests in flight at once; retry shortly")]
+    ConcurrencyLimited { limit: String, max: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -68,7 +71,9 @@ impl GatewayError {
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::SchemaViolation { .. } => StatusCode::BAD_REQUEST,
-            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited(_) | GatewayError::ConcurrencyLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +97,7 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType { .. } => "unsupported_media_type",
             GatewayError::SchemaViolation { .. } => "schema_violation",
             GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::ConcurrencyLimited { .. } => "concurrency_limited",
             GatewayError::Internal(_) => "internal",
         }
     }
@@ -145,6 +151,12 @@ impl GatewayError {
             if let Ok(v) = hyper::header::HeaderValue::from_str(&r.retry_after_s.to_string()) {
                 resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
             }
+        }
+        if let GatewayError::ConcurrencyLimited { .. } = &self {
+            resp.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
         }
         if let GatewayError::Unauthorized { invalid, .. } = &self {
             let challenge = if *invalid {

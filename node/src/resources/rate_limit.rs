@@ -100,7 +100,18 @@ pub enum AppliesTo {
 }
 
 impl AppliesTo {
-    fn reference(&self) -> Option<Reference> {
+    /// Refuses `global: false`, which would apply to nothing.
+    pub fn check(&self) -> Result<(), SpecError> {
+        if *self == AppliesTo::Global(false) {
+            return Err(SpecError::new(
+                "spec.applies_to.global",
+                "global: false applies to nothing; use global: true or another scope",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn reference(&self) -> Option<Reference> {
         let (kind, name) = match self {
             AppliesTo::Route(n) => ("Route", n),
             AppliesTo::Service(n) => ("Service", n),
@@ -143,12 +154,7 @@ impl RateLimitSpec {
                 "must be whole seconds from 1s to 31d",
             ));
         }
-        if r.applies_to == AppliesTo::Global(false) {
-            return Err(SpecError::new(
-                "spec.applies_to.global",
-                "global: false applies to nothing; use global: true or another scope",
-            ));
-        }
+        r.applies_to.check()?;
         r.key().map_err(|m| SpecError::new("spec.key", m))?;
         match (r.mode, r.borrow) {
             (Mode::Fast, Some(b)) if b == 0 || b > r.limit => {
@@ -181,24 +187,30 @@ impl RateLimitSpec {
     }
 
     pub fn key(&self) -> Result<LimitKey, String> {
-        Ok(match self.key.as_str() {
-            "consumer" => LimitKey::Consumer,
-            "credential" => LimitKey::Credential,
-            "team" => LimitKey::Team,
-            "ip" => LimitKey::Ip,
-            "route" => LimitKey::Route,
-            other => match other.strip_prefix("header:") {
-                Some(h) if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
-                    LimitKey::Header(h.to_ascii_lowercase())
-                }
-                _ => {
-                    return Err(format!(
-                        "unknown key {other:?}: use consumer, credential, team, ip, route or header:<name>"
-                    ))
-                }
-            },
-        })
+        parse_key(&self.key)
     }
+}
+
+/// Parses what a limit is counted per: `consumer`, `credential`, `team`, `ip`, `route` or
+/// `header:<name>`.
+pub fn parse_key(key: &str) -> Result<LimitKey, String> {
+    Ok(match key {
+        "consumer" => LimitKey::Consumer,
+        "credential" => LimitKey::Credential,
+        "team" => LimitKey::Team,
+        "ip" => LimitKey::Ip,
+        "route" => LimitKey::Route,
+        other => match other.strip_prefix("header:") {
+            Some(h) if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
+                LimitKey::Header(h.to_ascii_lowercase())
+            }
+            _ => {
+                return Err(format!(
+                "unknown key {other:?}: use consumer, credential, team, ip, route or header:<name>"
+            ))
+            }
+        },
+    })
 }
 
 #[cfg(test)]
