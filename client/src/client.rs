@@ -484,6 +484,28 @@ impl Client {
         .await
     }
 
+    // --- Limits service ---
+
+    /// What a strict or fast RateLimit has used in its current window: one key, or a page of
+    /// the keys with units granted.
+    pub async fn limit_usage(
+        &self,
+        request: konnect_proto::admin::v1::LimitUsageRequest,
+    ) -> Result<konnect_proto::admin::v1::LimitUsageResponse, ClientError> {
+        self.call(|channel| {
+            let request = request.clone();
+            async move {
+                konnect_proto::admin::v1::limits_client::LimitsClient::with_interceptor(
+                    channel,
+                    self.auth.clone(),
+                )
+                .usage(request)
+                .await
+            }
+        })
+        .await
+    }
+
     // --- Secrets service ---
 
     /// Re-encrypts every stored secret under the answering node's primary key. Safe to

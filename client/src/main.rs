@@ -88,6 +88,10 @@ enum Command {
     Tokens(cli::access::TokensCommand),
     /// The audit log of admin changes: who, when (leader time), what, at which revision.
     Audit(cli::access::AuditArgs),
+    /// What a RateLimit has used and has left in its current window, per key (the same
+    /// answer from any node). USED counts units granted to nodes: requests admitted are at
+    /// most that, and nodes give unused units back when a key goes idle.
+    Usage(cli::access::UsageArgs),
     /// Secrets at rest: re-encrypt stored secrets after adding a new key.
     #[command(subcommand)]
     Secrets(cli::secrets::SecretsCommand),
@@ -149,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(command) => cli::access::keys(&context, command).await,
         Command::Tokens(command) => cli::access::tokens(&context, command).await,
         Command::Audit(args) => cli::access::audit(&context, args).await,
+        Command::Usage(args) => cli::access::usage(&context, args).await,
         Command::Secrets(command) => cli::secrets::run(&context, command).await,
     }
 }

@@ -9,6 +9,7 @@ pub mod access;
 pub mod auth;
 pub mod cluster;
 pub mod keys;
+pub mod limits;
 pub mod resources;
 pub mod secrets;
 

@@ -68,6 +68,8 @@ pub async fn ship_grants(
                         limit: a.allocation.limit_name.clone(),
                         key: a.allocation.key.clone(),
                         units: a.units,
+                        release: a.release,
+                        release_window_end_unix_ms: a.release_window_end_ms,
                     })
                     .collect(),
             })),

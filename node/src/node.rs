@@ -11,6 +11,7 @@ use std::time::Duration;
 use konnect_proto::admin::v1::audit_server::AuditServer;
 use konnect_proto::admin::v1::cluster_server::ClusterServer;
 use konnect_proto::admin::v1::keys_server::KeysServer;
+use konnect_proto::admin::v1::limits_server::LimitsServer;
 use konnect_proto::admin::v1::resources_server::ResourcesServer;
 use konnect_proto::admin::v1::secrets_server::SecretsServer;
 use konnect_proto::admin::v1::tokens_server::TokensServer;
@@ -261,6 +262,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
             auth: auth.clone(),
         }))
         .add_service(AuditServer::new(AuditService {
+            node: node.clone(),
+            auth: auth.clone(),
+        }))
+        .add_service(LimitsServer::new(crate::admin::limits::LimitService {
             node: node.clone(),
             auth,
         }));

@@ -232,6 +232,7 @@ const RPC_ROLES: &[(&str, &str, &str)] = &[
     ("Tokens", "Revoke", "admin"),
     ("Audit", "List", "admin"),
     ("Secrets", "Rekey", "admin"),
+    ("Limits", "Usage", "viewer"),
 ];
 
 /// Calls one RPC with harmless arguments (nothing it could change) and returns the code.
@@ -246,6 +247,7 @@ async fn call(
     use api::audit_client::AuditClient;
     use api::cluster_client::ClusterClient;
     use api::keys_client::KeysClient;
+    use api::limits_client::LimitsClient;
     use api::resources_client::ResourcesClient;
     use api::secrets_client::SecretsClient;
     use api::tokens_client::TokensClient;
@@ -319,6 +321,14 @@ async fn call(
         ),
         ("Audit", "List") => c!(AuditClient, list, api::ListAuditRequest::default()),
         ("Secrets", "Rekey") => c!(SecretsClient, rekey, api::RekeyRequest {}),
+        ("Limits", "Usage") => c!(
+            LimitsClient,
+            usage,
+            api::LimitUsageRequest {
+                limit: "none".into(),
+                ..Default::default()
+            }
+        ),
         other => panic!("no call written for {other:?}: add it to RPC_ROLES and call()"),
     }
 }

@@ -7,21 +7,6 @@ use std::process::{Command, Output};
 
 use support::*;
 
-/// The konnectctl binary next to the konnect binary (built by `cargo test --workspace`;
-/// built here when this test runs alone).
-fn konnectctl() -> PathBuf {
-    let path = PathBuf::from(KONNECT).with_file_name("konnectctl");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "konnect-client", "--bin", "konnectctl"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building konnectctl failed");
-    }
-    path
-}
-
 struct Ctl {
     endpoint: String,
     token: Option<String>,
@@ -30,7 +15,7 @@ struct Ctl {
 
 impl Ctl {
     fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(konnectctl());
+        let mut cmd = Command::new(konnectctl_bin());
         cmd.current_dir(&self.dir)
             .env_remove("KONNECT_TOKEN")
             .env("KONNECT_ENDPOINT", &self.endpoint);

@@ -490,3 +490,76 @@ async fn a_concurrency_limit_refuses_beyond_the_requests_in_flight_until_one_fin
         .expect_err("max_in_flight 0");
     assert!(err.to_string().contains("spec.max_in_flight"), "{err}");
 }
+
+/// `konnectctl -o json usage ARGS` against node `id`, parsed.
+fn usage_json(cluster: &Cluster, id: u64, args: &[&str]) -> Result<serde_json::Value, String> {
+    let node = cluster.nodes.iter().find(|n| n.id == id).unwrap();
+    let out = std::process::Command::new(konnectctl_bin())
+        .env("KONNECT_ENDPOINT", node.admin_url())
+        .env("KONNECT_TOKEN", cluster.token.clone().unwrap())
+        .args(["-o", "json", "usage"])
+        .args(args)
+        .output()
+        .expect("run konnectctl");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("json output"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn konnectctl_usage_shows_a_quota_alike_on_every_node_and_idle_units_go_back() {
+    let up = Upstream::start("u").await;
+    let cluster = Cluster::start_initialised(3, &[]).await;
+    apply_limited_api(
+        &cluster,
+        &up,
+        json!({"applies_to": {"route": "api"}, "key": "header:x-tenant", "limit": 10,
+               "window": "31d"}),
+    )
+    .await;
+    let proxy = warm(vec![cluster.proxy_addr(2).await]).await.remove(0);
+    for _ in 0..3 {
+        let r = http("GET", &proxy, "/api/x", &[("x-tenant", "alice")], "").await;
+        assert_eq!(r.status, 200);
+    }
+    // Node 2 may hold more units than it used; once alice is idle there it gives them back,
+    // and every node reports exactly what was admitted.
+    let alice = ["--limit", "limit", "--key", "alice"];
+    let shown = wait_for(
+        "unused units to go back",
+        Duration::from_secs(30),
+        || async {
+            let v = usage_json(&cluster, 3, &alice).unwrap();
+            (v[0]["used"] == 3).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(shown[0]["remaining"], 7);
+    assert_eq!(shown[0]["limit_per_window"], 10);
+    assert_eq!(shown[0]["per_node"], json!({"2": 3}));
+    let consistent = usage_json(
+        &cluster,
+        1,
+        &["--limit", "limit", "--key", "alice", "--consistent"],
+    )
+    .unwrap();
+    assert_eq!(consistent[0]["used"], 3);
+    // Without --key: every key with units in its window (the warm-up's `-` and alice).
+    let all = usage_json(&cluster, 1, &["--limit", "limit"]).unwrap();
+    let keys: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["-", "alice"]);
+    // A key never seen has used nothing; unknown limits are named.
+    assert_eq!(
+        usage_json(&cluster, 2, &["--limit", "limit", "--key", "bob"]).unwrap()[0]["remaining"],
+        10
+    );
+    let err = usage_json(&cluster, 2, &["--limit", "nope"]).unwrap_err();
+    assert!(err.contains("RateLimit \"nope\" not found"), "{err}");
+}

@@ -65,6 +65,10 @@ pub struct Allocation {
     asking: AtomicBool,
     /// Requests admitted since the last ask: the next ask is twice this.
     admitted_since_ask: AtomicU64,
+    /// Requests admitted in all, and as of the previous sweep: equal means the key was idle
+    /// on this node for a sweep interval, and its unused units go back to the cluster.
+    admitted_total: AtomicU64,
+    admitted_at_sweep: AtomicU64,
     /// Set by a failed ask until this time: follow `on_quorum_loss`.
     quorum_lost_until_ms: AtomicU64,
     /// When asks started failing (0: the last one succeeded).
@@ -102,6 +106,10 @@ pub struct Refused {
 pub struct Ask {
     pub allocation: Arc<Allocation>,
     pub units: u64,
+    /// Unused units given back, of the window ending at `release_window_end_ms` (the key
+    /// went idle on this node). Taken out of the node's allocation before the ask is sent.
+    pub release: u64,
+    pub release_window_end_ms: u64,
 }
 
 /// The state machine's answer to one ask.
@@ -182,6 +190,8 @@ impl RateLimiter {
             exhausted_until_ms: AtomicU64::new(0),
             asking: AtomicBool::new(false),
             admitted_since_ask: AtomicU64::new(0),
+            admitted_total: AtomicU64::new(0),
+            admitted_at_sweep: AtomicU64::new(0),
             quorum_lost_until_ms: AtomicU64::new(0),
             failing_since_ms: AtomicU64::new(0),
             fallback_used: AtomicU64::new(0),
@@ -203,11 +213,16 @@ impl RateLimiter {
         entry.clone()
     }
 
-    /// Drops allocations whose window ended long ago, so memory follows the active keys.
-    /// `now_ms` is leader time (see [`RateLimiter::leader_now`]).
+    /// Drops allocations whose window ended long ago, so memory follows the active keys, and
+    /// gives back the unused units of keys idle since the last sweep (so a quota's units do
+    /// not sit on a node that no longer needs them, and `konnectctl usage` converges to what
+    /// was admitted). `now_ms` is leader time (see [`RateLimiter::leader_now`]).
     pub fn sweep(&self, now_ms: u64) {
         if let Ok(mut map) = self.allocations.write() {
             for keys in map.values_mut() {
+                for a in keys.values() {
+                    self.release_if_idle(a, now_ms);
+                }
                 keys.retain(|_, a| {
                     let end = a.window_end_ms.load(Ordering::Relaxed);
                     if end == 0 {
@@ -219,6 +234,43 @@ impl RateLimiter {
                 });
             }
             map.retain(|_, keys| !keys.is_empty());
+        }
+    }
+
+    fn release_if_idle(&self, a: &Arc<Allocation>, now_ms: u64) {
+        let total = a.admitted_total.load(Ordering::Relaxed);
+        let idle = a.admitted_at_sweep.swap(total, Ordering::Relaxed) == total;
+        let end = a.window_end_ms.load(Ordering::Acquire);
+        if !idle
+            || !a.mode.is_granted()
+            || end <= now_ms
+            || a.remaining.load(Ordering::Acquire) <= 0
+        {
+            return;
+        }
+        // Counts as an ask in flight, so no other ask overlaps the release.
+        if a.asking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let units = a.remaining.swap(0, Ordering::AcqRel).max(0) as u64;
+        if a.window_end_ms.load(Ordering::Acquire) != end {
+            // A grant of a new window landed in between: those units are not ours to give.
+            a.remaining.fetch_add(units as i64, Ordering::AcqRel);
+            a.asking.store(false, Ordering::Release);
+            return;
+        }
+        let sent = units > 0
+            && self
+                .asks
+                .send(Ask {
+                    allocation: a.clone(),
+                    units: 0,
+                    release: units,
+                    release_window_end_ms: end,
+                })
+                .is_ok();
+        if !sent {
+            a.asking.store(false, Ordering::Release);
         }
     }
 
@@ -277,6 +329,7 @@ impl RateLimiter {
                 a.remaining.store(0, Ordering::Release);
             }
             if let Some(before) = a.take() {
+                a.admitted_total.fetch_add(1, Ordering::Relaxed);
                 let admitted = a.admitted_since_ask.fetch_add(1, Ordering::Relaxed) + 1;
                 // Low-water mark: ask for more before running out.
                 if (before - 1) as u64 <= admitted.max(1) / 2 {
@@ -292,6 +345,7 @@ impl RateLimiter {
                 return self.on_quorum_loss(a, now);
             }
             if a.try_borrow() {
+                a.admitted_total.fetch_add(1, Ordering::Relaxed);
                 a.admitted_since_ask.fetch_add(1, Ordering::Relaxed);
                 self.ask(a, now);
                 let mut verdict = a.verdict(now);
@@ -344,6 +398,8 @@ impl RateLimiter {
             .send(Ask {
                 allocation: a.clone(),
                 units,
+                release: 0,
+                release_window_end_ms: 0,
             })
             .is_err()
         {

@@ -287,6 +287,32 @@ fn grant(txn: &mut WriteTxn, now: u64, g: &pb::GrantRequests) -> Applied {
             Some(b) => decode(&b, "grant row")?,
             None => pb::GrantRow::default(),
         };
+        if ask.release > 0
+            && row.window_start_unix_ms == start
+            && row.window_end_unix_ms == ask.release_window_end_unix_ms
+        {
+            // Units given back: at most what this node holds of the window, so the sum over
+            // nodes stays the granted total and no node's share goes below zero.
+            let held = row.per_node.entry(g.node_id).or_default();
+            let back = ask.release.min(*held);
+            *held -= back;
+            if *held == 0 {
+                row.per_node.remove(&g.node_id);
+            }
+            row.granted -= back.min(row.granted);
+            txn.put(GRANTS, &row_key, &row.encode_to_vec())?;
+        }
+        if ask.units == 0 {
+            results.push(pb::GrantResult {
+                granted: 0,
+                window_start_unix_ms: row.window_start_unix_ms,
+                window_end_unix_ms: row.window_end_unix_ms,
+                used: row.granted,
+                limit: spec.limit,
+                error: String::new(),
+            });
+            continue;
+        }
         if row.window_start_unix_ms != start {
             // A new window: what was granted in the old one is gone with it.
             if row.window_end_unix_ms != 0 {
@@ -866,6 +892,7 @@ mod tests {
                     limit: "rl".into(),
                     key: key.to_string(),
                     units: *units,
+                    ..Default::default()
                 })
                 .collect(),
         });
@@ -919,6 +946,7 @@ mod tests {
                 limit: "nope".into(),
                 key: "a".into(),
                 units: 1,
+                ..Default::default()
             }],
         });
         match apply_command(&mut txn, 11, &command(22_000, op))
@@ -939,6 +967,46 @@ mod tests {
         assert!(txn.get(GRANTS, &resource_key("rl", "b")).unwrap().is_none());
         assert!(txn.get(GRANTS, &resource_key("rl", "c")).unwrap().is_some());
         assert_eq!(txn.range(GRANT_EXPIRY, .., usize::MAX).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn released_units_can_be_granted_again_but_never_more_than_a_node_holds() {
+        let (_d, store) = store();
+        let mut txn = store.write().unwrap();
+        let spec =
+            serde_json::json!({"applies_to": {"global": true}, "limit": 10, "window": "10s"});
+        let write = pb::command::Op::Apply(pb::ApplyResources {
+            writes: vec![pb::ResourceWrite {
+                kind: "RateLimit".into(),
+                name: "rl".into(),
+                spec: Some(konnect_proto::json::json_to_struct(&spec).unwrap()),
+                ..Default::default()
+            }],
+            prune_kinds: vec![],
+        });
+        apply_command(&mut txn, 1, &command(1_000, write)).unwrap();
+        assert_eq!(grants(&mut txn, 2, 21_000, 1, &[("a", 6)])[0].granted, 6);
+        assert_eq!(grants(&mut txn, 3, 21_100, 2, &[("a", 6)])[0].granted, 4);
+        let release = |time, node, units, window_end| {
+            let op = pb::command::Op::Grants(pb::GrantRequests {
+                node_id: node,
+                asks: vec![pb::GrantAsk {
+                    limit: "rl".into(),
+                    key: "a".into(),
+                    release: units,
+                    release_window_end_unix_ms: window_end,
+                    ..Default::default()
+                }],
+            });
+            command(time, op)
+        };
+        // Node 1 gives back 9 but holds 6: only 6 return; a release of another window is
+        // ignored.
+        let r = apply_command(&mut txn, 4, &release(21_200, 1, 9, 30_000)).unwrap();
+        assert!(matches!(r.result, Some(Outcome::Grants(ref g)) if g.results[0].used == 4));
+        apply_command(&mut txn, 5, &release(21_300, 2, 4, 20_000)).unwrap();
+        // The 6 can be granted again, and no more.
+        assert_eq!(grants(&mut txn, 6, 21_400, 3, &[("a", 9)])[0].granted, 6);
     }
 
     #[test]

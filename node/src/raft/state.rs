@@ -360,13 +360,42 @@ impl StateReader {
         Ok(out)
     }
 
-    /// The grant row of a (limit, key), if its window is still open at `now_unix_ms` (for
-    /// `konnectctl usage`-style reads).
+    /// The latest leader time the state machine has applied (unix ms; 0 before any).
+    pub fn leader_time(&self) -> Result<u64, StoreError> {
+        let txn = self.store.read()?;
+        Ok(u64_value(txn.get(SM_META, KEY_LEADER_TIME)?))
+    }
+
+    /// The grant row of a (limit, key) (what `Limits.Usage` reads); its window may be over.
     pub fn grant_row(&self, limit: &str, key: &str) -> Result<Option<pb::GrantRow>, StoreError> {
         let txn = self.store.read()?;
         txn.get(GRANTS, &resource_key(limit, key))?
             .map(|b| decode(&b, "grant row"))
             .transpose()
+    }
+
+    /// Grant rows of `limit` with keys after `after_key`, in key order, at most `n` (rows of
+    /// finished windows included: the caller judges them by time).
+    pub fn grant_rows(
+        &self,
+        limit: &str,
+        after_key: &str,
+        n: usize,
+    ) -> Result<Vec<(String, pb::GrantRow)>, StoreError> {
+        let txn = self.store.read()?;
+        let (lo, hi) = kind_range(limit);
+        let mut from = resource_key(limit, after_key);
+        if !after_key.is_empty() {
+            from.push(0); // strictly after
+        }
+        let from = from.max(lo);
+        txn.range(GRANTS, from.as_slice()..hi.as_slice(), n)?
+            .into_iter()
+            .map(|(k, v)| {
+                let key = String::from_utf8_lossy(&k[limit.len() + 1..]).into_owned();
+                Ok((key, decode(&v, "grant row")?))
+            })
+            .collect()
     }
 
     /// When each API key was last used, as far as the nodes reported (unix ms).
