@@ -142,6 +142,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KONNECT_ACCESS_LOG")]
     pub access_log: Option<String>,
 
+    /// Where the AI gateway writes one usage record per call (JSON lines: consumer, model,
+    /// provider, tokens, cost in micro-USD): a file path (appended to) or `off`.
+    /// Default: <data-dir>/ai-usage.jsonl.
+    #[arg(long, env = "KONNECT_AI_USAGE_LOG")]
+    pub ai_usage_log: Option<String>,
+
     /// A client must send its request headers within this many milliseconds, or the connection
     /// is closed (slowloris defence). Default: 10000.
     #[arg(long, env = "KONNECT_HEADER_READ_TIMEOUT_MS")]
@@ -289,6 +295,7 @@ pub struct Settings {
     pub log_keep_after_snapshot: u64,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: crate::gateway::access_log::AccessLogTarget,
+    pub ai_usage_log: crate::ai::usage::UsageLogTarget,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
@@ -447,6 +454,7 @@ impl ServeArgs {
                 .or(file.log_keep_after_snapshot),
             trusted_proxies: self.trusted_proxies.or(file.trusted_proxies),
             access_log: self.access_log.or(file.access_log),
+            ai_usage_log: self.ai_usage_log.or(file.ai_usage_log),
             header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
             max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
             drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
@@ -570,6 +578,12 @@ impl ServeArgs {
             return Err(bad("--max-header-bytes", "must be at least 1024"));
         }
         let data_dir = a.data_dir.unwrap_or_else(|| PathBuf::from("konnect-data"));
+        let ai_usage_log = match a.ai_usage_log.as_deref() {
+            Some("off") => crate::ai::usage::UsageLogTarget::Off,
+            Some("") => return Err(bad("--ai-usage-log", "empty: use off or a file path")),
+            Some(path) => crate::ai::usage::UsageLogTarget::File(PathBuf::from(path)),
+            None => crate::ai::usage::UsageLogTarget::File(data_dir.join("ai-usage.jsonl")),
+        };
         let secret_keys = secret_key_source(
             a.secret_key_file,
             std::env::var(crate::secrets::KEY_ENV).ok(),
@@ -580,6 +594,7 @@ impl ServeArgs {
             secret_keys,
             trusted_proxies,
             access_log,
+            ai_usage_log,
             header_read_timeout: Duration::from_millis(a.header_read_timeout_ms.unwrap_or(10_000)),
             max_header_bytes,
             drain_timeout: Duration::from_millis(a.drain_timeout_ms.unwrap_or(30_000)),

@@ -69,7 +69,13 @@ pub struct Gateway {
     access_log: AccessLog,
     limiter: Arc<ratelimit::RateLimiter>,
     concurrency: concurrency::ConcurrencyLimiter,
+    ai: Arc<crate::ai::AiContext>,
 }
+
+/// Longest pause in an AI answer's body (providers think before the next tokens).
+const AI_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest AI request body when the route sets no `max_body_bytes`.
+const AI_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Bodies up to this size are buffered when a retry could need them again.
 const REPLAYABLE_BODY_BYTES: usize = 64 * 1024;
@@ -80,6 +86,7 @@ impl Gateway {
         settings: GatewaySettings,
         access_log: AccessLog,
         limiter: Arc<ratelimit::RateLimiter>,
+        ai: Arc<crate::ai::AiContext>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             snapshot,
@@ -87,7 +94,53 @@ impl Gateway {
             access_log,
             limiter,
             concurrency: concurrency::ConcurrencyLimiter::default(),
+            ai,
         })
+    }
+
+    /// Phase `ai`: reads the whole request body (up to the route's `max_body_bytes`, else
+    /// 16 MiB) and answers from the route's models.
+    async fn serve_ai(
+        &self,
+        snapshot: &GatewaySnapshot,
+        route: &crate::state::RouteEntry,
+        path: &str,
+        req: Request<Incoming>,
+        caller: Option<&auth::Caller>,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let limit = route.spec.max_body_bytes.unwrap_or(AI_MAX_BODY_BYTES);
+        let request_id = req
+            .headers()
+            .get(headers::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let (parts, incoming) = req.into_parts();
+        let body = http_body_util::Limited::new(incoming, limit as usize)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    GatewayError::PayloadTooLarge { limit }
+                } else {
+                    GatewayError::BadRequest(format!("the request body could not be read: {e}"))
+                }
+            })?
+            .to_bytes();
+        let route_models = route.spec.ai.as_ref().map_or(&[][..], |a| &a.models[..]);
+        Ok(crate::ai::handler::serve(
+            &self.ai,
+            &snapshot.ai,
+            crate::ai::handler::AiRequest {
+                method: &parts.method,
+                path,
+                body,
+                caller,
+                request_id: &request_id,
+                route_models,
+            },
+        )
+        .await)
     }
 
     /// Whether a RateLimit or ConcurrencyLimit scoped by `applies_to` counts this request.
@@ -101,7 +154,7 @@ impl Gateway {
         match applies_to {
             AppliesTo::Global(on) => *on,
             AppliesTo::Route(n) => *n == route.name,
-            AppliesTo::Service(n) => *n == route.upstream.name,
+            AppliesTo::Service(n) => route.upstream.as_ref().is_some_and(|u| u.name == *n),
             AppliesTo::Consumer(n) => consumer.is_some_and(|c| c.name == *n),
             AppliesTo::Team(n) => consumer.is_some_and(|c| c.team.as_deref() == Some(n)),
             AppliesTo::Group(g) => consumer.is_some_and(|c| c.groups.contains(g)),
@@ -397,6 +450,9 @@ impl Gateway {
         Response::from_parts(parts, BodyExt::boxed(metered))
     }
 
+    // The request's parts and what it carries out (log entry, held places) are separate
+    // borrows on purpose: bundling them would only move the list elsewhere.
+    #[allow(clippy::too_many_arguments)]
     async fn proxy(
         &self,
         snapshot: &GatewaySnapshot,
@@ -444,8 +500,7 @@ impl Gateway {
             })?;
         let route = &snapshot.routes[found.rule_index];
         entry.route = Some(route.name.clone());
-        entry.service = Some(route.upstream.name.clone());
-        let upstream = route.upstream.clone();
+        entry.service = route.upstream.as_ref().map(|u| u.name.clone());
 
         // Phases: restrict_ip, authenticate, authorize (routes with access rules).
         let caller = match &route.access {
@@ -493,6 +548,21 @@ impl Gateway {
         let limited = self
             .rate_limit(snapshot, route, caller.as_ref(), client, req.headers())
             .await?;
+
+        // An AI route answers here, from its providers (phase `ai`).
+        let upstream = match &route.upstream {
+            Some(u) => u.clone(),
+            None => {
+                let prefix = found.matched_prefix_len.min(path.len());
+                let mut resp = self
+                    .serve_ai(snapshot, route, &path[prefix..], req, caller.as_ref())
+                    .await?;
+                if let Some(v) = &limited {
+                    ratelimit_headers(resp.headers_mut(), v);
+                }
+                return Ok((resp, AI_IDLE_TIMEOUT));
+            }
+        };
 
         // Phase: cache_lookup (routes that opt in). Responses of routes with credentials are
         // cached per consumer: one consumer never gets another's answer.
@@ -894,6 +964,7 @@ enum AttemptError {
 /// Sends the request to a target, retrying on another target when the failure is listed in
 /// `retries.on` and resending is safe. Returns the response and the request slot it holds on
 /// its target (hold it until the body is done).
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     upstream: &Arc<Upstream>,
     parts: &hyper::http::request::Parts,

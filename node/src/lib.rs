@@ -2,6 +2,7 @@
 //! the code map and the invariants each module keeps.
 
 pub mod admin;
+pub mod ai;
 pub mod bootstrap;
 pub mod certs;
 pub mod clock;

@@ -290,6 +290,16 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         path: PathBuf::from(format!("{:?}", settings.access_log)),
         message: format!("cannot open the access log: {e}"),
     })?;
+    let ai_usage = crate::ai::usage::UsageLog::start(&settings.ai_usage_log).map_err(|e| {
+        StartError::DataDir {
+            path: PathBuf::from(format!("{:?}", settings.ai_usage_log)),
+            message: format!("cannot open the AI usage log: {e}"),
+        }
+    })?;
+    let ai = Arc::new(
+        crate::ai::AiContext::new(ai_usage, settings.node_id, settings.zone.clone())
+            .map_err(|e| StartError::Raft(format!("AI provider client: {e}")))?,
+    );
     let snapshot =
         crate::state::spawn_snapshot_updates(reader.clone(), node.applied.clone(), keyring.clone());
     tokio::spawn(crate::state::report_key_usage(
@@ -317,6 +327,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         },
         access_log,
         limiter.clone(),
+        ai,
     );
     let (proxy_stop_tx, proxy_stop_rx) = watch::channel(false);
     let proxy_tls_task = match proxy_tls_listener {

@@ -13,6 +13,8 @@ pub mod consumer;
 pub mod duration;
 pub mod jwt_provider;
 pub mod log_redaction;
+pub mod model;
+pub mod provider;
 pub mod rate_limit;
 pub mod route;
 pub mod service;
@@ -64,6 +66,8 @@ pub const KINDS: &[KindDef] = &[
     log_redaction::KIND,
     rate_limit::KIND,
     concurrency_limit::KIND,
+    provider::KIND,
+    model::KIND,
 ];
 
 /// Kinds the Resources API may read and delete but not write: they are made by their own
@@ -92,6 +96,7 @@ pub fn secret_fields(kind: &str) -> &'static [&'static str] {
         "Certificate" => certificate::SECRET_FIELDS,
         "Service" => service::SECRET_FIELDS,
         "JwtProvider" => jwt_provider::SECRET_FIELDS,
+        "Provider" => provider::SECRET_FIELDS,
         _ => &[],
     }
 }
@@ -105,7 +110,8 @@ pub fn kinds_referring_to(target_kind: &str) -> Vec<&'static KindDef> {
     KINDS
         .iter()
         .filter(|k| match k.name {
-            "Route" => matches!(target_kind, "Service" | "JwtProvider"),
+            "Route" => matches!(target_kind, "Service" | "JwtProvider" | "Model"),
+            "Model" => target_kind == "Provider",
             "Consumer" => target_kind == "Team",
             "ApiKey" => target_kind == "Consumer",
             "RateLimit" | "ConcurrencyLimit" => {

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use konnect_proto::json::struct_to_json;
 use tokio::sync::watch;
 
+use crate::ai::AiConfig;
 use crate::gateway::auth::{
     ConsumerEntry, Credential, Identities, JwtEntry, KeyEntry, RouteAccess,
 };
@@ -30,6 +31,8 @@ use crate::resources::concurrency_limit::ConcurrencyLimitSpec;
 use crate::resources::consumer::ConsumerSpec;
 use crate::resources::jwt_provider::JwtProviderSpec;
 use crate::resources::log_redaction::LogRedactionSpec;
+use crate::resources::model::ModelSpec;
+use crate::resources::provider::ProviderSpec;
 use crate::resources::rate_limit::{LimitKey, RateLimitSpec};
 use crate::resources::route::RouteSpec;
 use crate::resources::service::ServiceSpec;
@@ -52,13 +55,16 @@ const GATEWAY_KINDS: &[&str] = &[
     "LogRedaction",
     "RateLimit",
     "ConcurrencyLimit",
+    "Provider",
+    "Model",
 ];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
 pub struct RouteEntry {
     pub name: String,
     pub spec: RouteSpec,
-    pub upstream: Arc<Upstream>,
+    /// The Service the route forwards to; `None` for an AI route (`spec.ai`).
+    pub upstream: Option<Arc<Upstream>>,
     /// The route's response cache, kept across snapshots while the route is unchanged.
     pub cache: Option<Arc<ResponseCache>>,
     /// Credentials, ACL, IP lists and body checks; `None` for a public route.
@@ -80,6 +86,8 @@ pub struct GatewaySnapshot {
     pub rate_limits: Arc<Vec<LimitEntry>>,
     /// Every ConcurrencyLimit (per node), checked on each request they apply to.
     pub concurrency_limits: Arc<Vec<ConcurrencyEntry>>,
+    /// Providers and Models of the AI routes.
+    pub ai: Arc<AiConfig>,
 }
 
 /// One ConcurrencyLimit as the gateway uses it.
@@ -107,6 +115,7 @@ impl GatewaySnapshot {
             redactor: Arc::new(Redactor::default()),
             rate_limits: Arc::new(Vec::new()),
             concurrency_limits: Arc::new(Vec::new()),
+            ai: Arc::new(AiConfig::default()),
         }
     }
 }
@@ -143,6 +152,10 @@ pub struct SnapshotBuilder {
     rate_limits: Arc<Vec<LimitEntry>>,
     concurrency: BTreeMap<String, ConcurrencyLimitSpec>,
     concurrency_limits: Arc<Vec<ConcurrencyEntry>>,
+    /// Provider name -> spec (secrets decrypted); Model name -> spec.
+    providers: BTreeMap<String, ProviderSpec>,
+    models: BTreeMap<String, ModelSpec>,
+    ai: Arc<AiConfig>,
     /// Certificate name -> (SNI names, key).
     certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
     /// Route name -> (route revision, cache).
@@ -248,6 +261,9 @@ impl SnapshotBuilder {
             rate_limits: Arc::new(Vec::new()),
             concurrency: BTreeMap::new(),
             concurrency_limits: Arc::new(Vec::new()),
+            providers: BTreeMap::new(),
+            models: BTreeMap::new(),
+            ai: Arc::new(AiConfig::default()),
             caches: HashMap::new(),
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
         }
@@ -304,6 +320,12 @@ impl SnapshotBuilder {
                 .keys()
                 .map(|n| ("ConcurrencyLimit".to_string(), n.clone())),
         );
+        known.extend(
+            self.providers
+                .keys()
+                .map(|n| ("Provider".to_string(), n.clone())),
+        );
+        known.extend(self.models.keys().map(|n| ("Model".to_string(), n.clone())));
         for key in known {
             if !changes.iter().any(|(k, _)| *k == key) {
                 changes.push((key, None));
@@ -333,6 +355,7 @@ impl SnapshotBuilder {
         let mut identities_changed = full;
         let mut redactions_changed = full;
         let mut limits_changed = full;
+        let mut ai_changed = full;
         for ((kind, name), resource) in changes {
             match (kind.as_str(), resource) {
                 ("Service", None) => {
@@ -448,6 +471,32 @@ impl SnapshotBuilder {
                         }
                     }
                 }
+                ("Provider", r) => {
+                    ai_changed = true;
+                    self.providers.remove(&name);
+                    if let Some(r) = r {
+                        match plain_spec(&self.keyring, &r)
+                            .and_then(|spec| ProviderSpec::parse(&spec).map_err(|e| e.to_string()))
+                        {
+                            Ok(spec) => {
+                                self.providers.insert(name, spec);
+                            }
+                            Err(e) => skip("Provider", &name, e),
+                        }
+                    }
+                }
+                ("Model", r) => {
+                    ai_changed = true;
+                    self.models.remove(&name);
+                    if let Some(r) = r {
+                        match ModelSpec::parse(&struct_to_json(&r.spec.unwrap_or_default())) {
+                            Ok(spec) => {
+                                self.models.insert(name, spec);
+                            }
+                            Err(e) => skip("Model", &name, e.to_string()),
+                        }
+                    }
+                }
                 ("ConcurrencyLimit", r) => {
                     limits_changed = true;
                     self.concurrency.remove(&name);
@@ -532,6 +581,9 @@ impl SnapshotBuilder {
                     .collect(),
             );
         }
+        if ai_changed {
+            self.ai = Arc::new(AiConfig::new(&self.providers, &self.models));
+        }
         if redactions_changed || routes_changed {
             // Query parameters that routes read API keys from are masked too.
             let key_params: Vec<String> = self
@@ -548,12 +600,13 @@ impl SnapshotBuilder {
 
         // Routes whose service is missing are left out (the state machine keeps references
         // intact; this only guards a corrupt state). Rule i of the router is entry i.
-        type Usable<'a> = (&'a String, &'a BuiltRoute, Arc<Upstream>);
+        type Usable<'a> = (&'a String, &'a BuiltRoute, Option<Arc<Upstream>>);
         let usable: Vec<Usable> = self
             .routes
             .iter()
             .filter_map(|(name, route)| match self.services.get(&route.1.service) {
-                Some(u) => Some((name, route, u.clone())),
+                Some(u) => Some((name, route, Some(u.clone()))),
+                None if route.1.ai.is_some() => Some((name, route, None)),
                 None => {
                     skip(
                         "Route",
@@ -606,6 +659,7 @@ impl SnapshotBuilder {
             redactor: self.redactor.clone(),
             rate_limits: self.rate_limits.clone(),
             concurrency_limits: self.concurrency_limits.clone(),
+            ai: self.ai.clone(),
         })
     }
 

@@ -19,11 +19,21 @@ pub const KIND: KindDef = KindDef {
     validate: |spec| RouteSpec::parse(spec).map(|_| ()),
     references: |spec| match RouteSpec::parse(spec) {
         Ok(r) => {
-            let mut refs = vec![Reference {
-                kind: "Service",
-                name: r.service,
-                field: "spec.service".into(),
-            }];
+            let mut refs = Vec::new();
+            if !r.service.is_empty() {
+                refs.push(Reference {
+                    kind: "Service",
+                    name: r.service,
+                    field: "spec.service".into(),
+                });
+            }
+            for (i, m) in r.ai.into_iter().flat_map(|a| a.models).enumerate() {
+                refs.push(Reference {
+                    kind: "Model",
+                    name: m,
+                    field: format!("spec.ai.models[{i}]"),
+                });
+            }
             for (i, p) in r.auth.into_iter().flat_map(|a| a.jwt).enumerate() {
                 refs.push(Reference {
                     kind: "JwtProvider",
@@ -79,8 +89,14 @@ pub struct RouteSpec {
     /// Changes to the response before it is returned (headers). Default: none.
     #[serde(default)]
     pub response: Option<ResponseTransform>,
-    /// Name of the Service that receives the traffic.
+    /// Name of the Service that receives the traffic (or `ai` instead).
+    #[serde(default)]
     pub service: String,
+    /// Serve the AI gateway's OpenAI- and Anthropic-compatible API under this route's path
+    /// (`/v1` gives `/v1/chat/completions`, `/v1/messages`, `/v1/embeddings`, `/v1/models`)
+    /// instead of forwarding to a Service. Default: off.
+    #[serde(default)]
+    pub ai: Option<AiRouteSpec>,
     /// Credentials callers must present (API key, JWT, client certificate). Default: none,
     /// the route is public.
     #[serde(default)]
@@ -94,6 +110,15 @@ pub struct RouteSpec {
     /// Content types and JSON Schema that request bodies must satisfy. Default: none.
     #[serde(default)]
     pub validate: Option<RequestValidation>,
+}
+
+/// `ai:` on a Route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiRouteSpec {
+    /// Models callers of this route may use. Default: every Model.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 /// Where the requested API version is read from.
@@ -311,8 +336,20 @@ impl RouteSpec {
         if let Some(v) = &r.validate {
             v.validate("spec.validate")?;
         }
-        if r.service.is_empty() {
-            return Err(SpecError::new("spec.service", "a service name is required"));
+        match (r.service.is_empty(), &r.ai) {
+            (true, None) => {
+                return Err(SpecError::new(
+                    "spec.service",
+                    "a service name is required (or ai: {} to serve the AI gateway)",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(SpecError::new(
+                    "spec.ai",
+                    "a route either forwards to a service or serves the AI gateway, not both",
+                ))
+            }
+            _ => {}
         }
         // Whatever the router would refuse when building the gateway config is refused here,
         // so an accepted route can never stop config updates on the nodes.
@@ -344,7 +381,13 @@ mod tests {
         let e = RouteSpec::parse(&json!({"paths": ["echo"], "service": "e"})).unwrap_err();
         assert_eq!(e.field, "spec.paths[0]");
         let e = RouteSpec::parse(&json!({"paths": ["/a"]})).unwrap_err();
-        assert!(e.message.contains("missing field `service`"), "{e}");
+        assert_eq!(e.field, "spec.service");
+        // An AI route has no service, and may not have both.
+        let ai = json!({"paths": ["/v1"], "ai": {"models": ["gpt"]}});
+        assert!(RouteSpec::parse(&ai).is_ok());
+        assert_eq!((KIND.references)(&ai)[0].kind, "Model");
+        let e = RouteSpec::parse(&json!({"paths": ["/v1"], "ai": {}, "service": "s"})).unwrap_err();
+        assert_eq!(e.field, "spec.ai");
         let e = RouteSpec::parse(&json!({"paths": ["/a"], "service": "s", "methods": ["get"]}))
             .unwrap_err();
         assert_eq!(e.field, "spec.methods[0]");

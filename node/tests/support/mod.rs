@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod llm;
 pub mod upstream;
 
 use std::collections::BTreeMap;

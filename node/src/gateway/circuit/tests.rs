@@ -257,7 +257,7 @@ fn a_full_bucket_keeps_the_ratio() {
 fn the_state_gauge_and_open_counter_follow_transitions() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    let (cb, opened_at) = metrics::with_local_recorder(&recorder, || opened());
+    let (cb, opened_at) = metrics::with_local_recorder(&recorder, opened);
     let render = || handle.render();
     assert!(
         render().contains(r#"konnect_proxy_circuit_state{service="billing"} 2"#),

@@ -1,0 +1,123 @@
+//! The AI gateway: one OpenAI-compatible (and Anthropic-compatible) API in front of the
+//! configured model providers. A Route with `ai: {}` serves it; the gateway's phases before
+//! `forward` (authentication, ACL, rate and concurrency limits) apply to it as to any route.
+//!
+//! - `handler.rs`: the endpoints (`chat/completions`, `messages`, `embeddings`, `models`),
+//!   target choice and fallback, the provider requests.
+//! - `stream.rs`: streamed answers passed through event by event, with the usage captured.
+//! - `usage.rs`: the usage record of every call and its cost in integer micro-USD.
+//! - `catalogue.rs`: the built-in prices and context windows (data in `catalogue.json`).
+//! - `error.rs`: errors in the caller's format (OpenAI or Anthropic).
+//!
+//! Provider keys live in `Provider` resources (encrypted at rest) or the nodes' environment;
+//! the caller's credential is never forwarded.
+
+pub mod anthropic;
+pub mod catalogue;
+pub mod error;
+pub mod handler;
+pub mod stream;
+pub mod usage;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::resources::model::ModelSpec;
+use crate::resources::provider::ProviderSpec;
+
+/// One Provider as calls use it: its spec and its key, resolved when the snapshot is built.
+pub struct ProviderEntry {
+    pub name: String,
+    pub spec: ProviderSpec,
+    pub api_key: Option<String>,
+}
+
+/// The providers and models of one config snapshot.
+#[derive(Default)]
+pub struct AiConfig {
+    pub providers: HashMap<String, Arc<ProviderEntry>>,
+    pub models: BTreeMap<String, Arc<ModelSpec>>,
+}
+
+impl AiConfig {
+    /// Builds the config from parsed Providers (secrets already decrypted) and Models. A
+    /// provider whose `api_key_env` is unset on this node keeps no key: its calls fail with
+    /// a clear error, and the node logs it once here.
+    pub fn new(
+        providers: &BTreeMap<String, ProviderSpec>,
+        models: &BTreeMap<String, ModelSpec>,
+    ) -> AiConfig {
+        let providers = providers
+            .iter()
+            .map(|(name, spec)| {
+                let api_key = match (&spec.api_key, &spec.api_key_env) {
+                    (Some(k), _) => Some(k.secret.clone()),
+                    (None, Some(var)) => match std::env::var(var) {
+                        Ok(v) if !v.is_empty() => Some(v),
+                        _ => {
+                            tracing::warn!(provider = %name, variable = %var,
+                                "the provider's api_key_env is not set on this node: its calls will fail");
+                            None
+                        }
+                    },
+                    (None, None) => None,
+                };
+                (
+                    name.clone(),
+                    Arc::new(ProviderEntry {
+                        name: name.clone(),
+                        spec: spec.clone(),
+                        api_key,
+                    }),
+                )
+            })
+            .collect();
+        let models = models
+            .iter()
+            .map(|(n, m)| (n.clone(), Arc::new(m.clone())))
+            .collect();
+        AiConfig { providers, models }
+    }
+}
+
+pub type ProviderClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// What the AI endpoints share for the node's lifetime: the HTTP client to providers, the
+/// usage log, and who this node is.
+pub struct AiContext {
+    pub client: ProviderClient,
+    pub usage: usage::UsageLog,
+    pub node_id: u64,
+    pub zone: String,
+}
+
+impl AiContext {
+    pub fn new(usage: usage::UsageLog, node_id: u64, zone: String) -> Result<AiContext, String> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let connector = crate::gateway::upstream_tls::connector(
+            http,
+            None,
+            crate::resources::service::UpstreamProtocol::Http1,
+        )?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector);
+        Ok(AiContext {
+            client,
+            usage,
+            node_id,
+            zone,
+        })
+    }
+}

@@ -1,0 +1,605 @@
+//! The AI endpoints under an AI route's path: `POST chat/completions` (OpenAI format),
+//! `POST messages` (Anthropic format), `POST embeddings`, `GET models`.
+//!
+//! A call names a Model; its targets are tried in order (`fallback`) or starting from one
+//! drawn by weight (`weighted`): a connection failure, a timeout, a 429 or a 5xx moves on to
+//! the next (after `retries` more tries on the same target), as long as nothing has reached
+//! the caller. Any other answer of the provider goes back to the caller, in the caller's
+//! format. Every call ends in one usage record.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::anthropic;
+use super::catalogue::Catalogue;
+use super::error::{AiError, ApiFormat};
+use super::stream::{self, StreamJob, StreamKind};
+use super::usage::{cost_micros, estimate_tokens, UsageRecord};
+use super::{AiConfig, AiContext, ProviderEntry};
+use crate::gateway::auth::Caller;
+use crate::gateway::body::{full, ProxyBody};
+use crate::resources::model::{ModelSpec, ModelTarget, Price, Routing};
+use crate::resources::provider::{ProviderType, DEFAULT_AZURE_API_VERSION};
+
+/// Default wait for a provider's response headers, per attempt.
+const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Largest non-streamed answer read from a provider.
+const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
+/// Output cap sent to Anthropic when neither the request, the Model nor the catalogue has one.
+const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+/// The Anthropic API version konnect speaks.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// One call as the gateway hands it over (after authentication and limits).
+pub struct AiRequest<'a> {
+    pub method: &'a Method,
+    /// The path under the route's prefix: `/chat/completions`, `/models`...
+    pub path: &'a str,
+    pub body: Bytes,
+    pub caller: Option<&'a Caller>,
+    pub request_id: &'a str,
+    /// The route's `ai.models` (empty: every Model).
+    pub route_models: &'a [String],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat(ApiFormat),
+    Embeddings,
+}
+
+/// Answers one call; errors come back in the caller's format.
+pub async fn serve(
+    ctx: &Arc<AiContext>,
+    config: &AiConfig,
+    req: AiRequest<'_>,
+) -> Response<ProxyBody> {
+    let path = req.path.trim_end_matches('/');
+    let format = if path == "/messages" {
+        ApiFormat::Anthropic
+    } else {
+        ApiFormat::OpenAi
+    };
+    let result = match (path, req.method) {
+        ("/models", &Method::GET) => Ok(list_models(config, &req)),
+        ("/chat/completions", &Method::POST) => {
+            call(ctx, config, &req, Endpoint::Chat(format)).await
+        }
+        ("/messages", &Method::POST) => call(ctx, config, &req, Endpoint::Chat(format)).await,
+        ("/embeddings", &Method::POST) => call(ctx, config, &req, Endpoint::Embeddings).await,
+        ("/models" | "/chat/completions" | "/messages" | "/embeddings", m) => {
+            Err(AiError::MethodNotAllowed(m.to_string()))
+        }
+        (other, _) => Err(AiError::UnknownEndpoint(other.to_string())),
+    };
+    result.unwrap_or_else(|e| {
+        if let Some(detail) = e.log_detail() {
+            tracing::warn!(request_id = %req.request_id, error = %detail, "AI call failed");
+        }
+        e.into_response(format, req.request_id)
+    })
+}
+
+/// Whether the caller may use `name`: the route allows it and the Model's ACL does.
+fn usable<'c>(config: &'c AiConfig, req: &AiRequest<'_>, name: &str) -> Option<&'c Arc<ModelSpec>> {
+    if !req.route_models.is_empty() && !req.route_models.iter().any(|m| m == name) {
+        return None;
+    }
+    let model = config.models.get(name)?;
+    match (&model.acl, req.caller) {
+        (None, _) => Some(model),
+        (Some(acl), Some(c)) => acl
+            .allows(
+                &c.consumer.name,
+                c.consumer.team.as_deref(),
+                &c.consumer.groups,
+            )
+            .then_some(model),
+        (Some(_), None) => None,
+    }
+}
+
+/// `GET models`: the models this caller may use, in OpenAI's list format.
+fn list_models(config: &AiConfig, req: &AiRequest<'_>) -> Response<ProxyBody> {
+    let data: Vec<Value> = config
+        .models
+        .keys()
+        .filter(|name| usable(config, req, name).is_some())
+        .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "konnect"}))
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn bad(message: impl Into<String>, param: Option<&str>) -> AiError {
+    AiError::BadRequest {
+        message: message.into(),
+        param: param.map(str::to_string),
+    }
+}
+
+/// The targets in the order they are tried.
+fn target_order(model: &ModelSpec) -> Vec<&ModelTarget> {
+    let mut order: Vec<&ModelTarget> = model.targets.iter().collect();
+    if model.routing == Routing::Weighted && order.len() > 1 {
+        let total: u64 = order.iter().map(|t| t.weight as u64).sum();
+        if total > 0 {
+            let mut pick = rand::rng().random_range(0..total);
+            let first = order
+                .iter()
+                .position(|t| {
+                    if pick < t.weight as u64 {
+                        true
+                    } else {
+                        pick -= t.weight as u64;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            let chosen = order.remove(first);
+            order.insert(0, chosen);
+        }
+    }
+    order
+}
+
+/// The price of a target: the Model's override, else the catalogue's.
+fn price_of(model: &ModelSpec, provider: &ProviderEntry, target: &ModelTarget) -> Option<Price> {
+    model.price.or_else(|| {
+        Catalogue::builtin()
+            .lookup(provider.spec.kind.name(), &target.model)
+            .map(|e| e.price())
+    })
+}
+
+/// Rough input size of a request, for the record of a stream cut before usage arrived.
+fn estimate_input(body: &Value) -> u64 {
+    let mut text = String::new();
+    fn collect(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => out.push_str(s),
+            Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+            // Roles and part types are not text the model reads.
+            Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "role" | "type"))
+                .for_each(|(_, x)| collect(x, out)),
+            _ => {}
+        }
+    }
+    collect(&body["messages"], &mut text);
+    collect(&body["system"], &mut text);
+    collect(&body["input"], &mut text);
+    estimate_tokens(&text)
+}
+
+/// The provider's request body: the caller's, with the provider's model id, and (streams to
+/// OpenAI-type providers) usage asked for.
+fn provider_body(
+    endpoint: Endpoint,
+    provider: &ProviderEntry,
+    target: &ModelTarget,
+    model: &ModelSpec,
+    body: &Value,
+    stream: bool,
+) -> Result<Value, AiError> {
+    let speaks_openai = provider.spec.kind.speaks_openai();
+    let mut out = body.clone();
+    match endpoint {
+        Endpoint::Chat(ApiFormat::OpenAi) if speaks_openai => {
+            if stream {
+                let options = out
+                    .as_object_mut()
+                    .map(|o| o.entry("stream_options").or_insert_with(|| json!({})));
+                match options {
+                    Some(Value::Object(o)) => {
+                        o.insert("include_usage".into(), Value::Bool(true));
+                    }
+                    _ => {
+                        return Err(bad(
+                            "stream_options must be an object",
+                            Some("stream_options"),
+                        ))
+                    }
+                }
+            }
+        }
+        Endpoint::Chat(ApiFormat::Anthropic) if !speaks_openai => {
+            if out.get("max_tokens").is_none() {
+                out["max_tokens"] = json!(output_cap(model, provider, target));
+            }
+        }
+        Endpoint::Chat(ApiFormat::OpenAi) => {
+            return anthropic::chat_request_to_messages(
+                body,
+                &target.model,
+                output_cap(model, provider, target),
+            )
+            .map_err(untranslatable)
+        }
+        Endpoint::Chat(ApiFormat::Anthropic) => {
+            return anthropic::messages_request_to_chat(body, &target.model).map_err(untranslatable)
+        }
+        Endpoint::Embeddings if speaks_openai => {}
+        Endpoint::Embeddings => {
+            return Err(AiError::Unsupported(format!(
+                "provider {:?} ({}) has no embeddings API",
+                provider.name,
+                provider.spec.kind.name()
+            )))
+        }
+    }
+    out["model"] = Value::String(target.model.clone());
+    Ok(out)
+}
+
+/// The output cap sent when a request names none: the Model's, the catalogue's, or 4096.
+fn output_cap(model: &ModelSpec, provider: &ProviderEntry, target: &ModelTarget) -> u64 {
+    model
+        .max_output_tokens
+        .or_else(|| {
+            Catalogue::builtin()
+                .lookup(provider.spec.kind.name(), &target.model)
+                .and_then(|e| e.max_output_tokens)
+        })
+        .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+}
+
+fn untranslatable(e: anthropic::TranslateError) -> AiError {
+    AiError::BadRequest {
+        message: e.to_string(),
+        param: Some(e.field),
+    }
+}
+
+/// The HTTP request to the provider.
+fn provider_request(
+    endpoint: Endpoint,
+    provider: &ProviderEntry,
+    provider_model: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
+    let base = provider.spec.base_url();
+    let kind = provider.spec.kind;
+    let url = match (kind, endpoint) {
+        (ProviderType::AzureOpenai, _) => {
+            if !provider_model
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(format!(
+                    "{provider_model:?} is not an Azure deployment name (letters, digits, - _ .)"
+                ));
+            }
+            let op = match endpoint {
+                Endpoint::Embeddings => "embeddings",
+                Endpoint::Chat(_) => "chat/completions",
+            };
+            let version = provider
+                .spec
+                .api_version
+                .as_deref()
+                .unwrap_or(DEFAULT_AZURE_API_VERSION);
+            format!("{base}/openai/deployments/{provider_model}/{op}?api-version={version}")
+        }
+        (ProviderType::Anthropic, _) => format!("{base}/v1/messages"),
+        (_, Endpoint::Embeddings) => format!("{base}/embeddings"),
+        (_, Endpoint::Chat(_)) => format!("{base}/chat/completions"),
+    };
+    let mut req = Request::post(&url)
+        .body(Full::new(body))
+        .map_err(|e| format!("bad provider URL {url:?}: {e}"))?;
+    let headers = req.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        hyper::header::USER_AGENT,
+        HeaderValue::from_static(concat!("konnect/", env!("CARGO_PKG_VERSION"))),
+    );
+    for (name, value) in &provider.spec.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    if let Some(key) = &provider.api_key {
+        let (name, value) = match kind {
+            ProviderType::AzureOpenai => ("api-key", key.clone()),
+            ProviderType::Anthropic => ("x-api-key", key.clone()),
+            _ => ("authorization", format!("Bearer {key}")),
+        };
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| "the provider key is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    if kind == ProviderType::Anthropic {
+        headers.insert(
+            "anthropic-version",
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+    }
+    Ok(req)
+}
+
+/// Tokens of a non-streamed answer: (input, cached, output).
+fn answer_usage(format_of_provider: ApiFormat, answer: &Value) -> Option<(u64, u64, u64)> {
+    let u = answer.get("usage")?;
+    match format_of_provider {
+        ApiFormat::OpenAi => {
+            let input = u["prompt_tokens"].as_u64()?;
+            let output = u["completion_tokens"].as_u64().unwrap_or(0);
+            let cached = u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0);
+            Some((input, cached, output))
+        }
+        ApiFormat::Anthropic => {
+            let cached = u["cache_read_input_tokens"].as_u64().unwrap_or(0);
+            let created = u["cache_creation_input_tokens"].as_u64().unwrap_or(0);
+            let input = u["input_tokens"].as_u64()? + cached + created;
+            Some((input, cached, u["output_tokens"].as_u64().unwrap_or(0)))
+        }
+    }
+}
+
+/// The provider's refusal, for the caller: its message and type when it gave them.
+async fn provider_refusal(status: StatusCode, body: hyper::body::Incoming) -> AiError {
+    let bytes = Limited::new(body, 1024 * 1024)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let err = &v["error"];
+    let message = err["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("the provider refused the request ({status})"));
+    let kind = err["type"]
+        .as_str()
+        .unwrap_or("invalid_request_error")
+        .to_string();
+    AiError::Provider {
+        status,
+        message,
+        kind,
+    }
+}
+
+async fn call(
+    ctx: &Arc<AiContext>,
+    config: &AiConfig,
+    req: &AiRequest<'_>,
+    endpoint: Endpoint,
+) -> Result<Response<ProxyBody>, AiError> {
+    let started = Instant::now();
+    let body: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| bad(format!("the request body is not JSON: {e}"), None))?;
+    if !body.is_object() {
+        return Err(bad("the request body must be a JSON object", None));
+    }
+    let model_name = body["model"]
+        .as_str()
+        .ok_or_else(|| bad("`model` (a string) is required", Some("model")))?;
+    let model = usable(config, req, model_name)
+        .ok_or_else(|| AiError::ModelNotFound(model_name.to_string()))?
+        .clone();
+    let stream = endpoint != Endpoint::Embeddings && body["stream"].as_bool().unwrap_or(false);
+    let caller_wants_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
+    let mut record = UsageRecord {
+        ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        request_id: req.request_id.to_string(),
+        consumer: req.caller.map(|c| c.consumer.name.clone()),
+        team: req.caller.and_then(|c| c.consumer.team.clone()),
+        credential: req.caller.map(|c| c.credential.label.clone()),
+        model: model_name.to_string(),
+        zone: ctx.zone.clone(),
+        node: ctx.node_id,
+        endpoint: match endpoint {
+            Endpoint::Chat(_) => "chat",
+            Endpoint::Embeddings => "embeddings",
+        },
+        stream,
+        tokens_from: "provider",
+        ..Default::default()
+    };
+    let timeout = model.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
+    let mut failure: Option<(StatusCode, String)> = None;
+    for target in target_order(&model) {
+        let Some(provider) = config.providers.get(&target.provider) else {
+            failure = Some((
+                StatusCode::BAD_GATEWAY,
+                format!("provider {:?} is not configured", target.provider),
+            ));
+            continue;
+        };
+        record.provider = Some(provider.name.clone());
+        record.provider_model = Some(target.model.clone());
+        let needs_key = !matches!(
+            provider.spec.kind,
+            ProviderType::Ollama | ProviderType::OpenaiCompatible
+        );
+        if needs_key && provider.api_key.is_none() {
+            failure = Some((
+                StatusCode::BAD_GATEWAY,
+                format!("provider {:?} has no API key on this node", provider.name),
+            ));
+            continue;
+        }
+        let upstream_body = Bytes::from(
+            provider_body(endpoint, provider, target, &model, &body, stream)?.to_string(),
+        );
+        for _ in 0..=model.retries {
+            record.attempts += 1;
+            let request =
+                provider_request(endpoint, provider, &target.model, upstream_body.clone())
+                    .map_err(|e| {
+                        AiError::Unsupported(format!("provider {:?}: {e}", provider.name))
+                    })?;
+            let answer = match tokio::time::timeout(timeout, ctx.client.request(request)).await {
+                Err(_) => {
+                    failure = Some((
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("{}: no answer within {timeout:?}", provider.name),
+                    ));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    failure = Some((StatusCode::BAD_GATEWAY, format!("{}: {e}", provider.name)));
+                    continue;
+                }
+                Ok(Ok(answer)) => answer,
+            };
+            let status = answer.status();
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                let caller_status = if status == StatusCode::TOO_MANY_REQUESTS {
+                    status
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                failure = Some((
+                    caller_status,
+                    format!("{}: answered {status}", provider.name),
+                ));
+                continue;
+            }
+            if !status.is_success() {
+                let err = provider_refusal(status, answer.into_body()).await;
+                record.status = status.as_u16();
+                record.outcome = "error";
+                record.latency_ms = started.elapsed().as_millis() as u64;
+                ctx.usage.record(record);
+                return Err(err);
+            }
+            let price = price_of(&model, provider, target);
+            record.status = status.as_u16();
+            let provider_format = if provider.spec.kind.speaks_openai() {
+                ApiFormat::OpenAi
+            } else {
+                ApiFormat::Anthropic
+            };
+            let answer_id = format!("chatcmpl-{}", req.request_id);
+            let created = crate::clock::unix_ms() / 1000;
+            if stream {
+                let kind = match (endpoint, provider_format) {
+                    (Endpoint::Chat(ApiFormat::Anthropic), ApiFormat::Anthropic) => {
+                        StreamKind::Anthropic
+                    }
+                    (Endpoint::Chat(ApiFormat::Anthropic), ApiFormat::OpenAi) => {
+                        StreamKind::AnthropicFromOpenAi(Box::new(
+                            anthropic::ChatStreamToMessages::new(model_name, &answer_id),
+                        ))
+                    }
+                    (_, ApiFormat::Anthropic) => StreamKind::OpenAiFromAnthropic(Box::new(
+                        anthropic::MessagesStreamToChat::new(
+                            model_name,
+                            &answer_id,
+                            created,
+                            caller_wants_usage,
+                        ),
+                    )),
+                    (_, ApiFormat::OpenAi) => StreamKind::OpenAi {
+                        strip_usage: !caller_wants_usage,
+                    },
+                };
+                return Ok(stream::respond(
+                    StreamJob {
+                        ctx: ctx.clone(),
+                        record,
+                        price,
+                        started,
+                        kind,
+                        input_estimate: estimate_input(&body),
+                    },
+                    answer,
+                ));
+            }
+            let bytes = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| AiError::BadProviderAnswer(e.to_string()))?
+                .to_bytes();
+            record.ttft_ms = Some(started.elapsed().as_millis() as u64);
+            let parsed: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| AiError::BadProviderAnswer(format!("not JSON: {e}")))?;
+            // The caller's format: the answer as it came, or translated.
+            let translated = match (endpoint, provider_format) {
+                (Endpoint::Chat(ApiFormat::OpenAi), ApiFormat::Anthropic) => Some(
+                    anthropic::messages_response_to_chat(&parsed, model_name, &answer_id, created),
+                ),
+                (Endpoint::Chat(ApiFormat::Anthropic), ApiFormat::OpenAi) => {
+                    Some(anthropic::chat_response_to_messages(&parsed, model_name))
+                }
+                _ => None,
+            };
+            let (bytes, translated_usage) = match translated {
+                None => (bytes, None),
+                Some(Ok((v, u))) => (Bytes::from(v.to_string()), Some(u)),
+                Some(Err(e)) => return Err(AiError::BadProviderAnswer(e.to_string())),
+            };
+            let counted = match translated_usage {
+                Some(u) => Some((u.input_tokens, u.cached_tokens, u.output_tokens)),
+                None => answer_usage(provider_format, &parsed),
+            };
+            match counted {
+                Some((input, cached, output)) => {
+                    record.input_tokens = input;
+                    record.cached_tokens = cached.min(input);
+                    record.output_tokens = output;
+                }
+                None => {
+                    record.tokens_from = "estimated";
+                    record.input_tokens = estimate_input(&body);
+                }
+            }
+            record.cost_micros = price.map_or(0, |p| {
+                cost_micros(
+                    &p,
+                    record.input_tokens,
+                    record.cached_tokens,
+                    record.output_tokens,
+                )
+            });
+            record.outcome = "ok";
+            record.latency_ms = started.elapsed().as_millis() as u64;
+            ctx.usage.record(record);
+            let mut resp = Response::new(full(bytes));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(resp);
+        }
+    }
+    let (status, detail) = failure.unwrap_or((StatusCode::BAD_GATEWAY, "no target".into()));
+    record.status = status.as_u16();
+    record.outcome = "error";
+    record.latency_ms = started.elapsed().as_millis() as u64;
+    ctx.usage.record(record);
+    Err(AiError::ProvidersUnavailable {
+        model: model_name.to_string(),
+        status,
+        detail,
+    })
+}

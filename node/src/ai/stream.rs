@@ -1,0 +1,399 @@
+//! Streamed answers (server-sent events) passed to the caller event by event as they arrive,
+//! never buffered whole. A task reads the provider's events, writes each to the caller, and
+//! captures the usage the provider reports; when the stream ends (or the caller leaves, or the
+//! provider breaks off) it records the call's usage before the closing event goes out.
+//!
+//! OpenAI-type providers are always asked for usage (`stream_options.include_usage`); the
+//! usage chunk is removed again when the caller did not ask for it. When the caller's format
+//! is not the provider's, each event goes through the translators of `anthropic.rs`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::Response;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::anthropic;
+use super::usage::{cost_micros, estimate_tokens, UsageRecord};
+use super::AiContext;
+use crate::gateway::body::{BoxError, ProxyBody};
+use crate::resources::model::Price;
+
+/// Longest silence between two events of a provider's stream before it counts as broken off.
+const STREAM_IDLE: Duration = Duration::from_secs(300);
+
+/// How the provider's events become the caller's.
+pub enum StreamKind {
+    /// OpenAI format both sides; `strip_usage`: the caller did not ask for the usage chunk.
+    OpenAi { strip_usage: bool },
+    /// Anthropic format both sides.
+    Anthropic,
+    /// An Anthropic provider's events as OpenAI chunks.
+    OpenAiFromAnthropic(Box<anthropic::MessagesStreamToChat>),
+    /// An OpenAI-type provider's chunks as Anthropic events.
+    AnthropicFromOpenAi(Box<anthropic::ChatStreamToMessages>),
+}
+
+/// What the stream task needs to finish the call's record.
+pub struct StreamJob {
+    pub ctx: Arc<AiContext>,
+    pub record: UsageRecord,
+    pub price: Option<Price>,
+    pub started: Instant,
+    pub kind: StreamKind,
+    /// Input tokens estimated from the request, in case the provider never reports them.
+    pub input_estimate: u64,
+}
+
+/// Tokens as the stream reported them, and the text received (for an estimate).
+#[derive(Default)]
+struct Seen {
+    input: Option<u64>,
+    cached: u64,
+    output: Option<u64>,
+    text: String,
+}
+
+/// The caller's response: the provider's status and content type, and a body fed by a task.
+pub fn respond(job: StreamJob, provider: Response<Incoming>) -> Response<ProxyBody> {
+    let (parts, body) = provider.into_parts();
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+    tokio::spawn(pump(job, body, tx));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    *resp.status_mut() = parts.status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    resp.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    resp
+}
+
+async fn pump(
+    mut job: StreamJob,
+    body: Incoming,
+    tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) {
+    let mut events = body.into_data_stream().eventsource();
+    let mut seen = Seen::default();
+    let mut done_marker = false;
+    let mut complete = false;
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(STREAM_IDLE, events.next()) => next,
+            _ = tx.closed() => break, // the caller left
+        };
+        let event = match next {
+            Ok(Some(Ok(event))) => event,
+            // The provider's stream ended: complete if it said so (OpenAI's [DONE],
+            // Anthropic's message_stop).
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "provider stream broke off");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("provider stream went silent");
+                break;
+            }
+        };
+        if job.record.ttft_ms.is_none() {
+            job.record.ttft_ms = Some(job.started.elapsed().as_millis() as u64);
+        }
+        let out: Vec<Bytes> = match &mut job.kind {
+            StreamKind::OpenAi { strip_usage } => {
+                if event.data.trim() == "[DONE]" {
+                    // Sent after the usage is recorded.
+                    done_marker = true;
+                    complete = true;
+                    break;
+                }
+                openai_event(&event.data, *strip_usage, &mut seen)
+                    .into_iter()
+                    .collect()
+            }
+            StreamKind::Anthropic => {
+                if event.event == "message_stop" {
+                    complete = true;
+                }
+                anthropic_event(&event.event, &event.data, &mut seen)
+                    .into_iter()
+                    .collect()
+            }
+            StreamKind::OpenAiFromAnthropic(t) => {
+                let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                    tracing::debug!("provider stream event is not JSON");
+                    break;
+                };
+                match t.event(&event.event, &data) {
+                    Ok(chunks) => {
+                        if event.event == "message_stop" {
+                            complete = true;
+                            done_marker = true;
+                        }
+                        chunks.iter().map(|c| sse_data(&c.to_string())).collect()
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "provider stream event not translated");
+                        break;
+                    }
+                }
+            }
+            StreamKind::AnthropicFromOpenAi(t) => {
+                if event.data.trim() == "[DONE]" {
+                    complete = true;
+                    break;
+                }
+                let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                    tracing::debug!("provider stream chunk is not JSON");
+                    break;
+                };
+                match t.chunk(&data) {
+                    Ok(events) => events
+                        .iter()
+                        .map(|(n, d)| sse_event(n, &d.to_string()))
+                        .collect(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "provider stream chunk not translated");
+                        break;
+                    }
+                }
+            }
+        };
+        let mut left = false;
+        for bytes in out {
+            if tx.send(Ok(Frame::data(bytes))).await.is_err() {
+                left = true; // the caller left
+                break;
+            }
+        }
+        if left || complete {
+            break;
+        }
+    }
+    // What a translator knows of the usage, and what it still has to say.
+    let closing: Vec<Bytes> = match &mut job.kind {
+        StreamKind::OpenAiFromAnthropic(t) => {
+            note_usage(&mut seen, t.usage(), t.output_text());
+            t.finish()
+                .iter()
+                .map(|c| sse_data(&c.to_string()))
+                .collect()
+        }
+        StreamKind::AnthropicFromOpenAi(t) => {
+            note_usage(&mut seen, t.usage(), t.output_text());
+            if complete {
+                t.finish()
+                    .iter()
+                    .map(|(n, d)| sse_event(n, &d.to_string()))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        }
+        _ => Vec::new(),
+    };
+    // The record first, then the closing marker: the usage is handed over before the
+    // caller's stream is finished.
+    let provider_counted = seen.input.is_some() && seen.output.is_some();
+    let input = seen.input.unwrap_or(job.input_estimate);
+    let output = seen.output.unwrap_or_else(|| estimate_tokens(&seen.text));
+    let record = &mut job.record;
+    record.input_tokens = input;
+    record.output_tokens = output;
+    record.cached_tokens = seen.cached.min(input);
+    record.tokens_from = if provider_counted {
+        "provider"
+    } else {
+        "estimated"
+    };
+    record.cost_micros = job
+        .price
+        .map_or(0, |p| cost_micros(&p, input, record.cached_tokens, output));
+    record.outcome = if complete { "ok" } else { "cut" };
+    record.latency_ms = job.started.elapsed().as_millis() as u64;
+    job.ctx.usage.record(std::mem::take(record));
+    for bytes in closing {
+        if tx.send(Ok(Frame::data(bytes))).await.is_err() {
+            return;
+        }
+    }
+    if done_marker {
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
+            .await;
+    }
+}
+
+/// One OpenAI chunk: captures usage and text; drops or trims the usage chunk when the caller
+/// did not ask for it. Unparseable data is passed on as it came.
+fn openai_event(data: &str, strip_usage: bool, seen: &mut Seen) -> Option<Bytes> {
+    let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
+        return Some(sse_data(data));
+    };
+    if let Some(choices) = chunk.get("choices").and_then(Value::as_array) {
+        for choice in choices {
+            let delta = &choice["delta"];
+            if let Some(t) = delta["content"].as_str() {
+                seen.text.push_str(t);
+            }
+            if let Some(calls) = delta["tool_calls"].as_array() {
+                for c in calls {
+                    if let Some(a) = c["function"]["arguments"].as_str() {
+                        seen.text.push_str(a);
+                    }
+                }
+            }
+        }
+    }
+    let usage = chunk.get("usage").filter(|u| u.is_object()).cloned();
+    let Some(usage) = usage else {
+        return Some(sse_data(data));
+    };
+    seen.input = usage["prompt_tokens"].as_u64();
+    seen.output = usage["completion_tokens"].as_u64();
+    seen.cached = usage["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    if !strip_usage {
+        return Some(sse_data(data));
+    }
+    let has_choices = chunk["choices"].as_array().is_some_and(|c| !c.is_empty());
+    if !has_choices {
+        return None;
+    }
+    if let Some(obj) = chunk.as_object_mut() {
+        obj.remove("usage");
+    }
+    Some(sse_data(&chunk.to_string()))
+}
+
+/// One Anthropic event, passed on as it came; usage and text are noted.
+fn anthropic_event(name: &str, data: &str, seen: &mut Seen) -> Option<Bytes> {
+    if let Ok(v) = serde_json::from_str::<Value>(data) {
+        match name {
+            "message_start" => {
+                let u = &v["message"]["usage"];
+                let cached = u["cache_read_input_tokens"].as_u64().unwrap_or(0);
+                let created = u["cache_creation_input_tokens"].as_u64().unwrap_or(0);
+                if let Some(i) = u["input_tokens"].as_u64() {
+                    seen.input = Some(i + cached + created);
+                }
+                seen.cached = cached;
+            }
+            "message_delta" => {
+                if let Some(o) = v["usage"]["output_tokens"].as_u64() {
+                    seen.output = Some(o);
+                }
+            }
+            "content_block_delta" => {
+                let d = &v["delta"];
+                if let Some(t) = d["text"].as_str().or_else(|| d["partial_json"].as_str()) {
+                    seen.text.push_str(t);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(sse_event(name, data))
+}
+
+/// Usage a translator counted: provider counts when it saw any, else nothing is noted (the
+/// record then estimates from the text received).
+fn note_usage(seen: &mut Seen, usage: anthropic::Usage, text: &str) {
+    if usage.input_tokens > 0 {
+        seen.input = Some(usage.input_tokens);
+        seen.cached = usage.cached_tokens;
+    }
+    if usage.output_tokens > 0 {
+        seen.output = Some(usage.output_tokens);
+    }
+    seen.text.push_str(text);
+}
+
+fn sse_event(name: &str, data: &str) -> Bytes {
+    let mut out = String::with_capacity(name.len() + data.len() + 16);
+    out.push_str("event: ");
+    out.push_str(name);
+    out.push_str("\ndata: ");
+    out.push_str(data);
+    out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+fn sse_data(data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + 8);
+    out.push_str("data: ");
+    out.push_str(data);
+    out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usage_chunk_is_captured_and_removed_unless_the_caller_asked() {
+        let mut seen = Seen::default();
+        let text = r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#;
+        assert!(openai_event(text, true, &mut seen).is_some());
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4}}}"#;
+        assert!(openai_event(usage, true, &mut seen).is_none(), "stripped");
+        assert_eq!(
+            (seen.input, seen.output, seen.cached),
+            (Some(12), Some(5), 4)
+        );
+        assert_eq!(seen.text, "Hel");
+        let mut kept = Seen::default();
+        let out = openai_event(usage, false, &mut kept).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("\"usage\""));
+        // Usage riding on a chunk with content: the content stays, the usage goes.
+        let both = r#"{"choices":[{"index":0,"delta":{"content":"!"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+        let out = openai_event(both, true, &mut Seen::default()).unwrap();
+        let s = String::from_utf8_lossy(&out);
+        assert!(
+            s.contains("\"content\":\"!\"") && !s.contains("usage"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn anthropic_usage_comes_from_message_start_and_message_delta() {
+        let mut seen = Seen::default();
+        anthropic_event(
+            "message_start",
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_read_input_tokens":30,"output_tokens":1}}}"#,
+            &mut seen,
+        );
+        anthropic_event(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            &mut seen,
+        );
+        let out = anthropic_event(
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#,
+            &mut seen,
+        )
+        .unwrap();
+        assert!(out.starts_with(b"event: message_delta\ndata: {"));
+        assert_eq!(
+            (seen.input, seen.cached, seen.output),
+            (Some(40), 30, Some(7))
+        );
+        assert_eq!(seen.text, "Hi");
+    }
+}

@@ -1,0 +1,529 @@
+//! End to end: the AI gateway in front of mock providers (an in-process server speaking the
+//! OpenAI and Anthropic wire formats), driven through a real konnect node with a consumer's
+//! API key, with the usage records read from the node's usage log.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::llm::MockLlm;
+use support::*;
+
+/// A node with providers `openai` (OpenAI type) and `anthropic` pointing at `mock`, the
+/// given models, an AI route at `/v1` with key auth, and consumer alice (team research) with
+/// a key. Returns the cluster, the proxy address and alice's key.
+async fn gateway(mock: &MockLlm, models: Vec<(&str, Value)>) -> (Cluster, String, String) {
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let client = cluster.client_of(1);
+    let mut resources = vec![
+        resource("Team", "research", json!({})),
+        resource("Consumer", "alice", json!({"team": "research"})),
+        resource("Consumer", "bob", json!({})),
+        resource(
+            "Provider",
+            "openai",
+            json!({"type": "openai", "base_url": format!("{}/v1", mock.url()),
+                   "api_key": {"secret": "sk-provider-secret"}}),
+        ),
+        resource(
+            "Provider",
+            "anthropic",
+            json!({"type": "anthropic", "base_url": mock.url(),
+                   "api_key": {"secret": "sk-ant-provider-secret"}}),
+        ),
+        resource(
+            "Route",
+            "ai",
+            json!({"paths": ["/v1"], "ai": {}, "auth": {"key": true}}),
+        ),
+    ];
+    for (name, spec) in models {
+        resources.push(resource("Model", name, spec));
+    }
+    client.apply(resources, vec![]).await.expect("apply");
+    let key = client.create_key("alice", None, "").await.expect("key").key;
+    let proxy = cluster.proxy_addr(1).await;
+    wait_for("the AI route", Duration::from_secs(10), || async {
+        let r = http(
+            "GET",
+            &proxy,
+            "/v1/models",
+            &[("authorization", &format!("Bearer {key}"))],
+            "",
+        )
+        .await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    (cluster, proxy, key)
+}
+
+/// The usage record of `request_id`, once the node has written it.
+async fn usage_record(cluster: &Cluster, request_id: &str) -> Value {
+    let path = cluster.nodes[0].data_dir.join("ai-usage.jsonl");
+    wait_for("the usage record", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&path)
+            .ok()?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["request_id"] == request_id)
+    })
+    .await
+}
+
+fn bearer(key: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {key}"))
+}
+
+/// The `data:` payloads of an SSE body, in order.
+fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_calls_go_through_with_the_provider_key_and_each_leaves_a_priced_usage_record() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![(
+            "gpt",
+            json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}]}),
+        )],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str()), ("content-type", "application/json")];
+
+    // Not streamed.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "gpt", "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Hello from gpt-4o-mini"
+    );
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.body["model"], "gpt-4o-mini");
+    assert_eq!(sent.headers["authorization"], "Bearer sk-provider-secret");
+    assert!(
+        !format!("{:?}", sent.headers).contains(&key),
+        "the caller's key reached the provider"
+    );
+    let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+    let rec = usage_record(&cluster, &id).await;
+    assert_eq!(rec["consumer"], "alice");
+    assert_eq!(rec["team"], "research");
+    assert_eq!(rec["model"], "gpt");
+    assert_eq!(rec["provider"], "openai");
+    assert_eq!(rec["provider_model"], "gpt-4o-mini");
+    assert_eq!(
+        (rec["input_tokens"].as_u64(), rec["output_tokens"].as_u64()),
+        (Some(11), Some(7))
+    );
+    // gpt-4o-mini in the catalogue: $0.15 / $0.60 per million: 11 x 0.15 + 7 x 0.6 = 5.85
+    // micro-USD, rounded up.
+    assert_eq!(rec["cost_micros"], 6);
+    assert_eq!(rec["outcome"], "ok");
+    assert!(rec["credential"].as_str().unwrap().starts_with("key:"));
+
+    // Streamed without asking for usage: konnect asked the provider anyway, and removed the
+    // usage chunk; the record has the provider's counts.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    let data = sse_data(&r.body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert!(data.iter().all(|d| !d.contains("\"usage\"")), "{data:?}");
+    let text: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "Hello from gpt-4o-mini");
+    assert_eq!(
+        mock.seen().pop().unwrap().body["stream_options"]["include_usage"],
+        true
+    );
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["input_tokens"].as_u64(), rec["output_tokens"].as_u64()),
+        (Some(11), Some(7))
+    );
+    assert_eq!(rec["stream"], true);
+    assert_eq!(rec["tokens_from"], "provider");
+
+    // Asking for usage: the chunk is there.
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        r#"{"model": "gpt", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi"}]}"#).await;
+    assert!(sse_data(&r.body).iter().any(|d| d.contains("\"usage\"")));
+
+    // Embeddings, and the model list.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/embeddings",
+        &auth,
+        r#"{"model": "gpt", "input": "hello"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["data"][0]["embedding"], json!([0.25, -0.5]));
+    let r = http("GET", &proxy, "/v1/models", &auth, "").await;
+    assert_eq!(
+        r.json()["data"],
+        json!([{"id": "gpt", "object": "model", "created": 0, "owned_by": "konnect"}])
+    );
+
+    // Errors in OpenAI's format: an unknown model, a provider's refusal passed on, no key.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "nope", "messages": []}"#,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"messages": []}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].as_str()),
+        (400, Some("model"))
+    );
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &[],
+        r#"{"model": "gpt"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // The provider key never comes back from the admin API.
+    let p = cluster
+        .client_of(1)
+        .get("Provider", "openai", false)
+        .await
+        .unwrap();
+    assert!(!format!("{p:?}").contains("sk-provider-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_falls_back_to_the_next_and_the_record_names_who_served() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![
+            (
+                "resilient",
+                json!({"targets": [
+                {"provider": "openai", "model": "fail-429"},
+                {"provider": "openai", "model": "fail-500"},
+                {"provider": "anthropic", "model": "claude-sonnet-4-5"}]}),
+            ),
+            (
+                "down",
+                json!({"targets": [{"provider": "openai", "model": "fail-500"}]}),
+            ),
+            (
+                "picky",
+                json!({"targets": [{"provider": "openai", "model": "bad-400"}]}),
+            ),
+        ],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    let r = http("POST", &proxy, "/v1/messages", &auth,
+        r#"{"model": "resilient", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(rec["provider"], "anthropic");
+    assert_eq!(rec["provider_model"], "claude-sonnet-4-5");
+    assert_eq!(rec["attempts"], 3);
+
+    // Nobody answers: 502 in the caller's format, and a record of the failed call.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "down", "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"]["code"], "provider_unavailable");
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["outcome"].as_str(), rec["cost_micros"].as_u64()),
+        (Some("error"), Some(0))
+    );
+
+    // A provider's refusal is not retried: its status and message reach the caller.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "picky", "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["message"], "prompt is too long");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_callers_reach_anthropic_models_in_their_own_format_streamed() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![(
+            "claude",
+            json!({"targets": [{"provider": "anthropic", "model": "claude-sonnet-4-5"}]}),
+        )],
+    )
+    .await;
+    // The Anthropic SDK sends its key in x-api-key.
+    let auth = [("x-api-key", key.as_str())];
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/messages",
+        &auth,
+        r#"{"model": "claude", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert!(body.starts_with("event: message_start\n"), "{body}");
+    assert!(body.contains("event: message_stop"));
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(sent.headers["x-api-key"], "sk-ant-provider-secret");
+    assert_eq!(sent.headers["anthropic-version"], "2023-06-01");
+    // Anthropic needs max_tokens: the catalogue's cap for the model was sent.
+    assert_eq!(sent.body["max_tokens"], 64000);
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["input_tokens"].as_u64(), rec["output_tokens"].as_u64()),
+        (Some(13), Some(5))
+    );
+    // claude-sonnet-4-5: $3 / $15 per million: 13 x 3 + 5 x 15 = 114 micro-USD.
+    assert_eq!(rec["cost_micros"], 114);
+
+    // Errors come back in Anthropic's format.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/messages",
+        &auth,
+        r#"{"model": "gpt-5", "messages": []}"#,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "not_found_error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_format_reaches_the_other_providers_translated_both_ways_streaming_included() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![
+            (
+                "claude",
+                json!({"targets": [{"provider": "anthropic", "model": "claude-sonnet-4-5"}]}),
+            ),
+            (
+                "gpt",
+                json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}]}),
+            ),
+        ],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+
+    // OpenAI format to an Anthropic model: the system prompt moves, max_tokens is filled in.
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        r#"{"model": "claude", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let answer = r.json();
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Hello from claude-sonnet-4-5"
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    assert_eq!(answer["usage"]["prompt_tokens"], 13);
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.body["system"][0]["text"], "Be brief.");
+    assert_eq!(sent.body["max_tokens"], 64000);
+
+    // Streamed: OpenAI chunks made of Anthropic events, no usage chunk unless asked, [DONE].
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "claude", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    let data = sse_data(&r.body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let chunks: Vec<Value> = data
+        .iter()
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "Hello from claude-sonnet-4-5");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.get("usage").is_none_or(Value::is_null)),
+        "{data:?}"
+    );
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["input_tokens"].as_u64(), rec["output_tokens"].as_u64()),
+        (Some(13), Some(5))
+    );
+    assert_eq!(rec["outcome"], "ok");
+
+    // Anthropic format to an OpenAI model, streamed: Anthropic events made of OpenAI chunks.
+    let r = http("POST", &proxy, "/v1/messages", &auth,
+        r#"{"model": "gpt", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert!(body.starts_with("event: message_start"), "{body}");
+    assert!(body.contains("event: message_stop"), "{body}");
+    assert!(
+        body.contains("Hello") && body.contains("gpt-4o-mini"),
+        "{body}"
+    );
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.body["stream_options"]["include_usage"], true);
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["input_tokens"].as_u64(), rec["output_tokens"].as_u64()),
+        (Some(11), Some(7))
+    );
+
+    // Not streamed, the same way round.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/messages",
+        &auth,
+        r#"{"model": "gpt", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    let answer = r.json();
+    assert_eq!(answer["type"], "message");
+    assert_eq!(answer["content"][0]["text"], "Hello from gpt-4o-mini");
+    assert_eq!(answer["usage"]["output_tokens"], 7);
+
+    // What cannot be translated is refused up front, naming the field.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "claude", "n": 2, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_caller_abandons_is_recorded_as_cut_with_what_was_received() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![("slow", json!({"targets": [{"provider": "openai", "model": "hold-gpt-4o-mini"}],
+                             "price": {"input_per_mtok_micros": 1000000, "output_per_mtok_micros": 2000000}}))],
+    )
+    .await;
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::post("/v1/chat/completions")
+        .header("host", "x")
+        .header("authorization", format!("Bearer {key}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"model": "slow", "stream": true, "messages": [{"role": "user", "content": "Tell me a long story"}]}"#,
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first event arrives while the provider holds the rest")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(first.data_ref().unwrap()).starts_with("data: "));
+    // The caller leaves mid-stream.
+    drop(body);
+    drop(sender);
+    conn.abort();
+    let rec = usage_record(&cluster, &id).await;
+    assert_eq!(rec["outcome"], "cut");
+    assert_eq!(rec["tokens_from"], "estimated");
+    // "Tell me a long story" is 20 characters: 5 tokens; nothing of the answer but the role.
+    assert_eq!(rec["input_tokens"], 5);
+    assert_eq!(rec["cost_micros"], 5);
+    mock.release();
+}

@@ -1,0 +1,249 @@
+//! A mock LLM provider for AI gateway tests (providers are outside konnect): one in-process
+//! HTTP server that speaks OpenAI's chat completions and embeddings and Anthropic's messages
+//! API, streamed or not, and records every request it gets. The requested model scripts it:
+//! - `fail-429` / `fail-500`: answers that status (a provider error body);
+//! - `bad-400`: a 400 with the message "prompt is too long";
+//! - `hold-*` (streams): sends the first event, then waits until the test calls `release()`;
+//! - anything else: answers "Hello from <model>" with fixed token counts
+//!   (OpenAI: 11 prompt, 7 completion; Anthropic: 13 input, 5 output).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: hyper::HeaderMap,
+    pub body: Value,
+}
+
+pub struct MockLlm {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockLlm {
+    pub async fn start() -> MockLlm {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let release = Arc::new(Notify::new());
+        let (s, r) = (seen.clone(), release.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (s, r) = (s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (s, r) = (s.clone(), r.clone());
+                        async move { Ok::<_, std::convert::Infallible>(serve(req, s, r).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        MockLlm {
+            addr,
+            seen,
+            release,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Lets one held stream go on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+impl Drop for MockLlm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn json_response(status: u16, body: Value) -> Response<BoxBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+fn sse_response(events: Vec<String>, hold_after_first: Option<Arc<Notify>>) -> Response<BoxBody> {
+    let stream = futures::stream::unfold(
+        (events.into_iter(), hold_after_first, true),
+        |(mut it, hold, first)| async move {
+            let next = it.next()?;
+            if !first {
+                if let Some(h) = &hold {
+                    h.notified().await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let hold = if first { hold } else { None };
+            Some((
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(next))),
+                (it, hold, false),
+            ))
+        },
+    );
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap()
+}
+
+async fn serve(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+) -> Response<BoxBody> {
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    let bytes = req.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    seen.lock().unwrap().push(Seen {
+        path: path.clone(),
+        headers,
+        body: body.clone(),
+    });
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    let anthropic = path.ends_with("/v1/messages");
+    match model.as_str() {
+        "fail-429" | "fail-500" => {
+            let status = if model == "fail-429" { 429 } else { 500 };
+            return json_response(
+                status,
+                json!({"error": {"message": "mock failure", "type": "server_error"}}),
+            );
+        }
+        "bad-400" => {
+            return if anthropic {
+                json_response(
+                    400,
+                    json!({"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long"}}),
+                )
+            } else {
+                json_response(
+                    400,
+                    json!({"error": {"message": "prompt is too long", "type": "invalid_request_error", "code": "context_length_exceeded"}}),
+                )
+            };
+        }
+        _ => {}
+    }
+    let hold = model.starts_with("hold-").then_some(release);
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    if path.ends_with("/embeddings") {
+        return json_response(
+            200,
+            json!({"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
+            "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
+        );
+    }
+    if anthropic {
+        if !stream {
+            return json_response(
+                200,
+                json!({"id": "msg_mock", "type": "message", "role": "assistant",
+                "model": model, "content": [{"type": "text", "text": format!("Hello from {model}")}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 13, "output_tokens": 5}}),
+            );
+        }
+        let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+        let events = vec![
+            ev(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+                "role": "assistant", "model": model, "content": [], "stop_reason": null,
+                "usage": {"input_tokens": 13, "output_tokens": 1}}}),
+            ),
+            ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+            ),
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!(" from {model}")}}),
+            ),
+            ev(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            ev(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+            ),
+            ev("message_stop", json!({"type": "message_stop"})),
+        ];
+        return sse_response(events, hold);
+    }
+    if !stream {
+        return json_response(
+            200,
+            json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1,
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant",
+            "content": format!("Hello from {model}")}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+            "created": 1, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let mut events = vec![
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        chunk(json!({"content": "Hello"}), Value::Null),
+        chunk(json!({"content": format!(" from {model}")}), Value::Null),
+        chunk(json!({}), json!("stop")),
+    ];
+    if body["stream_options"]["include_usage"] == true {
+        events.push(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+            "created": 1, "model": model, "choices": [],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
+        ));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    sse_response(events, hold)
+}
