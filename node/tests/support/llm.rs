@@ -4,6 +4,7 @@
 //! - `fail-429` / `fail-500`: answers that status (a provider error body);
 //! - `bad-400`: a 400 with the message "prompt is too long";
 //! - `hold-*` (streams): sends the first event, then waits until the test calls `release()`;
+//! - a request with `tools`: calls the first tool with `{"city": "Paris"}`;
 //! - anything else: answers "Hello from <model>" with fixed token counts
 //!   (OpenAI: 11 prompt, 7 completion; Anthropic: 13 input, 5 output).
 
@@ -164,85 +165,162 @@ async fn serve(
     }
     let hold = model.starts_with("hold-").then_some(release);
     let stream = body["stream"].as_bool().unwrap_or(false);
+    // The first tool's name, when the request offers tools.
+    let tool = body["tools"][0]["function"]["name"]
+        .as_str()
+        .or_else(|| body["tools"][0]["name"].as_str())
+        .map(str::to_string);
     if path.ends_with("/embeddings") {
         return json_response(
             200,
             json!({"object": "list", "model": model,
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
-            "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
+                   "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
+                   "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
         );
     }
     if anthropic {
-        if !stream {
-            return json_response(
-                200,
-                json!({"id": "msg_mock", "type": "message", "role": "assistant",
-                "model": model, "content": [{"type": "text", "text": format!("Hello from {model}")}],
-                "stop_reason": "end_turn", "stop_sequence": null,
-                "usage": {"input_tokens": 13, "output_tokens": 5}}),
-            );
-        }
-        let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
-        let events = vec![
-            ev(
-                "message_start",
-                json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
-                "role": "assistant", "model": model, "content": [], "stop_reason": null,
-                "usage": {"input_tokens": 13, "output_tokens": 1}}}),
-            ),
-            ev(
-                "content_block_start",
-                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ),
-            ev(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
-            ),
-            ev(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!(" from {model}")}}),
-            ),
-            ev(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
-            ),
-            ev(
-                "message_delta",
-                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}}),
-            ),
-            ev("message_stop", json!({"type": "message_stop"})),
-        ];
-        return sse_response(events, hold);
+        anthropic_answer(&model, tool.as_deref(), stream, hold)
+    } else {
+        openai_answer(
+            &model,
+            tool.as_deref(),
+            stream,
+            body["stream_options"]["include_usage"] == true,
+            hold,
+        )
     }
+}
+
+fn anthropic_answer(
+    model: &str,
+    tool: Option<&str>,
+    stream: bool,
+    hold: Option<Arc<Notify>>,
+) -> Response<BoxBody> {
     if !stream {
+        let (content, stop) = match tool {
+            Some(t) => (
+                json!([{"type": "tool_use", "id": "toolu_mock1", "name": t, "input": {"city": "Paris"}}]),
+                "tool_use",
+            ),
+            None => (
+                json!([{"type": "text", "text": format!("Hello from {model}")}]),
+                "end_turn",
+            ),
+        };
         return json_response(
             200,
-            json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1,
-            "model": model, "choices": [{"index": 0, "message": {"role": "assistant",
-            "content": format!("Hello from {model}")}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}),
+            json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                   "content": content, "stop_reason": stop, "stop_sequence": null,
+                   "usage": {"input_tokens": 13, "output_tokens": 5}}),
+        );
+    }
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let start = ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_mock",
+        "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null,
+        "usage": {"input_tokens": 13, "output_tokens": 1}}}),
+    );
+    let delta = |d: Value| {
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": d}),
+        )
+    };
+    let (block, deltas, stop) = match tool {
+        Some(t) => (
+            json!({"type": "tool_use", "id": "toolu_mock1", "name": t, "input": {}}),
+            vec![
+                delta(json!({"type": "input_json_delta", "partial_json": "{\"city\": "})),
+                delta(json!({"type": "input_json_delta", "partial_json": "\"Paris\"}"})),
+            ],
+            "tool_use",
+        ),
+        None => (
+            json!({"type": "text", "text": ""}),
+            vec![
+                delta(json!({"type": "text_delta", "text": "Hello"})),
+                delta(json!({"type": "text_delta", "text": format!(" from {model}")})),
+            ],
+            "end_turn",
+        ),
+    };
+    let mut events = vec![
+        start,
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": block}),
+        ),
+    ];
+    events.extend(deltas);
+    events.push(ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(ev(
+        "message_delta",
+        json!({"type": "message_delta",
+        "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+    ));
+    events.push(ev("message_stop", json!({"type": "message_stop"})));
+    sse_response(events, hold)
+}
+
+fn openai_answer(
+    model: &str,
+    tool: Option<&str>,
+    stream: bool,
+    include_usage: bool,
+    hold: Option<Arc<Notify>>,
+) -> Response<BoxBody> {
+    let usage = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18});
+    if !stream {
+        let (message, finish) = match tool {
+            Some(t) => (
+                json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_mock1",
+                       "type": "function", "function": {"name": t, "arguments": "{\"city\": \"Paris\"}"}}]}),
+                "tool_calls",
+            ),
+            None => (
+                json!({"role": "assistant", "content": format!("Hello from {model}")}),
+                "stop",
+            ),
+        };
+        return json_response(
+            200,
+            json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
+                   "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}),
         );
     }
     let chunk = |delta: Value, finish: Value| {
-        format!(
-            "data: {}\n\n",
-            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
-            "created": 1, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        )
+        let c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
+                       "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
     };
-    let mut events = vec![
-        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-        chunk(json!({"content": "Hello"}), Value::Null),
-        chunk(json!({"content": format!(" from {model}")}), Value::Null),
-        chunk(json!({}), json!("stop")),
-    ];
-    if body["stream_options"]["include_usage"] == true {
-        events.push(format!(
-            "data: {}\n\n",
-            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
-            "created": 1, "model": model, "choices": [],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
-        ));
+    let call = |f: Value| json!({"tool_calls": [{"index": 0, "function": f}]});
+    let mut events = match tool {
+        Some(t) => vec![
+            chunk(
+                json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock1",
+                "type": "function", "function": {"name": t, "arguments": ""}}]}),
+                Value::Null,
+            ),
+            chunk(call(json!({"arguments": "{\"city\": "})), Value::Null),
+            chunk(call(json!({"arguments": "\"Paris\"}"})), Value::Null),
+            chunk(json!({}), json!("tool_calls")),
+        ],
+        None => vec![
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"content": "Hello"}), Value::Null),
+            chunk(json!({"content": format!(" from {model}")}), Value::Null),
+            chunk(json!({}), json!("stop")),
+        ],
+    };
+    if include_usage {
+        let c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
+                       "model": model, "choices": [], "usage": usage});
+        events.push(format!("data: {c}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_string());
     sse_response(events, hold)
