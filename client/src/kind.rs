@@ -2,7 +2,7 @@
 //! canonical kind the admin API expects (`Service`, `Route`, `ApiKey`).
 
 /// Every kind the admin API knows, spelled as the server expects it.
-pub const KNOWN_KINDS: [&str; 13] = [
+pub const KNOWN_KINDS: [&str; 14] = [
     "Service",
     "Route",
     "Certificate",
@@ -15,6 +15,7 @@ pub const KNOWN_KINDS: [&str; 13] = [
     "ConcurrencyLimit",
     "Provider",
     "Model",
+    "PromptTemplate",
     "Budget",
 ];
 

@@ -30,6 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::resources::model::ModelSpec;
+use crate::resources::prompt_template::PromptTemplateSpec;
 use crate::resources::provider::ProviderSpec;
 
 /// One Provider as calls use it: its spec and its key, resolved when the snapshot is built.
@@ -39,11 +40,18 @@ pub struct ProviderEntry {
     pub api_key: Option<String>,
 }
 
-/// The providers and models of one config snapshot.
+/// One PromptTemplate with its variables' schema compiled.
+pub struct PromptEntry {
+    pub spec: PromptTemplateSpec,
+    pub validator: jsonschema::Validator,
+}
+
+/// The providers, models and prompt templates of one config snapshot.
 #[derive(Default)]
 pub struct AiConfig {
     pub providers: HashMap<String, Arc<ProviderEntry>>,
     pub models: BTreeMap<String, Arc<ModelSpec>>,
+    pub prompts: BTreeMap<String, Arc<PromptEntry>>,
 }
 
 impl AiConfig {
@@ -53,6 +61,7 @@ impl AiConfig {
     pub fn new(
         providers: &BTreeMap<String, ProviderSpec>,
         models: &BTreeMap<String, ModelSpec>,
+        prompts: &BTreeMap<String, PromptTemplateSpec>,
     ) -> AiConfig {
         let providers = providers
             .iter()
@@ -83,7 +92,30 @@ impl AiConfig {
             .iter()
             .map(|(n, m)| (n.clone(), Arc::new(m.clone())))
             .collect();
-        AiConfig { providers, models }
+        let prompts = prompts
+            .iter()
+            .filter_map(
+                |(n, spec)| match jsonschema::validator_for(&spec.schema()) {
+                    Ok(validator) => Some((
+                        n.clone(),
+                        Arc::new(PromptEntry {
+                            spec: spec.clone(),
+                            validator,
+                        }),
+                    )),
+                    Err(e) => {
+                        // Checked when the template was written; only a corrupt state gets here.
+                        tracing::warn!(prompt = %n, error = %e, "prompt template skipped");
+                        None
+                    }
+                },
+            )
+            .collect();
+        AiConfig {
+            providers,
+            models,
+            prompts,
+        }
     }
 }
 

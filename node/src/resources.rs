@@ -14,6 +14,7 @@ pub mod duration;
 pub mod jwt_provider;
 pub mod log_redaction;
 pub mod model;
+pub mod prompt_template;
 pub mod provider;
 pub mod rate_limit;
 pub mod route;
@@ -68,6 +69,7 @@ pub const KINDS: &[KindDef] = &[
     concurrency_limit::KIND,
     provider::KIND,
     model::KIND,
+    prompt_template::KIND,
 ];
 
 /// Kinds the Resources API may read and delete but not write: they are made by their own
@@ -112,6 +114,7 @@ pub fn kinds_referring_to(target_kind: &str) -> Vec<&'static KindDef> {
         .filter(|k| match k.name {
             "Route" => matches!(target_kind, "Service" | "JwtProvider" | "Model"),
             "Model" => target_kind == "Provider",
+            "PromptTemplate" => target_kind == "Model",
             "Consumer" => target_kind == "Team",
             "ApiKey" => target_kind == "Consumer",
             "RateLimit" | "ConcurrencyLimit" => {

@@ -32,6 +32,7 @@ use crate::resources::consumer::ConsumerSpec;
 use crate::resources::jwt_provider::JwtProviderSpec;
 use crate::resources::log_redaction::LogRedactionSpec;
 use crate::resources::model::ModelSpec;
+use crate::resources::prompt_template::PromptTemplateSpec;
 use crate::resources::provider::ProviderSpec;
 use crate::resources::rate_limit::{LimitKey, RateLimitSpec};
 use crate::resources::route::RouteSpec;
@@ -57,6 +58,7 @@ const GATEWAY_KINDS: &[&str] = &[
     "ConcurrencyLimit",
     "Provider",
     "Model",
+    "PromptTemplate",
 ];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
@@ -155,6 +157,7 @@ pub struct SnapshotBuilder {
     /// Provider name -> spec (secrets decrypted); Model name -> spec.
     providers: BTreeMap<String, ProviderSpec>,
     models: BTreeMap<String, ModelSpec>,
+    prompts: BTreeMap<String, PromptTemplateSpec>,
     ai: Arc<AiConfig>,
     /// Certificate name -> (SNI names, key).
     certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
@@ -263,6 +266,7 @@ impl SnapshotBuilder {
             concurrency_limits: Arc::new(Vec::new()),
             providers: BTreeMap::new(),
             models: BTreeMap::new(),
+            prompts: BTreeMap::new(),
             ai: Arc::new(AiConfig::default()),
             caches: HashMap::new(),
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
@@ -326,6 +330,11 @@ impl SnapshotBuilder {
                 .map(|n| ("Provider".to_string(), n.clone())),
         );
         known.extend(self.models.keys().map(|n| ("Model".to_string(), n.clone())));
+        known.extend(
+            self.prompts
+                .keys()
+                .map(|n| ("PromptTemplate".to_string(), n.clone())),
+        );
         for key in known {
             if !changes.iter().any(|(k, _)| *k == key) {
                 changes.push((key, None));
@@ -497,6 +506,20 @@ impl SnapshotBuilder {
                         }
                     }
                 }
+                ("PromptTemplate", r) => {
+                    ai_changed = true;
+                    self.prompts.remove(&name);
+                    if let Some(r) = r {
+                        match PromptTemplateSpec::parse(&struct_to_json(
+                            &r.spec.unwrap_or_default(),
+                        )) {
+                            Ok(spec) => {
+                                self.prompts.insert(name, spec);
+                            }
+                            Err(e) => skip("PromptTemplate", &name, e.to_string()),
+                        }
+                    }
+                }
                 ("ConcurrencyLimit", r) => {
                     limits_changed = true;
                     self.concurrency.remove(&name);
@@ -582,7 +605,7 @@ impl SnapshotBuilder {
             );
         }
         if ai_changed {
-            self.ai = Arc::new(AiConfig::new(&self.providers, &self.models));
+            self.ai = Arc::new(AiConfig::new(&self.providers, &self.models, &self.prompts));
         }
         if redactions_changed || routes_changed {
             // Query parameters that routes read API keys from are masked too.

@@ -527,3 +527,94 @@ async fn a_stream_the_caller_abandons_is_recorded_as_cut_with_what_was_received(
     assert_eq!(rec["cost_micros"], 5);
     mock.release();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_template_is_a_rest_endpoint_that_checks_its_variables() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![(
+            "gpt",
+            json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}]}),
+        )],
+    )
+    .await;
+    cluster
+        .client_of(1)
+        .apply(
+            vec![resource(
+                "PromptTemplate",
+                "summarize",
+                json!({"model": "gpt",
+                       "messages": [{"role": "system", "content": "Summarize {{style}}."},
+                                    {"role": "user", "content": "Text: {{text}}"}],
+                       "variables": {"type": "object", "required": ["text"],
+                                     "properties": {"text": {"type": "string"},
+                                                    "style": {"enum": ["briefly", "thoroughly"]}}},
+                       "parameters": {"temperature": 0.2}}),
+            )],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    let r = wait_for("the prompt endpoint", Duration::from_secs(10), || async {
+        let r = http(
+            "POST",
+            &proxy,
+            "/v1/prompts/summarize",
+            &auth,
+            r#"{"variables": {"text": "A long story.", "style": "briefly"}}"#,
+        )
+        .await;
+        (r.status != 404).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["output"], "Hello from gpt-4o-mini");
+    assert_eq!(r.json()["usage"]["output_tokens"], 7);
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(sent.body["messages"][0]["content"], "Summarize briefly.");
+    assert_eq!(sent.body["messages"][1]["content"], "Text: A long story.");
+    assert_eq!(sent.body["temperature"], 0.2);
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(rec["prompt"], "summarize");
+
+    // Missing and wrong variables are named.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/prompts/summarize",
+        &auth,
+        r#"{"variables": {"style": "loudly"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("\"text\" is a required property"),
+        "{message}"
+    );
+    assert!(message.contains("variable `style`"), "{message}");
+    let r = http("POST", &proxy, "/v1/prompts/nope", &auth, "{}").await;
+    assert_eq!(r.status, 404);
+    // A slot without a declared variable is refused when the template is written.
+    let err = cluster
+        .client_of(1)
+        .apply(
+            vec![resource(
+                "PromptTemplate",
+                "broken",
+                json!({"model": "gpt", "messages": [{"role": "user", "content": "{{missing}}"}],
+                       "variables": {"type": "object", "properties": {}}}),
+            )],
+            vec![],
+        )
+        .await
+        .expect_err("undeclared slot");
+    assert!(
+        err.to_string().contains("spec.messages[0].content"),
+        "{err}"
+    );
+}

@@ -23,7 +23,8 @@ use super::Context;
 
 /// The kinds `get`, `delete` and `watch` take, for help texts.
 const KIND_HELP: &str = "Service, Route, Certificate, JwtProvider, Consumer, Team, ApiKey, \
-                         LogRedaction, RateLimit, ConcurrencyLimit, Provider, Model or Budget \
+                         LogRedaction, RateLimit, ConcurrencyLimit, Provider, Model, \
+                         PromptTemplate or Budget \
                          (any case, singular or plural)";
 
 #[derive(Args)]

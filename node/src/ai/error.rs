@@ -25,7 +25,9 @@ pub enum AiError {
     },
     #[error("the model `{0}` does not exist or you do not have access to it")]
     ModelNotFound(String),
-    #[error("no AI endpoint at {0}: use chat/completions, messages, embeddings or models")]
+    #[error("there is no prompt template `{0}`")]
+    PromptNotFound(String),
+    #[error("no AI endpoint at {0}: use chat/completions, messages, embeddings, models or prompts/<name>")]
     UnknownEndpoint(String),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
@@ -53,7 +55,9 @@ impl AiError {
     pub fn status(&self) -> StatusCode {
         match self {
             AiError::BadRequest { .. } | AiError::Unsupported(_) => StatusCode::BAD_REQUEST,
-            AiError::ModelNotFound(_) | AiError::UnknownEndpoint(_) => StatusCode::NOT_FOUND,
+            AiError::ModelNotFound(_)
+            | AiError::UnknownEndpoint(_)
+            | AiError::PromptNotFound(_) => StatusCode::NOT_FOUND,
             AiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AiError::ProvidersUnavailable { status, .. } => *status,
             AiError::Provider { status, .. } => *status,
@@ -66,6 +70,7 @@ impl AiError {
         match self {
             AiError::BadRequest { .. } | AiError::Unsupported(_) => ("invalid_request_error", None),
             AiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
+            AiError::PromptNotFound(_) => ("invalid_request_error", Some("prompt_not_found")),
             AiError::UnknownEndpoint(_) | AiError::MethodNotAllowed(_) => {
                 ("invalid_request_error", Some("unknown_url"))
             }

@@ -69,12 +69,21 @@ pub async fn serve(
     };
     let result = match (path, req.method) {
         ("/models", &Method::GET) => Ok(list_models(config, &req)),
-        ("/chat/completions", &Method::POST) => {
-            call(ctx, config, &req, Endpoint::Chat(format)).await
-        }
-        ("/messages", &Method::POST) => call(ctx, config, &req, Endpoint::Chat(format)).await,
-        ("/embeddings", &Method::POST) => call(ctx, config, &req, Endpoint::Embeddings).await,
+        ("/chat/completions" | "/messages", &Method::POST) => match request_json(&req) {
+            Ok(body) => call(ctx, config, &req, Endpoint::Chat(format), body, None).await,
+            Err(e) => Err(e),
+        },
+        ("/embeddings", &Method::POST) => match request_json(&req) {
+            Ok(body) => call(ctx, config, &req, Endpoint::Embeddings, body, None).await,
+            Err(e) => Err(e),
+        },
         ("/models" | "/chat/completions" | "/messages" | "/embeddings", m) => {
+            Err(AiError::MethodNotAllowed(m.to_string()))
+        }
+        (other, &Method::POST) if other.starts_with("/prompts/") => {
+            prompt(ctx, config, &req, &other["/prompts/".len()..]).await
+        }
+        (other, m) if other.starts_with("/prompts/") => {
             Err(AiError::MethodNotAllowed(m.to_string()))
         }
         (other, _) => Err(AiError::UnknownEndpoint(other.to_string())),
@@ -387,18 +396,112 @@ async fn provider_refusal(status: StatusCode, body: hyper::body::Incoming) -> Ai
     }
 }
 
-async fn call(
-    ctx: &Arc<AiContext>,
-    config: &AiConfig,
-    req: &AiRequest<'_>,
-    endpoint: Endpoint,
-) -> Result<Response<ProxyBody>, AiError> {
-    let started = Instant::now();
+/// The request body as a JSON object.
+fn request_json(req: &AiRequest<'_>) -> Result<Value, AiError> {
     let body: Value = serde_json::from_slice(&req.body)
         .map_err(|e| bad(format!("the request body is not JSON: {e}"), None))?;
     if !body.is_object() {
         return Err(bad("the request body must be a JSON object", None));
     }
+    Ok(body)
+}
+
+/// `POST prompts/<name>`: the template's messages with the caller's variables, answered by
+/// its model; returns `{"output", "model", "finish_reason", "usage"}`.
+async fn prompt(
+    ctx: &Arc<AiContext>,
+    config: &AiConfig,
+    req: &AiRequest<'_>,
+    name: &str,
+) -> Result<Response<ProxyBody>, AiError> {
+    let template = config
+        .prompts
+        .get(name)
+        .ok_or_else(|| AiError::PromptNotFound(name.to_string()))?
+        .clone();
+    let body = request_json(req)?;
+    let variables = match body.get("variables") {
+        None => serde_json::Map::new(),
+        Some(Value::Object(o)) => o.clone(),
+        Some(_) => return Err(bad("`variables` must be an object", Some("variables"))),
+    };
+    let problems: Vec<String> = template
+        .validator
+        .iter_errors(&Value::Object(variables.clone()))
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            let at = at.trim_start_matches('/');
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("variable `{at}`: {e}")
+            }
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(bad(
+            format!(
+                "wrong variables for prompt `{name}`: {}",
+                problems.join("; ")
+            ),
+            Some("variables"),
+        ));
+    }
+    let mut chat = serde_json::Map::new();
+    for (k, v) in &template.spec.parameters {
+        chat.insert(k.clone(), v.clone());
+    }
+    chat.insert("model".into(), json!(template.spec.model));
+    chat.insert(
+        "messages".into(),
+        template
+            .spec
+            .messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": crate::resources::prompt_template::render(&m.content, &variables)}))
+            .collect(),
+    );
+    let resp = call(
+        ctx,
+        config,
+        req,
+        Endpoint::Chat(ApiFormat::OpenAi),
+        Value::Object(chat),
+        Some(name),
+    )
+    .await?;
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| AiError::BadProviderAnswer(e.to_string()))?
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| AiError::BadProviderAnswer(format!("not JSON: {e}")))?;
+    let choice = &answer["choices"][0];
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "output": choice["message"]["content"],
+            "model": template.spec.model,
+            "finish_reason": choice["finish_reason"],
+            "usage": {
+                "input_tokens": answer["usage"]["prompt_tokens"],
+                "output_tokens": answer["usage"]["completion_tokens"],
+            },
+        }),
+    ))
+}
+
+async fn call(
+    ctx: &Arc<AiContext>,
+    config: &AiConfig,
+    req: &AiRequest<'_>,
+    endpoint: Endpoint,
+    body: Value,
+    prompt: Option<&str>,
+) -> Result<Response<ProxyBody>, AiError> {
+    let started = Instant::now();
     let model_name = body["model"]
         .as_str()
         .ok_or_else(|| bad("`model` (a string) is required", Some("model")))?;
@@ -422,6 +525,7 @@ async fn call(
         },
         stream,
         tokens_from: "provider",
+        prompt: prompt.map(str::to_string),
         ..Default::default()
     };
     let timeout = model.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);

@@ -29,6 +29,9 @@ pub struct UsageRecord {
     pub node: u64,
     /// `chat` (OpenAI or Anthropic format), `embeddings`.
     pub endpoint: &'static str,
+    /// The PromptTemplate called, for `prompts/<name>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
     pub stream: bool,
     pub input_tokens: u64,
     pub output_tokens: u64,
