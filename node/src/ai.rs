@@ -7,12 +7,14 @@
 //! - `stream.rs`: streamed answers passed through event by event, with the usage captured.
 //! - `usage.rs`: the usage record of every call and its cost in integer micro-USD.
 //! - `catalogue.rs`: the built-in prices and context windows (data in `catalogue.json`).
+//! - `cache.rs`: the exact-match answer cache of Models with `cache`.
 //! - `error.rs`: errors in the caller's format (OpenAI or Anthropic).
 //!
 //! Provider keys live in `Provider` resources (encrypted at rest) or the nodes' environment;
 //! the caller's credential is never forwarded.
 
 pub mod anthropic;
+pub mod cache;
 pub mod catalogue;
 pub mod error;
 pub mod handler;
@@ -128,6 +130,8 @@ pub struct AiContext {
     pub usage: usage::UsageLog,
     pub node_id: u64,
     pub zone: String,
+    /// Answers of Models with `cache`, on this node.
+    pub answers: cache::AnswerCache,
 }
 
 impl AiContext {
@@ -150,6 +154,7 @@ impl AiContext {
             usage,
             node_id,
             zone,
+            answers: cache::AnswerCache::default(),
         })
     }
 }

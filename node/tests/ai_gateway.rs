@@ -618,3 +618,59 @@ async fn a_prompt_template_is_a_rest_endpoint_that_checks_its_variables() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_model_answers_the_same_request_from_memory_until_the_ttl_ends() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![(
+            "cached",
+            json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                               "cache": {"ttl": "2s"}}),
+        )],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    let ask = r#"{"model": "cached", "messages": [{"role": "user", "content": "Hi"}]}"#;
+    let first = http("POST", &proxy, "/v1/chat/completions", &auth, ask).await;
+    assert_eq!(first.headers["x-cache"], "MISS");
+    let calls = mock.seen().len();
+    // The same request, keys in another order.
+    let again = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"messages": [{"content": "Hi", "role": "user"}], "model": "cached"}"#,
+    )
+    .await;
+    assert_eq!(again.headers["x-cache"], "HIT");
+    assert_eq!(again.body, first.body);
+    assert_eq!(mock.seen().len(), calls, "no provider call for a hit");
+    let rec = usage_record(&cluster, again.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["cache"].as_str(), rec["cost_micros"].as_u64()),
+        (Some("hit"), Some(0))
+    );
+    // Another request misses; after the TTL the first one misses too.
+    let other = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "cached", "messages": [{"role": "user", "content": "Bye"}]}"#,
+    )
+    .await;
+    assert_eq!(other.headers["x-cache"], "MISS");
+    wait_for(
+        "the cached answer to expire",
+        Duration::from_secs(10),
+        || async {
+            let r = http("POST", &proxy, "/v1/chat/completions", &auth, ask).await;
+            (r.headers["x-cache"] == "MISS").then_some(())
+        },
+    )
+    .await;
+}

@@ -18,6 +18,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::anthropic;
+use super::cache::AnswerCache;
 use super::catalogue::Catalogue;
 use super::error::{AiError, ApiFormat};
 use super::stream::{self, StreamJob, StreamKind};
@@ -528,6 +529,37 @@ async fn call(
         prompt: prompt.map(str::to_string),
         ..Default::default()
     };
+    // Models with `cache`: the same non-streamed request is answered from this node's memory.
+    let cache_key = match (&model.cache, stream) {
+        (Some(_), false) => {
+            let path = match endpoint {
+                Endpoint::Chat(ApiFormat::OpenAi) => "chat/completions",
+                Endpoint::Chat(ApiFormat::Anthropic) => "messages",
+                Endpoint::Embeddings => "embeddings",
+            };
+            AnswerCache::key(model_name, path, &body)
+        }
+        _ => None,
+    };
+    if let Some(key) = &cache_key {
+        if let Some((answer, age)) = ctx.answers.get(key, Instant::now()) {
+            record.cache = Some("hit");
+            record.status = 200;
+            record.outcome = "ok";
+            record.latency_ms = started.elapsed().as_millis() as u64;
+            ctx.usage.record(record);
+            let mut resp = Response::new(full(answer));
+            let headers = resp.headers_mut();
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert("x-cache", HeaderValue::from_static("HIT"));
+            headers.insert(hyper::header::AGE, HeaderValue::from(age.as_secs()));
+            return Ok(resp);
+        }
+        record.cache = Some("miss");
+    }
     let timeout = model.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
     let mut failure: Option<(StatusCode, String)> = None;
     for target in target_order(&model) {
@@ -688,11 +720,24 @@ async fn call(
             record.outcome = "ok";
             record.latency_ms = started.elapsed().as_millis() as u64;
             ctx.usage.record(record);
+            if let (Some(key), Some(spec)) = (cache_key, &model.cache) {
+                ctx.answers.put(
+                    key,
+                    bytes.clone(),
+                    spec.ttl.0,
+                    spec.max_entries,
+                    Instant::now(),
+                );
+            }
             let mut resp = Response::new(full(bytes));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
+            if model.cache.is_some() && !stream {
+                resp.headers_mut()
+                    .insert("x-cache", HeaderValue::from_static("MISS"));
+            }
             return Ok(resp);
         }
     }

@@ -50,6 +50,10 @@ pub struct UsageRecord {
     pub latency_ms: u64,
     /// Time to the first byte of the answer (streams: the first event).
     pub ttft_ms: Option<u64>,
+    /// Models with `cache`: `hit` (answered from the node's cache: no provider call, cost 0)
+    /// or `miss`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
 }
 
 /// Cost of a call in micro-USD: every token at its price per million, summed, then divided

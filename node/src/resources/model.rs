@@ -58,6 +58,24 @@ pub struct ModelSpec {
     /// every caller of an AI route.
     #[serde(default)]
     pub acl: Option<AclSpec>,
+    /// Keep non-streamed answers and answer the same request (exactly) from memory on each
+    /// node. Default: off.
+    #[serde(default)]
+    pub cache: Option<AnswerCacheSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerCacheSpec {
+    /// How long an answer is reused, 1s to 7d.
+    pub ttl: Dur,
+    /// Most answers kept per node. Default: 1000.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+}
+
+fn default_max_entries() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +143,19 @@ impl ModelSpec {
         }
         if m.retries > 5 {
             return Err(SpecError::new("spec.retries", "at most 5"));
+        }
+        if let Some(c) = &m.cache {
+            if c.ttl.0 < std::time::Duration::from_secs(1)
+                || c.ttl.0 > std::time::Duration::from_secs(7 * 24 * 3600)
+            {
+                return Err(SpecError::new("spec.cache.ttl", "from 1s to 7d"));
+            }
+            if c.max_entries == 0 || c.max_entries > 1_000_000 {
+                return Err(SpecError::new(
+                    "spec.cache.max_entries",
+                    "from 1 to 1000000",
+                ));
+            }
         }
         if m.max_output_tokens == Some(0) {
             return Err(SpecError::new(
