@@ -8,6 +8,7 @@
 //! - `usage.rs`: the usage record of every call and its cost in integer micro-USD.
 //! - `catalogue.rs`: the built-in prices and context windows (data in `catalogue.json`).
 //! - `cache.rs`: the exact-match answer cache of Models with `cache`.
+//! - `latency.rs`: recent time to first byte per target, for `least_latency` routing.
 //! - `error.rs`: errors in the caller's format (OpenAI or Anthropic).
 //!
 //! Provider keys live in `Provider` resources (encrypted at rest) or the nodes' environment;
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod catalogue;
 pub mod error;
 pub mod handler;
+pub mod latency;
 pub mod stream;
 pub mod usage;
 
@@ -132,9 +134,23 @@ pub struct AiContext {
     pub zone: String,
     /// Answers of Models with `cache`, on this node.
     pub answers: cache::AnswerCache,
+    /// Recent time to first byte per target, for `least_latency` routing.
+    pub latencies: latency::Latencies,
+    /// Calls per model on this node, for `weighted` routing's turns.
+    turns: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl AiContext {
+    /// The number of calls to `model` on this node before this one.
+    pub fn next_turn(&self, model: &str) -> u64 {
+        let Ok(mut turns) = self.turns.lock() else {
+            return 0;
+        };
+        let n = turns.entry(model.to_string()).or_default();
+        *n += 1;
+        *n - 1
+    }
+
     pub fn new(usage: usage::UsageLog, node_id: u64, zone: String) -> Result<AiContext, String> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
@@ -155,6 +171,8 @@ impl AiContext {
             node_id,
             zone,
             answers: cache::AnswerCache::default(),
+            latencies: latency::Latencies::default(),
+            turns: Default::default(),
         })
     }
 }

@@ -674,3 +674,103 @@ async fn a_cached_model_answers_the_same_request_from_memory_until_the_ttl_ends(
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_latency_routing_measures_each_target_then_prefers_the_fastest() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![(
+            "quick",
+            json!({"routing": "least_latency", "targets": [
+            {"provider": "openai", "model": "slow-gpt-4o-mini"},
+            {"provider": "openai", "model": "gpt-4o-mini"}]}),
+        )],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    let mut served = Vec::new();
+    for _ in 0..5 {
+        let r = http(
+            "POST",
+            &proxy,
+            "/v1/chat/completions",
+            &auth,
+            r#"{"model": "quick", "messages": [{"role": "user", "content": "Hi"}]}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+        served.push(rec["provider_model"].as_str().unwrap().to_string());
+    }
+    // Each target is measured once (in order), then the fast one serves.
+    assert_eq!(
+        served,
+        [
+            "slow-gpt-4o-mini",
+            "gpt-4o-mini",
+            "gpt-4o-mini",
+            "gpt-4o-mini",
+            "gpt-4o-mini"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_routing_spreads_by_weight_and_retries_stay_on_a_target_first() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![
+            (
+                "spread",
+                json!({"routing": "weighted", "targets": [
+                {"provider": "openai", "model": "gpt-a", "weight": 3},
+                {"provider": "openai", "model": "gpt-b", "weight": 1}]}),
+            ),
+            (
+                "patient",
+                json!({"retries": 2, "targets": [
+                {"provider": "openai", "model": "flaky-2-gpt"},
+                {"provider": "openai", "model": "gpt-4o-mini"}]}),
+            ),
+        ],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..8 {
+        let r = http(
+            "POST",
+            &proxy,
+            "/v1/chat/completions",
+            &auth,
+            r#"{"model": "spread", "messages": [{"role": "user", "content": "Hi"}]}"#,
+        )
+        .await;
+        let served = r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        *counts.entry(served).or_insert(0) += 1;
+    }
+    assert_eq!(counts["Hello from gpt-a"], 6);
+    assert_eq!(counts["Hello from gpt-b"], 2);
+    // Two 503s, two retries on the same target: it serves on the third attempt.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "patient", "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Hello from flaky-2-gpt"
+    );
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(rec["attempts"], 3);
+}

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use rand::Rng;
 use serde_json::{json, Value};
 
 use super::anthropic;
@@ -144,13 +143,35 @@ fn bad(message: impl Into<String>, param: Option<&str>) -> AiError {
     }
 }
 
-/// The targets in the order they are tried.
-fn target_order(model: &ModelSpec) -> Vec<&ModelTarget> {
+/// The targets in the order they are tried. `least_latency`: targets never measured on this
+/// node first (in their order, so each gets measured), then by recent time to first byte.
+fn target_order<'m>(
+    model_name: &str,
+    model: &'m ModelSpec,
+    ctx: &AiContext,
+) -> Vec<&'m ModelTarget> {
+    let latencies = &ctx.latencies;
     let mut order: Vec<&ModelTarget> = model.targets.iter().collect();
+    if model.routing == Routing::LeastLatency {
+        order.sort_by(|a, b| {
+            let (la, lb) = (
+                latencies.get(&a.provider, &a.model),
+                latencies.get(&b.provider, &b.model),
+            );
+            match (la, lb) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(_), None) => std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => x.total_cmp(&y),
+            }
+        });
+    }
     if model.routing == Routing::Weighted && order.len() > 1 {
         let total: u64 = order.iter().map(|t| t.weight as u64).sum();
         if total > 0 {
-            let mut pick = rand::rng().random_range(0..total);
+            // This node's turn for the model, so the spread is exactly the weights over
+            // every `total` calls.
+            let mut pick = ctx.next_turn(model_name) % total;
             let first = order
                 .iter()
                 .position(|t| {
@@ -562,7 +583,7 @@ async fn call(
     }
     let timeout = model.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
     let mut failure: Option<(StatusCode, String)> = None;
-    for target in target_order(&model) {
+    for target in target_order(model_name, &model, ctx) {
         let Some(provider) = config.providers.get(&target.provider) else {
             failure = Some((
                 StatusCode::BAD_GATEWAY,
@@ -593,8 +614,14 @@ async fn call(
                     .map_err(|e| {
                         AiError::Unsupported(format!("provider {:?}: {e}", provider.name))
                     })?;
+            let attempt_started = Instant::now();
+            let penalty = || {
+                ctx.latencies
+                    .observe(&provider.name, &target.model, timeout)
+            };
             let answer = match tokio::time::timeout(timeout, ctx.client.request(request)).await {
                 Err(_) => {
+                    penalty();
                     failure = Some((
                         StatusCode::GATEWAY_TIMEOUT,
                         format!("{}: no answer within {timeout:?}", provider.name),
@@ -602,6 +629,7 @@ async fn call(
                     continue;
                 }
                 Ok(Err(e)) => {
+                    penalty();
                     failure = Some((StatusCode::BAD_GATEWAY, format!("{}: {e}", provider.name)));
                     continue;
                 }
@@ -609,6 +637,7 @@ async fn call(
             };
             let status = answer.status();
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                penalty();
                 let caller_status = if status == StatusCode::TOO_MANY_REQUESTS {
                     status
                 } else {
@@ -627,6 +656,11 @@ async fn call(
                 record.latency_ms = started.elapsed().as_millis() as u64;
                 ctx.usage.record(record);
                 return Err(err);
+            }
+            if !stream {
+                // A stream's first byte is its first event: `stream.rs` observes that.
+                ctx.latencies
+                    .observe(&provider.name, &target.model, attempt_started.elapsed());
             }
             let price = price_of(&model, provider, target);
             record.status = status.as_u16();
@@ -665,6 +699,7 @@ async fn call(
                         record,
                         price,
                         started,
+                        attempt_started,
                         kind,
                         input_estimate: estimate_input(&body),
                     },

@@ -46,6 +46,8 @@ pub struct StreamJob {
     pub record: UsageRecord,
     pub price: Option<Price>,
     pub started: Instant,
+    /// When the attempt that answered began (for the target's latency).
+    pub attempt_started: Instant,
     pub kind: StreamKind,
     /// Input tokens estimated from the request, in case the provider never reports them.
     pub input_estimate: u64,
@@ -111,6 +113,11 @@ async fn pump(
         };
         if job.record.ttft_ms.is_none() {
             job.record.ttft_ms = Some(job.started.elapsed().as_millis() as u64);
+            if let (Some(p), Some(m)) = (&job.record.provider, &job.record.provider_model) {
+                job.ctx
+                    .latencies
+                    .observe(p, m, job.attempt_started.elapsed());
+            }
         }
         let out: Vec<Bytes> = match &mut job.kind {
             StreamKind::OpenAi { strip_usage } => {

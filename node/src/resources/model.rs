@@ -35,8 +35,11 @@ pub struct ModelSpec {
     /// The provider models that serve this model, at least one.
     pub targets: Vec<ModelTarget>,
     /// `fallback` (default): the first target, then the next on a 429, a 5xx, a timeout or a
-    /// connection failure, before anything has been sent to the caller. `weighted`: one
-    /// target drawn by weight, then the others in order as fallbacks.
+    /// connection failure, before anything has been sent to the caller. `weighted`: the
+    /// first target in turn by weight (exactly the weights over each round of calls on a
+    /// node), then the others in order as fallbacks. `least_latency`: the
+    /// target with the lowest recent time to first byte on this node first (targets not yet
+    /// measured before all others), the rest as fallbacks.
     #[serde(default)]
     pub routing: Routing,
     /// Price per million tokens in micro-USD, overriding the built-in catalogue's price of
@@ -100,6 +103,7 @@ pub enum Routing {
     #[default]
     Fallback,
     Weighted,
+    LeastLatency,
 }
 
 /// Prices in integer micro-USD per million tokens.

@@ -4,6 +4,8 @@
 //! - `fail-429` / `fail-500`: answers that status (a provider error body);
 //! - `bad-400`: a 400 with the message "prompt is too long";
 //! - `hold-*` (streams): sends the first event, then waits until the test calls `release()`;
+//! - `slow-*`: waits a second before answering;
+//! - `flaky-N-*`: answers 503 to the first N requests for that model;
 //! - a request with `tools`: calls the first tool with `{"city": "Paris"}`;
 //! - anything else: answers "Hello from <model>" with fixed token counts
 //!   (OpenAI: 11 prompt, 7 completion; Anthropic: 13 input, 5 output).
@@ -162,6 +164,27 @@ async fn serve(
             };
         }
         _ => {}
+    }
+    if let Some(n) = model
+        .strip_prefix("flaky-")
+        .and_then(|r| r.split('-').next()?.parse::<usize>().ok())
+    {
+        // Fails with 503 the first n times this model is asked.
+        let asked = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.body["model"] == model.as_str())
+            .count();
+        if asked <= n {
+            return json_response(
+                503,
+                json!({"error": {"message": "overloaded", "type": "server_error"}}),
+            );
+        }
+    }
+    if model.starts_with("slow-") {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let hold = model.starts_with("hold-").then_some(release);
     let stream = body["stream"].as_bool().unwrap_or(false);
