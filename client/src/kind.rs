@@ -2,7 +2,7 @@
 //! canonical kind the admin API expects (`Service`, `Route`, `ApiKey`).
 
 /// Every kind the admin API knows, spelled as the server expects it.
-pub const KNOWN_KINDS: [&str; 14] = [
+pub const KNOWN_KINDS: [&str; 15] = [
     "Service",
     "Route",
     "Certificate",
@@ -16,6 +16,7 @@ pub const KNOWN_KINDS: [&str; 14] = [
     "Provider",
     "Model",
     "PromptTemplate",
+    "ModelPrice",
     "Budget",
 ];
 

@@ -34,6 +34,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::resources::model::ModelSpec;
+use crate::resources::model_price::ModelPriceSpec;
 use crate::resources::prompt_template::PromptTemplateSpec;
 use crate::resources::provider::ProviderSpec;
 
@@ -56,6 +57,8 @@ pub struct AiConfig {
     pub providers: HashMap<String, Arc<ProviderEntry>>,
     pub models: BTreeMap<String, Arc<ModelSpec>>,
     pub prompts: BTreeMap<String, Arc<PromptEntry>>,
+    /// `ModelPrice` resources: catalogue entries written through the admin API.
+    pub prices: catalogue::Catalogue,
 }
 
 impl AiConfig {
@@ -66,6 +69,7 @@ impl AiConfig {
         providers: &BTreeMap<String, ProviderSpec>,
         models: &BTreeMap<String, ModelSpec>,
         prompts: &BTreeMap<String, PromptTemplateSpec>,
+        prices: &BTreeMap<String, ModelPriceSpec>,
     ) -> AiConfig {
         let providers = providers
             .iter()
@@ -119,7 +123,19 @@ impl AiConfig {
             providers,
             models,
             prompts,
+            prices: catalogue::Catalogue::from_prices(prices),
         }
+    }
+
+    /// The catalogue entry of a provider model: a `ModelPrice` first, else the built-in one.
+    pub fn catalogue(
+        &self,
+        provider_type: &str,
+        model: &str,
+    ) -> Option<&catalogue::CatalogueEntry> {
+        self.prices
+            .lookup(provider_type, model)
+            .or_else(|| catalogue::Catalogue::builtin().lookup(provider_type, model))
     }
 }
 

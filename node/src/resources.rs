@@ -14,6 +14,7 @@ pub mod duration;
 pub mod jwt_provider;
 pub mod log_redaction;
 pub mod model;
+pub mod model_price;
 pub mod prompt_template;
 pub mod provider;
 pub mod rate_limit;
@@ -70,6 +71,7 @@ pub const KINDS: &[KindDef] = &[
     provider::KIND,
     model::KIND,
     prompt_template::KIND,
+    model_price::KIND,
 ];
 
 /// Kinds the Resources API may read and delete but not write: they are made by their own

@@ -32,6 +32,7 @@ use crate::resources::consumer::ConsumerSpec;
 use crate::resources::jwt_provider::JwtProviderSpec;
 use crate::resources::log_redaction::LogRedactionSpec;
 use crate::resources::model::ModelSpec;
+use crate::resources::model_price::ModelPriceSpec;
 use crate::resources::prompt_template::PromptTemplateSpec;
 use crate::resources::provider::ProviderSpec;
 use crate::resources::rate_limit::{LimitKey, RateLimitSpec};
@@ -59,6 +60,7 @@ const GATEWAY_KINDS: &[&str] = &[
     "Provider",
     "Model",
     "PromptTemplate",
+    "ModelPrice",
 ];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
@@ -158,6 +160,7 @@ pub struct SnapshotBuilder {
     providers: BTreeMap<String, ProviderSpec>,
     models: BTreeMap<String, ModelSpec>,
     prompts: BTreeMap<String, PromptTemplateSpec>,
+    prices: BTreeMap<String, ModelPriceSpec>,
     ai: Arc<AiConfig>,
     /// Certificate name -> (SNI names, key).
     certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
@@ -267,6 +270,7 @@ impl SnapshotBuilder {
             providers: BTreeMap::new(),
             models: BTreeMap::new(),
             prompts: BTreeMap::new(),
+            prices: BTreeMap::new(),
             ai: Arc::new(AiConfig::default()),
             caches: HashMap::new(),
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
@@ -334,6 +338,11 @@ impl SnapshotBuilder {
             self.prompts
                 .keys()
                 .map(|n| ("PromptTemplate".to_string(), n.clone())),
+        );
+        known.extend(
+            self.prices
+                .keys()
+                .map(|n| ("ModelPrice".to_string(), n.clone())),
         );
         for key in known {
             if !changes.iter().any(|(k, _)| *k == key) {
@@ -506,6 +515,18 @@ impl SnapshotBuilder {
                         }
                     }
                 }
+                ("ModelPrice", r) => {
+                    ai_changed = true;
+                    self.prices.remove(&name);
+                    if let Some(r) = r {
+                        match ModelPriceSpec::parse(&struct_to_json(&r.spec.unwrap_or_default())) {
+                            Ok(spec) => {
+                                self.prices.insert(name, spec);
+                            }
+                            Err(e) => skip("ModelPrice", &name, e.to_string()),
+                        }
+                    }
+                }
                 ("PromptTemplate", r) => {
                     ai_changed = true;
                     self.prompts.remove(&name);
@@ -605,7 +626,12 @@ impl SnapshotBuilder {
             );
         }
         if ai_changed {
-            self.ai = Arc::new(AiConfig::new(&self.providers, &self.models, &self.prompts));
+            self.ai = Arc::new(AiConfig::new(
+                &self.providers,
+                &self.models,
+                &self.prompts,
+                &self.prices,
+            ));
         }
         if redactions_changed || routes_changed {
             // Query parameters that routes read API keys from are masked too.

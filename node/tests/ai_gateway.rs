@@ -774,3 +774,68 @@ async fn weighted_routing_spreads_by_weight_and_retries_stay_on_a_target_first()
     let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
     assert_eq!(rec["attempts"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_written_through_the_admin_api_take_precedence_over_the_built_in_catalogue() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![
+            (
+                "new",
+                json!({"targets": [{"provider": "openai", "model": "gpt-new"}]}),
+            ),
+            (
+                "mini",
+                json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}]}),
+            ),
+        ],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    let ask = |model: &'static str| {
+        let proxy = proxy.clone();
+        let auth = auth.clone();
+        let cluster = &cluster;
+        async move {
+            let body = format!(
+                r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "Hi"}}]}}"#
+            );
+            let r = http("POST", &proxy, "/v1/chat/completions", &auth, &body).await;
+            usage_record(cluster, r.headers["x-request-id"].to_str().unwrap()).await["cost_micros"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    // Unknown to the catalogue: free until priced. gpt-4o-mini: the built-in $0.15/$0.60.
+    assert_eq!(ask("new").await, 0);
+    assert_eq!(ask("mini").await, 6);
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource(
+                    "ModelPrice",
+                    "gpt-new",
+                    json!({"provider": "openai", "model": "gpt-new",
+                    "input_per_mtok_micros": 1000000, "output_per_mtok_micros": 2000000}),
+                ),
+                resource(
+                    "ModelPrice",
+                    "mini-discount",
+                    json!({"provider": "openai", "model": "gpt-4o-mini",
+                    "input_per_mtok_micros": 100000, "output_per_mtok_micros": 100000}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    // 11 x 1 + 7 x 2 = 25; 11 x 0.1 + 7 x 0.1 = 1.8, rounded up to 2.
+    wait_for("the new prices", Duration::from_secs(10), || async {
+        (ask("new").await == 25).then_some(())
+    })
+    .await;
+    assert_eq!(ask("mini").await, 2);
+}

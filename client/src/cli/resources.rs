@@ -24,7 +24,7 @@ use super::Context;
 /// The kinds `get`, `delete` and `watch` take, for help texts.
 const KIND_HELP: &str = "Service, Route, Certificate, JwtProvider, Consumer, Team, ApiKey, \
                          LogRedaction, RateLimit, ConcurrencyLimit, Provider, Model, \
-                         PromptTemplate or Budget \
+                         PromptTemplate, ModelPrice or Budget \
                          (any case, singular or plural)";
 
 #[derive(Args)]

@@ -1,7 +1,7 @@
 //! The built-in model catalogue: context windows, output caps and prices (integer micro-USD
 //! per million tokens) of well-known provider models, shipped as data (`catalogue.json`,
-//! converted from LiteLLM's price list; its `source` field says which release). A Model's
-//! `price` overrides it.
+//! converted from LiteLLM's price list; its `source` field says which release). `ModelPrice`
+//! resources come first, and a Model's `price` overrides both.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 use crate::resources::model::Price;
+use crate::resources::model_price::ModelPriceSpec;
 
 const DATA: &str = include_str!("catalogue.json");
 
@@ -55,17 +56,40 @@ pub struct Catalogue {
 impl Catalogue {
     fn parse(text: &str) -> Result<Catalogue, String> {
         let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Ok(Catalogue::from_entries(file.models))
+    }
+
+    fn from_entries(entries: Vec<CatalogueEntry>) -> Catalogue {
         let mut by_provider = HashMap::new();
         let mut by_model = HashMap::new();
-        for (i, e) in file.models.iter().enumerate() {
+        for (i, e) in entries.iter().enumerate() {
             by_provider.insert((e.provider.clone(), e.model.clone()), i);
             by_model.entry(e.model.clone()).or_insert(i);
         }
-        Ok(Catalogue {
-            entries: file.models,
+        Catalogue {
+            entries,
             by_provider,
             by_model,
-        })
+        }
+    }
+
+    /// The entries written as `ModelPrice` resources.
+    pub fn from_prices(prices: &std::collections::BTreeMap<String, ModelPriceSpec>) -> Catalogue {
+        Catalogue::from_entries(
+            prices
+                .values()
+                .map(|p| CatalogueEntry {
+                    provider: p.provider.clone(),
+                    model: p.model.clone(),
+                    mode: p.mode.clone(),
+                    context_window: p.context_window,
+                    max_output_tokens: p.max_output_tokens,
+                    input_per_mtok_micros: p.input_per_mtok_micros,
+                    output_per_mtok_micros: p.output_per_mtok_micros,
+                    cached_input_per_mtok_micros: p.cached_input_per_mtok_micros,
+                })
+                .collect(),
+        )
     }
 
     /// The built-in catalogue.
@@ -75,11 +99,7 @@ impl Catalogue {
             Catalogue::parse(DATA).unwrap_or_else(|e| {
                 // A test below parses the shipped file, so this cannot happen in a release.
                 tracing::error!(error = %e, "the built-in model catalogue does not parse");
-                Catalogue {
-                    entries: Vec::new(),
-                    by_provider: HashMap::new(),
-                    by_model: HashMap::new(),
-                }
+                Catalogue::from_entries(Vec::new())
             })
         })
     }
@@ -99,6 +119,13 @@ impl Catalogue {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+impl Default for Catalogue {
+    /// An empty catalogue (no `ModelPrice` resources).
+    fn default() -> Self {
+        Catalogue::from_entries(Vec::new())
     }
 }
 

@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 
 use super::anthropic;
 use super::cache::AnswerCache;
-use super::catalogue::Catalogue;
 use super::error::{AiError, ApiFormat};
 use super::stream::{self, StreamJob, StreamKind};
 use super::usage::{cost_micros, estimate_tokens, UsageRecord};
@@ -191,10 +190,15 @@ fn target_order<'m>(
 }
 
 /// The price of a target: the Model's override, else the catalogue's.
-fn price_of(model: &ModelSpec, provider: &ProviderEntry, target: &ModelTarget) -> Option<Price> {
+fn price_of(
+    config: &AiConfig,
+    model: &ModelSpec,
+    provider: &ProviderEntry,
+    target: &ModelTarget,
+) -> Option<Price> {
     model.price.or_else(|| {
-        Catalogue::builtin()
-            .lookup(provider.spec.kind.name(), &target.model)
+        config
+            .catalogue(provider.spec.kind.name(), &target.model)
             .map(|e| e.price())
     })
 }
@@ -223,6 +227,7 @@ fn estimate_input(body: &Value) -> u64 {
 /// The provider's request body: the caller's, with the provider's model id, and (streams to
 /// OpenAI-type providers) usage asked for.
 fn provider_body(
+    config: &AiConfig,
     endpoint: Endpoint,
     provider: &ProviderEntry,
     target: &ModelTarget,
@@ -253,14 +258,14 @@ fn provider_body(
         }
         Endpoint::Chat(ApiFormat::Anthropic) if !speaks_openai => {
             if out.get("max_tokens").is_none() {
-                out["max_tokens"] = json!(output_cap(model, provider, target));
+                out["max_tokens"] = json!(output_cap(config, model, provider, target));
             }
         }
         Endpoint::Chat(ApiFormat::OpenAi) => {
             return anthropic::chat_request_to_messages(
                 body,
                 &target.model,
-                output_cap(model, provider, target),
+                output_cap(config, model, provider, target),
             )
             .map_err(untranslatable)
         }
@@ -281,12 +286,17 @@ fn provider_body(
 }
 
 /// The output cap sent when a request names none: the Model's, the catalogue's, or 4096.
-fn output_cap(model: &ModelSpec, provider: &ProviderEntry, target: &ModelTarget) -> u64 {
+fn output_cap(
+    config: &AiConfig,
+    model: &ModelSpec,
+    provider: &ProviderEntry,
+    target: &ModelTarget,
+) -> u64 {
     model
         .max_output_tokens
         .or_else(|| {
-            Catalogue::builtin()
-                .lookup(provider.spec.kind.name(), &target.model)
+            config
+                .catalogue(provider.spec.kind.name(), &target.model)
                 .and_then(|e| e.max_output_tokens)
         })
         .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
@@ -605,7 +615,7 @@ async fn call(
             continue;
         }
         let upstream_body = Bytes::from(
-            provider_body(endpoint, provider, target, &model, &body, stream)?.to_string(),
+            provider_body(config, endpoint, provider, target, &model, &body, stream)?.to_string(),
         );
         for _ in 0..=model.retries {
             record.attempts += 1;
@@ -662,7 +672,7 @@ async fn call(
                 ctx.latencies
                     .observe(&provider.name, &target.model, attempt_started.elapsed());
             }
-            let price = price_of(&model, provider, target);
+            let price = price_of(config, &model, provider, target);
             record.status = status.as_u16();
             let provider_format = if provider.spec.kind.speaks_openai() {
                 ApiFormat::OpenAi
