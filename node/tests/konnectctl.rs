@@ -167,3 +167,33 @@ async fn a_user_initialises_applies_and_reads_with_konnectctl() {
     let err = ctl.fails(&["get", "services"]);
     assert!(err.contains("token"), "{err}");
 }
+
+/// Every manifest under docs/examples applies as it is: the documentation cannot drift from
+/// what the admin API accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_example_applies() {
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let ctl = Ctl {
+        endpoint: cluster.nodes[0].admin_url(),
+        token: cluster.token.clone(),
+        dir: cluster.dir.path().to_path_buf(),
+    };
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .expect("docs/examples")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    // echo.yaml first: limits.yaml refers to its route.
+    files.sort_by_key(|p| p.file_name() != Some(std::ffi::OsStr::new("echo.yaml")));
+    assert!(files.len() >= 4, "{files:?}");
+    for file in &files {
+        let out = ctl.run(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{} does not apply:\n{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
