@@ -98,9 +98,13 @@ pub async fn init_cluster(node: &NodeHandle) -> Result<Initialised, AdminError> 
     // Learn every member's zone and addresses; refuse nodes that belong elsewhere.
     let deadline = Instant::now() + PEER_WAIT;
     let mut members: BTreeMap<NodeId, NodeMeta> = BTreeMap::new();
+    // Each member is known at its --peers address, not the address it binds (a node bound to
+    // 0.0.0.0, or known by a DNS name as in a Kubernetes StatefulSet, is reached that way).
     for (id, addr) in peers {
         if *id == node.settings.node_id {
-            members.insert(*id, node.meta.clone());
+            let mut me = node.meta.clone();
+            me.peer_addr = addr.clone();
+            members.insert(*id, me);
             continue;
         }
         let who = identify(node, addr, deadline).await?;
@@ -116,7 +120,9 @@ pub async fn init_cluster(node: &NodeHandle) -> Result<Initialised, AdminError> 
                 who.cluster_id
             )));
         }
-        members.insert(*id, node_from_pb(&who.info.unwrap_or_default()));
+        let mut meta = node_from_pb(&who.info.unwrap_or_default());
+        meta.peer_addr = addr.clone();
+        members.insert(*id, meta);
     }
 
     let initialised = node

@@ -104,7 +104,10 @@ pub struct ServeArgs {
 
     /// The initial cluster: `ID=HOST:PORT` peer addresses, comma separated, this node included
     /// (`1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101`). `konnectctl cluster init` forms the
-    /// cluster from this list. A node that will join later with `cluster add-node` needs none.
+    /// cluster from this list, and the nodes reach each other at these addresses (host names
+    /// such as a StatefulSet's `konnect-0.konnect:7101` work; a node bound to 0.0.0.0 is listed
+    /// by a reachable name on its port). A node that will join later with `cluster add-node`
+    /// needs none.
     #[arg(long, env = "KONNECT_PEERS")]
     pub peers: Option<String>,
 
@@ -488,7 +491,16 @@ impl ServeArgs {
             peers.insert(node_id, peer_addr.to_string());
         }
         if let Some(listed) = peers.get(&node_id) {
-            if listed != &peer_addr.to_string() {
+            // The --peers entry is how the other nodes reach this one. A node bound to every
+            // interface (0.0.0.0, as in a container) may be listed by any name or address on
+            // its port; one bound to a single address must be listed at that address.
+            let listed_port = listed.rsplit_once(':').map(|(_, p)| p);
+            let consistent = if peer_addr.ip().is_unspecified() {
+                listed_port == Some(peer_addr.port().to_string().as_str())
+            } else {
+                listed == &peer_addr.to_string()
+            };
+            if !consistent {
                 return Err(bad(
                     "--peers",
                     format!("lists node {node_id} at {listed}, but --peer-addr is {peer_addr}"),

@@ -197,3 +197,55 @@ async fn acknowledged_writes_survive_kill9_of_the_leader() {
         }
     }
 }
+
+/// Nodes that bind their peer port on every interface (as in a container) are known to the
+/// cluster by their `--peers` addresses, which is how the others reach them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_known_by_their_peers_addresses_not_the_addresses_they_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<Vec<u16>> = free_ports(9).chunks(3).map(|c| c.to_vec()).collect();
+    let peers = (0..3)
+        .map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i][0]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let mut node = NodeProc::new(
+            dir.path(),
+            i as u64 + 1,
+            ZONES[i],
+            Some(peers.clone()),
+            &ports[i],
+            &[],
+        );
+        node.peer = format!("0.0.0.0:{}", ports[i][0]);
+        node.start();
+        nodes.push(node);
+    }
+    let mut cluster = Cluster {
+        dir,
+        nodes,
+        token: None,
+        certs: None,
+    };
+    let init = cluster.client_without_token(0).init().await.expect("init");
+    cluster.token = Some(init.admin_token);
+    cluster.leader().await;
+    let status = cluster.status(2).await;
+    for m in &status.members {
+        let peer = &m.info.as_ref().unwrap().peer_addr;
+        assert_eq!(
+            peer,
+            &format!("127.0.0.1:{}", ports[m.node_id as usize - 1][0])
+        );
+    }
+    // And they work as a cluster: a write through node 3 is read on node 1.
+    cluster
+        .client_of(3)
+        .apply(
+            vec![resource("Consumer", "c", serde_json::json!({}))],
+            vec![],
+        )
+        .await
+        .expect("write through a follower");
+}
