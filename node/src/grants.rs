@@ -50,6 +50,17 @@ pub async fn ship_grants(
             }
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        // The voter count decides each node's share under `local_fallback`: kept current
+        // before every entry, not only at the sweep.
+        let voters = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .count();
+        limiter
+            .cluster_size
+            .store(voters.max(1) as u64, Ordering::Relaxed);
         let mut batch = vec![first];
         tokio::time::sleep(GATHER).await;
         while batch.len() < MAX_ASKS_PER_ENTRY {

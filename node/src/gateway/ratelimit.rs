@@ -32,8 +32,8 @@ use crate::resources::rate_limit::{Mode, OnQuorumLoss, RateLimitSpec};
 
 /// Longest a request waits for a grant when its node has no units left.
 pub const STRICT_WAIT: Duration = Duration::from_millis(100);
-/// After a failed ask (no quorum), how long the node acts on `on_quorum_loss` before asking
-/// again.
+/// Without quorum, how often the node asks again (it follows `on_quorum_loss` meanwhile, and
+/// until an ask succeeds).
 const QUORUM_RETRY_MS: u64 = 1_000;
 /// Asks must have failed for this long before `on_quorum_loss` applies. A leader election
 /// takes less: during one, strict limits refuse (under-admit) rather than fall back, so a
@@ -69,8 +69,8 @@ pub struct Allocation {
     /// on this node for a sweep interval, and its unused units go back to the cluster.
     admitted_total: AtomicU64,
     admitted_at_sweep: AtomicU64,
-    /// Set by a failed ask until this time: follow `on_quorum_loss`.
-    quorum_lost_until_ms: AtomicU64,
+    /// Without quorum: no ask before this time (asks are retried every [`QUORUM_RETRY_MS`]).
+    next_retry_ms: AtomicU64,
     /// When asks started failing (0: the last one succeeded).
     failing_since_ms: AtomicU64,
     /// Admissions under `local_fallback` in the current fallback window.
@@ -192,7 +192,7 @@ impl RateLimiter {
             admitted_since_ask: AtomicU64::new(0),
             admitted_total: AtomicU64::new(0),
             admitted_at_sweep: AtomicU64::new(0),
-            quorum_lost_until_ms: AtomicU64::new(0),
+            next_retry_ms: AtomicU64::new(0),
             failing_since_ms: AtomicU64::new(0),
             fallback_used: AtomicU64::new(0),
             fallback_window_end_ms: AtomicU64::new(0),
@@ -225,7 +225,11 @@ impl RateLimiter {
                 }
                 keys.retain(|_, a| {
                     let end = a.window_end_ms.load(Ordering::Relaxed);
-                    if end == 0 {
+                    if a.failing_since_ms.load(Ordering::Relaxed) != 0 {
+                        // Asks are failing: keep the record of since when, or the node
+                        // would never see that quorum is lost.
+                        true
+                    } else if end == 0 {
                         // Never granted: kept only while its first ask is out.
                         a.asking.load(Ordering::Relaxed)
                     } else {
@@ -341,7 +345,9 @@ impl RateLimiter {
             if exhausted > now {
                 return Err(a.refused(now, exhausted));
             }
-            if a.quorum_lost_until_ms.load(Ordering::Acquire) > now {
+            if a.quorum_lost(now) {
+                // Until an ask succeeds again (retried every second in the background).
+                self.ask(a, now);
                 return self.on_quorum_loss(a, now);
             }
             if a.try_borrow() {
@@ -385,9 +391,7 @@ impl RateLimiter {
     }
 
     fn ask(&self, a: &Arc<Allocation>, now: u64) {
-        if a.quorum_lost_until_ms.load(Ordering::Acquire) > now
-            || a.asking.swap(true, Ordering::AcqRel)
-        {
+        if a.next_retry_ms.load(Ordering::Acquire) > now || a.asking.swap(true, Ordering::AcqRel) {
             return;
         }
         // Twice the recent demand, at least 1, at most the limit.
@@ -527,15 +531,22 @@ impl Allocation {
                 self.exhausted_until_ms
                     .store(g.window_end_ms, Ordering::Release);
             }
-            self.quorum_lost_until_ms.store(0, Ordering::Release);
+            self.next_retry_ms.store(0, Ordering::Release);
             self.failing_since_ms.store(0, Ordering::Release);
         }
         self.asking.store(false, Ordering::Release);
         self.granted.notify_waiters();
     }
 
+    /// Asks have failed for [`QUORUM_LOSS_AFTER_MS`] and none has succeeded since: the node
+    /// follows `on_quorum_loss`.
+    fn quorum_lost(&self, now: u64) -> bool {
+        let since = self.failing_since_ms.load(Ordering::Acquire);
+        since != 0 && now.saturating_sub(since) >= QUORUM_LOSS_AFTER_MS
+    }
+
     /// The ask could not be shipped. Once asks have failed for [`QUORUM_LOSS_AFTER_MS`], the
-    /// node follows `on_quorum_loss` for a while before asking again.
+    /// node follows `on_quorum_loss` until one succeeds, asking again every second.
     pub fn ask_failed(&self, now: u64) {
         let since = match self.failing_since_ms.compare_exchange(
             0,
@@ -547,7 +558,7 @@ impl Allocation {
             Err(earlier) => earlier,
         };
         if now.saturating_sub(since) >= QUORUM_LOSS_AFTER_MS {
-            self.quorum_lost_until_ms
+            self.next_retry_ms
                 .store(now + QUORUM_RETRY_MS, Ordering::Release);
         }
         self.asking.store(false, Ordering::Release);

@@ -220,3 +220,35 @@ fn leader_time_is_learnt_from_grants_and_never_underestimated() {
     rl.learn_leader_time(10_000, 40_000);
     assert_eq!(rl.leader_now(40_500), 10_500);
 }
+
+#[tokio::test]
+async fn without_quorum_a_node_keeps_following_on_quorum_loss_across_sweeps() {
+    let (rl, mut asks) = RateLimiter::new();
+    // Every ask fails, answered here in step with the test's clock.
+    let mut fail_asks = |now: u64| {
+        while let Ok(ask) = asks.try_recv() {
+            ask.allocation.ask_failed(now);
+        }
+    };
+    let s = spec(
+        json!({"applies_to": {"global": true}, "limit": 10, "window": "10s", "on_quorum_loss": "fail_open"}),
+    );
+    assert!(
+        rl.admit("s", &s, "k", || 15_000).await.is_err(),
+        "no grant: refused"
+    );
+    fail_asks(15_000);
+    assert!(
+        rl.admit("s", &s, "k", || 21_000).await.is_ok(),
+        "failing for 6 s: falls back"
+    );
+    fail_asks(21_000);
+    // A sweep long after the window keeps the failing allocation: dropping it would forget
+    // since when asks fail, and the node would refuse for another 5 s each time.
+    rl.sweep(60_000);
+    assert_eq!(rl.len(), 1);
+    assert!(
+        rl.admit("s", &s, "k", || 60_000).await.is_ok(),
+        "still falling back"
+    );
+}
