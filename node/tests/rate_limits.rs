@@ -524,9 +524,16 @@ async fn konnectctl_usage_shows_a_quota_alike_on_every_node_and_idle_units_go_ba
         let r = http("GET", &proxy, "/api/x", &[("x-tenant", "alice")], "").await;
         assert_eq!(r.status, 200);
     }
-    // Node 2 may hold more units than it used; once alice is idle there it gives them back,
-    // and every node reports exactly what was admitted.
     let alice = ["--limit", "limit", "--key", "alice"];
+    // Asks follow demand: 1 unit, then 2 after the first request, then 4 after the third,
+    // so 7 are granted for 3 requests; node 2 holds the 4 it has not used.
+    wait_for("the third grant", Duration::from_secs(30), || async {
+        let v = usage_json(&cluster, 3, &alice).unwrap();
+        (v[0]["used"] == 7).then_some(())
+    })
+    .await;
+    // Once alice is idle on node 2 it gives them back, and every node reports exactly what
+    // was admitted.
     let shown = wait_for(
         "unused units to go back",
         Duration::from_secs(30),

@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 
+use units::WindowUnits;
+
 use crate::resources::rate_limit::{Mode, OnQuorumLoss, RateLimitSpec};
 
 /// Longest a request waits for a grant when its node has no units left.
@@ -52,11 +54,9 @@ pub struct Allocation {
     borrow: u64,
     /// Requests admitted on credit and not yet repaid from a grant; never above `borrow`.
     debt: AtomicU64,
-    /// Units this node may still admit in the window ending at `window_end_ms`.
-    remaining: AtomicI64,
-    /// End of the window the units belong to (unix ms: leader time for strict, node time for
-    /// local); 0 before the first grant.
-    window_end_ms: AtomicU64,
+    /// Units this node may still admit, tagged with the window they belong to (its end in
+    /// unix ms: leader time for strict and fast, node time for local; 0 before the first).
+    units: WindowUnits,
     /// Units granted to all nodes in that window, as of the last grant (for headers).
     used_cluster: AtomicU64,
     /// The cluster has no units left for this window: refuse until it ends.
@@ -184,8 +184,7 @@ impl RateLimiter {
             on_quorum_loss: spec.on_quorum_loss,
             borrow: spec.borrow(),
             debt: AtomicU64::new(0),
-            remaining: AtomicI64::new(0),
-            window_end_ms: AtomicU64::new(0),
+            units: WindowUnits::default(),
             used_cluster: AtomicU64::new(0),
             exhausted_until_ms: AtomicU64::new(0),
             asking: AtomicBool::new(false),
@@ -224,7 +223,7 @@ impl RateLimiter {
                     self.release_if_idle(a, now_ms);
                 }
                 keys.retain(|_, a| {
-                    let end = a.window_end_ms.load(Ordering::Relaxed);
+                    let end = a.units.window_end_ms();
                     if a.failing_since_ms.load(Ordering::Relaxed) != 0 {
                         // Asks are failing: keep the record of since when, or the node
                         // would never see that quorum is lost.
@@ -244,25 +243,16 @@ impl RateLimiter {
     fn release_if_idle(&self, a: &Arc<Allocation>, now_ms: u64) {
         let total = a.admitted_total.load(Ordering::Relaxed);
         let idle = a.admitted_at_sweep.swap(total, Ordering::Relaxed) == total;
-        let end = a.window_end_ms.load(Ordering::Acquire);
-        if !idle
-            || !a.mode.is_granted()
-            || end <= now_ms
-            || a.remaining.load(Ordering::Acquire) <= 0
-        {
+        let end = a.units.window_end_ms();
+        if !idle || !a.mode.is_granted() || end <= now_ms || a.units.units() == 0 {
             return;
         }
         // Counts as an ask in flight, so no other ask overlaps the release.
         if a.asking.swap(true, Ordering::AcqRel) {
             return;
         }
-        let units = a.remaining.swap(0, Ordering::AcqRel).max(0) as u64;
-        if a.window_end_ms.load(Ordering::Acquire) != end {
-            // A grant of a new window landed in between: those units are not ours to give.
-            a.remaining.fetch_add(units as i64, Ordering::AcqRel);
-            a.asking.store(false, Ordering::Release);
-            return;
-        }
+        // Only units of that window (a grant of a newer one may have landed meanwhile).
+        let units = a.units.drain(end);
         let sent = units > 0
             && self
                 .asks
@@ -311,8 +301,8 @@ impl RateLimiter {
                 let _ = a
                     .debt
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
-            } else if a.window_end_ms.load(Ordering::Acquire) == admitted.window_end_ms {
-                a.remaining.fetch_add(1, Ordering::AcqRel);
+            } else {
+                a.units.give_back(admitted.window_end_ms);
             }
         }
     }
@@ -328,18 +318,16 @@ impl RateLimiter {
         let mut waited = false;
         loop {
             let now = now_ms();
-            if a.window_end_ms.load(Ordering::Acquire) <= now {
-                // The window of our units is over: they are gone.
-                a.remaining.store(0, Ordering::Release);
-            }
-            if let Some(before) = a.take() {
+            // The units of a window that is over are gone.
+            a.units.expire(now);
+            if let Some((window_end, before)) = a.units.take() {
                 a.admitted_total.fetch_add(1, Ordering::Relaxed);
                 let admitted = a.admitted_since_ask.fetch_add(1, Ordering::Relaxed) + 1;
                 // Low-water mark: ask for more before running out.
-                if (before - 1) as u64 <= admitted.max(1) / 2 {
+                if before - 1 <= admitted.max(1) / 2 {
                     self.ask(a, now);
                 }
-                return Ok(a.verdict(now));
+                return Ok(a.verdict(now, window_end));
             }
             let exhausted = a.exhausted_until_ms.load(Ordering::Acquire);
             if exhausted > now {
@@ -354,7 +342,7 @@ impl RateLimiter {
                 a.admitted_total.fetch_add(1, Ordering::Relaxed);
                 a.admitted_since_ask.fetch_add(1, Ordering::Relaxed);
                 self.ask(a, now);
-                let mut verdict = a.verdict(now);
+                let mut verdict = a.verdict(now, a.units.window_end_ms());
                 verdict.borrowed = true;
                 return Ok(verdict);
             }
@@ -373,7 +361,7 @@ impl RateLimiter {
 
     fn on_quorum_loss(&self, a: &Arc<Allocation>, now: u64) -> Result<Verdict, Refused> {
         match a.on_quorum_loss {
-            OnQuorumLoss::FailOpen => Ok(a.verdict(now)),
+            OnQuorumLoss::FailOpen => Ok(a.verdict(now, a.units.window_end_ms())),
             OnQuorumLoss::FailClosed => Err(a.refused(now, now + QUORUM_RETRY_MS)),
             OnQuorumLoss::LocalFallback => {
                 let window_end = now - now % a.window_ms + a.window_ms;
@@ -382,7 +370,7 @@ impl RateLimiter {
                 }
                 let share = (a.limit / self.cluster_size.load(Ordering::Relaxed).max(1)).max(1);
                 if a.fallback_used.fetch_add(1, Ordering::AcqRel) < share {
-                    Ok(a.verdict(now))
+                    Ok(a.verdict(now, a.units.window_end_ms()))
                 } else {
                     Err(a.refused(now, window_end))
                 }
@@ -433,61 +421,34 @@ impl Allocation {
     }
 
     /// Takes what is owed out of `granted` units; returns what is left to admit with.
-    fn repay(&self, granted: u64) -> i64 {
+    fn repay(&self, granted: u64) -> u64 {
         let owed = self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
                 Some(d - d.min(granted))
             })
             .unwrap_or(0);
-        (granted - owed.min(granted)) as i64
-    }
-
-    /// Takes one unit if there is one; returns how many there were. A compare-and-swap, never
-    /// a decrement undone later: a unit stored by a grant or a window change in between can
-    /// neither be lost nor counted twice.
-    fn take(&self) -> Option<i64> {
-        let mut current = self.remaining.load(Ordering::Acquire);
-        loop {
-            if current <= 0 {
-                return None;
-            }
-            match self.remaining.compare_exchange_weak(
-                current,
-                current - 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Some(current),
-                Err(actual) => current = actual,
-            }
-        }
+        granted - owed.min(granted)
     }
 
     fn admit_local(&self, now: u64) -> Result<Verdict, Refused> {
         let end = now - now % self.window_ms + self.window_ms;
-        let current = self.window_end_ms.load(Ordering::Acquire);
-        if current < end
-            && self
-                .window_end_ms
-                .compare_exchange(current, end, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.remaining.store(self.limit as i64, Ordering::Release);
+        if self.units.open(end, self.limit) {
             self.used_cluster.store(0, Ordering::Release);
         }
-        if self.take().is_some() {
-            self.used_cluster.fetch_add(1, Ordering::Relaxed);
-            Ok(self.verdict(now))
-        } else {
-            Err(self.refused(now, end))
+        match self.units.take() {
+            Some((window_end, _)) => {
+                self.used_cluster.fetch_add(1, Ordering::Relaxed);
+                Ok(self.verdict(now, window_end))
+            }
+            None => Err(self.refused(now, end)),
         }
     }
 
-    fn verdict(&self, now: u64) -> Verdict {
-        let end = self.window_end_ms.load(Ordering::Relaxed);
+    /// What the headers say after an admission of a unit of the window ending at `end`.
+    fn verdict(&self, now: u64, end: u64) -> Verdict {
         let used = self.used_cluster.load(Ordering::Relaxed);
-        let local = self.remaining.load(Ordering::Relaxed).max(0) as u64;
+        let local = self.units.units();
         Verdict {
             limit_name: self.limit_name.clone(),
             limit: self.limit,
@@ -500,7 +461,7 @@ impl Allocation {
     }
 
     fn refused(&self, now: u64, until: u64) -> Refused {
-        let mut verdict = self.verdict(now);
+        let mut verdict = self.verdict(now, self.units.window_end_ms());
         verdict.remaining = 0;
         Refused {
             retry_after_s: until.saturating_sub(now).div_ceil(1000).max(1),
@@ -513,19 +474,14 @@ impl Allocation {
         if g.refused {
             self.exhausted_until_ms.store(now + 1000, Ordering::Release);
         } else {
-            let current = self.window_end_ms.load(Ordering::Acquire);
-            if current == g.window_end_ms {
+            // Into the units of that window; a newer window's grant replaces older units in
+            // the same atomic step, and a grant for a window older than ours is dropped.
+            // (What was owed is repaid either way: units dropped are never admitted with, so
+            // the bound of docs/consistency.md holds.)
+            if g.window_end_ms >= self.units.window_end_ms() {
                 let net = self.repay(g.granted);
-                self.remaining.fetch_add(net, Ordering::AcqRel);
-            } else if g.window_end_ms > current {
-                // A new window: units of the old one are dropped before the new window is
-                // announced, so no request admitted in the new window uses an old unit.
-                self.remaining.store(0, Ordering::Release);
-                self.window_end_ms.store(g.window_end_ms, Ordering::Release);
-                let net = self.repay(g.granted);
-                self.remaining.fetch_add(net, Ordering::AcqRel);
+                self.units.grant(g.window_end_ms, net);
             }
-            // (A grant for a window older than ours is dropped.)
             self.used_cluster.store(g.used, Ordering::Release);
             if g.used >= self.limit {
                 self.exhausted_until_ms
@@ -568,3 +524,4 @@ impl Allocation {
 
 #[cfg(test)]
 mod tests;
+mod units;
