@@ -8,6 +8,9 @@
 //! - `nemesis`: a fault schedule drawn from a seed, and injecting/healing each fault.
 //! - `workload`: register (CAS + consistent reads) and set (creates) clients and their checks.
 //! - `linearizability`: a WGL-style checker and the register model.
+//! - `limits`: the rate-limit workload (an upstream that notes each request's node and
+//!   arrival time, strict RateLimits with `fail_closed` and `local_fallback`, proxy clients)
+//!   and the `ratelimit-partition` run; `limits/check.rs` checks the counts per window.
 //! - `scenario`: named scenarios, one run each, and the one-line outcome.
 //!
 //! Invariant: traffic stays on this machine. Nodes listen on loopback or on 10.77.S.0/24
@@ -15,6 +18,7 @@
 //! veth pair into them); every namespace and process is removed when its owner drops.
 
 pub mod cluster;
+pub mod limits;
 pub mod linearizability;
 pub mod nemesis;
 pub mod net;

@@ -13,10 +13,12 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos-tests",
-    about = "Run konnect under partitions, crashes and pauses; check linearizability and lost writes.",
+    about = "Run konnect under partitions, crashes and pauses; check linearizability, lost writes \
+             and rate limits.",
     after_help = "Scenarios: partition-leader, kill-leader, pause-follower, asymmetric-partition, \
-                  split-minority, mixed. Needs root for network namespaces; otherwise runs on \
-                  loopback with network faults replaced by pauses (and says so)."
+                  split-minority, mixed, ratelimit-partition. Needs root for network namespaces; \
+                  otherwise runs on loopback with network faults replaced by pauses (and says so), \
+                  except ratelimit-partition, which then fails: it needs a real partition."
 )]
 struct Args {
     /// Scenario to run, or `all`.
@@ -32,6 +34,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Time the fault schedule fills in each scenario. Default: 12s, or 60s with --soak.
+    /// (ratelimit-partition times its one fault by the limits' windows instead.)
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Where nodes run: auto (namespaces if possible), netns (or fail), loopback.

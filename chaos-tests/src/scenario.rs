@@ -1,11 +1,13 @@
-//! Scenarios: a named set of faults, run against a fresh cluster while the register and set
-//! workloads run, then checked. Each run ends in one `Outcome` line:
+//! Scenarios: a named set of faults, run against a fresh cluster while a workload runs, then
+//! checked. Each run ends in one `Outcome` line:
 //! `scenario=... seed=... mode=... ops=... faults=... verdict=PASS|FAIL (details)`.
 //!
-//! A run: start the cluster and form it; create the registers; start the clients; play the
-//! nemesis schedule (quiet, inject, hold, heal — repeated); heal everything; require a leader
-//! and some successful operations after healing; stop the clients; read every register and
-//! list the set through every node; check.
+//! Two workloads. Register and set (most scenarios): start the cluster and form it; create the
+//! registers; start the clients; play the nemesis schedule (quiet, inject, hold, heal —
+//! repeated); heal everything; require a leader and some successful operations after healing;
+//! stop the clients; read every register and list the set through every node; check.
+//! Rate limits (`ratelimit-partition`): one fixed fault timed against the limits' windows,
+//! driven by `limits::run_partition`.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -13,15 +15,29 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cluster::{Cluster, ModeKind, ModeRequest};
+use crate::limits;
 use crate::nemesis::{self, FaultKind, Schedule};
 use crate::workload::{self, Clock, RegisterNotes, SetRecord, Stop};
 
-/// A named choice of faults.
+/// A named choice of faults and the workload that runs under them.
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
     pub name: &'static str,
+    /// Faults the nemesis schedule draws from (`Workload::Registers` only).
     pub faults: &'static [FaultKind],
     pub about: &'static str,
+    pub workload: Workload,
+}
+
+/// What runs under the faults, and what is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Register (linearizability) and set (no lost creates) clients on the admin API, under a
+    /// seeded nemesis schedule.
+    Registers,
+    /// Rate limits hammered through every node's proxy while one follower is cut off, counted
+    /// per window at an upstream (`limits`); its one fault is timed against the windows.
+    RateLimits,
 }
 
 /// Every scenario; `all` runs them in this order.
@@ -30,31 +46,44 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "partition-leader",
         faults: &[FaultKind::PartitionLeader],
         about: "cut the leader off from every other node (clients still reach it)",
+        workload: Workload::Registers,
     },
     Scenario {
         name: "kill-leader",
         faults: &[FaultKind::KillLeader],
         about: "kill -9 the leader, restart it after a while",
+        workload: Workload::Registers,
     },
     Scenario {
         name: "pause-follower",
         faults: &[FaultKind::PauseFollower],
         about: "SIGSTOP a follower for longer than the election timeout",
+        workload: Workload::Registers,
     },
     Scenario {
         name: "asymmetric-partition",
         faults: &[FaultKind::AsymmetricPartition],
         about: "drop the leader's packets one way only (its sends, or its receives)",
+        workload: Workload::Registers,
     },
     Scenario {
         name: "split-minority",
         faults: &[FaultKind::SplitMinority],
         about: "split into a minority and a majority; the leader lands on either side",
+        workload: Workload::Registers,
     },
     Scenario {
         name: "mixed",
         faults: &FaultKind::ALL,
         about: "every fault kind, drawn at random",
+        workload: Workload::Registers,
+    },
+    Scenario {
+        name: "ratelimit-partition",
+        faults: &[],
+        about: "cut a follower off while clients hammer strict rate limits through every node: \
+                fail_closed holds the limit, local_fallback adds at most the isolated node's share",
+        workload: Workload::RateLimits,
     },
 ];
 
@@ -157,6 +186,9 @@ impl fmt::Display for Outcome {
 /// Runs `scenario` and returns its outcome; never panics on a cluster failure (that is a
 /// FAIL with the reason).
 pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
+    if scenario.workload == Workload::RateLimits {
+        return limits::run_partition(scenario, options).await;
+    }
     let started = Instant::now();
     let schedule = Schedule::generate(options.seed, scenario.faults, options.duration);
     eprintln!(
@@ -214,32 +246,44 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
         } else {
             format!("{}; {}", outcome.problems.join("; "), outcome.details)
         };
-        if options.keep_failed_dir {
-            outcome.kept_dir = Some(cluster.keep_dir());
-        }
-        eprintln!(
-            "chaos: FAIL scenario={} seed={}",
-            scenario.name, options.seed
-        );
-        eprintln!("chaos: schedule was: {schedule}");
-        for (at, fault) in &outcome.faults {
-            eprintln!("chaos:   +{at:.1}s {fault}");
-        }
-        for p in &outcome.problems {
-            eprintln!("chaos: problem: {p}");
-        }
-        eprintln!("chaos: replay with: {}", outcome.replay());
-        if let Some(dir) = &outcome.kept_dir {
-            eprintln!(
-                "chaos: data dirs, logs and register-history.txt kept in {}",
-                dir.display()
-            );
-        }
-        eprintln!("{}", cluster.log_tails(25));
+        report_failure(&mut cluster, options, &mut outcome, &schedule.to_string());
     }
     drop(cluster);
     outcome.elapsed = started.elapsed();
     outcome
+}
+
+/// Prints what a failed run needs for its diagnosis (the schedule, the faults as injected,
+/// the problems, a replay command, the tail of every node's log) and keeps its data dirs and
+/// logs if `options` say so.
+pub fn report_failure(
+    cluster: &mut Cluster,
+    options: &RunOptions,
+    outcome: &mut Outcome,
+    schedule: &str,
+) {
+    if options.keep_failed_dir {
+        outcome.kept_dir = Some(cluster.keep_dir());
+    }
+    eprintln!(
+        "chaos: FAIL scenario={} seed={}",
+        outcome.scenario, options.seed
+    );
+    eprintln!("chaos: schedule was: {schedule}");
+    for (at, fault) in &outcome.faults {
+        eprintln!("chaos:   +{at:.1}s {fault}");
+    }
+    for p in &outcome.problems {
+        eprintln!("chaos: problem: {p}");
+    }
+    eprintln!("chaos: replay with: {}", outcome.replay());
+    if let Some(dir) = &outcome.kept_dir {
+        eprintln!(
+            "chaos: data dirs and logs (and register-history.txt, for register runs) kept in {}",
+            dir.display()
+        );
+    }
+    eprintln!("{}", cluster.log_tails(25));
 }
 
 /// The middle of a run: workloads, nemesis, healing, checks. Problems found go into
