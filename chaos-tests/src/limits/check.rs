@@ -181,9 +181,8 @@ impl Report {
         for w in &self.windows {
             let _ = writeln!(
                 out,
-                "{}..{} {:<24} closed {:<16} fallback {:<16}{}",
-                plan.rel(w.start_ms),
-                plan.rel(w.end_ms),
+                "{:<17} {:<24} closed {:<16} fallback {:<16}{}",
+                format!("{}..{}", plan.rel(w.start_ms), plan.rel(w.end_ms)),
                 w.phase(plan),
                 w.figures(Policy::FailClosed, plan),
                 w.figures(Policy::LocalFallback, plan),
