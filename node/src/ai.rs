@@ -6,6 +6,8 @@
 //!   target choice and fallback, the provider requests.
 //! - `stream.rs`: streamed answers passed through event by event, with the usage captured.
 //! - `usage.rs`: the usage record of every call and its cost in integer micro-USD.
+//! - `anthropic.rs`, `gemini.rs`: pure translation between the OpenAI format and Anthropic's
+//!   and Gemini's (requests, answers, stream events, errors).
 //! - `catalogue.rs`: the built-in prices and context windows (data in `catalogue.json`).
 //! - `cache.rs`: the exact-match answer cache of Models with `cache`.
 //! - `latency.rs`: recent time to first byte per target, for `least_latency` routing.
@@ -18,6 +20,7 @@ pub mod anthropic;
 pub mod cache;
 pub mod catalogue;
 pub mod error;
+pub mod gemini;
 pub mod handler;
 pub mod latency;
 pub mod stream;

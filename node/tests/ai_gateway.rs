@@ -33,6 +33,12 @@ async fn gateway(mock: &MockLlm, models: Vec<(&str, Value)>) -> (Cluster, String
                    "api_key": {"secret": "sk-ant-provider-secret"}}),
         ),
         resource(
+            "Provider",
+            "google",
+            json!({"type": "gemini", "base_url": format!("{}/v1beta", mock.url()),
+                   "api_key": {"secret": "gm-provider-secret"}}),
+        ),
+        resource(
             "Route",
             "ai",
             json!({"paths": ["/v1"], "ai": {}, "auth": {"key": true}}),
@@ -838,4 +844,101 @@ async fn prices_written_through_the_admin_api_take_precedence_over_the_built_in_
     })
     .await;
     assert_eq!(ask("mini").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_format_calls_reach_gemini_models_translated_streaming_tools_and_embeddings() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![(
+            "gem",
+            json!({"targets": [{"provider": "google", "model": "gemini-2.5-flash"}]}),
+        )],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        r#"{"model": "gem", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Hello from gemini-2.5-flash"
+    );
+    assert_eq!(r.json()["usage"]["prompt_tokens"], 17);
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(sent.path, "/v1beta/models/gemini-2.5-flash:generateContent");
+    assert_eq!(sent.headers["x-goog-api-key"], "gm-provider-secret");
+    assert_eq!(
+        sent.body["systemInstruction"]["parts"][0]["text"],
+        "Be brief."
+    );
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["input_tokens"].as_u64(), rec["output_tokens"].as_u64()),
+        (Some(17), Some(9))
+    );
+    assert_eq!(rec["provider"], "google");
+
+    // Streamed: Gemini's events as OpenAI chunks, closed with [DONE].
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "gem", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    let data = sse_data(&r.body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let text: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "Hello from gemini-2.5-flash");
+    assert_eq!(
+        mock.seen().pop().unwrap().path,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    );
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["output_tokens"].as_u64(), rec["outcome"].as_str()),
+        (Some(9), Some("ok"))
+    );
+
+    // A tool call.
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        r#"{"model": "gem", "messages": [{"role": "user", "content": "Weather?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]}"#).await;
+    let call = &r.json()["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+
+    // Embeddings, as floats or as base64 (what the OpenAI SDKs ask for by default).
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/embeddings",
+        &auth,
+        r#"{"model": "gem", "input": "hello"}"#,
+    )
+    .await;
+    assert_eq!(r.json()["data"][0]["embedding"], json!([0.25, -0.5]));
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/embeddings",
+        &auth,
+        r#"{"model": "gem", "input": "hello", "encoding_format": "base64"}"#,
+    )
+    .await;
+    assert!(r.json()["data"][0]["embedding"].is_string(), "{:?}", r.body);
 }

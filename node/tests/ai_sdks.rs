@@ -82,6 +82,17 @@ async fn the_official_openai_and_anthropic_sdks_work_against_konnect() {
                     json!({"targets": [{"provider": "anthropic", "model": "claude-sonnet-4-5"}]}),
                 ),
                 resource(
+                    "Provider",
+                    "google",
+                    json!({"type": "gemini", "base_url": format!("{}/v1beta", mock.url()),
+                           "api_key": {"secret": "gm-provider"}}),
+                ),
+                resource(
+                    "Model",
+                    "gem",
+                    json!({"targets": [{"provider": "google", "model": "gemini-2.5-flash"}]}),
+                ),
+                resource(
                     "Model",
                     "resilient",
                     json!({"targets": [{"provider": "openai", "model": "fail-429"},

@@ -19,13 +19,14 @@ use serde_json::{json, Value};
 use super::anthropic;
 use super::cache::AnswerCache;
 use super::error::{AiError, ApiFormat};
+use super::gemini;
 use super::stream::{self, StreamJob, StreamKind};
 use super::usage::{cost_micros, estimate_tokens, UsageRecord};
 use super::{AiConfig, AiContext, ProviderEntry};
 use crate::gateway::auth::Caller;
 use crate::gateway::body::{full, ProxyBody};
 use crate::resources::model::{ModelSpec, ModelTarget, Price, Routing};
-use crate::resources::provider::{ProviderType, DEFAULT_AZURE_API_VERSION};
+use crate::resources::provider::{ProviderApi, ProviderType, DEFAULT_AZURE_API_VERSION};
 
 /// Default wait for a provider's response headers, per attempt.
 const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -235,10 +236,10 @@ fn provider_body(
     body: &Value,
     stream: bool,
 ) -> Result<Value, AiError> {
-    let speaks_openai = provider.spec.kind.speaks_openai();
+    let api = provider.spec.kind.api();
     let mut out = body.clone();
-    match endpoint {
-        Endpoint::Chat(ApiFormat::OpenAi) if speaks_openai => {
+    match (endpoint, api) {
+        (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::OpenAi) => {
             if stream {
                 let options = out
                     .as_object_mut()
@@ -256,12 +257,12 @@ fn provider_body(
                 }
             }
         }
-        Endpoint::Chat(ApiFormat::Anthropic) if !speaks_openai => {
+        (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Anthropic) => {
             if out.get("max_tokens").is_none() {
                 out["max_tokens"] = json!(output_cap(config, model, provider, target));
             }
         }
-        Endpoint::Chat(ApiFormat::OpenAi) => {
+        (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::Anthropic) => {
             return anthropic::chat_request_to_messages(
                 body,
                 &target.model,
@@ -269,11 +270,27 @@ fn provider_body(
             )
             .map_err(untranslatable)
         }
-        Endpoint::Chat(ApiFormat::Anthropic) => {
+        (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::OpenAi) => {
             return anthropic::messages_request_to_chat(body, &target.model).map_err(untranslatable)
         }
-        Endpoint::Embeddings if speaks_openai => {}
-        Endpoint::Embeddings => {
+        (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::Gemini) => {
+            // The model is in the URL (`provider_request`).
+            return gemini::chat_request_to_gemini(body).map_err(untranslatable);
+        }
+        (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Gemini) => {
+            return Err(AiError::Unsupported(format!(
+                "model target {:?} is a Gemini model: call it in the OpenAI format \
+                 (chat/completions); Anthropic-format calls are translated to OpenAI-type \
+                 models only",
+                target.model
+            )))
+        }
+        (Endpoint::Embeddings, ProviderApi::OpenAi) => {}
+        (Endpoint::Embeddings, ProviderApi::Gemini) => {
+            return gemini::embeddings_request_to_gemini(body, &target.model)
+                .map_err(untranslatable)
+        }
+        (Endpoint::Embeddings, ProviderApi::Anthropic) => {
             return Err(AiError::Unsupported(format!(
                 "provider {:?} ({}) has no embeddings API",
                 provider.name,
@@ -314,6 +331,7 @@ fn provider_request(
     endpoint: Endpoint,
     provider: &ProviderEntry,
     provider_model: &str,
+    stream: bool,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, String> {
     let base = provider.spec.base_url();
@@ -340,6 +358,14 @@ fn provider_request(
             format!("{base}/openai/deployments/{provider_model}/{op}?api-version={version}")
         }
         (ProviderType::Anthropic, _) => format!("{base}/v1/messages"),
+        (ProviderType::Gemini, Endpoint::Chat(_)) => format!(
+            "{base}/{}",
+            gemini::chat_path(provider_model, stream).map_err(|e| e.to_string())?
+        ),
+        (ProviderType::Gemini, Endpoint::Embeddings) => format!(
+            "{base}/{}",
+            gemini::embed_path(provider_model).map_err(|e| e.to_string())?
+        ),
         (_, Endpoint::Embeddings) => format!("{base}/embeddings"),
         (_, Endpoint::Chat(_)) => format!("{base}/chat/completions"),
     };
@@ -367,6 +393,7 @@ fn provider_request(
         let (name, value) = match kind {
             ProviderType::AzureOpenai => ("api-key", key.clone()),
             ProviderType::Anthropic => ("x-api-key", key.clone()),
+            ProviderType::Gemini => ("x-goog-api-key", key.clone()),
             _ => ("authorization", format!("Bearer {key}")),
         };
         let mut value = HeaderValue::from_str(&value)
@@ -384,10 +411,11 @@ fn provider_request(
 }
 
 /// Tokens of a non-streamed answer: (input, cached, output).
-fn answer_usage(format_of_provider: ApiFormat, answer: &Value) -> Option<(u64, u64, u64)> {
+fn answer_usage(api: ProviderApi, answer: &Value) -> Option<(u64, u64, u64)> {
     let u = answer.get("usage")?;
-    match format_of_provider {
-        ApiFormat::OpenAi => {
+    match api {
+        // (Gemini answers are always translated, with their usage.)
+        ProviderApi::OpenAi | ProviderApi::Gemini => {
             let input = u["prompt_tokens"].as_u64()?;
             let output = u["completion_tokens"].as_u64().unwrap_or(0);
             let cached = u["prompt_tokens_details"]["cached_tokens"]
@@ -395,7 +423,7 @@ fn answer_usage(format_of_provider: ApiFormat, answer: &Value) -> Option<(u64, u
                 .unwrap_or(0);
             Some((input, cached, output))
         }
-        ApiFormat::Anthropic => {
+        ProviderApi::Anthropic => {
             let cached = u["cache_read_input_tokens"].as_u64().unwrap_or(0);
             let created = u["cache_creation_input_tokens"].as_u64().unwrap_or(0);
             let input = u["input_tokens"].as_u64()? + cached + created;
@@ -619,11 +647,14 @@ async fn call(
         );
         for _ in 0..=model.retries {
             record.attempts += 1;
-            let request =
-                provider_request(endpoint, provider, &target.model, upstream_body.clone())
-                    .map_err(|e| {
-                        AiError::Unsupported(format!("provider {:?}: {e}", provider.name))
-                    })?;
+            let request = provider_request(
+                endpoint,
+                provider,
+                &target.model,
+                stream,
+                upstream_body.clone(),
+            )
+            .map_err(|e| AiError::Unsupported(format!("provider {:?}: {e}", provider.name)))?;
             let attempt_started = Instant::now();
             let penalty = || {
                 ctx.latencies
@@ -674,24 +705,26 @@ async fn call(
             }
             let price = price_of(config, &model, provider, target);
             record.status = status.as_u16();
-            let provider_format = if provider.spec.kind.speaks_openai() {
-                ApiFormat::OpenAi
-            } else {
-                ApiFormat::Anthropic
-            };
+            let api = provider.spec.kind.api();
             let answer_id = format!("chatcmpl-{}", req.request_id);
             let created = crate::clock::unix_ms() / 1000;
             if stream {
-                let kind = match (endpoint, provider_format) {
-                    (Endpoint::Chat(ApiFormat::Anthropic), ApiFormat::Anthropic) => {
+                let kind = match (endpoint, api) {
+                    (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Anthropic) => {
                         StreamKind::Anthropic
                     }
-                    (Endpoint::Chat(ApiFormat::Anthropic), ApiFormat::OpenAi) => {
-                        StreamKind::AnthropicFromOpenAi(Box::new(
-                            anthropic::ChatStreamToMessages::new(model_name, &answer_id),
-                        ))
+                    (Endpoint::Chat(ApiFormat::Anthropic), _) => StreamKind::AnthropicFromOpenAi(
+                        Box::new(anthropic::ChatStreamToMessages::new(model_name, &answer_id)),
+                    ),
+                    (_, ProviderApi::Gemini) => {
+                        StreamKind::OpenAiFromGemini(Box::new(gemini::GeminiStreamToChat::new(
+                            model_name,
+                            &answer_id,
+                            created,
+                            caller_wants_usage,
+                        )))
                     }
-                    (_, ApiFormat::Anthropic) => StreamKind::OpenAiFromAnthropic(Box::new(
+                    (_, ProviderApi::Anthropic) => StreamKind::OpenAiFromAnthropic(Box::new(
                         anthropic::MessagesStreamToChat::new(
                             model_name,
                             &answer_id,
@@ -699,7 +732,7 @@ async fn call(
                             caller_wants_usage,
                         ),
                     )),
-                    (_, ApiFormat::OpenAi) => StreamKind::OpenAi {
+                    (_, ProviderApi::OpenAi) => StreamKind::OpenAi {
                         strip_usage: !caller_wants_usage,
                     },
                 };
@@ -725,13 +758,26 @@ async fn call(
             let parsed: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| AiError::BadProviderAnswer(format!("not JSON: {e}")))?;
             // The caller's format: the answer as it came, or translated.
-            let translated = match (endpoint, provider_format) {
-                (Endpoint::Chat(ApiFormat::OpenAi), ApiFormat::Anthropic) => Some(
+            let translated = match (endpoint, api) {
+                (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::Anthropic) => Some(
                     anthropic::messages_response_to_chat(&parsed, model_name, &answer_id, created),
                 ),
-                (Endpoint::Chat(ApiFormat::Anthropic), ApiFormat::OpenAi) => {
+                (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::OpenAi) => {
                     Some(anthropic::chat_response_to_messages(&parsed, model_name))
                 }
+                (Endpoint::Chat(_), ProviderApi::Gemini) => Some(gemini::gemini_response_to_chat(
+                    &parsed, model_name, &answer_id, created,
+                )),
+                (Endpoint::Embeddings, ProviderApi::Gemini) => Some(
+                    gemini::gemini_embeddings_to_openai(&parsed, model_name, estimate_input(&body))
+                        .map(|(mut v, u)| {
+                            // OpenAI's SDKs ask for base64 by default; Gemini answers floats.
+                            if body["encoding_format"] == "base64" {
+                                gemini::openai_embeddings_to_base64(&mut v);
+                            }
+                            (v, u)
+                        }),
+                ),
                 _ => None,
             };
             let (bytes, translated_usage) = match translated {
@@ -741,7 +787,7 @@ async fn call(
             };
             let counted = match translated_usage {
                 Some(u) => Some((u.input_tokens, u.cached_tokens, u.output_tokens)),
-                None => answer_usage(provider_format, &parsed),
+                None => answer_usage(api, &parsed),
             };
             match counted {
                 Some((input, cached, output)) => {

@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::anthropic;
+use super::gemini;
 use super::usage::{cost_micros, estimate_tokens, UsageRecord};
 use super::AiContext;
 use crate::gateway::body::{BoxError, ProxyBody};
@@ -38,6 +39,9 @@ pub enum StreamKind {
     OpenAiFromAnthropic(Box<anthropic::MessagesStreamToChat>),
     /// An OpenAI-type provider's chunks as Anthropic events.
     AnthropicFromOpenAi(Box<anthropic::ChatStreamToMessages>),
+    /// A Gemini provider's events as OpenAI chunks (its stream has no end event: it is
+    /// complete when it ends cleanly).
+    OpenAiFromGemini(Box<gemini::GeminiStreamToChat>),
 }
 
 /// What the stream task needs to finish the call's record.
@@ -100,8 +104,14 @@ async fn pump(
         let event = match next {
             Ok(Some(Ok(event))) => event,
             // The provider's stream ended: complete if it said so (OpenAI's [DONE],
-            // Anthropic's message_stop).
-            Ok(None) => break,
+            // Anthropic's message_stop) or, for Gemini, which has no end event, by ending.
+            Ok(None) => {
+                if matches!(job.kind, StreamKind::OpenAiFromGemini(_)) {
+                    complete = true;
+                    done_marker = true;
+                }
+                break;
+            }
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "provider stream broke off");
                 break;
@@ -158,6 +168,19 @@ async fn pump(
                     }
                 }
             }
+            StreamKind::OpenAiFromGemini(t) => {
+                let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                    tracing::debug!("provider stream event is not JSON");
+                    break;
+                };
+                match t.event(&data) {
+                    Ok(chunks) => chunks.iter().map(|c| sse_data(&c.to_string())).collect(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "provider stream event not translated");
+                        break;
+                    }
+                }
+            }
             StreamKind::AnthropicFromOpenAi(t) => {
                 if event.data.trim() == "[DONE]" {
                     complete = true;
@@ -198,6 +221,17 @@ async fn pump(
                 .iter()
                 .map(|c| sse_data(&c.to_string()))
                 .collect()
+        }
+        StreamKind::OpenAiFromGemini(t) => {
+            note_usage(&mut seen, t.usage(), t.output_text());
+            if complete {
+                t.finish()
+                    .iter()
+                    .map(|c| sse_data(&c.to_string()))
+                    .collect()
+            } else {
+                Vec::new()
+            }
         }
         StreamKind::AnthropicFromOpenAi(t) => {
             note_usage(&mut seen, t.usage(), t.output_text());

@@ -22,12 +22,15 @@ pub const SECRET_FIELDS: &[&str] = &["api_key.secret"];
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
-    /// The provider's API: `openai`, `azure_openai`, `anthropic`, `ollama`, or
-    /// `openai_compatible` (vLLM, Groq, Mistral, DeepSeek, Together... by `base_url`).
+    /// The provider's API: `openai`, `azure_openai`, `anthropic`, `gemini` (Google AI Studio's
+    /// native API), `ollama`, or `openai_compatible` (vLLM, Groq, Mistral, DeepSeek,
+    /// Together... by `base_url`).
     #[serde(rename = "type")]
     pub kind: ProviderType,
     /// Where the API is. Default: `https://api.openai.com/v1` (openai),
-    /// `https://api.anthropic.com` (anthropic), `http://127.0.0.1:11434/v1` (ollama).
+    /// `https://api.anthropic.com` (anthropic),
+    /// `https://generativelanguage.googleapis.com/v1beta` (gemini),
+    /// `http://127.0.0.1:11434/v1` (ollama).
     /// Required for `azure_openai` (`https://<resource>.openai.azure.com`) and
     /// `openai_compatible` (the URL that `/chat/completions` is under).
     #[serde(default)]
@@ -61,15 +64,26 @@ pub enum ProviderType {
     Anthropic,
     Ollama,
     OpenaiCompatible,
-    /// Accepted in the schema so the error can say what to use instead.
     Gemini,
+    /// Accepted in the schema so the error can say what to use instead.
     Bedrock,
 }
 
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderApi {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
 impl ProviderType {
-    /// Whether the provider speaks the OpenAI chat API (as opposed to Anthropic's).
-    pub fn speaks_openai(self) -> bool {
-        !matches!(self, ProviderType::Anthropic)
+    pub fn api(self) -> ProviderApi {
+        match self {
+            ProviderType::Anthropic => ProviderApi::Anthropic,
+            ProviderType::Gemini => ProviderApi::Gemini,
+            _ => ProviderApi::OpenAi,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -90,15 +104,11 @@ pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 impl ProviderSpec {
     pub fn parse(spec: &serde_json::Value) -> Result<ProviderSpec, SpecError> {
         let p: ProviderSpec = parse_spec(spec)?;
-        if matches!(p.kind, ProviderType::Gemini | ProviderType::Bedrock) {
+        if p.kind == ProviderType::Bedrock {
             return Err(SpecError::new(
                 "spec.type",
-                format!(
-                    "{} is not supported yet; for Gemini use its OpenAI-compatible endpoint \
-                     (type: openai_compatible, base_url: \
-                     https://generativelanguage.googleapis.com/v1beta/openai)",
-                    p.kind.name()
-                ),
+                "bedrock is not supported yet; Bedrock's OpenAI-compatible endpoint works with \
+                 type: openai_compatible",
             ));
         }
         if let Some(url) = &p.base_url {
@@ -169,6 +179,7 @@ impl ProviderSpec {
         let url = match (&self.base_url, self.kind) {
             (Some(u), _) => u.as_str(),
             (None, ProviderType::Anthropic) => "https://api.anthropic.com",
+            (None, ProviderType::Gemini) => "https://generativelanguage.googleapis.com/v1beta",
             (None, ProviderType::Ollama) => "http://127.0.0.1:11434/v1",
             (None, _) => "https://api.openai.com/v1",
         };
@@ -208,8 +219,13 @@ mod tests {
         );
         assert_eq!(bad(json!({"type": "watsonx"})), "spec.type");
         assert_eq!(
-            bad(json!({"type": "gemini", "api_key_env": "K"})),
+            bad(json!({"type": "bedrock", "api_key_env": "K"})),
             "spec.type"
+        );
+        let gemini = ProviderSpec::parse(&json!({"type": "gemini", "api_key_env": "K"})).unwrap();
+        assert_eq!(
+            gemini.base_url(),
+            "https://generativelanguage.googleapis.com/v1beta"
         );
     }
 }

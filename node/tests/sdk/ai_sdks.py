@@ -2,7 +2,7 @@
 
 Run by node/tests/ai_sdks.rs with KONNECT_BASE (the proxy's URL) and KONNECT_KEY (a consumer's
 API key). Models: `gpt` (an OpenAI-type provider), `claude` (an Anthropic provider),
-`resilient` (a 429 target, then a working one). Each check prints `ok <name>`; the first
+`gem` (a Gemini provider), `resilient` (a 429 target, then a working one). Each check prints `ok <name>`; the first
 failure raises.
 """
 
@@ -34,8 +34,8 @@ def check(name, cond, detail=""):
     print("ok", name, flush=True)
 
 
-# OpenAI SDK, both kinds of model, streamed and not.
-for model, served_by in [("gpt", "gpt-4o-mini"), ("claude", "claude-sonnet-4-5")]:
+# OpenAI SDK, every kind of model, streamed and not.
+for model, served_by in [("gpt", "gpt-4o-mini"), ("claude", "claude-sonnet-4-5"), ("gem", "gemini-2.5-flash")]:
     r = oa.chat.completions.create(model=model, messages=hi)
     check(f"openai {model}", r.choices[0].message.content == f"Hello from {served_by}", r)
     check(f"openai {model} usage", r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0, r.usage)
@@ -106,5 +106,9 @@ except openai.AuthenticationError:
     check("openai wrong key", True)
 
 models = sorted(m.id for m in oa.models.list())
-check("models list", models == ["claude", "gpt", "resilient"], models)
+check("models list", models == ["claude", "gem", "gpt", "resilient"], models)
+
+# Embeddings: the SDK asks for base64 by default and decodes it.
+e = oa.embeddings.create(model="gem", input="hello")
+check("openai embeddings from gemini", [round(x, 2) for x in e.data[0].embedding] == [0.25, -0.5], e)
 print("all ok", flush=True)

@@ -1,6 +1,7 @@
 //! A mock LLM provider for AI gateway tests (providers are outside konnect): one in-process
-//! HTTP server that speaks OpenAI's chat completions and embeddings and Anthropic's messages
-//! API, streamed or not, and records every request it gets. The requested model scripts it:
+//! HTTP server that speaks OpenAI's chat completions and embeddings, Anthropic's messages API
+//! and Gemini's generateContent, streamGenerateContent and batchEmbedContents, streamed or not,
+//! and records every request it gets. The requested model scripts it:
 //! - `fail-429` / `fail-500`: answers that status (a provider error body);
 //! - `bad-400`: a 400 with the message "prompt is too long";
 //! - `hold-*` (streams): sends the first event, then waits until the test calls `release()`;
@@ -8,7 +9,7 @@
 //! - `flaky-N-*`: answers 503 to the first N requests for that model;
 //! - a request with `tools`: calls the first tool with `{"city": "Paris"}`;
 //! - anything else: answers "Hello from <model>" with fixed token counts
-//!   (OpenAI: 11 prompt, 7 completion; Anthropic: 13 input, 5 output).
+//!   (OpenAI: 11 prompt, 7 completion; Anthropic: 13 input, 5 output; Gemini: 17 and 9).
 
 #![allow(dead_code)]
 
@@ -140,7 +141,15 @@ async fn serve(
         headers,
         body: body.clone(),
     });
-    let model = body["model"].as_str().unwrap_or("").to_string();
+    // Gemini names the model in the path: `.../models/<model>:<method>`.
+    let gemini_method = path
+        .rsplit_once("/models/")
+        .and_then(|(_, rest)| rest.split_once(':'))
+        .map(|(m, method)| (m.to_string(), method.to_string()));
+    let model = match &gemini_method {
+        Some((m, _)) => m.clone(),
+        None => body["model"].as_str().unwrap_or("").to_string(),
+    };
     let anthropic = path.ends_with("/v1/messages");
     match model.as_str() {
         "fail-429" | "fail-500" => {
@@ -200,6 +209,10 @@ async fn serve(
                    "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
                    "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
         );
+    }
+    if let Some((_, method)) = gemini_method {
+        let tool = body["tools"][0]["functionDeclarations"][0]["name"].as_str();
+        return gemini_answer(&model, &method, tool, hold);
     }
     if anthropic {
         anthropic_answer(&model, tool.as_deref(), stream, hold)
@@ -347,4 +360,52 @@ fn openai_answer(
     }
     events.push("data: [DONE]\n\n".to_string());
     sse_response(events, hold)
+}
+
+fn gemini_answer(
+    model: &str,
+    method: &str,
+    tool: Option<&str>,
+    hold: Option<Arc<Notify>>,
+) -> Response<BoxBody> {
+    let usage = json!({"promptTokenCount": 17, "candidatesTokenCount": 9, "totalTokenCount": 26});
+    if method == "batchEmbedContents" {
+        return json_response(200, json!({"embeddings": [{"values": [0.25, -0.5]}]}));
+    }
+    let part = match tool {
+        Some(t) => json!({"functionCall": {"name": t, "args": {"city": "Paris"}}}),
+        None => json!({"text": format!("Hello from {model}")}),
+    };
+    if method == "generateContent" {
+        return json_response(
+            200,
+            json!({"candidates": [{"index": 0, "finishReason": "STOP",
+            "content": {"role": "model", "parts": [part]}}], "usageMetadata": usage, "modelVersion": model}),
+        );
+    }
+    // streamGenerateContent?alt=sse: data-only events, the usage on the last.
+    let first = match tool {
+        Some(_) => {
+            json!({"candidates": [{"index": 0, "content": {"role": "model", "parts": [part]}}]})
+        }
+        None => {
+            json!({"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Hello"}]}}]})
+        }
+    };
+    let last = match tool {
+        Some(_) => {
+            json!({"candidates": [{"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": []}}],
+                          "usageMetadata": usage})
+        }
+        None => json!({"candidates": [{"index": 0, "finishReason": "STOP",
+                          "content": {"role": "model", "parts": [{"text": format!(" from {model}")}]}}],
+                       "usageMetadata": usage}),
+    };
+    sse_response(
+        vec![
+            format!("data: {first}\r\n\r\n"),
+            format!("data: {last}\r\n\r\n"),
+        ],
+        hold,
+    )
 }
