@@ -528,7 +528,8 @@ async fn a_stream_the_caller_abandons_is_recorded_as_cut_with_what_was_received(
     let rec = usage_record(&cluster, &id).await;
     assert_eq!(rec["outcome"], "cut");
     assert_eq!(rec["tokens_from"], "estimated");
-    // "Tell me a long story" is 20 characters: 5 tokens; nothing of the answer but the role.
+    // "Tell me a long story" is 5 tokens in OpenAI's tokenizer (an OpenAI-type provider);
+    // nothing of the answer came but the role.
     assert_eq!(rec["input_tokens"], 5);
     assert_eq!(rec["cost_micros"], 5);
     mock.release();

@@ -21,7 +21,7 @@ use super::cache::AnswerCache;
 use super::error::{AiError, ApiFormat};
 use super::gemini;
 use super::stream::{self, StreamJob, StreamKind};
-use super::usage::{cost_micros, estimate_tokens, UsageRecord};
+use super::usage::{cost_micros, estimate_tokens, Tokenizer, UsageRecord};
 use super::{AiConfig, AiContext, ProviderEntry};
 use crate::gateway::auth::Caller;
 use crate::gateway::body::{full, ProxyBody};
@@ -204,8 +204,9 @@ fn price_of(
     })
 }
 
-/// Rough input size of a request, for the record of a stream cut before usage arrived.
-fn estimate_input(body: &Value) -> u64 {
+/// The text of a request's messages (or input), to count its tokens when the provider does
+/// not say.
+fn request_text(body: &Value) -> String {
     let mut text = String::new();
     fn collect(v: &Value, out: &mut String) {
         match v {
@@ -222,7 +223,15 @@ fn estimate_input(body: &Value) -> u64 {
     collect(&body["messages"], &mut text);
     collect(&body["system"], &mut text);
     collect(&body["input"], &mut text);
-    estimate_tokens(&text)
+    text
+}
+
+/// How to count a provider's tokens when it does not say.
+fn tokenizer(provider: &ProviderEntry) -> Tokenizer {
+    match provider.spec.kind.api() {
+        ProviderApi::OpenAi => Tokenizer::O200k,
+        ProviderApi::Anthropic | ProviderApi::Gemini => Tokenizer::CharsPer4,
+    }
 }
 
 /// The provider's request body: the caller's, with the provider's model id, and (streams to
@@ -744,7 +753,8 @@ async fn call(
                         started,
                         attempt_started,
                         kind,
-                        input_estimate: estimate_input(&body),
+                        request_text: request_text(&body),
+                        tokenizer: tokenizer(provider),
                     },
                     answer,
                 ));
@@ -769,14 +779,18 @@ async fn call(
                     &parsed, model_name, &answer_id, created,
                 )),
                 (Endpoint::Embeddings, ProviderApi::Gemini) => Some(
-                    gemini::gemini_embeddings_to_openai(&parsed, model_name, estimate_input(&body))
-                        .map(|(mut v, u)| {
-                            // OpenAI's SDKs ask for base64 by default; Gemini answers floats.
-                            if body["encoding_format"] == "base64" {
-                                gemini::openai_embeddings_to_base64(&mut v);
-                            }
-                            (v, u)
-                        }),
+                    gemini::gemini_embeddings_to_openai(
+                        &parsed,
+                        model_name,
+                        estimate_tokens(&request_text(&body)),
+                    )
+                    .map(|(mut v, u)| {
+                        // OpenAI's SDKs ask for base64 by default; Gemini answers floats.
+                        if body["encoding_format"] == "base64" {
+                            gemini::openai_embeddings_to_base64(&mut v);
+                        }
+                        (v, u)
+                    }),
                 ),
                 _ => None,
             };
@@ -797,7 +811,7 @@ async fn call(
                 }
                 None => {
                     record.tokens_from = "estimated";
-                    record.input_tokens = estimate_input(&body);
+                    record.input_tokens = tokenizer(provider).count(&request_text(&body));
                 }
             }
             record.cost_micros = price.map_or(0, |p| {

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::anthropic;
 use super::gemini;
-use super::usage::{cost_micros, estimate_tokens, UsageRecord};
+use super::usage::{cost_micros, Tokenizer, UsageRecord};
 use super::AiContext;
 use crate::gateway::body::{BoxError, ProxyBody};
 use crate::resources::model::Price;
@@ -53,8 +53,10 @@ pub struct StreamJob {
     /// When the attempt that answered began (for the target's latency).
     pub attempt_started: Instant,
     pub kind: StreamKind,
-    /// Input tokens estimated from the request, in case the provider never reports them.
-    pub input_estimate: u64,
+    /// The request's text, counted only if the provider never reports its input tokens.
+    pub request_text: String,
+    /// How the tokens are counted then.
+    pub tokenizer: Tokenizer,
 }
 
 /// Tokens as the stream reported them, and the text received (for an estimate).
@@ -249,8 +251,12 @@ async fn pump(
     // The record first, then the closing marker: the usage is handed over before the
     // caller's stream is finished.
     let provider_counted = seen.input.is_some() && seen.output.is_some();
-    let input = seen.input.unwrap_or(job.input_estimate);
-    let output = seen.output.unwrap_or_else(|| estimate_tokens(&seen.text));
+    let input = seen
+        .input
+        .unwrap_or_else(|| job.tokenizer.count(&job.request_text));
+    let output = seen
+        .output
+        .unwrap_or_else(|| job.tokenizer.count(&seen.text));
     let record = &mut job.record;
     record.input_tokens = input;
     record.output_tokens = output;

@@ -38,7 +38,8 @@ pub struct UsageRecord {
     /// Input tokens read from the provider's prompt cache (part of `input_tokens`).
     pub cached_tokens: u64,
     /// `provider` (from the provider's usage) or `estimated` (a stream cut before its usage
-    /// arrived, or no usage reported: about 4 characters per token).
+    /// arrived, or no usage reported: counted with OpenAI's tokenizer for OpenAI-type
+    /// providers, about 4 characters a token for the others).
     pub tokens_from: &'static str,
     pub cost_micros: u64,
     /// HTTP status the caller got.
@@ -70,7 +71,27 @@ pub fn cost_micros(price: &Price, input: u64, cached: u64, output: u64) -> u64 {
     u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
-/// Rough token count of text when no provider count is available: 4 characters a token.
+/// How tokens are counted when the provider did not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokenizer {
+    /// OpenAI's o200k_base (tiktoken), for OpenAI-type providers.
+    O200k,
+    /// About 4 characters a token: Anthropic and Gemini publish no tokenizer to run locally.
+    CharsPer4,
+}
+
+impl Tokenizer {
+    pub fn count(self, text: &str) -> u64 {
+        match self {
+            Tokenizer::O200k => tiktoken_rs::o200k_base_singleton()
+                .encode_ordinary(text)
+                .len() as u64,
+            Tokenizer::CharsPer4 => estimate_tokens(text),
+        }
+    }
+}
+
+/// Rough token count of text: 4 characters a token.
 pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
 }
@@ -172,5 +193,8 @@ mod tests {
         // No overflow at absurd counts.
         assert!(cost_micros(&p, u64::MAX, 0, u64::MAX) > 0);
         assert_eq!(estimate_tokens("abcdefghi"), 3);
+        // o200k_base: "Hello world" is two tokens.
+        assert_eq!(Tokenizer::O200k.count("Hello world"), 2);
+        assert_eq!(Tokenizer::CharsPer4.count("Hello world"), 3);
     }
 }
