@@ -95,3 +95,33 @@ cpu_ticks() {
     done
     echo "$total"
 }
+
+# Installs Debian's package of each command not found (needs root): `need_packages nginx wrk`.
+# /usr/sbin joins PATH, where nginx and haproxy live.
+need_packages() {
+    local missing=() p
+    for p in "$@"; do
+        command -v "$p" >/dev/null || [ -x "/usr/sbin/$p" ] || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        say "not found: ${missing[*]}: installing them from Debian"
+        [ "$(id -u)" = 0 ] || die "installing ${missing[*]} needs root; install them yourself"
+        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+    fi
+    PATH="$PATH:/usr/sbin"
+}
+
+# Builds the release binaries of the given cargo packages unless SKIP_BUILD=1, then checks
+# that the given binaries are in $bin: `build_release "konnect konnect-client" konnect konnectctl`.
+build_release() { # packages binary...
+    local packages=$1 b
+    shift
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        say "building $* (release)"
+        # shellcheck disable=SC2086 # one argument per package
+        (cd "$root" && cargo build --release $(printf -- '-p %s ' $packages))
+    fi
+    for b in "$@"; do
+        [ -x "$bin/$b" ] || die "no $b in $bin"
+    done
+}

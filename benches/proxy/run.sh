@@ -11,6 +11,18 @@
 # JWT minted here for a JwtProvider with an `hmac_secret`); the summary gives their req/s and CPU
 # per request as ratios to `konnect`: what authentication costs.
 #
+# Rate limits (LIMITS=1, the default) add four targets: `konnect-limit` (a route of the same node
+# behind a `kind: RateLimit`, mode strict, key ip, window LIMIT_WINDOW (1 s), limit 100,000,000:
+# nothing is ever refused, so its ratio to `konnect` is what a strict limit costs),
+# `konnect-limit-half` (another route, strict, key ip, window 1s, limit = half of what plain
+# konnect reached in a calibration run just before the rounds: about half the requests get 429),
+# and the same two in nginx:
+# `nginx-limit` (limit_req, rate 100000000r/s) and `nginx-limit-req` (limit_req at the same half
+# rate, limit_req_status 429). Both nginx cases are locations of a second nginx placed like the
+# first (one worker on PROXY_CPU). For the half targets the summary gives the total req/s, the
+# admitted (non-429) req/s and the fraction refused; wrk counts every answer that is not 2xx/3xx
+# ("Non-2xx or 3xx responses"), and a check before the rounds makes sure those are all 429.
+#
 # Placement: every proxy has one worker on one core (konnect under `taskset -c $PROXY_CPU`, so
 # its async runtime starts one worker thread; nginx `worker_processes 1`; HAProxy `nbthread 1`),
 # and the load generator (wrk -t1) and the upstream (nginx, one worker) share the other core.
@@ -24,18 +36,38 @@
 # DURATION seconds and every wait has a bound.
 #
 # Settings (environment variables):
-#   ROUNDS=3          repetitions of each measurement; the order of the six targets rotates by one
-#                     each round (their cyclic order stays, so only ROUNDS=6 puts each first once)
+#   ROUNDS=3          repetitions of each measurement; the order of the targets (six, ten with
+#                     LIMITS=1) rotates by one each round (their cyclic order stays, so only
+#                     ROUNDS=6, or 10, puts each first once)
+#                     (the proxy core's time used by other processes during each run is recorded:
+#                     `other ms/s` in the summary, to tell a disturbed run on a shared machine)
 #   DURATION=10       seconds per measurement (wrk -d)
 #   CONNECTIONS="64 1"  wrk connection counts (wrk -t1 -c N); 1 shows latency without queueing
 #   ROUTES=10000      routes in konnect for the second half (0 skips it); applied in batches
 #   BATCH=1000        routes per `konnectctl apply`
 #   LOAD_CPU=0        core of wrk and the upstream
 #   PROXY_CPU=1       core of the proxy under test
+#   LIMITS=1          0 leaves out the four rate-limit targets (and the calibration run)
+#   LIMIT_WINDOW=1    window of konnect-limit's never-reached limit, in seconds: with 1 every
+#                     second starts with no units and the node asks Raft again; with 60 the
+#                     allocation stays warm through a run (the half limit's window stays 1 s)
+#   TARGETS=          a subset of the targets to measure, e.g. "konnect konnect-limit" (their
+#                     order stays the cyclic one); empty: all of them
+#   CALIBRATE=3       seconds of the calibration run (wrk -c<largest of CONNECTIONS> against plain
+#                     konnect) whose req/s / 2 becomes the limit of the half targets (per 1 s);
+#                     at fewer connections (1) konnect may not reach that limit at all
+#   HALF_RATE=        set it (requests per second) to skip the calibration and use this figure
+#   NGINX_BURST=auto  `burst=` of the nginx limits; auto = 10 ms of the rate (rate / 100), 0 = no
+#                     burst. nginx's limit_req works in whole milliseconds: without a burst it
+#                     admits at most one request per millisecond whatever the rate (measured:
+#                     about 1,000 req/s of 176k offered, even at rate=100000000r/s), and with a
+#                     burst of 1 ms of the rate it admitted 0.78 of the rate, with 2 ms 0.98,
+#                     with 10 ms 1.00 (wrk -c64, 3 s, rate 12786r/s)
 #   PROFILE=0         1: afterwards, count each proxy's syscalls and context switches per request
 #                     (perf stat), `perf record -g` konnect for 5 s under wrk for each of konnect,
-#                     konnect-key and konnect-jwt, and print the top of each `perf report
-#                     --no-children` (needs perf: Debian's linux-perf)
+#                     konnect-key and konnect-jwt (and konnect-limit, konnect-limit-half), and
+#                     print the top of each `perf report --no-children` (needs perf: Debian's
+#                     linux-perf)
 #   BENCH_TMP=/var/tmp  where the work directory is made
 #   KEEP=0            1 keeps the work directory (configs, logs, data, perf.data)
 #   SKIP_BUILD=0      1 uses the binaries already in target/release
@@ -51,6 +83,12 @@ BATCH=${BATCH:-1000}
 LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
 PROFILE=${PROFILE:-0}
+LIMITS=${LIMITS:-1}
+LIMIT_WINDOW=${LIMIT_WINDOW:-1}
+TARGETS=${TARGETS:-}
+CALIBRATE=${CALIBRATE:-3}
+HALF_RATE=${HALF_RATE:-}
+NGINX_BURST=${NGINX_BURST:-auto}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 KEEP=${KEEP:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -68,16 +106,7 @@ source "$here/../lib.sh"
 command -v python3 >/dev/null || die "python3 is needed (free ports, summary)"
 command -v curl >/dev/null || die "curl is needed (readiness checks)"
 command -v taskset >/dev/null || die "taskset (util-linux) is needed"
-missing=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-command -v wrk >/dev/null || missing+=(wrk)
-if [ "${#missing[@]}" -gt 0 ]; then
-    say "not found: ${missing[*]}: installing them from Debian"
-    [ "$(id -u)" = 0 ] || die "installing ${missing[*]} needs root; install them yourself"
-    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
-fi
-PATH="$PATH:/usr/sbin"
+need_packages nginx haproxy wrk
 if [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null; then
     [ "$(id -u)" = 0 ] || die "PROFILE=1 needs perf (Debian's linux-perf)"
     apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y linux-perf
@@ -87,11 +116,7 @@ nginx_version=$(nginx -v 2>&1 | sed 's/^nginx version: //')
 haproxy_version=$(haproxy -v | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')
 wrk_version=$(wrk -v 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p' || true)
 
-if [ "$SKIP_BUILD" != 1 ]; then
-    say "building konnect and konnectctl (release)"
-    (cd "$root" && cargo build --release -p konnect -p konnect-client)
-fi
-[ -x "$bin/konnect" ] && [ -x "$bin/konnectctl" ] || die "no binaries in $bin"
+build_release "konnect konnect-client" konnect konnectctl
 konnect_version=$(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown)
 
 # --- work directory and cleanup ---
@@ -100,7 +125,7 @@ start_work_dir
 
 say "work directory: $work"
 
-mapfile -t ports < <(free_ports 8)
+mapfile -t ports < <(free_ports 9)
 up_port=${ports[0]}
 nginx_port=${ports[1]}
 haproxy_port=${ports[2]}
@@ -109,6 +134,8 @@ k_admin=${ports[4]}
 k_peer=${ports[5]}
 k_status=${ports[6]}
 up_status_port=${ports[7]}
+nl_port=${ports[8]} # the second nginx: limit_req (LIMITS=1)
+nl_pid=""
 
 
 wait_200() { # url what
@@ -370,15 +397,19 @@ target_port() {
     direct) echo "$up_port" ;;
     nginx) echo "$nginx_port" ;;
     haproxy) echo "$haproxy_port" ;;
-    konnect | konnect-key | konnect-jwt) echo "$k_proxy" ;;
+    konnect*) echo "$k_proxy" ;;
+    nginx-limit | nginx-limit-req) echo "$nl_port" ;;
     esac
 }
 
-# The path each target is asked for: the auth targets' routes are /key and /jwt.
+# The path each target is asked for: the auth targets' routes are /key and /jwt; the limited
+# ones are /limit (nothing refused) and /half (about half refused), in konnect and in nginx.
 target_path() {
     case "$1" in
     konnect-key) echo "/key$req_path" ;;
     konnect-jwt) echo "/jwt$req_path" ;;
+    konnect-limit | nginx-limit) echo "/limit$req_path" ;;
+    konnect-limit-half | nginx-limit-req) echo "/half$req_path" ;;
     *) echo "$req_path" ;;
     esac
 }
@@ -396,8 +427,9 @@ target_pids() {
     case "$1" in
     direct) nginx_pids "$up_pid" ;;
     nginx) nginx_pids "$nginx_pid" ;;
+    nginx-limit | nginx-limit-req) nginx_pids "$nl_pid" ;;
     haproxy) echo "$haproxy_pid" ;;
-    konnect | konnect-key | konnect-jwt) echo "$k_pid" ;;
+    konnect*) echo "$k_pid" ;;
     esac
 }
 
@@ -430,36 +462,61 @@ check_auth() { # target
     say "$1: $url answers 200 with the credential, 401 without"
 }
 
+# Raft entries konnect has written to ask for rate-limit units so far (its status /metrics).
+grant_entries() {
+    curl -s -m 5 "http://127.0.0.1:$k_status/metrics" |
+        awk '$1 == "konnect_ratelimit_grant_entries_total" { n = $2 } END { printf "%d\n", n }'
+}
+
+# Busy clock ticks of one core so far (/proc/stat: user, nice, system, irq, softirq, steal).
+core_busy() { # core
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
 measure() { # target conns round
     local target=$1 conns=$2 round=$3 proc user_before sys_before user_after sys_after up_before up_after acc_before acc_after out line
+    local grants_before=0 grants_after=0 core_before core_after own
     mapfile -t proc < <(target_pids "$target")
+    [[ $target != konnect* ]] || grants_before=$(grant_entries)
+    core_before=$(core_busy "$PROXY_CPU")
     read -r user_before sys_before < <(cpu_split "${proc[@]}")
     up_before=$(cpu_ticks $(nginx_pids "$up_pid"))
     acc_before=$(up_accepts)
     out=$(run_wrk "$target" "$conns" "$DURATION") || die "wrk failed against $target"
     read -r user_after sys_after < <(cpu_split "${proc[@]}")
+    core_after=$(core_busy "$PROXY_CPU")
     up_after=$(cpu_ticks $(nginx_pids "$up_pid"))
     acc_after=$(up_accepts)
+    [[ $target != konnect* ]] || grants_after=$(grant_entries)
+    # The proxy core's busy time not spent by the target's processes (all of it for direct,
+    # whose processes run on the load core): other work on the machine, per second.
+    own=$((user_after - user_before + sys_after - sys_before))
+    [ "$target" != direct ] || own=0
     line=$(grep '^requests=' <<<"$out") || die "no figures from wrk against $target: $out"
+    # admitted_rps: answers that were 2xx or 3xx (wrk's err_status counts the others: 429 for
+    # the limited targets, checked before the rounds); rejected = their share of all answers.
     line=$(python3 - "$line" "$((user_after - user_before))" "$((sys_after - sys_before))" \
-        "$((up_after - up_before))" "$clk_tck" <<'EOF'
+        "$((up_after - up_before))" "$clk_tck" "$((core_after - core_before - own))" <<'EOF'
 import sys
 f = dict(kv.split("=", 1) for kv in sys.argv[1].split())
-user, system, up_ticks, hz = (int(a) for a in sys.argv[2:6])
+user, system, up_ticks, hz, other = (int(a) for a in sys.argv[2:7])
 ticks = user + system
 n = max(int(f["requests"]), 1)
 secs = int(f["duration_us"]) / 1e6
 errors = sum(int(v) for k, v in f.items() if k.startswith("err_"))
-print(f"rps={n / secs:.0f} p50_ms={int(f['p50_us']) / 1000:.3f} p90_ms={int(f['p90_us']) / 1000:.3f} "
+status = int(f["err_status"])
+print(f"rps={n / secs:.0f} admitted_rps={(n - status) / secs:.0f} rejected={status / n:.4f} "
+      f"p50_ms={int(f['p50_us']) / 1000:.3f} p90_ms={int(f['p90_us']) / 1000:.3f} "
       f"p99_ms={int(f['p99_us']) / 1000:.3f} max_ms={int(f['max_us']) / 1000:.3f} "
       f"cpu_us_per_req={ticks / hz * 1e6 / n:.1f} user_us_per_req={user / hz * 1e6 / n:.1f} "
       f"sys_us_per_req={system / hz * 1e6 / n:.1f} upstream_cpu_us_per_req={up_ticks / hz * 1e6 / n:.1f} "
-      f"requests={n} errors={errors} "
+      f"requests={n} errors={errors} other_ms_per_s={max(other, 0) / hz * 1000 / secs:.0f} "
       + " ".join(f"{k}={v}" for k, v in f.items() if k.startswith("err_")))
 EOF
 )
     # acc - 1: the status request itself is one accepted connection.
     line="target=$target routes=$routes_now conns=$conns round=$round $line upstream_conns_opened=$((acc_after - acc_before - 1))"
+    line="$line grant_entries=$((grants_after - grants_before))"
     echo "$line" >>"$results"
     say "  $line"
 }
@@ -473,7 +530,21 @@ record_rss() { # when
 }
 
 measure_all() {
-    local targets=(direct nginx haproxy konnect konnect-key konnect-jwt) order conns round t i n=6
+    local targets=(direct nginx haproxy konnect konnect-key konnect-jwt) order conns round t i n
+    # With the limits, each limited target runs next to its unlimited one (nginx-limit after
+    # nginx, konnect-limit just before konnect), so the ratios compare neighbours in time; the
+    # six others keep their order.
+    [ "$LIMITS" != 1 ] || targets=(direct nginx nginx-limit nginx-limit-req haproxy konnect-limit-half
+        konnect-limit konnect konnect-key konnect-jwt)
+    if [ -n "$TARGETS" ]; then
+        local chosen=()
+        for t in "${targets[@]}"; do
+            [[ " $TARGETS " != *" $t "* ]] || chosen+=("$t")
+        done
+        [ "${#chosen[@]}" -gt 0 ] || die "TARGETS=\"$TARGETS\" names none of: ${targets[*]}"
+        targets=("${chosen[@]}")
+    fi
+    n=${#targets[@]}
     say "warming up (1 s per target)"
     for t in "${targets[@]}"; do
         run_wrk "$t" 64 1 >/dev/null || die "wrk warm-up failed against $t"
@@ -503,6 +574,162 @@ k_idle=$((($(cpu_ticks "$k_pid") - k_idle0) * 1000 / clk_tck / 3))
 say "konnect idle CPU: $k_idle ms/s"
 
 record_rss idle
+
+# --- rate limits (LIMITS=1): calibration, konnect's two RateLimits, the second nginx ---
+
+# Routes besides / and /r<i> made for the limits (/limit and /half; not counted in `routes`).
+limit_routes=0
+half_rate=na
+nginx_burst_never=na
+nginx_burst_half=na
+never_rate=100000000
+
+# wrk with a status census: how many answers of each status (run before the rounds only: a
+# `response` hook costs wrk time per request).
+cat >"$work/statuses.lua" <<'EOF'
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) counts = {} end
+function response(status, headers, body) counts[status] = (counts[status] or 0) + 1 end
+function done(summary, latency, requests)
+  local all, parts = {}, {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("counts")) do all[k] = (all[k] or 0) + v end
+  end
+  for k, v in pairs(all) do table.insert(parts, k .. "=" .. v) end
+  table.sort(parts)
+  io.write("statuses " .. table.concat(parts, " ") .. "\n")
+end
+EOF
+
+# A limited target answers only 200 or 429 (a 5xx or a 404 would pass for a refusal in wrk's
+# count); the never-hit targets should answer only 200 (a 429 there is reported, not fatal).
+check_statuses() { # target conns
+    local out census other refused
+    out=$(timeout 40 taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d2s -s "$work/statuses.lua" \
+        "$(target_url "$1")" 2>>"$work/logs/wrk.log") || die "wrk (status census) failed against $1"
+    census=$(sed -n 's/^statuses //p' <<<"$out")
+    [ -n "$census" ] || die "$1: no status census from wrk: $out"
+    other=$(tr ' ' '\n' <<<"$census" | grep -v -e '^200=' -e '^429=' -e '^$' || true)
+    [ -z "$other" ] || die "$1: answers other than 200 and 429 under load: $census"
+    refused=$(tr ' ' '\n' <<<"$census" | sed -n 's/^429=//p')
+    say "$1: status census under wrk -c$2 for 2 s: $census"
+    case "$1" in
+    konnect-limit | nginx-limit)
+        [ -z "$refused" ] || say "warning: $1 refused $refused requests with a limit meant never to be hit" ;;
+    *)
+        [ -n "$refused" ] || say "warning: $1 refused nothing: its limit ($half_rate/s) is above what it reached" ;;
+    esac
+}
+
+if [ "$LIMITS" = 1 ]; then
+    max_conns=$(tr ' ' '\n' <<<"$CONNECTIONS" | sort -n | tail -n 1)
+    if [ -n "$HALF_RATE" ]; then
+        half_rate=$HALF_RATE
+        say "half-rate limits: $half_rate requests/s (HALF_RATE)"
+    else
+        run_wrk konnect "$max_conns" 1 >/dev/null || die "wrk warm-up failed against konnect"
+        out=$(run_wrk konnect "$max_conns" "$CALIBRATE") || die "wrk (calibration) failed against konnect"
+        calib_rps=$(sed -n 's/^requests=\([0-9]*\) duration_us=\([0-9]*\).*/\1 \2/p' <<<"$out" |
+            awk '{ printf "%d\n", $1 / ($2 / 1e6) }')
+        [ -n "$calib_rps" ] && [ "$calib_rps" -gt 1 ] || die "calibration against konnect gave no figure: $out"
+        half_rate=$((calib_rps / 2))
+        say "calibration: plain konnect $calib_rps req/s at $max_conns connections for $CALIBRATE s: half-rate limits of $half_rate requests/s"
+    fi
+    # konnect: two more routes to the same Service, each behind its own strict RateLimit.
+    cat >"$work/limits.yaml" <<EOF
+kind: Route
+name: limit
+spec: {paths: ["/limit"], service: up}
+---
+kind: Route
+name: half
+spec: {paths: ["/half"], service: up}
+---
+kind: RateLimit
+name: bench-never
+spec: {applies_to: {route: limit}, key: ip, limit: $never_rate, window: ${LIMIT_WINDOW}s, mode: strict}
+---
+kind: RateLimit
+name: bench-half
+spec: {applies_to: {route: half}, key: ip, limit: $half_rate, window: 1s, mode: strict}
+EOF
+    ctl apply -f "$work/limits.yaml" >>"$work/logs/konnectctl.log" 2>&1 || die "konnectctl apply of the rate limits failed"
+    limit_routes=2
+    # nginx: limit_req counts in milliseconds (see NGINX_BURST at the top).
+    if [ "$NGINX_BURST" = auto ]; then
+        nginx_burst_never=$((never_rate / 100))
+        nginx_burst_half=$((half_rate / 100 > 1 ? half_rate / 100 : 1))
+    else
+        nginx_burst_never=$NGINX_BURST
+        nginx_burst_half=$NGINX_BURST
+    fi
+    # nginx refuses `burst=0`: no burst is written as no `burst=` at all.
+    burst_arg() { if [ "$1" = 0 ]; then echo ""; else echo " burst=$1"; fi; }
+    mkdir -p "$work/nginx-limit"
+    cat >"$work/nginx-limit/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx-limit/nginx.pid;
+error_log $work/logs/nginx-limit-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path $work/nginx-limit/body;
+    proxy_temp_path $work/nginx-limit/proxy;
+    fastcgi_temp_path $work/nginx-limit/fastcgi;
+    uwsgi_temp_path $work/nginx-limit/uwsgi;
+    scgi_temp_path $work/nginx-limit/scgi;
+    limit_req_zone \$binary_remote_addr zone=never:10m rate=${never_rate}r/s;
+    limit_req_zone \$binary_remote_addr zone=half:10m rate=${half_rate}r/s;
+    limit_req_status 429;
+    # Refusals are logged at this level, below error_log's: not written (konnect logs none).
+    limit_req_log_level info;
+    upstream up {
+        server 127.0.0.1:$up_port;
+        keepalive 128;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$nl_port;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location /limit {
+            limit_req zone=never$(burst_arg "$nginx_burst_never") nodelay;
+            proxy_pass http://up;
+        }
+        location /half {
+            limit_req zone=half$(burst_arg "$nginx_burst_half") nodelay;
+            proxy_pass http://up;
+        }
+    }
+}
+EOF
+    taskset -c "$PROXY_CPU" nginx -p "$work/nginx-limit/" -e "$work/logs/nginx-limit-error.log" \
+        -c "$work/nginx-limit/nginx.conf" >"$work/logs/nginx-limit.log" 2>&1 &
+    nl_pid=$!
+    pids+=("$nl_pid")
+    wait_port "$nl_port" "$nl_pid" "nginx (limit_req)"
+    # konnect's limits are live once its answers carry their RateLimit-Policy.
+    for t in konnect-limit konnect-limit-half; do
+        policy=""
+        for _ in $(seq 100); do
+            policy=$(curl -s -o /dev/null -m 2 -D - "$(target_url "$t")" | tr -d '\r' |
+                sed -n 's/^ratelimit-policy: *//Ip' || true)
+            [ -n "$policy" ] && break
+            sleep 0.1
+        done
+        [ -n "$policy" ] || die "$t: $(target_url "$t") answered without a RateLimit-Policy within 10 s"
+        say "$t: RateLimit-Policy $policy"
+    done
+    wait_200 "$(target_url nginx-limit)" "nginx-limit"
+    for t in konnect-limit konnect-limit-half nginx-limit nginx-limit-req; do
+        check_statuses "$t" "$max_conns"
+    done
+fi
+
 measure_all
 record_rss "after load"
 
@@ -534,8 +761,8 @@ try:
 except ValueError:
     print("unreadable")
 ')
-    [ "$routes_now" = "$((ROUTES + auth_routes))" ] ||
-        die "konnect lists $routes_now routes, expected $ROUTES and $auth_routes auth routes"
+    [ "$routes_now" = "$((ROUTES + auth_routes + limit_routes))" ] ||
+        die "konnect lists $routes_now routes, expected $ROUTES, $auth_routes auth routes and $limit_routes limited ones"
     routes_now=$ROUTES
     # Every path answers 200 through the `/` route, so the count above is the check that the
     # routes are in; this only checks that the proxy still answers. The new snapshot is in
@@ -609,11 +836,16 @@ if [ "$PROFILE" = 1 ]; then
     done
     say "counting syscalls per request (perf stat, wrk -c64 for 4 s per proxy)"
     : >"$work/syscalls.txt"
-    for t in direct nginx haproxy konnect konnect-key konnect-jwt; do
+    profiled=(konnect konnect-key konnect-jwt)
+    [ "$LIMITS" != 1 ] || profiled+=(konnect-limit konnect-limit-half)
+    counted=(direct nginx haproxy "${profiled[@]}")
+    [ "$LIMITS" != 1 ] || counted+=(nginx-limit nginx-limit-req)
+    for t in "${counted[@]}"; do
         syscall_profile "$t"
     done
-    # konnect without auth (perf.data), then with each credential (perf-konnect-key.data, ...).
-    for t in konnect konnect-key konnect-jwt; do
+    # konnect without auth (perf.data), then with each credential (perf-konnect-key.data, ...)
+    # and each rate limit (perf-konnect-limit.data, ...).
+    for t in "${profiled[@]}"; do
         data="$work/perf.data"
         [ "$t" = konnect ] || data="$work/perf-$t.data"
         say "profiling $t: perf record -g for 5 s under wrk -c64"
@@ -660,15 +892,27 @@ proxies: nginx worker_processes 1 with upstream keepalive; haproxy nbthread 1 wi
 auth: konnect-key = route /key with auth {key: true}, x-api-key; konnect-jwt = route /jwt with auth {jwt: [bench-idp]}, HS256 Bearer JWT; both to the same Service (+$auth_routes routes, not counted below)
 each figure: median [min-max] of $ROUNDS rounds of $DURATION s, path $req_path (/key$req_path, /jwt$req_path); CPU = user+sys of the proxy's processes (of the upstream for direct) / requests, and the sys part (median);
 up conns = connections the upstream accepted during the run (median), i.e. new connections the proxy (or wrk) opened
+other ms/s = CPU time per second that other processes used on the proxy's core (core $PROXY_CPU) during the run: 0 on a quiet machine
 konnect idle CPU (included in its CPU per request): $k_idle ms/s; threads at the end: $k_thread_names (1 runtime worker, the rest blocking pool)
 $load_note
 EOF
-python3 - "$results" "$rss_file" <<'EOF'
+if [ "$LIMITS" = 1 ]; then
+    cat <<EOF
+limits: konnect-limit = route /limit behind a strict RateLimit (key ip, window ${LIMIT_WINDOW}s, limit $never_rate); konnect-limit-half = route /half, the same with window 1s and limit $half_rate
+        (+$limit_routes routes, not counted below); nginx-limit / nginx-limit-req = a second nginx (1 worker, core $PROXY_CPU), limit_req_zone \$binary_remote_addr
+        rate=${never_rate}r/s burst=$nginx_burst_never nodelay / rate=${half_rate}r/s burst=$nginx_burst_half nodelay, limit_req_status 429
+EOF
+fi
+python3 - "$results" "$rss_file" "$half_rate" <<'EOF'
 import statistics
 import sys
 
 rows = [dict(kv.split("=", 1) for kv in line.split()) for line in open(sys.argv[1])]
-targets = ("direct", "nginx", "haproxy", "konnect", "konnect-key", "konnect-jwt")
+half_rate = sys.argv[3]
+targets = ("direct", "nginx", "haproxy", "konnect", "konnect-key", "konnect-jwt",
+           "konnect-limit", "konnect-limit-half", "nginx-limit", "nginx-limit-req")
+# Targets whose 429s are the point: wrk's non-2xx/3xx answers count as refusals, not errors.
+halves = ("konnect-limit-half", "nginx-limit-req")
 
 def group(target, routes, conns):
     return [r for r in rows if (r["target"], r["routes"], r["conns"]) == (target, routes, conns)]
@@ -684,8 +928,8 @@ def cell(rs, key, fmt):
 
 phases = sorted({r["routes"] for r in rows}, key=int)
 conns_list = sorted({r["conns"] for r in rows}, key=int, reverse=True)
-header = (f"{'target':11} {'routes':>6} {'conns':>5}  {'req/s':>22}  {'p50 ms':>20}  {'p99 ms':>20}"
-          f"  {'CPU us/req':>18}  {'of it sys':>9}  {'up conns':>8}  {'errors':>6}")
+header = (f"{'target':18} {'routes':>6} {'conns':>5}  {'req/s':>22}  {'p50 ms':>20}  {'p99 ms':>20}"
+          f"  {'CPU us/req':>18}  {'of it sys':>9}  {'up conns':>8}  {'errors':>6}  {'other ms/s':>16}")
 print()
 print(header)
 print("-" * len(header))
@@ -695,11 +939,12 @@ for conns in conns_list:
             rs = group(t, routes, conns)
             if not rs:
                 continue
-            errors = sum(int(r["errors"]) for r in rs)
+            errors = sum(int(r["errors"]) - (int(r["err_status"]) if t in halves else 0) for r in rs)
             shown = routes if t.startswith("konnect") else "-"
-            print(f"{t:11} {shown:>6} {conns:>5}  {cell(rs, 'rps', '{:.0f}'):>22}  {cell(rs, 'p50_ms', '{:.3f}'):>20}"
+            print(f"{t:18} {shown:>6} {conns:>5}  {cell(rs, 'rps', '{:.0f}'):>22}  {cell(rs, 'p50_ms', '{:.3f}'):>20}"
                   f"  {cell(rs, 'p99_ms', '{:.3f}'):>20}  {cell(rs, 'cpu_us_per_req', '{:.1f}'):>18}"
-                  f"  {med(rs, 'sys_us_per_req'):>9.1f}  {med(rs, 'upstream_conns_opened'):>8.0f}  {errors:>6}")
+                  f"  {med(rs, 'sys_us_per_req'):>9.1f}  {med(rs, 'upstream_conns_opened'):>8.0f}  {errors:>6}"
+                  f"  {cell(rs, 'other_ms_per_s', '{:.0f}'):>16}")
         print()
 
 print("konnect against the others (medians of the same half of the run; req/s: higher is better for")
@@ -750,6 +995,50 @@ for conns in conns_list:
                   f" (cost {(1 - rps[0]) * 100:+.1f}%); CPU/req {cpu[0]:.3f} [{cpu[1]:.3f}-{cpu[2]:.3f}]"
                   f" ({med(a, 'cpu_us_per_req') - med(k, 'cpu_us_per_req'):+.1f} us){goal}")
 
+if any(r["target"] in ("konnect-limit",) + halves for r in rows):
+    print()
+    print("rate limits: per round, the limited target's figure / the unlimited one's (konnect-limit/konnect,")
+    print("nginx-limit/nginx), median [min-max] of the rounds; RPS cost = 1 - req/s ratio; p99 ratio = the")
+    print("limited target's p99 / the unlimited one's (every request is admitted there; with a 1 s window the")
+    print("node starts each second with no units and asks Raft again, LIMIT_WINDOW=60 keeps it warm)")
+    for conns in conns_list:
+        for routes in phases:
+            for t, base in (("konnect-limit", "konnect"), ("nginx-limit", "nginx")):
+                a, b = group(t, routes, conns), group(base, routes, conns)
+                if not (a and b):
+                    continue
+                rps = per_round(a, b, "rps")
+                p99 = per_round(a, b, "p99_ms")
+                cpu = per_round(a, b, "cpu_us_per_req")
+                refused = sum(int(r["err_status"]) for r in a)
+                goal = ""
+                if t == "konnect-limit":
+                    goal = (f"   (goal req/s cost < 10%: {'met' if rps[0] > 0.90 else 'NOT met'};"
+                            f" p99 within 10%: {'met' if p99[0] <= 1.10 else 'NOT met'})")
+                print(f"  {routes:>5} routes, {conns:>2} conns: req/s {t}/{base} {rps[0]:.3f} [{rps[1]:.3f}-{rps[2]:.3f}]"
+                      f" (cost {(1 - rps[0]) * 100:+.1f}%); p99 {p99[0]:.3f} [{p99[1]:.3f}-{p99[2]:.3f}]"
+                      f" ({med(a, 'p99_ms') - med(b, 'p99_ms'):+.3f} ms); CPU/req {cpu[0]:.3f} [{cpu[1]:.3f}-{cpu[2]:.3f}]"
+                      f" ({med(a, 'cpu_us_per_req') - med(b, 'cpu_us_per_req'):+.1f} us); refused {refused}{goal}")
+                if t == "konnect-limit":
+                    print(f"      Raft grant entries (asks for units) per run: {cell(a, 'grant_entries', '{:.0f}')}")
+    print()
+    print(f"half-rate limits ({half_rate} requests/s, half of plain konnect's calibration run): all answers,")
+    print("admitted (2xx) and the share refused (429), median [min-max] of the rounds; admitted/limit = admitted")
+    print("req/s / the limit's rate; p50/p99 are of all answers, refusals included")
+    for conns in conns_list:
+        for routes in phases:
+            for t in halves:
+                a = group(t, routes, conns)
+                if not a:
+                    continue
+                ratio = [float(r["admitted_rps"]) / float(half_rate) for r in a]
+                print(f"  {routes:>5} routes, {conns:>2} conns, {t:18}: req/s {cell(a, 'rps', '{:.0f}')},"
+                      f" admitted {cell(a, 'admitted_rps', '{:.0f}')}, refused {cell(a, 'rejected', '{:.3f}')},"
+                      f" admitted/limit {statistics.median(ratio):.3f} [{min(ratio):.3f}-{max(ratio):.3f}];"
+                      f" p50 {cell(a, 'p50_ms', '{:.3f}')} p99 {cell(a, 'p99_ms', '{:.3f}')} ms;"
+                      f" CPU/req {cell(a, 'cpu_us_per_req', '{:.1f}')} us"
+                      + (f"; Raft grant entries per run {cell(a, 'grant_entries', '{:.0f}')}" if t.startswith("konnect") else ""))
+
 print()
 print("resident memory (VmRSS; nginx = master + worker)")
 for line in open(sys.argv[2]):
@@ -776,6 +1065,6 @@ if [ -n "$perf_dso" ]; then
     printf '\nwhere the CPU goes, by binary (perf record, wrk -c64, 5 s):\n%s\n' "$perf_dso"
 fi
 if [ -n "$perf_report" ]; then
-    printf '\nperf report --no-children -g none --sort dso,sym (konnect without and with auth, %s routes, wrk -c64, 5 s each; KEEP=1 keeps perf*.data):\n%s\n' \
+    printf '\nperf report --no-children -g none --sort dso,sym (konnect without and with auth and limits, %s routes, wrk -c64, 5 s each; KEEP=1 keeps perf*.data):\n%s\n' \
         "$routes_now" "$perf_report"
 fi

@@ -47,11 +47,7 @@ if ! command -v etcd >/dev/null; then
 fi
 etcd_version=$(etcd --version | sed -n 's/^etcd Version: //p')
 
-if [ "$SKIP_BUILD" != 1 ]; then
-    say "building konnect and raft-writes (release)"
-    (cd "$root" && cargo build --release -p konnect -p raft-writes-bench)
-fi
-[ -x "$bin/konnect" ] && [ -x "$bin/raft-writes" ] || die "no binaries in $bin"
+build_release "konnect raft-writes-bench" konnect raft-writes
 
 # --- data directory and cleanup ---
 
