@@ -125,3 +125,44 @@ build_release() { # packages binary...
         [ -x "$bin/$b" ] || die "no $b in $bin"
     done
 }
+
+# Starts the upstream every bench proxies to: nginx, one worker on core $LOAD_CPU, answering
+# 200 on 127.0.0.1:PORT, with keep-alive for the whole run; with STATUS_PORT, nginx's
+# stub_status there (connections accepted). Sets up_pid.
+start_upstream_nginx() { # port [status-port]
+    local port=$1 status_port=${2:-} status=""
+    if [ -n "$status_port" ]; then
+        status="server { listen 127.0.0.1:$status_port; location / { stub_status; } }"
+    fi
+    mkdir -p "$work/upstream"
+    cat >"$work/upstream/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/upstream/nginx.pid;
+error_log $work/logs/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path $work/upstream/body;
+    proxy_temp_path $work/upstream/proxy;
+    fastcgi_temp_path $work/upstream/fastcgi;
+    uwsgi_temp_path $work/upstream/uwsgi;
+    scgi_temp_path $work/upstream/scgi;
+    server {
+        listen 127.0.0.1:$port;
+        location / { return 200; }
+    }
+    $status
+}
+CONF
+    taskset -c "$LOAD_CPU" nginx -p "$work/upstream/" -e "$work/logs/upstream-error.log" \
+        -c "$work/upstream/nginx.conf" >"$work/logs/upstream.log" 2>&1 &
+    up_pid=$!
+    pids+=("$up_pid")
+    wait_port "$port" "$up_pid" "upstream nginx"
+    if [ -n "$status_port" ]; then
+        wait_port "$status_port" "$up_pid" "upstream nginx (status)"
+    fi
+}

@@ -158,39 +158,9 @@ nginx_pids() { # master
 
 # Keep-alive connections are never closed for their request count: nginx closes one after 1000
 # requests by default, which would make wrk and the proxies reconnect in the middle of a run.
-mkdir -p "$work/upstream" "$work/nginx"
-cat >"$work/upstream/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/upstream/nginx.pid;
-error_log $work/logs/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-    client_body_temp_path $work/upstream/body;
-    proxy_temp_path $work/upstream/proxy;
-    fastcgi_temp_path $work/upstream/fastcgi;
-    uwsgi_temp_path $work/upstream/uwsgi;
-    scgi_temp_path $work/upstream/scgi;
-    server {
-        listen 127.0.0.1:$up_port;
-        location / { return 200; }
-    }
-    # Connections the upstream accepted: how many new connections a proxy opened during a run.
-    server {
-        listen 127.0.0.1:$up_status_port;
-        location / { stub_status; }
-    }
-}
-EOF
-taskset -c "$LOAD_CPU" nginx -p "$work/upstream/" -e "$work/logs/upstream-error.log" \
-    -c "$work/upstream/nginx.conf" >"$work/logs/upstream.log" 2>&1 &
-up_pid=$!
-pids+=("$up_pid")
-wait_port "$up_port" "$up_pid" "upstream nginx"
-wait_port "$up_status_port" "$up_pid" "upstream nginx (status)"
+mkdir -p "$work/nginx"
+# (stub_status on a second port: the connections a proxy opened during a run.)
+start_upstream_nginx "$up_port" "$up_status_port"
 
 # Connections accepted by the upstream so far (nginx stub_status).
 up_accepts() {

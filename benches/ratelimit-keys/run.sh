@@ -94,33 +94,7 @@ k_status=${ports[4]}
 
 # --- upstream: nginx, one worker, `return 200` ---
 
-mkdir -p "$work/upstream"
-cat >"$work/upstream/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/upstream/nginx.pid;
-error_log $work/logs/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-    client_body_temp_path $work/upstream/body;
-    proxy_temp_path $work/upstream/proxy;
-    fastcgi_temp_path $work/upstream/fastcgi;
-    uwsgi_temp_path $work/upstream/uwsgi;
-    scgi_temp_path $work/upstream/scgi;
-    server {
-        listen 127.0.0.1:$up_port;
-        location / { return 200; }
-    }
-}
-EOF
-taskset -c "$LOAD_CPU" nginx -p "$work/upstream/" -e "$work/logs/upstream-error.log" \
-    -c "$work/upstream/nginx.conf" >"$work/logs/upstream.log" 2>&1 &
-up_pid=$!
-pids+=("$up_pid")
-wait_port "$up_port" "$up_pid" "upstream nginx"
+start_upstream_nginx "$up_port"
 
 # --- konnect: one node (--dev), one core ---
 
