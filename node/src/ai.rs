@@ -20,6 +20,7 @@ pub mod anthropic;
 pub mod cache;
 pub mod catalogue;
 pub mod error;
+mod fields;
 pub mod gemini;
 pub mod handler;
 pub mod latency;

@@ -58,6 +58,10 @@
 //!   Anthropic server tools (web search, code execution, ...), MCP servers and `document` blocks
 //!   cannot run on an OpenAI-type provider and are refused.
 
+use super::fields::{
+    chat_tool_call, copy_number, fail, positive_integer, present, require_object, require_str,
+    str_at,
+};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::fmt;
@@ -127,64 +131,9 @@ impl std::error::Error for TranslateError {}
 
 type Result<T> = std::result::Result<T, TranslateError>;
 
-fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
-    Err(TranslateError::new(field, message))
-}
-
 // ------------------------------------------------------------------------------------------------
 // Small JSON helpers
 // ------------------------------------------------------------------------------------------------
-
-/// `obj[key]`, treating an explicit `null` like an absent key (both formats allow either).
-fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|value| !value.is_null())
-}
-
-fn str_at<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
-    value.get(key).and_then(Value::as_str)
-}
-
-/// A whole number >= 1, also accepting `100.0` (JSON encoders differ on integral floats).
-fn positive_integer(value: &Value) -> Option<u64> {
-    if let Some(n) = value.as_u64() {
-        return (n >= 1).then_some(n);
-    }
-    let float = value.as_f64()?;
-    // Values that are not whole, or too large for u64 to represent exactly, are refused.
-    (float >= 1.0 && float.fract() == 0.0 && float < 1.8e19).then_some(float as u64)
-}
-
-fn require_object<'a>(value: &'a Value, field: &str) -> Result<&'a Map<String, Value>> {
-    match value.as_object() {
-        Some(obj) => Ok(obj),
-        None => fail(field, "must be a JSON object"),
-    }
-}
-
-fn require_str<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'a str> {
-    match obj.get(key).and_then(Value::as_str) {
-        Some(text) if !text.is_empty() => Ok(text),
-        Some(_) => fail(format!("{field}.{key}"), "must not be empty"),
-        None => fail(format!("{field}.{key}"), "must be a string"),
-    }
-}
-
-/// Copies an optional number (temperature, top_p) from one request to the other.
-fn copy_number(
-    from: &Map<String, Value>,
-    key: &str,
-    to: &mut Map<String, Value>,
-    to_key: &str,
-) -> Result<()> {
-    match present(from, key) {
-        None => Ok(()),
-        Some(value) if value.is_number() => {
-            to.insert(to_key.to_owned(), value.clone());
-            Ok(())
-        }
-        Some(_) => fail(key, "must be a number"),
-    }
-}
 
 /// Anthropic tool-use ids must match `^[a-zA-Z0-9_-]+$`; OpenAI ids are free-form. The same
 /// replacement is applied to tool call ids and to the tool_call_id of tool results, so a call and
@@ -624,36 +573,7 @@ fn chat_assistant_blocks(message: &Map<String, Value>, field: &str) -> Result<Ve
 /// An assistant `tool_calls` entry -> `tool_use` block. OpenAI carries the arguments as a JSON
 /// string, Anthropic as a JSON object, so the string is parsed here.
 fn chat_tool_call_to_tool_use(call: &Value, field: &str) -> Result<Value> {
-    let call = require_object(call, field)?;
-    if let Some(kind) = present(call, "type") {
-        if kind.as_str() != Some("function") {
-            return fail(
-                format!("{field}.type"),
-                "only function tool calls are supported",
-            );
-        }
-    }
-    let id = require_str(call, "id", field)?;
-    let function_field = format!("{field}.function");
-    let function = require_object(
-        call.get("function").unwrap_or(&Value::Null),
-        &function_field,
-    )?;
-    let name = require_str(function, "name", &function_field)?;
-    let arguments_field = format!("{function_field}.arguments");
-    let input = match present(function, "arguments") {
-        None => json!({}),
-        Some(Value::String(text)) if text.trim().is_empty() => json!({}),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-            Ok(parsed) => parsed,
-            Err(error) => return fail(arguments_field, format!("is not valid JSON: {error}")),
-        },
-        // Some clients send the arguments already parsed; accept that form too.
-        Some(other) => other.clone(),
-    };
-    if !input.is_object() {
-        return fail(arguments_field, "must be a JSON object");
-    }
+    let (id, name, input) = chat_tool_call(call, field)?;
     Ok(json!({"type": "tool_use", "id": anthropic_tool_id(id), "name": name, "input": input}))
 }
 

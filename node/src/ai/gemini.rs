@@ -95,6 +95,10 @@
 //!   them into base64 with [`openai_embeddings_to_base64`] when the caller asked for that.
 
 use super::anthropic::{TranslateError, Usage};
+use super::fields::{
+    chat_tool_call, copy_number, fail, positive_integer, present, require_object, require_str,
+    str_at,
+};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -114,68 +118,15 @@ const MAX_SCHEMA_NODES: usize = 10_000;
 
 type Result<T> = std::result::Result<T, TranslateError>;
 
-fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
-    Err(TranslateError::new(field, message))
-}
-
 // ------------------------------------------------------------------------------------------------
 // Small JSON helpers
 // ------------------------------------------------------------------------------------------------
-
-/// `obj[key]`, treating an explicit `null` like an absent key.
-fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|value| !value.is_null())
-}
-
-fn str_at<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
-    value.get(key).and_then(Value::as_str)
-}
 
 fn u64_at(value: Option<&Value>, key: &str) -> u64 {
     value
         .and_then(|v| v.get(key))
         .and_then(Value::as_u64)
         .unwrap_or(0)
-}
-
-/// A whole number >= 1, also accepting `100.0` (JSON encoders differ on integral floats).
-fn positive_integer(value: &Value) -> Option<u64> {
-    if let Some(n) = value.as_u64() {
-        return (n >= 1).then_some(n);
-    }
-    let float = value.as_f64()?;
-    (float >= 1.0 && float.fract() == 0.0 && float < 1.8e19).then_some(float as u64)
-}
-
-fn require_object<'a>(value: &'a Value, field: &str) -> Result<&'a Map<String, Value>> {
-    match value.as_object() {
-        Some(obj) => Ok(obj),
-        None => fail(field, "must be a JSON object"),
-    }
-}
-
-fn require_str<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'a str> {
-    match obj.get(key).and_then(Value::as_str) {
-        Some(text) if !text.is_empty() => Ok(text),
-        Some(_) => fail(format!("{field}.{key}"), "must not be empty"),
-        None => fail(format!("{field}.{key}"), "must be a string"),
-    }
-}
-
-fn copy_number(
-    from: &Map<String, Value>,
-    key: &str,
-    to: &mut Map<String, Value>,
-    to_key: &str,
-) -> Result<()> {
-    match present(from, key) {
-        None => Ok(()),
-        Some(value) if value.is_number() => {
-            to.insert(to_key.to_owned(), value.clone());
-            Ok(())
-        }
-        Some(_) => fail(key, "must be a number"),
-    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -705,40 +656,6 @@ fn chat_assistant_parts(
         Some(_) => return fail(format!("{field}.tool_calls"), "must be an array"),
     }
     Ok(parts)
-}
-
-/// An assistant `tool_calls` entry -> (id, function name, arguments object). OpenAI carries the
-/// arguments as a JSON string, Gemini as an object, so the string is parsed.
-fn chat_tool_call<'a>(call: &'a Value, field: &str) -> Result<(&'a str, &'a str, Value)> {
-    let call = require_object(call, field)?;
-    if present(call, "type").is_some_and(|kind| kind.as_str() != Some("function")) {
-        return fail(
-            format!("{field}.type"),
-            "only function tool calls are supported",
-        );
-    }
-    let id = require_str(call, "id", field)?;
-    let function_field = format!("{field}.function");
-    let function = require_object(
-        call.get("function").unwrap_or(&Value::Null),
-        &function_field,
-    )?;
-    let name = require_str(function, "name", &function_field)?;
-    let arguments_field = format!("{function_field}.arguments");
-    let args = match present(function, "arguments") {
-        None => json!({}),
-        Some(Value::String(text)) if text.trim().is_empty() => json!({}),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-            Ok(parsed) => parsed,
-            Err(error) => return fail(arguments_field, format!("is not valid JSON: {error}")),
-        },
-        // Some clients send the arguments already parsed; accept that form too.
-        Some(other) => other.clone(),
-    };
-    if !args.is_object() {
-        return fail(arguments_field, "must be a JSON object");
-    }
-    Ok((id, name, args))
 }
 
 /// A `tool` message -> a `functionResponse` part. Gemini pairs a response with its call by

@@ -1,0 +1,105 @@
+//! Reading and checking the fields of JSON being translated: what `anthropic.rs` and
+//! `gemini.rs` both need. Errors name the field (a dotted path into the caller's request).
+
+use serde_json::{json, Map, Value};
+
+use super::anthropic::TranslateError;
+
+pub(super) type Result<T> = std::result::Result<T, TranslateError>;
+
+/// Copies an optional number (temperature, top_p) from one request to the other.
+pub(super) fn copy_number(
+    from: &Map<String, Value>,
+    key: &str,
+    to: &mut Map<String, Value>,
+    to_key: &str,
+) -> Result<()> {
+    match present(from, key) {
+        None => Ok(()),
+        Some(value) if value.is_number() => {
+            to.insert(to_key.to_owned(), value.clone());
+            Ok(())
+        }
+        Some(_) => fail(key, "must be a number"),
+    }
+}
+
+pub(super) fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
+    Err(TranslateError::new(field, message))
+}
+
+/// `obj[key]`, treating an explicit `null` like an absent key (both formats allow either).
+pub(super) fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|value| !value.is_null())
+}
+
+/// A whole number >= 1, also accepting `100.0` (JSON encoders differ on integral floats).
+pub(super) fn positive_integer(value: &Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return (n >= 1).then_some(n);
+    }
+    let float = value.as_f64()?;
+    // Values that are not whole, or too large for u64 to represent exactly, are refused.
+    (float >= 1.0 && float.fract() == 0.0 && float < 1.8e19).then_some(float as u64)
+}
+
+pub(super) fn require_object<'a>(value: &'a Value, field: &str) -> Result<&'a Map<String, Value>> {
+    match value.as_object() {
+        Some(obj) => Ok(obj),
+        None => fail(field, "must be a JSON object"),
+    }
+}
+
+pub(super) fn require_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<&'a str> {
+    match obj.get(key).and_then(Value::as_str) {
+        Some(text) if !text.is_empty() => Ok(text),
+        Some(_) => fail(format!("{field}.{key}"), "must not be empty"),
+        None => fail(format!("{field}.{key}"), "must be a string"),
+    }
+}
+
+pub(super) fn str_at<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
+    value.get(key).and_then(Value::as_str)
+}
+
+/// An OpenAI assistant `tool_calls` entry -> (id, function name, arguments object). OpenAI
+/// carries the arguments as a JSON string, Anthropic and Gemini as an object, so the string is
+/// parsed.
+pub(super) fn chat_tool_call<'a>(
+    call: &'a Value,
+    field: &str,
+) -> Result<(&'a str, &'a str, Value)> {
+    let call = require_object(call, field)?;
+    if present(call, "type").is_some_and(|kind| kind.as_str() != Some("function")) {
+        return fail(
+            format!("{field}.type"),
+            "only function tool calls are supported",
+        );
+    }
+    let id = require_str(call, "id", field)?;
+    let function_field = format!("{field}.function");
+    let function = require_object(
+        call.get("function").unwrap_or(&Value::Null),
+        &function_field,
+    )?;
+    let name = require_str(function, "name", &function_field)?;
+    let arguments_field = format!("{function_field}.arguments");
+    let args = match present(function, "arguments") {
+        None => json!({}),
+        Some(Value::String(text)) if text.trim().is_empty() => json!({}),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(parsed) => parsed,
+            Err(error) => return fail(arguments_field, format!("is not valid JSON: {error}")),
+        },
+        // Some clients send the arguments already parsed; accept that form too.
+        Some(other) => other.clone(),
+    };
+    if !args.is_object() {
+        return fail(arguments_field, "must be a JSON object");
+    }
+    Ok((id, name, args))
+}
