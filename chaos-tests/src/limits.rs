@@ -404,20 +404,7 @@ pub fn spawn_clients(
 /// the reason).
 pub async fn run_partition(scenario: Scenario, options: &RunOptions) -> Outcome {
     let started = Instant::now();
-    let mut outcome = Outcome {
-        scenario: scenario.name.to_string(),
-        seed: options.seed,
-        mode: None,
-        nodes: options.nodes,
-        duration: options.duration,
-        ops: 0,
-        faults: Vec::new(),
-        passed: false,
-        details: String::new(),
-        problems: Vec::new(),
-        elapsed: Duration::ZERO,
-        kept_dir: None,
-    };
+    let mut outcome = Outcome::new(scenario, options);
     let plan_text = "isolate one follower (seeded) from the other nodes until two whole windows \
                      past quorum-loss detection, heal, one more window once settled";
     eprintln!(

@@ -149,6 +149,24 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A run of `scenario` that has not passed yet.
+    pub fn new(scenario: Scenario, options: &RunOptions) -> Outcome {
+        Outcome {
+            scenario: scenario.name.to_string(),
+            seed: options.seed,
+            mode: None,
+            nodes: options.nodes,
+            duration: options.duration,
+            ops: 0,
+            faults: Vec::new(),
+            passed: false,
+            details: String::new(),
+            problems: Vec::new(),
+            elapsed: Duration::ZERO,
+            kept_dir: None,
+        }
+    }
+
     /// The command that replays this run.
     pub fn replay(&self) -> String {
         format!(
@@ -195,20 +213,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
         "chaos: scenario={} seed={} nodes={} schedule: {}",
         scenario.name, options.seed, options.nodes, schedule
     );
-    let mut outcome = Outcome {
-        scenario: scenario.name.to_string(),
-        seed: options.seed,
-        mode: None,
-        nodes: options.nodes,
-        duration: options.duration,
-        ops: 0,
-        faults: Vec::new(),
-        passed: false,
-        details: String::new(),
-        problems: Vec::new(),
-        elapsed: Duration::ZERO,
-        kept_dir: None,
-    };
+    let mut outcome = Outcome::new(scenario, options);
     let mut cluster = match Cluster::start_initialised(options.nodes, options.mode).await {
         Ok(c) => c,
         Err(e) => {

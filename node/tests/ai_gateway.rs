@@ -78,6 +78,11 @@ async fn usage_record(cluster: &Cluster, request_id: &str) -> Value {
     .await
 }
 
+/// A Model spec served by one provider model.
+fn one_target(provider: &str, model: &str) -> Value {
+    json!({"targets": [{"provider": provider, "model": model}]})
+}
+
 fn bearer(key: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {key}"))
 }
@@ -98,14 +103,8 @@ fn sse_data(body: &[u8]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_calls_go_through_with_the_provider_key_and_each_leaves_a_priced_usage_record() {
     let mock = MockLlm::start().await;
-    let (cluster, proxy, key) = gateway(
-        &mock,
-        vec![(
-            "gpt",
-            json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}]}),
-        )],
-    )
-    .await;
+    let (cluster, proxy, key) =
+        gateway(&mock, vec![("gpt", one_target("openai", "gpt-4o-mini"))]).await;
     let (h, v) = bearer(&key);
     let auth = [(h, v.as_str()), ("content-type", "application/json")];
 
@@ -262,14 +261,8 @@ async fn a_failing_target_falls_back_to_the_next_and_the_record_names_who_served
                 {"provider": "openai", "model": "fail-500"},
                 {"provider": "anthropic", "model": "claude-sonnet-4-5"}]}),
             ),
-            (
-                "down",
-                json!({"targets": [{"provider": "openai", "model": "fail-500"}]}),
-            ),
-            (
-                "picky",
-                json!({"targets": [{"provider": "openai", "model": "bad-400"}]}),
-            ),
+            ("down", one_target("openai", "fail-500")),
+            ("picky", one_target("openai", "bad-400")),
         ],
     )
     .await;
@@ -318,10 +311,7 @@ async fn anthropic_callers_reach_anthropic_models_in_their_own_format_streamed()
     let mock = MockLlm::start().await;
     let (cluster, proxy, key) = gateway(
         &mock,
-        vec![(
-            "claude",
-            json!({"targets": [{"provider": "anthropic", "model": "claude-sonnet-4-5"}]}),
-        )],
+        vec![("claude", one_target("anthropic", "claude-sonnet-4-5"))],
     )
     .await;
     // The Anthropic SDK sends its key in x-api-key.
@@ -371,14 +361,8 @@ async fn each_format_reaches_the_other_providers_translated_both_ways_streaming_
     let (cluster, proxy, key) = gateway(
         &mock,
         vec![
-            (
-                "claude",
-                json!({"targets": [{"provider": "anthropic", "model": "claude-sonnet-4-5"}]}),
-            ),
-            (
-                "gpt",
-                json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}]}),
-            ),
+            ("claude", one_target("anthropic", "claude-sonnet-4-5")),
+            ("gpt", one_target("openai", "gpt-4o-mini")),
         ],
     )
     .await;
@@ -538,14 +522,8 @@ async fn a_stream_the_caller_abandons_is_recorded_as_cut_with_what_was_received(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompt_template_is_a_rest_endpoint_that_checks_its_variables() {
     let mock = MockLlm::start().await;
-    let (cluster, proxy, key) = gateway(
-        &mock,
-        vec![(
-            "gpt",
-            json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}]}),
-        )],
-    )
-    .await;
+    let (cluster, proxy, key) =
+        gateway(&mock, vec![("gpt", one_target("openai", "gpt-4o-mini"))]).await;
     cluster
         .client_of(1)
         .apply(
@@ -788,14 +766,8 @@ async fn prices_written_through_the_admin_api_take_precedence_over_the_built_in_
     let (cluster, proxy, key) = gateway(
         &mock,
         vec![
-            (
-                "new",
-                json!({"targets": [{"provider": "openai", "model": "gpt-new"}]}),
-            ),
-            (
-                "mini",
-                json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}]}),
-            ),
+            ("new", one_target("openai", "gpt-new")),
+            ("mini", one_target("openai", "gpt-4o-mini")),
         ],
     )
     .await;
@@ -852,10 +824,7 @@ async fn openai_format_calls_reach_gemini_models_translated_streaming_tools_and_
     let mock = MockLlm::start().await;
     let (cluster, proxy, key) = gateway(
         &mock,
-        vec![(
-            "gem",
-            json!({"targets": [{"provider": "google", "model": "gemini-2.5-flash"}]}),
-        )],
+        vec![("gem", one_target("google", "gemini-2.5-flash"))],
     )
     .await;
     let (h, v) = bearer(&key);
