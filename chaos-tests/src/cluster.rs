@@ -228,17 +228,10 @@ fn has_setpriv() -> bool {
     })
 }
 
-/// Free loopback ports, found by binding port 0.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("bind a loopback port")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
+/// Free loopback ports below the ephemeral range (the node tests' finder, shared).
+#[path = "../../node/tests/support/ports.rs"]
+mod ports;
+use ports::free_ports;
 
 /// A private copy of the `konnect` binary (`$TMPDIR/kchaos-<pid>-konnect`), shared by the
 /// clusters alive at one time and removed when the last one drops. The copy keeps a rebuild
@@ -386,7 +379,7 @@ impl Cluster {
         };
         let secret_key_file = write_secret_key(binary.path(), dir.path())?;
         let mut nodes = Vec::new();
-        let ports = free_ports(4 * n)?;
+        let ports = free_ports(4 * n);
         for i in 0..n {
             let id = i as u64 + 1;
             let (ns, host, p) = match &topology {

@@ -733,11 +733,11 @@ impl Interceptor for BearerToken {
 
 /// Whether a failed call says "this endpoint is unusable now" (try the next one) rather than
 /// giving the server's answer. Besides `Unavailable`, a status that tonic made locally from a
-/// broken connection (it carries a source error; a server's answer never does) counts: the
-/// node went away mid-call.
+/// broken connection counts, whatever its code: it carries a source error (a server's answer
+/// never does). The node went away mid-call; hyper reports a connection closed under a call as
+/// `Cancelled`, other breaks as `Unknown`.
 fn is_endpoint_failure(status: &tonic::Status) -> bool {
-    status.code() == Code::Unavailable
-        || (status.code() == Code::Unknown && std::error::Error::source(status).is_some())
+    status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
 /// Metadata key carrying a write's id: the same on every attempt of one logical write, so a

@@ -9,13 +9,15 @@
 #![allow(dead_code)]
 
 pub mod llm;
+pub mod ports;
 pub mod upstream;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use ports::free_ports;
 
 use konnect_client::{Client, TrustRoots};
 use konnect_proto::admin::v1::{ResourceInput, StatusResponse};
@@ -92,16 +94,6 @@ impl Certs {
     }
 }
 
-/// Free loopback ports, held until the caller is ready to hand them to a process.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
 
 pub struct NodeProc {
     pub id: u64,
