@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod output;
 pub mod resources;
 pub mod secrets;
+pub mod spend;
 
 use konnect_client::{Client, ClientError, TrustRoots};
 

@@ -506,6 +506,27 @@ impl Client {
         .await
     }
 
+    // --- Usage service ---
+
+    /// Spend from the AI cost ledger, grouped and filtered as the request says.
+    pub async fn query_spend(
+        &self,
+        request: konnect_proto::admin::v1::QuerySpendRequest,
+    ) -> Result<konnect_proto::admin::v1::QuerySpendResponse, ClientError> {
+        self.call(|channel| {
+            let request = request.clone();
+            async move {
+                konnect_proto::admin::v1::usage_client::UsageClient::with_interceptor(
+                    channel,
+                    self.auth.clone(),
+                )
+                .query_spend(request)
+                .await
+            }
+        })
+        .await
+    }
+
     // --- Secrets service ---
 
     /// Re-encrypts every stored secret under the answering node's primary key. Safe to

@@ -92,6 +92,10 @@ enum Command {
     /// answer from any node). USED counts units granted to nodes: requests admitted are at
     /// most that, and nodes give unused units back when a key goes idle.
     Usage(cli::access::UsageArgs),
+    /// AI spend from the cost ledger: requests, tokens and cost (USD), grouped by day,
+    /// month, team, consumer, model, provider or zone; every call counted exactly once, the
+    /// same answer from any node.
+    Spend(cli::spend::SpendArgs),
     /// Secrets at rest: re-encrypt stored secrets after adding a new key.
     #[command(subcommand)]
     Secrets(cli::secrets::SecretsCommand),
@@ -144,7 +148,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         trust,
         output: cli.output,
     };
+    if context.output == OutputFormat::Csv && !matches!(cli.command, Command::Spend(_)) {
+        bail!("-o csv is only for `konnectctl spend`; use -o json or -o yaml here");
+    }
     match cli.command {
+        Command::Spend(args) => cli::spend::spend(&context, args).await,
         Command::Cluster(command) => cli::cluster::run(&context, command).await,
         Command::Apply(args) => cli::resources::apply(&context, args).await,
         Command::Get(args) => cli::resources::get(&context, args).await,

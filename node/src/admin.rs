@@ -12,6 +12,7 @@ pub mod keys;
 pub mod limits;
 pub mod resources;
 pub mod secrets;
+pub mod usage;
 
 use konnect_proto::state::v1 as pb;
 use pb::ErrorCode;

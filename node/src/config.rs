@@ -151,6 +151,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KONNECT_AI_USAGE_LOG")]
     pub ai_usage_log: Option<String>,
 
+    /// How long usage records stay in the node's usage WAL (<data-dir>/usage-wal) after the
+    /// cluster has counted them, for per-call inspection: a duration such as `7d`, `12h`, or
+    /// `0s` to delete them as soon as they are counted. Uncounted records are never deleted.
+    /// Default: 7d.
+    #[arg(long, env = "KONNECT_USAGE_RETENTION")]
+    pub usage_retention: Option<String>,
+
     /// A client must send its request headers within this many milliseconds, or the connection
     /// is closed (slowloris defence). Default: 10000.
     #[arg(long, env = "KONNECT_HEADER_READ_TIMEOUT_MS")]
@@ -299,6 +306,7 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: crate::gateway::access_log::AccessLogTarget,
     pub ai_usage_log: crate::ai::usage::UsageLogTarget,
+    pub usage_retention: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
@@ -458,6 +466,7 @@ impl ServeArgs {
             trusted_proxies: self.trusted_proxies.or(file.trusted_proxies),
             access_log: self.access_log.or(file.access_log),
             ai_usage_log: self.ai_usage_log.or(file.ai_usage_log),
+            usage_retention: self.usage_retention.or(file.usage_retention),
             header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
             max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
             drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
@@ -596,6 +605,15 @@ impl ServeArgs {
             Some(path) => crate::ai::usage::UsageLogTarget::File(PathBuf::from(path)),
             None => crate::ai::usage::UsageLogTarget::File(data_dir.join("ai-usage.jsonl")),
         };
+        let usage_retention = match a.usage_retention.as_deref() {
+            None => Duration::from_secs(7 * 86_400),
+            Some(text) => humantime::parse_duration(text).map_err(|e| {
+                bad(
+                    "--usage-retention",
+                    format!("{text:?} is not a duration such as 7d or 12h: {e}"),
+                )
+            })?,
+        };
         let secret_keys = secret_key_source(
             a.secret_key_file,
             std::env::var(crate::secrets::KEY_ENV).ok(),
@@ -607,6 +625,7 @@ impl ServeArgs {
             trusted_proxies,
             access_log,
             ai_usage_log,
+            usage_retention,
             header_read_timeout: Duration::from_millis(a.header_read_timeout_ms.unwrap_or(10_000)),
             max_header_bytes,
             drain_timeout: Duration::from_millis(a.drain_timeout_ms.unwrap_or(30_000)),

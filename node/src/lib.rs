@@ -10,6 +10,7 @@ pub mod config;
 pub mod control_tls;
 pub mod gateway;
 pub mod grants;
+pub mod ledger;
 pub mod node;
 pub mod raft;
 pub mod resources;

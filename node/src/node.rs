@@ -15,6 +15,7 @@ use konnect_proto::admin::v1::limits_server::LimitsServer;
 use konnect_proto::admin::v1::resources_server::ResourcesServer;
 use konnect_proto::admin::v1::secrets_server::SecretsServer;
 use konnect_proto::admin::v1::tokens_server::TokensServer;
+use konnect_proto::admin::v1::usage_server::UsageServer;
 use konnect_proto::peer::v1::peer_server::PeerServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -267,6 +268,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         }))
         .add_service(LimitsServer::new(crate::admin::limits::LimitService {
             node: node.clone(),
+            auth: auth.clone(),
+        }))
+        .add_service(UsageServer::new(crate::admin::usage::UsageService {
+            node: node.clone(),
             auth,
         }));
     let admin_task = match admin_tls {
@@ -290,12 +295,27 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         path: PathBuf::from(format!("{:?}", settings.access_log)),
         message: format!("cannot open the access log: {e}"),
     })?;
-    let ai_usage = crate::ai::usage::UsageLog::start(&settings.ai_usage_log).map_err(|e| {
-        StartError::DataDir {
+    let wal_dir = settings.data_dir.join("usage-wal");
+    let ledger = Arc::new(
+        crate::ledger::Ledger::open(&wal_dir, settings.node_id).map_err(|e| {
+            StartError::DataDir {
+                path: wal_dir.clone(),
+                message: format!("cannot open the usage WAL: {e}"),
+            }
+        })?,
+    );
+    tokio::spawn(crate::ledger::ship_usage(
+        ledger.clone(),
+        proposer.clone(),
+        reader.clone(),
+        settings.usage_retention,
+        shutdown_rx.clone(),
+    ));
+    let ai_usage = crate::ai::usage::UsageLog::start(&settings.ai_usage_log, Some(ledger))
+        .map_err(|e| StartError::DataDir {
             path: PathBuf::from(format!("{:?}", settings.ai_usage_log)),
             message: format!("cannot open the AI usage log: {e}"),
-        }
-    })?;
+        })?;
     let ai = Arc::new(
         crate::ai::AiContext::new(ai_usage, settings.node_id, settings.zone.clone())
             .map_err(|e| StartError::Raft(format!("AI provider client: {e}")))?,

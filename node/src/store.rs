@@ -150,6 +150,33 @@ impl ReadTxn {
     }
 }
 
+impl ReadTxn {
+    /// Calls `f` for every row of `table` with a key in `range`, in key order, without
+    /// collecting them (ledger queries over many aggregate rows).
+    pub fn for_each_in<'a, R>(
+        &self,
+        table: Table,
+        range: R,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()>
+    where
+        R: RangeBounds<&'a [u8]> + 'a,
+    {
+        let t = self
+            .txn
+            .open_table(table.def())
+            .map_err(|e| StoreError::new("open table", e))?;
+        for row in t
+            .range::<&[u8]>(range)
+            .map_err(|e| StoreError::new("range", e))?
+        {
+            let (k, v) = row.map_err(|e| StoreError::new("range", e))?;
+            f(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+}
+
 /// Rows of `table` with keys in `range`, in key order, at most `limit`.
 fn range_of<'a, T, R>(table: &T, range: R, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>
 where

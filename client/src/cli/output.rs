@@ -22,6 +22,8 @@ pub enum OutputFormat {
     Json,
     /// YAML (resources in a shape `konnectctl apply` accepts back).
     Yaml,
+    /// CSV with a header line (`spend` only).
+    Csv,
 }
 
 // === writing ===
@@ -61,7 +63,9 @@ pub fn to_yaml(value: &impl Serialize) -> anyhow::Result<String> {
 pub fn print_structured(format: OutputFormat, value: &impl Serialize) -> anyhow::Result<()> {
     match format {
         OutputFormat::Yaml => print_stdout(&to_yaml(value)?),
-        OutputFormat::Json | OutputFormat::Table => print_stdout(&to_json(value)?),
+        OutputFormat::Json | OutputFormat::Table | OutputFormat::Csv => {
+            print_stdout(&to_json(value)?)
+        }
     }
 }
 

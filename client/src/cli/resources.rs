@@ -178,7 +178,9 @@ pub async fn get(context: &Context, args: GetArgs) -> anyhow::Result<()> {
             let resource = client.get(&kind, &name, args.consistent).await?;
             match context.output {
                 OutputFormat::Table => print_stdout(&resources_table(&[resource])),
-                OutputFormat::Json => print_stdout(&to_json(&ResourceView::from(&resource))?),
+                OutputFormat::Json | OutputFormat::Csv => {
+                    print_stdout(&to_json(&ResourceView::from(&resource))?)
+                }
                 OutputFormat::Yaml => print_stdout(&resources_to_manifest_yaml(&[resource])?),
             }
         }
@@ -195,7 +197,7 @@ pub async fn get(context: &Context, args: GetArgs) -> anyhow::Result<()> {
                     Ok(())
                 }
                 OutputFormat::Table => print_stdout(&resources_table(&list.items)),
-                OutputFormat::Json => {
+                OutputFormat::Json | OutputFormat::Csv => {
                     let views: Vec<ResourceView> =
                         list.items.iter().map(ResourceView::from).collect();
                     print_stdout(&to_json(&views)?)
@@ -323,7 +325,9 @@ fn print_event(format: OutputFormat, event: &WatchEvent) -> anyhow::Result<()> {
                 event_type_word(event.r#type)
             ))
         }
-        OutputFormat::Json => print_stdout(&to_json_line(&WatchEventView::from(event))?),
+        OutputFormat::Json | OutputFormat::Csv => {
+            print_stdout(&to_json_line(&WatchEventView::from(event))?)
+        }
         OutputFormat::Yaml => {
             print_stdout(&format!("---\n{}", to_yaml(&WatchEventView::from(event))?))
         }

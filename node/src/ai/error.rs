@@ -49,6 +49,10 @@ pub enum AiError {
     },
     #[error("the provider's answer could not be read: {0}")]
     BadProviderAnswer(String),
+    /// The call's usage record could not be made durable (a full or failing disk): the answer
+    /// is withheld rather than handed out uncounted. The detail goes to the log.
+    #[error("the call could not be recorded in the usage ledger; retry later")]
+    UsageNotRecorded(String),
 }
 
 impl AiError {
@@ -62,6 +66,7 @@ impl AiError {
             AiError::ProvidersUnavailable { status, .. } => *status,
             AiError::Provider { status, .. } => *status,
             AiError::BadProviderAnswer(_) => StatusCode::BAD_GATEWAY,
+            AiError::UsageNotRecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -81,6 +86,7 @@ impl AiError {
                 ("api_error", Some("provider_unavailable"))
             }
             AiError::Provider { kind, .. } => (kind.as_str(), None),
+            AiError::UsageNotRecorded(_) => ("api_error", Some("usage_not_recorded")),
         }
     }
 
@@ -100,7 +106,9 @@ impl AiError {
     /// For the node's log only: which provider failed and how.
     pub fn log_detail(&self) -> Option<&str> {
         match self {
-            AiError::ProvidersUnavailable { detail, .. } => Some(detail),
+            AiError::ProvidersUnavailable { detail, .. } | AiError::UsageNotRecorded(detail) => {
+                Some(detail)
+            }
             _ => None,
         }
     }

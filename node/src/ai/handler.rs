@@ -581,6 +581,7 @@ async fn call(
     let caller_wants_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
     let mut record = UsageRecord {
         ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        started_unix_ms: crate::clock::unix_ms(),
         request_id: req.request_id.to_string(),
         consumer: req.caller.map(|c| c.consumer.name.clone()),
         team: req.caller.and_then(|c| c.consumer.team.clone()),
@@ -615,7 +616,8 @@ async fn call(
             record.status = 200;
             record.outcome = "ok";
             record.latency_ms = started.elapsed().as_millis() as u64;
-            ctx.usage.record(record);
+            // Free (no provider call): answered even if the record could not be kept.
+            let _ = ctx.usage.record(record).await;
             let mut resp = Response::new(full(answer));
             let headers = resp.headers_mut();
             headers.insert(
@@ -704,7 +706,7 @@ async fn call(
                 record.status = status.as_u16();
                 record.outcome = "error";
                 record.latency_ms = started.elapsed().as_millis() as u64;
-                ctx.usage.record(record);
+                let _ = ctx.usage.record(record).await;
                 return Err(err);
             }
             if !stream {
@@ -824,7 +826,11 @@ async fn call(
             });
             record.outcome = "ok";
             record.latency_ms = started.elapsed().as_millis() as u64;
-            ctx.usage.record(record);
+            // The answer goes out only once its cost is durably recorded.
+            ctx.usage
+                .record(record)
+                .await
+                .map_err(|e| AiError::UsageNotRecorded(e.to_string()))?;
             if let (Some(key), Some(spec)) = (cache_key, &model.cache) {
                 ctx.answers.put(
                     key,
@@ -850,7 +856,7 @@ async fn call(
     record.status = status.as_u16();
     record.outcome = "error";
     record.latency_ms = started.elapsed().as_millis() as u64;
-    ctx.usage.record(record);
+    let _ = ctx.usage.record(record).await;
     Err(AiError::ProvidersUnavailable {
         model: model_name.to_string(),
         status,

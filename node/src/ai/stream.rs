@@ -248,8 +248,8 @@ async fn pump(
         }
         _ => Vec::new(),
     };
-    // The record first, then the closing marker: the usage is handed over before the
-    // caller's stream is finished.
+    // The record first, durably, then the closing marker: the caller's stream is finished
+    // only once its usage is in the WAL.
     let provider_counted = seen.input.is_some() && seen.output.is_some();
     let input = seen
         .input
@@ -271,7 +271,15 @@ async fn pump(
         .map_or(0, |p| cost_micros(&p, input, record.cached_tokens, output));
     record.outcome = if complete { "ok" } else { "cut" };
     record.latency_ms = job.started.elapsed().as_millis() as u64;
-    job.ctx.usage.record(std::mem::take(record));
+    if job.ctx.usage.record(std::mem::take(record)).await.is_err() {
+        // Not durably counted: the stream fails instead of ending as if it had been.
+        let _ = tx
+            .send(Err(
+                "the call could not be recorded in the usage ledger".into()
+            ))
+            .await;
+        return;
+    }
     for bytes in closing {
         if tx.send(Ok(Frame::data(bytes))).await.is_err() {
             return;

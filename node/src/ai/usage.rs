@@ -1,13 +1,18 @@
 //! Usage records: one per AI call (failed ones and streams cut midway included), with the
 //! tokens the provider reported (or, for a stream cut before its usage arrived, an estimate)
-//! and the cost in integer micro-USD. Written as JSON lines by a background thread
-//! (`--ai-usage-log`); the cost ledger reads them.
+//! and the cost in integer micro-USD. Each goes into the node's usage WAL (`ledger.rs`), which
+//! the call waits for, and, for people and log shippers, as a JSON line written by a background
+//! thread (`--ai-usage-log`).
 
 use std::io::Write;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use tokio::sync::mpsc;
+
+use crate::ledger::{Ledger, LedgerError};
 
 use crate::resources::model::Price;
 
@@ -15,6 +20,9 @@ use crate::resources::model::Price;
 pub struct UsageRecord {
     /// When the call started (RFC 3339, this node's clock).
     pub ts: String,
+    /// The same instant in unix ms (decides the ledger day the call is counted in).
+    #[serde(skip)]
+    pub started_unix_ms: u64,
     pub request_id: String,
     pub consumer: Option<String>,
     pub team: Option<String>,
@@ -103,17 +111,22 @@ pub enum UsageLogTarget {
     File(PathBuf),
 }
 
-/// The writer of usage records. Unlike the access log it never drops a record: the queue is
-/// unbounded (records are small and the writer batches them).
+/// Where each call's record goes: the ledger's WAL (durable, awaited) and the JSON-lines log.
+/// Unlike the access log the JSON-lines writer never drops a record: its queue is unbounded
+/// (records are small and the writer batches them).
 #[derive(Clone)]
 pub struct UsageLog {
     tx: Option<mpsc::UnboundedSender<UsageRecord>>,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl UsageLog {
-    pub fn start(target: &UsageLogTarget) -> std::io::Result<UsageLog> {
+    pub fn start(
+        target: &UsageLogTarget,
+        ledger: Option<Arc<Ledger>>,
+    ) -> std::io::Result<UsageLog> {
         let path = match target {
-            UsageLogTarget::Off => return Ok(UsageLog { tx: None }),
+            UsageLogTarget::Off => return Ok(UsageLog { tx: None, ledger }),
             UsageLogTarget::File(p) => p,
         };
         let mut out = std::fs::OpenOptions::new()
@@ -139,15 +152,36 @@ impl UsageLog {
                     }
                 }
             })?;
-        Ok(UsageLog { tx: Some(tx) })
+        Ok(UsageLog {
+            tx: Some(tx),
+            ledger,
+        })
     }
 
     pub fn off() -> UsageLog {
-        UsageLog { tx: None }
+        UsageLog {
+            tx: None,
+            ledger: None,
+        }
     }
 
-    /// Counts the call in the metrics and queues its record.
-    pub fn record(&self, r: UsageRecord) {
+    /// Counts the call in the metrics, appends its record to the ledger's WAL and returns once
+    /// it is durable (an error: it is not, and the caller must not get the answer as if it
+    /// were counted), and queues it for the JSON-lines log.
+    pub async fn record(&self, r: UsageRecord) -> Result<(), LedgerError> {
+        let durable = match &self.ledger {
+            Some(ledger) => ledger.append(&r).await,
+            None => Ok(()),
+        };
+        if let Err(e) = &durable {
+            metrics::counter!("konnect_usage_wal_errors_total").increment(1);
+            tracing::error!(error = %e, request_id = %r.request_id, "usage record not durable");
+        }
+        self.count_and_log(r);
+        durable
+    }
+
+    fn count_and_log(&self, r: UsageRecord) {
         let provider = r.provider.clone().unwrap_or_else(|| "none".into());
         metrics::counter!("konnect_ai_requests_total", "model" => r.model.clone(),
             "provider" => provider.clone(), "outcome" => r.outcome)

@@ -52,13 +52,16 @@ pub fn apply_command(txn: &mut WriteTxn, index: u64, cmd: &pb::Command) -> Appli
     txn.put(SM_META, KEY_LEADER_TIME, &now.to_be_bytes())?;
 
     // A retried write (same request id) gets the answer of its first application. Rate-limit
-    // grants and key-usage reports are not remembered: applying one twice is harmless (a grant
-    // still never exceeds the limit, a report is a maximum), and at their rate they would crowd
-    // admin writes out of the request memory.
+    // grants, key-usage reports and usage shipments are not remembered: applying one twice is
+    // harmless (a grant still never exceeds the limit, a report is a maximum, a shipment is
+    // deduplicated by its sequence numbers), and at their rate they would crowd admin writes
+    // out of the request memory.
     let remembered = !cmd.request_id.is_empty()
         && !matches!(
             cmd.op,
-            Some(pb::command::Op::Grants(_)) | Some(pb::command::Op::TouchKeys(_))
+            Some(pb::command::Op::Grants(_))
+                | Some(pb::command::Op::TouchKeys(_))
+                | Some(pb::command::Op::ShipUsage(_))
         );
     if remembered {
         if let Some(bytes) = txn.get(REQUESTS, cmd.request_id.as_bytes())? {
@@ -87,6 +90,7 @@ pub fn apply_command(txn: &mut WriteTxn, index: u64, cmd: &pb::Command) -> Appli
         Some(pb::command::Op::RevokeToken(r)) => revoke_token(txn, index, r)?,
         Some(pb::command::Op::TouchKeys(t)) => touch_keys(txn, index, t)?,
         Some(pb::command::Op::Grants(g)) => grant(txn, now, g)?,
+        Some(pb::command::Op::ShipUsage(u)) => ship_usage(txn, u)?,
     };
     audit(txn, index, now, cmd, &result)?;
     if remembered {
@@ -348,6 +352,83 @@ fn grant(txn: &mut WriteTxn, now: u64, g: &pb::GrantRequests) -> Applied {
         results,
         leader_time_unix_ms: now,
     })))
+}
+
+/// Folds a node's shipped usage records into the ledger, each exactly once.
+///
+/// Invariant: a record counts iff its sequence number is above the (node, incarnation) mark,
+/// and the mark rises to the last record counted in the same transaction; so however often a
+/// range is shipped, each record of it is counted once. A range starting above mark + 1 would
+/// leave records uncounted for good: it is refused, and the node ships from the mark again.
+fn ship_usage(txn: &mut WriteTxn, u: &pb::ShipUsage) -> Applied {
+    let mark_key = usage_mark_key(u.node_id, u.incarnation);
+    let mark = u64_value(txn.get(USAGE_MARKS, &mark_key)?);
+    let result = |counted, duplicates, through| {
+        ok(Outcome::ShipUsage(pb::ShipUsageResult {
+            counted_through: through,
+            counted,
+            duplicates,
+        }))
+    };
+    if u.first_seq == 0 {
+        return Ok(fail(
+            ErrorCode::Invalid,
+            "usage sequence numbers start at 1",
+        ));
+    }
+    if u.first_seq > mark + 1 {
+        return Ok(fail(
+            ErrorCode::Invalid,
+            format!(
+                "usage records {}..{} of node {} incarnation {} were never shipped; ship from {}",
+                mark + 1,
+                u.first_seq - 1,
+                u.node_id,
+                u.incarnation,
+                mark + 1
+            ),
+        ));
+    }
+    let skip = ((mark + 1 - u.first_seq) as usize).min(u.records.len());
+    let fresh = &u.records[skip..];
+    if fresh.is_empty() {
+        return Ok(result(0, skip as u64, mark));
+    }
+    // Records of one shipment fall into few rows: add them up first, then read and write
+    // each row once, in key order.
+    let mut rows: std::collections::BTreeMap<Vec<u8>, pb::SpendRow> = Default::default();
+    for r in fresh {
+        let day = (r.started_unix_ms / 86_400_000) as u32;
+        let key = spend_key(day, [&r.team, &r.consumer, &r.model, &r.provider, &r.zone]);
+        add_spend(rows.entry(key).or_default(), r);
+    }
+    for (key, add) in rows {
+        let mut row: pb::SpendRow = match txn.get(SPEND, &key)? {
+            Some(b) => decode(&b, "spend row")?,
+            None => pb::SpendRow::default(),
+        };
+        row.requests = row.requests.saturating_add(add.requests);
+        row.failed = row.failed.saturating_add(add.failed);
+        row.input_tokens = row.input_tokens.saturating_add(add.input_tokens);
+        row.output_tokens = row.output_tokens.saturating_add(add.output_tokens);
+        row.cached_tokens = row.cached_tokens.saturating_add(add.cached_tokens);
+        row.cost_micros = row.cost_micros.saturating_add(add.cost_micros);
+        txn.put(SPEND, &key, &row.encode_to_vec())?;
+    }
+    let through = u.first_seq + u.records.len() as u64 - 1;
+    txn.put(USAGE_MARKS, &mark_key, &through.to_be_bytes())?;
+    Ok(result(fresh.len() as u64, skip as u64, through))
+}
+
+fn add_spend(row: &mut pb::SpendRow, r: &pb::UsageRecord) {
+    row.requests += 1;
+    if r.outcome != "ok" {
+        row.failed += 1;
+    }
+    row.input_tokens = row.input_tokens.saturating_add(r.input_tokens);
+    row.output_tokens = row.output_tokens.saturating_add(r.output_tokens);
+    row.cached_tokens = row.cached_tokens.saturating_add(r.cached_tokens);
+    row.cost_micros = row.cost_micros.saturating_add(r.cost_micros);
 }
 
 /// Adds one entry to the audit log for a command that changed something on behalf of an
@@ -1007,6 +1088,125 @@ mod tests {
         apply_command(&mut txn, 5, &release(21_300, 2, 4, 20_000)).unwrap();
         // The 6 can be granted again, and no more.
         assert_eq!(grants(&mut txn, 6, 21_400, 3, &[("a", 9)])[0].granted, 6);
+    }
+
+    fn ship(
+        txn: &mut WriteTxn,
+        node: u64,
+        incarnation: u64,
+        first_seq: u64,
+        records: &[(&str, &str, u64)],
+    ) -> pb::CommandResult {
+        let op = pb::command::Op::ShipUsage(pb::ShipUsage {
+            node_id: node,
+            incarnation,
+            first_seq,
+            records: records
+                .iter()
+                .map(|(team, model, cost)| pb::UsageRecord {
+                    // 2026-11-25 and 26, by cost parity.
+                    started_unix_ms: 1_795_564_800_000 + (cost % 2) * 86_400_000,
+                    team: team.to_string(),
+                    model: model.to_string(),
+                    zone: "az-a".into(),
+                    input_tokens: 10,
+                    output_tokens: 1,
+                    cost_micros: *cost,
+                    outcome: "ok".into(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        apply_command(txn, 1, &command(1_000, op)).unwrap()
+    }
+
+    fn spend(txn: &WriteTxn) -> Vec<(u32, String, String, pb::SpendRow)> {
+        txn.range(SPEND, .., 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                let (day, dims) = parse_spend_key(&k).unwrap();
+                (
+                    day,
+                    dims[0].clone(),
+                    dims[2].clone(),
+                    decode(&v, "row").unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shipped_usage_is_counted_once_however_often_it_is_shipped() {
+        let (_d, store) = store();
+        let mut txn = store.write().unwrap();
+        let first = [
+            ("research", "gpt", 100),
+            ("research", "gpt", 201),
+            ("ops", "gpt", 300),
+        ];
+        let r = ship(&mut txn, 7, 1, 1, &first);
+        assert_eq!(
+            r.result,
+            Some(Outcome::ShipUsage(pb::ShipUsageResult {
+                counted_through: 3,
+                counted: 3,
+                duplicates: 0
+            }))
+        );
+        // The same range again (a retry after a leader change), then one overlapping it.
+        let r = ship(&mut txn, 7, 1, 1, &first);
+        assert!(
+            matches!(r.result, Some(Outcome::ShipUsage(ref u)) if u.counted == 0 && u.duplicates == 3 && u.counted_through == 3)
+        );
+        let r = ship(
+            &mut txn,
+            7,
+            1,
+            3,
+            &[("ops", "gpt", 300), ("ops", "gpt", 400)],
+        );
+        assert!(
+            matches!(r.result, Some(Outcome::ShipUsage(ref u)) if u.counted == 1 && u.duplicates == 1 && u.counted_through == 4)
+        );
+        // A gap is refused whole: nothing of it is counted, the mark stays.
+        let r = ship(&mut txn, 7, 1, 6, &[("ops", "gpt", 999)]);
+        match r.result {
+            Some(Outcome::Error(e)) => assert!(e.message.contains("5..5"), "{}", e.message),
+            other => panic!("a gap must be refused: {other:?}"),
+        }
+        // Another incarnation of the same node, and another node, count on their own.
+        ship(&mut txn, 7, 2, 1, &[("research", "gpt", 2)]);
+        ship(&mut txn, 8, 1, 1, &[("research", "claude", 4)]);
+        let rows = spend(&txn);
+        let day = (1_795_564_800_000u64 / 86_400_000) as u32;
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|(d, team, model, r)| {
+                (
+                    *d - day,
+                    team.as_str(),
+                    model.as_str(),
+                    r.requests,
+                    r.cost_micros,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (0, "ops", "gpt", 2, 700),
+                (0, "research", "claude", 1, 4),
+                (0, "research", "gpt", 2, 102),
+                (1, "research", "gpt", 1, 201),
+            ]
+        );
+        assert_eq!(
+            u64_value(txn.get(USAGE_MARKS, &usage_mark_key(7, 1)).unwrap()),
+            4
+        );
+        let r = ship(&mut txn, 7, 1, 0, &[("ops", "gpt", 1)]);
+        assert!(matches!(r.result, Some(Outcome::Error(_))));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - `resources`: `Kind \0 name` -> `Resource`.
 //! - `events`: big-endian (revision, sequence) -> `ResourceEvent`; the bounded watch history.
 //! - `admin_tokens`: SHA-256 of the secret -> `AdminToken`.
+//! - `usage_marks`, `spend`: the AI cost ledger (what each node incarnation has shipped, and
+//!   the aggregates it was folded into).
 //!
 //! Reads go through [`StateReader`], which sees one consistent point in time per call.
 //! Writes happen only in `apply.rs` and in snapshot installation.
@@ -33,6 +35,13 @@ pub const GRANTS: Table = Table("grants");
 /// so finished windows are deleted oldest first.
 pub const GRANT_EXPIRY: Table = Table("grant_expiry");
 
+/// Big-endian (node id, incarnation) -> big-endian u64: the last usage record sequence number
+/// counted from that node incarnation (the ledger's deduplication mark).
+pub const USAGE_MARKS: Table = Table("usage_marks");
+/// Big-endian u32 day (days since 1970-01-01 UTC) ++ `team \0 consumer \0 model \0 provider
+/// \0 zone` -> `SpendRow`: the AI cost ledger's aggregates.
+pub const SPEND: Table = Table("spend");
+
 /// Every table of the state machine; a snapshot copies exactly these.
 pub const TABLES: &[Table] = &[
     SM_META,
@@ -45,6 +54,8 @@ pub const TABLES: &[Table] = &[
     API_KEY_LAST_USED,
     GRANTS,
     GRANT_EXPIRY,
+    USAGE_MARKS,
+    SPEND,
 ];
 
 pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -73,6 +84,41 @@ pub const KEY_AUDIT_CURSOR: &[u8] = b"audit_cursor";
 
 /// How many resource change events the watch history keeps (etcd keeps by revision too).
 pub const WATCH_HISTORY: u64 = 10_000;
+
+/// The key of a node incarnation's mark in [`USAGE_MARKS`].
+pub fn usage_mark_key(node_id: u64, incarnation: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&node_id.to_be_bytes());
+    k[8..].copy_from_slice(&incarnation.to_be_bytes());
+    k
+}
+
+/// The dimensions of a [`SPEND`] row besides its day, in key order.
+pub const SPEND_DIMENSIONS: [&str; 5] = ["team", "consumer", "model", "provider", "zone"];
+
+/// The key of the [`SPEND`] row a usage record is counted in.
+pub fn spend_key(day: u32, dims: [&str; 5]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + dims.iter().map(|d| d.len() + 1).sum::<usize>());
+    k.extend_from_slice(&day.to_be_bytes());
+    for (i, d) in dims.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(d.as_bytes());
+    }
+    k
+}
+
+/// The day and dimensions of a [`SPEND`] key (`None` for a malformed one).
+pub fn parse_spend_key(k: &[u8]) -> Option<(u32, [String; 5])> {
+    let day = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
+    let mut parts = k[4..].split(|b| *b == 0);
+    let mut dims: [String; 5] = Default::default();
+    for d in dims.iter_mut() {
+        *d = String::from_utf8_lossy(parts.next()?).into_owned();
+    }
+    parts.next().is_none().then_some((day, dims))
+}
 
 pub fn resource_key(kind: &str, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(kind.len() + name.len() + 1);
@@ -396,6 +442,46 @@ impl StateReader {
                 Ok((key, decode(&v, "grant row")?))
             })
             .collect()
+    }
+
+    /// The last usage record sequence number counted from a node incarnation (0: none).
+    pub fn usage_mark(&self, node_id: u64, incarnation: u64) -> Result<u64, StoreError> {
+        let txn = self.store.read()?;
+        Ok(u64_value(
+            txn.get(USAGE_MARKS, &usage_mark_key(node_id, incarnation))?,
+        ))
+    }
+
+    /// Calls `f` with every ledger row of the days `first..=last` (days since 1970-01-01 UTC),
+    /// in key order: day, then team, consumer, model, provider, zone.
+    pub fn for_each_spend_row(
+        &self,
+        first: u32,
+        last: u32,
+        mut f: impl FnMut(u32, [String; 5], pb::SpendRow),
+    ) -> Result<(), StoreError> {
+        let txn = self.store.read()?;
+        let lo = first.to_be_bytes();
+        let hi = last.saturating_add(1).to_be_bytes();
+        let range = if last == u32::MAX {
+            (
+                std::ops::Bound::Included(&lo[..]),
+                std::ops::Bound::Unbounded,
+            )
+        } else {
+            (
+                std::ops::Bound::Included(&lo[..]),
+                std::ops::Bound::Excluded(&hi[..]),
+            )
+        };
+        txn.for_each_in(SPEND, range, |k, v| {
+            let (day, dims) = parse_spend_key(k).ok_or_else(|| StoreError {
+                op: "spend row",
+                message: format!("malformed key {k:02x?}"),
+            })?;
+            f(day, dims, decode(v, "spend row")?);
+            Ok(())
+        })
     }
 
     /// When each API key was last used, as far as the nodes reported (unix ms).

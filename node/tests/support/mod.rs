@@ -94,7 +94,6 @@ impl Certs {
     }
 }
 
-
 pub struct NodeProc {
     pub id: u64,
     pub peer: String,

@@ -27,13 +27,19 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     let mut tried = 0;
     while held.len() < n {
         tried += 1;
-        assert!(tried <= span, "no free loopback port below {}", LOWEST + span);
+        assert!(
+            tried <= span,
+            "no free loopback port below {}",
+            LOWEST + span
+        );
         let port = LOWEST + next.fetch_add(1, Ordering::Relaxed) % span;
         if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
             held.push(listener);
         }
     }
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), 32768 when

@@ -1,0 +1,387 @@
+//! End to end: the AI cost ledger on a real three-node cluster. AI calls go through every node
+//! to a mock provider while nodes are killed with SIGKILL mid-stream and restarted; the spend
+//! every node reports must then equal, exactly, the cost of the calls the clients saw
+//! complete: nothing missing, nothing counted twice.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use konnect_proto::admin::v1::{QuerySpendRequest, QuerySpendResponse};
+use serde_json::json;
+use support::llm::MockLlm;
+use support::*;
+
+/// What one completed call costs: the mock reports 11 prompt and 7 completion tokens, at
+/// $3 and $15 per million: 11 x 3 + 7 x 15 = 138 micro-USD.
+const CALL_MICROS: u64 = 138;
+
+/// Three nodes with an AI route at `/v1` (key auth), models `gpt` (answers at once) and
+/// `held` (streams its first event, then waits), and consumer alice of team research.
+/// Returns the cluster and alice's key.
+async fn ledger_cluster(mock: &MockLlm) -> (Cluster, String) {
+    let cluster = Cluster::start_initialised(3, &[]).await;
+    let client = cluster.client_any();
+    let price = json!({"input_per_mtok_micros": 3_000_000, "output_per_mtok_micros": 15_000_000});
+    client
+        .apply(
+            vec![
+                resource("Team", "research", json!({})),
+                resource("Consumer", "alice", json!({"team": "research"})),
+                resource(
+                    "Provider",
+                    "openai",
+                    json!({"type": "openai", "base_url": format!("{}/v1", mock.url()),
+                           "api_key": {"secret": "sk-provider-secret"}}),
+                ),
+                resource(
+                    "Model",
+                    "gpt",
+                    json!({"targets": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": price}),
+                ),
+                resource(
+                    "Model",
+                    "held",
+                    json!({"targets": [{"provider": "openai", "model": "hold-gpt"}], "price": price}),
+                ),
+                resource(
+                    "Route",
+                    "ai",
+                    json!({"paths": ["/v1"], "ai": {}, "auth": {"key": true}}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    let key = client.create_key("alice", None, "").await.expect("key").key;
+    for id in 1..=3 {
+        wait_serving(&cluster, id, &key).await;
+    }
+    (cluster, key)
+}
+
+/// Node `id`'s proxy address as of its last start (tests bind it to port 0).
+fn proxy(cluster: &Cluster, id: u64) -> String {
+    cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == id)
+        .expect("node id")
+        .started_proxy_addr()
+}
+
+/// Waits until node `id` answers AI calls (its gateway has the route and the key).
+async fn wait_serving(cluster: &Cluster, id: u64, key: &str) {
+    let proxy = proxy(cluster, id);
+    wait_for("the AI route", Duration::from_secs(20), || async {
+        // A restarted node may not listen yet.
+        tokio::net::TcpStream::connect(&proxy).await.ok()?;
+        let auth = format!("Bearer {key}");
+        let r = http("GET", &proxy, "/v1/models", &[("authorization", &auth)], "").await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+}
+
+/// One chat call to `model` through `proxy`; `Ok` only when the whole answer arrived (a 200
+/// with usage, or a stream ending in `[DONE]`).
+async fn chat(proxy: &str, key: &str, model: &str, stream: bool) -> Result<(), String> {
+    let body = json!({"model": model, "stream": stream,
+                      "messages": [{"role": "user", "content": "Hi"}]});
+    let conn = tokio::net::TcpStream::connect(proxy)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/v1/chat/completions")
+        .header("host", "ai.test")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    match (status.as_u16(), stream) {
+        (200, true) if text.trim_end().ends_with("data: [DONE]") => Ok(()),
+        (200, false) if text.contains("\"usage\"") => Ok(()),
+        _ => Err(format!("{status}: {text}")),
+    }
+}
+
+/// Sends `n` calls (half of them streamed) to node `id`, `parallel` at a time; every one
+/// must complete. Returns `n`.
+async fn calls(cluster: &Cluster, id: u64, key: &str, n: usize) -> u64 {
+    let proxy = proxy(cluster, id);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (proxy, key) = (proxy.clone(), key.to_string());
+        tasks.spawn(async move { chat(&proxy, &key, "gpt", i % 2 == 0).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap()
+            .unwrap_or_else(|e| panic!("a call to node {id} failed: {e}"));
+    }
+    n as u64
+}
+
+/// Opens `n` streams of the `held` model on node `id` and returns once each has received its
+/// first event; the streams stay open (the provider holds the rest).
+async fn held_streams(
+    cluster: &Cluster,
+    id: u64,
+    key: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let proxy = proxy(cluster, id);
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (proxy, key) = (proxy.clone(), key.to_string());
+        handles.push(tokio::spawn(async move {
+            let conn = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let body = json!({"model": "held", "stream": true,
+                              "messages": [{"role": "user", "content": "Hi"}]});
+            let req = hyper::Request::post("/v1/chat/completions")
+                .header("host", "ai.test")
+                .header("authorization", format!("Bearer {key}"))
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                )))
+                .unwrap();
+            let mut body = sender.send_request(req).await.unwrap().into_body();
+            let first = body.frame().await;
+            assert!(
+                matches!(first, Some(Ok(_))),
+                "the first event of a held stream"
+            );
+            let _ = tx.send(());
+            // The node dies under the rest of it.
+            while let Some(Ok(_)) = body.frame().await {}
+        }));
+        rx.await.expect("a held stream got its first event");
+    }
+    handles
+}
+
+async fn spend(
+    cluster: &Cluster,
+    id: u64,
+    group_by: &[&str],
+    consistent: bool,
+) -> Result<QuerySpendResponse, String> {
+    cluster
+        .client_of(id)
+        .query_spend(QuerySpendRequest {
+            group_by: group_by.iter().map(|g| g.to_string()).collect(),
+            consistent,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until every node reports `requests` calls costing `requests x CALL_MICROS` in all,
+/// then checks the per-zone split against `per_node`.
+async fn assert_every_node_counts(cluster: &Cluster, per_node: &BTreeMap<u64, u64>) {
+    let requests: u64 = per_node.values().sum();
+    for n in &cluster.nodes {
+        let id = n.id;
+        let got = wait_for(
+            &format!("node {id} to count {requests} calls"),
+            Duration::from_secs(30),
+            || async {
+                let t = spend(cluster, id, &[], false).await.ok()?.total?;
+                (t.requests >= requests).then_some(t)
+            },
+        )
+        .await;
+        assert_eq!(
+            (got.requests, got.cost_micros, got.failed),
+            (requests, requests * CALL_MICROS, 0),
+            "node {id}: the ledger must hold exactly the completed calls"
+        );
+    }
+    // The same answer, confirmed current through the leader, split by the zone that served.
+    let by_zone = spend(cluster, 1, &["zone", "team", "model"], true)
+        .await
+        .expect("consistent spend query");
+    let got: BTreeMap<String, (String, String, u64, u64)> = by_zone
+        .rows
+        .iter()
+        .map(|r| {
+            let t = r.totals.unwrap();
+            (
+                r.values[0].clone(),
+                (
+                    r.values[1].clone(),
+                    r.values[2].clone(),
+                    t.requests,
+                    t.cost_micros,
+                ),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, (String, String, u64, u64)> = per_node
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(id, n)| {
+            (
+                ZONES[(*id as usize - 1) % 4].to_string(),
+                (
+                    "research".to_string(),
+                    "gpt".to_string(),
+                    *n,
+                    n * CALL_MICROS,
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_completed_call_is_counted_once_through_kill9_mid_stream_and_a_leader_kill() {
+    let mock = MockLlm::start().await;
+    let (mut cluster, key) = ledger_cluster(&mock).await;
+    let mut served: BTreeMap<u64, u64> = (1..=3).map(|id| (id, 0)).collect();
+    for id in 1..=3 {
+        *served.get_mut(&id).unwrap() += calls(&cluster, id, &key, 20).await;
+    }
+
+    // A follower dies with streams open: those calls never finished, so they cost nothing;
+    // what it served before is in its WAL and is counted once it is back.
+    let leader = cluster.leader().await;
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    *served.get_mut(&victim).unwrap() += calls(&cluster, victim, &key, 10).await;
+    let cut = held_streams(&cluster, victim, &key, 3).await;
+    cluster.node(victim).kill9();
+    for handle in cut {
+        handle.await.unwrap();
+    }
+    for id in (1..=3).filter(|id| *id != victim) {
+        *served.get_mut(&id).unwrap() += calls(&cluster, id, &key, 10).await;
+    }
+    cluster.node(victim).start();
+    wait_serving(&cluster, victim, &key).await;
+    *served.get_mut(&victim).unwrap() += calls(&cluster, victim, &key, 10).await;
+
+    // The leader dies the same way; the others keep serving through the election.
+    let leader = cluster.leader().await;
+    *served.get_mut(&leader).unwrap() += calls(&cluster, leader, &key, 10).await;
+    let cut = held_streams(&cluster, leader, &key, 2).await;
+    cluster.node(leader).kill9();
+    for handle in cut {
+        handle.await.unwrap();
+    }
+    for id in (1..=3).filter(|id| *id != leader) {
+        *served.get_mut(&id).unwrap() += calls(&cluster, id, &key, 10).await;
+    }
+    cluster.node(leader).start();
+    wait_serving(&cluster, leader, &key).await;
+    for id in 1..=3 {
+        *served.get_mut(&id).unwrap() += calls(&cluster, id, &key, 4).await;
+    }
+
+    assert_every_node_counts(&cluster, &served).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_quorum_keeps_serving_and_its_calls_are_counted_when_it_returns() {
+    let mock = MockLlm::start().await;
+    let (mut cluster, key) = ledger_cluster(&mock).await;
+    let mut served: BTreeMap<u64, u64> = (1..=3).map(|id| (id, 0)).collect();
+    *served.get_mut(&1).unwrap() += calls(&cluster, 1, &key, 6).await;
+    // Nodes 2 and 3 go away: node 1 has no quorum, yet serves from its configuration and
+    // keeps the usage in its WAL.
+    let proxy1 = proxy(&cluster, 1);
+    cluster.node(2).kill9();
+    cluster.node(3).kill9();
+    for i in 0..12 {
+        chat(&proxy1, &key, "gpt", i % 2 == 0)
+            .await
+            .expect("a node without quorum still serves AI calls");
+    }
+    *served.get_mut(&1).unwrap() += 12;
+    assert!(
+        spend(&cluster, 1, &[], true).await.is_err(),
+        "a consistent read needs a quorum"
+    );
+    cluster.node(2).start();
+    cluster.node(3).start();
+    assert_every_node_counts(&cluster, &served).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_queries_check_their_arguments() {
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let client = cluster.client_of(1);
+    let bad = [
+        (
+            QuerySpendRequest {
+                since: "2026-13-01".into(),
+                ..Default::default()
+            },
+            "since: \"2026-13-01\" is not a date (YYYY-MM-DD)",
+        ),
+        (
+            QuerySpendRequest {
+                since: "2026-11-02".into(),
+                until: "2026-11-01".into(),
+                ..Default::default()
+            },
+            "since (2026-11-02) is after until (2026-11-01)",
+        ),
+        (
+            QuerySpendRequest {
+                group_by: vec!["colour".into()],
+                ..Default::default()
+            },
+            "group_by: unknown dimension \"colour\"",
+        ),
+        (
+            QuerySpendRequest {
+                group_by: vec!["team".into(), "team".into()],
+                ..Default::default()
+            },
+            "group_by: \"team\" named twice",
+        ),
+    ];
+    for (request, message) in bad {
+        let e = client.query_spend(request).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.to_string().contains(message), "{e}");
+    }
+    // Nothing counted yet: zero totals, no rows.
+    let empty = client
+        .query_spend(QuerySpendRequest {
+            group_by: vec!["team".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(empty.rows.is_empty());
+    assert_eq!(empty.total.unwrap().requests, 0);
+}
