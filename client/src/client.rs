@@ -527,6 +527,22 @@ impl Client {
         .await
     }
 
+    /// Every Budget's spend, reservations and what is left in its current period.
+    pub async fn budgets(
+        &self,
+        consistent: bool,
+    ) -> Result<konnect_proto::admin::v1::BudgetsResponse, ClientError> {
+        self.call(|channel| async move {
+            konnect_proto::admin::v1::usage_client::UsageClient::with_interceptor(
+                channel,
+                self.auth.clone(),
+            )
+            .budgets(konnect_proto::admin::v1::BudgetsRequest { consistent })
+            .await
+        })
+        .await
+    }
+
     // --- Secrets service ---
 
     /// Re-encrypts every stored secret under the answering node's primary key. Safe to

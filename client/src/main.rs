@@ -96,6 +96,9 @@ enum Command {
     /// month, team, consumer, model, provider or zone; every call counted exactly once, the
     /// same answer from any node.
     Spend(cli::spend::SpendArgs),
+    /// Budgets in their current period: limit, spent (counted by the ledger), reserved (held
+    /// by nodes for calls in flight and unshipped spend) and remaining.
+    Budgets(cli::spend::BudgetsArgs),
     /// Secrets at rest: re-encrypt stored secrets after adding a new key.
     #[command(subcommand)]
     Secrets(cli::secrets::SecretsCommand),
@@ -153,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Spend(args) => cli::spend::spend(&context, args).await,
+        Command::Budgets(args) => cli::spend::budgets(&context, args).await,
         Command::Cluster(command) => cli::cluster::run(&context, command).await,
         Command::Apply(args) => cli::resources::apply(&context, args).await,
         Command::Get(args) => cli::resources::get(&context, args).await,

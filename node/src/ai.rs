@@ -17,6 +17,7 @@
 //! the caller's credential is never forwarded.
 
 pub mod anthropic;
+pub mod budget;
 pub mod cache;
 pub mod catalogue;
 pub mod error;
@@ -37,6 +38,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::resources::budget::BudgetSpec;
 use crate::resources::model::ModelSpec;
 use crate::resources::model_price::ModelPriceSpec;
 use crate::resources::prompt_template::PromptTemplateSpec;
@@ -63,6 +65,8 @@ pub struct AiConfig {
     pub prompts: BTreeMap<String, Arc<PromptEntry>>,
     /// `ModelPrice` resources: catalogue entries written through the admin API.
     pub prices: catalogue::Catalogue,
+    /// `Budget` resources in `block` mode, by name: enforced on every call they cover.
+    pub budgets: Vec<(String, BudgetSpec)>,
 }
 
 impl AiConfig {
@@ -74,6 +78,7 @@ impl AiConfig {
         models: &BTreeMap<String, ModelSpec>,
         prompts: &BTreeMap<String, PromptTemplateSpec>,
         prices: &BTreeMap<String, ModelPriceSpec>,
+        budgets: &BTreeMap<String, BudgetSpec>,
     ) -> AiConfig {
         let providers = providers
             .iter()
@@ -128,6 +133,11 @@ impl AiConfig {
             models,
             prompts,
             prices: catalogue::Catalogue::from_prices(prices),
+            budgets: budgets
+                .iter()
+                .filter(|(_, b)| b.action == crate::resources::budget::Action::Block)
+                .map(|(n, b)| (n.clone(), b.clone()))
+                .collect(),
         }
     }
 
@@ -158,6 +168,10 @@ pub struct AiContext {
     pub latencies: latency::Latencies,
     /// Calls per model on this node, for `weighted` routing's turns.
     turns: std::sync::Mutex<HashMap<String, u64>>,
+    /// This node's allowances of blocking Budgets.
+    pub budgets: Arc<budget::Budgets>,
+    /// Leader time as this node knows it (budget periods are in leader time).
+    pub limiter: Arc<crate::gateway::ratelimit::RateLimiter>,
 }
 
 impl AiContext {
@@ -171,7 +185,12 @@ impl AiContext {
         *n - 1
     }
 
-    pub fn new(usage: usage::UsageLog, node_id: u64, zone: String) -> Result<AiContext, String> {
+    pub fn new(
+        usage: usage::UsageLog,
+        node_id: u64,
+        zone: String,
+        limiter: Arc<crate::gateway::ratelimit::RateLimiter>,
+    ) -> Result<AiContext, String> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         http.set_nodelay(true);
@@ -193,6 +212,8 @@ impl AiContext {
             answers: cache::AnswerCache::default(),
             latencies: latency::Latencies::default(),
             turns: Default::default(),
+            budgets: budget::Budgets::new(limiter.ask_queue()),
+            limiter,
         })
     }
 }

@@ -1,4 +1,4 @@
-//! Ships the gateway's asks for rate-limit units to Raft and hands back the grants: every ask
+//! Ships the gateway's asks for rate-limit units and budget allowances to Raft and hands back the grants: every ask
 //! made within a couple of milliseconds goes into one `GrantRequests` entry, one entry in
 //! flight at a time, so the cost in Raft entries follows time, not request volume.
 //!
@@ -13,6 +13,7 @@ use crate::clock::unix_ms as now_ms;
 use konnect_proto::state::v1 as pb;
 use tokio::sync::{mpsc, watch};
 
+use crate::ai::budget::Budgets;
 use crate::gateway::ratelimit::{Ask, Granted, RateLimiter};
 use crate::raft::proposer::Proposer;
 use crate::raft::Raft;
@@ -30,6 +31,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub async fn ship_grants(
     mut asks: mpsc::UnboundedReceiver<Ask>,
     limiter: Arc<RateLimiter>,
+    budgets: Arc<Budgets>,
     proposer: Proposer,
     raft: Raft,
     node_id: u64,
@@ -44,6 +46,7 @@ pub async fn ship_grants(
             },
             _ = sweep.tick() => {
                 limiter.sweep(limiter.leader_now(now_ms()));
+                budgets.sweep(limiter.leader_now(now_ms()));
                 let voters = raft.metrics().borrow().membership_config.voter_ids().count();
                 limiter.cluster_size.store(voters.max(1) as u64, Ordering::Relaxed);
                 continue;
@@ -76,8 +79,9 @@ pub async fn ship_grants(
                 asks: batch
                     .iter()
                     .map(|a| pb::GrantAsk {
-                        limit: a.allocation.limit_name.clone(),
-                        key: a.allocation.key.clone(),
+                        kind: a.allocation.kind().to_string(),
+                        limit: a.allocation.name().to_string(),
+                        key: a.allocation.key().to_string(),
                         units: a.units,
                         release: a.release,
                         release_window_end_unix_ms: a.release_window_end_ms,

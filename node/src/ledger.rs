@@ -258,6 +258,11 @@ pub async fn ship_usage(
                 Some(pb::command_result::Result::ShipUsage(r)) => {
                     metrics::counter!("konnect_usage_shipped_records_total").increment(r.counted);
                     metrics::counter!("konnect_usage_shipments_total").increment(1);
+                    for budget in r.budgets_exceeded {
+                        tracing::warn!(%budget, "budget exceeded: its period's spend went over its limit");
+                        metrics::counter!("konnect_budget_exceeded_total", "budget" => budget)
+                            .increment(1);
+                    }
                     cursor = (incarnation, r.counted_through);
                     backoff = Duration::from_millis(100);
                     continue;

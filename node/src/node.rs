@@ -316,10 +316,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
             path: PathBuf::from(format!("{:?}", settings.ai_usage_log)),
             message: format!("cannot open the AI usage log: {e}"),
         })?;
-    let ai = Arc::new(
-        crate::ai::AiContext::new(ai_usage, settings.node_id, settings.zone.clone())
-            .map_err(|e| StartError::Raft(format!("AI provider client: {e}")))?,
-    );
+
     let snapshot =
         crate::state::spawn_snapshot_updates(reader.clone(), node.applied.clone(), keyring.clone());
     tokio::spawn(crate::state::report_key_usage(
@@ -329,9 +326,19 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         shutdown_rx.clone(),
     ));
     let (limiter, grant_asks) = crate::gateway::ratelimit::RateLimiter::new();
+    let ai = Arc::new(
+        crate::ai::AiContext::new(
+            ai_usage,
+            settings.node_id,
+            settings.zone.clone(),
+            limiter.clone(),
+        )
+        .map_err(|e| StartError::Raft(format!("AI provider client: {e}")))?,
+    );
     tokio::spawn(crate::grants::ship_grants(
         grant_asks,
         limiter.clone(),
+        ai.budgets.clone(),
         proposer.clone(),
         raft.clone(),
         settings.node_id,

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod api_key;
+pub mod budget;
 pub mod certificate;
 pub mod concurrency_limit;
 pub mod consumer;
@@ -72,6 +73,7 @@ pub const KINDS: &[KindDef] = &[
     model::KIND,
     prompt_template::KIND,
     model_price::KIND,
+    budget::KIND,
 ];
 
 /// Kinds the Resources API may read and delete but not write: they are made by their own

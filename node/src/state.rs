@@ -26,6 +26,7 @@ use crate::gateway::tls::CertStore;
 use crate::gateway::upstream::Upstream;
 use crate::raft::state::{History, StateReader};
 use crate::resources::api_key::ApiKeySpec;
+use crate::resources::budget::BudgetSpec;
 use crate::resources::certificate::CertificateSpec;
 use crate::resources::concurrency_limit::ConcurrencyLimitSpec;
 use crate::resources::consumer::ConsumerSpec;
@@ -61,6 +62,7 @@ const GATEWAY_KINDS: &[&str] = &[
     "Model",
     "PromptTemplate",
     "ModelPrice",
+    "Budget",
 ];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
@@ -161,6 +163,7 @@ pub struct SnapshotBuilder {
     models: BTreeMap<String, ModelSpec>,
     prompts: BTreeMap<String, PromptTemplateSpec>,
     prices: BTreeMap<String, ModelPriceSpec>,
+    budgets: BTreeMap<String, BudgetSpec>,
     ai: Arc<AiConfig>,
     /// Certificate name -> (SNI names, key).
     certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
@@ -271,6 +274,7 @@ impl SnapshotBuilder {
             models: BTreeMap::new(),
             prompts: BTreeMap::new(),
             prices: BTreeMap::new(),
+            budgets: BTreeMap::new(),
             ai: Arc::new(AiConfig::default()),
             caches: HashMap::new(),
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
@@ -343,6 +347,11 @@ impl SnapshotBuilder {
             self.prices
                 .keys()
                 .map(|n| ("ModelPrice".to_string(), n.clone())),
+        );
+        known.extend(
+            self.budgets
+                .keys()
+                .map(|n| ("Budget".to_string(), n.clone())),
         );
         for key in known {
             if !changes.iter().any(|(k, _)| *k == key) {
@@ -527,6 +536,18 @@ impl SnapshotBuilder {
                         }
                     }
                 }
+                ("Budget", r) => {
+                    ai_changed = true;
+                    self.budgets.remove(&name);
+                    if let Some(r) = r {
+                        match BudgetSpec::parse(&struct_to_json(&r.spec.unwrap_or_default())) {
+                            Ok(spec) => {
+                                self.budgets.insert(name, spec);
+                            }
+                            Err(e) => skip("Budget", &name, e.to_string()),
+                        }
+                    }
+                }
                 ("PromptTemplate", r) => {
                     ai_changed = true;
                     self.prompts.remove(&name);
@@ -631,6 +652,7 @@ impl SnapshotBuilder {
                 &self.models,
                 &self.prompts,
                 &self.prices,
+                &self.budgets,
             ));
         }
         if redactions_changed || routes_changed {
@@ -801,16 +823,16 @@ pub fn spawn_snapshot_updates(
                         cursor = cursor.max(complete_to);
                         None
                     } else {
-                        Some(Some(changed))
+                        Some((Some(changed), complete_to))
                     }
                 }
-                Ok(History::Compacted { .. }) => Some(None),
+                Ok(History::Compacted { .. }) => Some((None, 0)),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read config changes");
                     None
                 }
             };
-            if let Some(changed) = work {
+            if let Some((changed, read_to)) = work {
                 let started = std::time::Instant::now();
                 // Off the async workers, and at most once per REBUILD_INTERVAL however fast
                 // writes arrive (changes in between are picked up by the next build).
@@ -837,7 +859,14 @@ pub fn spawn_snapshot_updates(
                 };
                 match built {
                     Ok(snapshot) => {
-                        cursor = snapshot.revision;
+                        // An update read the changes up to `read_to`: entries applied since
+                        // (the build may have seen their state, not their events) are read
+                        // as events next time round; a full build covers all it read.
+                        cursor = if read_to == 0 {
+                            snapshot.revision
+                        } else {
+                            read_to
+                        };
                         metrics::gauge!("konnect_gateway_config_revision")
                             .set(snapshot.revision as f64);
                         metrics::histogram!("konnect_gateway_snapshot_build_seconds")

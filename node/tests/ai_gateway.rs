@@ -775,7 +775,6 @@ async fn prices_written_through_the_admin_api_take_precedence_over_the_built_in_
     let auth = [(h, v.as_str())];
     let ask = |model: &'static str| {
         let proxy = proxy.clone();
-        let auth = auth.clone();
         let cluster = &cluster;
         async move {
             let body = format!(

@@ -233,6 +233,8 @@ const RPC_ROLES: &[(&str, &str, &str)] = &[
     ("Audit", "List", "admin"),
     ("Secrets", "Rekey", "admin"),
     ("Limits", "Usage", "viewer"),
+    ("Usage", "QuerySpend", "viewer"),
+    ("Usage", "Budgets", "viewer"),
 ];
 
 /// Calls one RPC with harmless arguments (nothing it could change) and returns the code.
@@ -251,6 +253,7 @@ async fn call(
     use api::resources_client::ResourcesClient;
     use api::secrets_client::SecretsClient;
     use api::tokens_client::TokensClient;
+    use api::usage_client::UsageClient;
     macro_rules! c {
         ($client:ident, $call:ident, $msg:expr) => {{
             let mut r = tonic::Request::new($msg);
@@ -329,6 +332,8 @@ async fn call(
                 ..Default::default()
             }
         ),
+        ("Usage", "QuerySpend") => c!(UsageClient, query_spend, api::QuerySpendRequest::default()),
+        ("Usage", "Budgets") => c!(UsageClient, budgets, api::BudgetsRequest::default()),
         other => panic!("no call written for {other:?}: add it to RPC_ROLES and call()"),
     }
 }

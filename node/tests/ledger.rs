@@ -75,9 +75,9 @@ fn proxy(cluster: &Cluster, id: u64) -> String {
 
 /// Waits until node `id` answers AI calls (its gateway has the route and the key).
 async fn wait_serving(cluster: &Cluster, id: u64, key: &str) {
-    let proxy = proxy(cluster, id);
     wait_for("the AI route", Duration::from_secs(20), || async {
-        // A restarted node may not listen yet.
+        // Read each time: a restarted node logs its new address once it listens.
+        let proxy = proxy(cluster, id);
         tokio::net::TcpStream::connect(&proxy).await.ok()?;
         let auth = format!("Bearer {key}");
         let r = http("GET", &proxy, "/v1/models", &[("authorization", &auth)], "").await;
@@ -332,6 +332,287 @@ async fn a_node_without_quorum_keeps_serving_and_its_calls_are_counted_when_it_r
     cluster.node(2).start();
     cluster.node(3).start();
     assert_every_node_counts(&cluster, &served).await;
+}
+
+/// One streamed call with `max_tokens` 7 (the mock answers with exactly 7): its status, and
+/// the error body when refused.
+async fn capped_stream(proxy: &str, key: &str) -> (u16, String) {
+    let body = json!({"model": "gpt", "stream": true, "max_tokens": 7,
+                      "messages": [{"role": "user", "content": "Hi"}]});
+    let auth = format!("Bearer {key}");
+    let r = http(
+        "POST",
+        proxy,
+        "/v1/chat/completions",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    if r.status == 429 {
+        assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    }
+    (r.status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_parallel_streams_against_a_budget_for_fifty_never_overspend_it() {
+    let mock = MockLlm::start().await;
+    let (cluster, key) = ledger_cluster(&mock).await;
+    // Room for 50 calls at their real cost (138 micro-USD each). Each call reserves its worst
+    // case first: the input estimated from "Hi" (1 token + a quarter + 8 per message + 64) at
+    // $3, and the 7 output tokens asked for at $15 = 222 + 105 = 327 micro-USD.
+    let limit = 50 * CALL_MICROS;
+    cluster
+        .client_any()
+        .apply(
+            vec![
+                resource(
+                    "Model",
+                    "failing",
+                    json!({"targets": [{"provider": "openai", "model": "fail-500"}],
+                           "price": {"input_per_mtok_micros": 3_000_000, "output_per_mtok_micros": 15_000_000}}),
+                ),
+                resource(
+                    "Budget",
+                    "research-daily",
+                    json!({"applies_to": {"team": "research"}, "limit_usd": "0.006900",
+                           "period": "day", "action": "block"}),
+                ),
+                // Overlapping budgets all apply: this one only counts, and says when the
+                // spend went over its (lower) limit.
+                resource(
+                    "Budget",
+                    "everyone-alert",
+                    json!({"applies_to": {"global": true}, "limit_usd": "0.001",
+                           "period": "month", "action": "alert"}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply budgets");
+    let proxies: Vec<String> = (1..=3).map(|id| proxy(&cluster, id)).collect();
+    // Every node's gateway has the budget before the storm starts.
+    for p in &proxies {
+        let p = p.clone();
+        let k = key.clone();
+        wait_for("the budget on every node", Duration::from_secs(10), || {
+            let (p, k) = (p.clone(), k.clone());
+            async move {
+                // `failing` answers 500 when it gets through (a failed call, no cost); once
+                // the budget is there, its worst case is refused before any call is made.
+                let body = json!({"model": "failing", "max_tokens": 1_000_000_000,
+                                  "messages": [{"role": "user", "content": "Hi"}]});
+                let auth = format!("Bearer {k}");
+                let r = http(
+                    "POST",
+                    &p,
+                    "/v1/chat/completions",
+                    &[("authorization", &auth)],
+                    &body.to_string(),
+                )
+                .await;
+                // Too dear for the whole budget: refused without spending anything.
+                (r.status == 429).then_some(())
+            }
+        })
+        .await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (p, k) = (proxies[i % 3].clone(), key.clone());
+        tasks.spawn(async move { capped_stream(&p, &k).await });
+    }
+    let (mut admitted, mut refused) = (0u64, 0u64);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            (200, body) => {
+                assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+                admitted += 1;
+            }
+            (429, body) => {
+                let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(e["error"]["code"], "budget_exceeded", "{body}");
+                assert_eq!(e["error"]["type"], "insufficient_quota", "{body}");
+                let message = e["error"]["message"].as_str().unwrap();
+                assert!(
+                    message.contains(
+                        "budget `research-daily` is exhausted for this period; it resets at"
+                    ),
+                    "{message}"
+                );
+                refused += 1;
+            }
+            (status, body) => panic!("unexpected answer {status}: {body}"),
+        }
+    }
+    eprintln!("budget for 50 calls: {admitted} admitted, {refused} refused");
+    assert_eq!(admitted + refused, 200);
+    // The budget is usable, not starved by reservations: at least half of it was spent.
+    assert!(admitted >= 25, "only {admitted} calls admitted");
+    // The ledger holds exactly the admitted calls, and never more than the budget.
+    let total = wait_for(
+        "the ledger to count the admitted calls",
+        Duration::from_secs(30),
+        || async {
+            let t = spend(&cluster, 1, &[], true).await.ok()?.total?;
+            (t.requests - t.failed >= admitted).then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(
+        (total.requests - total.failed, total.cost_micros),
+        (admitted, admitted * CALL_MICROS)
+    );
+    assert!(
+        total.cost_micros <= limit,
+        "spent {} of {limit}",
+        total.cost_micros
+    );
+    let budgets = cluster.client_of(2).budgets(true).await.expect("budgets");
+    let daily = budgets
+        .budgets
+        .iter()
+        .find(|b| b.name == "research-daily")
+        .unwrap();
+    assert_eq!(
+        (
+            daily.scope.as_str(),
+            daily.scope_value.as_str(),
+            daily.action.as_str()
+        ),
+        ("team", "research", "block")
+    );
+    assert_eq!(
+        (daily.limit_micros, daily.spent_micros),
+        (limit, admitted * CALL_MICROS)
+    );
+    assert_eq!(
+        daily.remaining_micros,
+        limit - daily.spent_micros - daily.reserved_micros
+    );
+    let alert = budgets
+        .budgets
+        .iter()
+        .find(|b| b.name == "everyone-alert")
+        .unwrap();
+    assert_eq!(
+        (alert.spent_micros, alert.reserved_micros),
+        (admitted * CALL_MICROS, 0)
+    );
+    // The alert budget went over its limit once, and the audit log says so.
+    let audit = cluster
+        .client_of(3)
+        .list_audit(Default::default())
+        .await
+        .expect("audit");
+    let crossed: Vec<_> = audit
+        .entries
+        .iter()
+        .filter(|e| e.action == "budget.exceeded")
+        .collect();
+    assert_eq!(crossed.len(), 1, "{crossed:?}");
+    assert!(
+        crossed[0].detail.contains("everyone-alert"),
+        "{}",
+        crossed[0].detail
+    );
+
+    // The same figures as a user sees them.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(konnectctl_bin())
+            .env("KONNECT_ENDPOINT", cluster.nodes[0].admin_url())
+            .env("KONNECT_TOKEN", cluster.token.as_deref().unwrap())
+            .args(args)
+            .output()
+            .expect("run konnectctl");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let csv = ctl(&[
+        "spend",
+        "--group-by",
+        "team,model",
+        "--model",
+        "gpt",
+        "-o",
+        "csv",
+    ]);
+    let cost = admitted * CALL_MICROS;
+    assert_eq!(
+        csv,
+        format!(
+            "team,model,requests,failed,input_tokens,output_tokens,cached_tokens,cost_usd,cost_micros\n\
+             research,gpt,{admitted},0,{},{},0,{}.{:06},{cost}\n",
+            admitted * 11,
+            admitted * 7,
+            cost / 1_000_000,
+            cost % 1_000_000
+        )
+    );
+    let table = ctl(&["budgets"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("research-daily"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        &cells[1..6],
+        &["team", "research", "day", "(block)", "0.006900"],
+        "{table}"
+    );
+    assert_eq!(cells[6], format!("0.{cost:06}"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_with_bad_amounts_or_scopes_are_refused_naming_the_field() {
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let client = cluster.client_of(1);
+    for (spec, field, words) in [
+        (
+            json!({"applies_to": {"team": "t"}, "limit_usd": "-1", "period": "day"}),
+            "spec.limit_usd",
+            "must be positive",
+        ),
+        (
+            json!({"applies_to": {"team": "t"}, "limit_usd": "1.2.3", "period": "day"}),
+            "spec.limit_usd",
+            "is not an amount of dollars",
+        ),
+        (
+            json!({"applies_to": {"project": "x"}, "limit_usd": "1", "period": "day"}),
+            "spec",
+            "unknown field `project`",
+        ),
+        (
+            json!({"applies_to": {"global": true}, "limit_usd": "1", "period": "fortnight"}),
+            "spec.period",
+            "use day, week or month",
+        ),
+        // A team that does not exist.
+        (
+            json!({"applies_to": {"team": "nobody"}, "limit_usd": "1", "period": "day"}),
+            "spec.applies_to.team",
+            "unknown team \"nobody\"",
+        ),
+    ] {
+        let e = client
+            .apply(vec![resource("Budget", "b", spec)], vec![])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let text = e.to_string();
+        assert!(text.contains(field) && text.contains(words), "{text}");
+    }
+    assert!(client.budgets(false).await.unwrap().budgets.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
-//! `konnectctl spend`: the AI cost ledger's aggregates, grouped and filtered, as a table, JSON,
-//! YAML or CSV. Money arrives as integer micro-USD and is printed exactly (six decimals).
+//! `konnectctl spend` (the AI cost ledger's aggregates, grouped and filtered, as a table, JSON,
+//! YAML or CSV) and `konnectctl budgets` (each Budget's spent, reserved and remaining). Money
+//! arrives as integer micro-USD and is printed exactly (six decimals).
 
 use std::time::SystemTime;
 
@@ -211,6 +212,97 @@ pub async fn spend(context: &Context, a: SpendArgs) -> anyhow::Result<()> {
             },
         ),
     }
+}
+
+#[derive(Args)]
+pub struct BudgetsArgs {
+    /// Confirm through the leader that the answer is current.
+    #[arg(long)]
+    consistent: bool,
+}
+
+#[derive(Serialize)]
+struct BudgetView {
+    name: String,
+    scope: String,
+    applies_to: String,
+    period: String,
+    action: String,
+    period_start: String,
+    period_end: String,
+    limit_usd: String,
+    spent_usd: String,
+    reserved_usd: String,
+    remaining_usd: String,
+    requests: u64,
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// `konnectctl budgets`: every Budget in its current period.
+pub async fn budgets(context: &Context, a: BudgetsArgs) -> anyhow::Result<()> {
+    let client = context.connect().await?;
+    let answer = client.budgets(a.consistent).await?;
+    let views: Vec<BudgetView> = answer
+        .budgets
+        .into_iter()
+        .map(|b| BudgetView {
+            applies_to: if b.scope_value.is_empty() {
+                b.scope.clone()
+            } else {
+                format!("{} {}", b.scope, b.scope_value)
+            },
+            name: b.name,
+            scope: b.scope,
+            period: b.period,
+            action: b.action,
+            period_start: time(b.period_start_unix_ms),
+            period_end: time(b.period_end_unix_ms),
+            limit_usd: usd(b.limit_micros),
+            spent_usd: usd(b.spent_micros),
+            reserved_usd: usd(b.reserved_micros),
+            remaining_usd: usd(b.remaining_micros),
+            requests: b.requests,
+        })
+        .collect();
+    if context.output != OutputFormat::Table {
+        return print_structured(context.output, &views);
+    }
+    if views.is_empty() {
+        eprintln!("no budgets: add one with `kind: Budget` (see docs/ledger.md)");
+        return Ok(());
+    }
+    let rows = views
+        .into_iter()
+        .map(|v| {
+            vec![
+                v.name,
+                v.applies_to,
+                format!("{} ({})", v.period, v.action),
+                v.limit_usd,
+                v.spent_usd,
+                v.reserved_usd,
+                v.remaining_usd,
+                v.period_end,
+            ]
+        })
+        .collect();
+    print_stdout(&render_table(
+        &[
+            "NAME",
+            "APPLIES TO",
+            "PERIOD",
+            "LIMIT (USD)",
+            "SPENT",
+            "RESERVED",
+            "REMAINING",
+            "RESETS",
+        ],
+        rows,
+    ))
 }
 
 #[cfg(test)]

@@ -157,6 +157,87 @@ impl Usage for UsageService {
             total: Some(total),
         }))
     }
+
+    async fn budgets(
+        &self,
+        req: Request<api::BudgetsRequest>,
+    ) -> Result<Response<api::BudgetsResponse>, Status> {
+        count_request("Usage.Budgets");
+        self.auth.authorize(&req, Permission::Read).await?;
+        if req.get_ref().consistent {
+            self.node
+                .proposer
+                .linearizable_barrier()
+                .await
+                .map_err(AdminError::from)?;
+        }
+        Ok(Response::new(api::BudgetsResponse {
+            budgets: self.budget_statuses()?,
+        }))
+    }
+}
+
+impl UsageService {
+    /// Every Budget's standing in the period it is in now (leader time, as far as this node
+    /// knows it).
+    fn budget_statuses(&self) -> Result<Vec<api::BudgetStatus>, AdminError> {
+        use crate::resources::budget::{Action, BudgetSpec, Period};
+        let reader = &self.node.reader;
+        let now = crate::clock::unix_ms().max(reader.leader_time()?);
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = reader.list_resources(
+                "Budget",
+                &crate::raft::state::LabelSelector::default(),
+                after.as_deref(),
+                1000,
+            )?;
+            for r in &page.items {
+                let spec = BudgetSpec::parse(&konnect_proto::json::struct_to_json(
+                    &r.spec.clone().unwrap_or_default(),
+                ))
+                .map_err(|e| AdminError::Internal(format!("stored Budget {:?}: {e}", r.name)))?;
+                let (start, end) = spec.period_bounds(now);
+                let spent = reader.budget_spend(&r.name, start)?;
+                let granted = match (spec.action, reader.budget_grant_row(&r.name)?) {
+                    (Action::Block, Some(row)) if row.window_start_unix_ms == start => row.granted,
+                    _ => 0,
+                };
+                let reserved = granted.saturating_sub(spent.cost_micros);
+                out.push(api::BudgetStatus {
+                    name: r.name.clone(),
+                    scope: spec.scope.kind().into(),
+                    scope_value: spec.scope.value().into(),
+                    period: match spec.period {
+                        Period::Day => "day",
+                        Period::Week => "week",
+                        Period::Month => "month",
+                    }
+                    .into(),
+                    action: match spec.action {
+                        Action::Block => "block",
+                        Action::Alert => "alert",
+                    }
+                    .into(),
+                    limit_micros: spec.limit_micros,
+                    spent_micros: spent.cost_micros,
+                    reserved_micros: reserved,
+                    remaining_micros: spec
+                        .limit_micros
+                        .saturating_sub(spent.cost_micros)
+                        .saturating_sub(reserved),
+                    period_start_unix_ms: start,
+                    period_end_unix_ms: end,
+                    requests: spent.requests,
+                });
+            }
+            match page.next_key {
+                Some(k) => after = Some(k),
+                None => return Ok(out),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

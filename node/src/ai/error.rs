@@ -3,6 +3,7 @@
 //! `{"type": "error", "error": {"type", "message"}}`, with the matching status. A provider's
 //! own refusal (a 400 about the prompt, say) is passed on with its status and message.
 
+use super::budget::BudgetRefusal;
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use serde_json::json;
@@ -53,6 +54,26 @@ pub enum AiError {
     /// is withheld rather than handed out uncounted. The detail goes to the log.
     #[error("the call could not be recorded in the usage ledger; retry later")]
     UsageNotRecorded(String),
+    /// A blocking Budget has no room for the call's worst-case cost.
+    #[error("{}", budget_message(.0))]
+    BudgetExceeded(BudgetRefusal),
+}
+
+fn budget_message(r: &BudgetRefusal) -> String {
+    let resets = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.resets_at_ms),
+    );
+    if r.too_large {
+        format!(
+            "this call's worst-case cost is more than the whole budget `{}`; ask for fewer output tokens (max_tokens)",
+            r.budget
+        )
+    } else {
+        format!(
+            "budget `{}` is exhausted for this period; it resets at {resets}",
+            r.budget
+        )
+    }
 }
 
 impl AiError {
@@ -67,6 +88,7 @@ impl AiError {
             AiError::Provider { status, .. } => *status,
             AiError::BadProviderAnswer(_) => StatusCode::BAD_GATEWAY,
             AiError::UsageNotRecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AiError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -87,6 +109,7 @@ impl AiError {
             }
             AiError::Provider { kind, .. } => (kind.as_str(), None),
             AiError::UsageNotRecorded(_) => ("api_error", Some("usage_not_recorded")),
+            AiError::BudgetExceeded(_) => ("insufficient_quota", Some("budget_exceeded")),
         }
     }
 
@@ -140,6 +163,10 @@ impl AiError {
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),
         );
+        if let AiError::BudgetExceeded(r) = &self {
+            resp.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, r.retry_after_s.into());
+        }
         resp
     }
 }

@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::anthropic;
+use super::budget::{worst_case_micros, Reservation};
 use super::cache::AnswerCache;
 use super::error::{AiError, ApiFormat};
 use super::gemini;
@@ -25,6 +26,7 @@ use super::usage::{cost_micros, estimate_tokens, Tokenizer, UsageRecord};
 use super::{AiConfig, AiContext, ProviderEntry};
 use crate::gateway::auth::Caller;
 use crate::gateway::body::{full, ProxyBody};
+use crate::resources::budget::BudgetSpec;
 use crate::resources::model::{ModelSpec, ModelTarget, Price, Routing};
 use crate::resources::provider::{ProviderApi, ProviderType, DEFAULT_AZURE_API_VERSION};
 
@@ -232,6 +234,67 @@ fn tokenizer(provider: &ProviderEntry) -> Tokenizer {
         ProviderApi::OpenAi => Tokenizer::O200k,
         ProviderApi::Anthropic | ProviderApi::Gemini => Tokenizer::CharsPer4,
     }
+}
+
+/// Reserves the call's worst-case cost from every blocking Budget that covers it (the most
+/// expensive of the model's targets, its output at the cap the provider will be sent).
+async fn reserve_budgets(
+    ctx: &Arc<AiContext>,
+    config: &AiConfig,
+    req: &AiRequest<'_>,
+    endpoint: Endpoint,
+    model: &ModelSpec,
+    model_name: &str,
+    body: &Value,
+) -> Result<Reservation, AiError> {
+    let (team, consumer, key_id) = match req.caller {
+        Some(c) => (
+            c.consumer.team.as_deref().unwrap_or(""),
+            c.consumer.name.as_str(),
+            c.credential.label.strip_prefix("key:").unwrap_or(""),
+        ),
+        None => ("", "", ""),
+    };
+    let covering: Vec<&(String, BudgetSpec)> = config
+        .budgets
+        .iter()
+        .filter(|(_, b)| b.scope.covers(team, consumer, key_id, model_name))
+        .collect();
+    if covering.is_empty() {
+        return Ok(Reservation::none());
+    }
+    let text = request_text(body);
+    let messages = body["messages"].as_array().map_or(1, |m| m.len() as u64);
+    let caller_cap = body["max_completion_tokens"]
+        .as_u64()
+        .or_else(|| body["max_tokens"].as_u64());
+    let worst = model
+        .targets
+        .iter()
+        .filter_map(|target| {
+            let provider = config.providers.get(&target.provider)?;
+            let price = price_of(config, model, provider, target)?;
+            let output = match endpoint {
+                Endpoint::Embeddings => 0,
+                Endpoint::Chat(_) => {
+                    caller_cap.unwrap_or_else(|| output_cap(config, model, provider, target))
+                }
+            };
+            let input = tokenizer(provider).count(&text);
+            Some(worst_case_micros(&price, input, messages, output))
+        })
+        .max()
+        .unwrap_or(0);
+    ctx.budgets
+        .reserve(&covering, worst, || {
+            ctx.limiter.leader_now(crate::clock::unix_ms())
+        })
+        .await
+        .map_err(|refusal| {
+            metrics::counter!("konnect_ai_budget_refusals_total", "budget" => refusal.budget.clone())
+                .increment(1);
+            AiError::BudgetExceeded(refusal)
+        })
 }
 
 /// The provider's request body: the caller's, with the provider's model id, and (streams to
@@ -630,6 +693,10 @@ async fn call(
         }
         record.cache = Some("miss");
     }
+    // Blocking budgets covering this call: its worst case is reserved before anything is
+    // forwarded, and settled to the real cost when the call ends (`ai/budget.rs`).
+    let reservation =
+        reserve_budgets(ctx, config, req, endpoint, &model, model_name, &body).await?;
     let timeout = model.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
     let mut failure: Option<(StatusCode, String)> = None;
     for target in target_order(model_name, &model, ctx) {
@@ -707,6 +774,7 @@ async fn call(
                 record.outcome = "error";
                 record.latency_ms = started.elapsed().as_millis() as u64;
                 let _ = ctx.usage.record(record).await;
+                reservation.settle(0);
                 return Err(err);
             }
             if !stream {
@@ -757,6 +825,7 @@ async fn call(
                         kind,
                         request_text: request_text(&body),
                         tokenizer: tokenizer(provider),
+                        reservation,
                     },
                     answer,
                 ));
@@ -826,6 +895,7 @@ async fn call(
             });
             record.outcome = "ok";
             record.latency_ms = started.elapsed().as_millis() as u64;
+            reservation.settle(record.cost_micros);
             // The answer goes out only once its cost is durably recorded.
             ctx.usage
                 .record(record)
@@ -857,6 +927,7 @@ async fn call(
     record.outcome = "error";
     record.latency_ms = started.elapsed().as_millis() as u64;
     let _ = ctx.usage.record(record).await;
+    reservation.settle(0);
     Err(AiError::ProvidersUnavailable {
         model: model_name.to_string(),
         status,

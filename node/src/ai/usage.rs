@@ -182,18 +182,21 @@ impl UsageLog {
     }
 
     fn count_and_log(&self, r: UsageRecord) {
+        // Labels stay bounded: models, providers and teams are resources an admin writes
+        // (never a consumer or key, which can number in the millions).
         let provider = r.provider.clone().unwrap_or_else(|| "none".into());
+        let team = r.team.clone().unwrap_or_else(|| "-".into());
         metrics::counter!("konnect_ai_requests_total", "model" => r.model.clone(),
-            "provider" => provider.clone(), "outcome" => r.outcome)
+            "provider" => provider.clone(), "team" => team.clone(), "outcome" => r.outcome)
         .increment(1);
         metrics::counter!("konnect_ai_tokens_total", "model" => r.model.clone(),
-            "provider" => provider.clone(), "kind" => "input")
+            "provider" => provider.clone(), "team" => team.clone(), "kind" => "input")
         .increment(r.input_tokens);
         metrics::counter!("konnect_ai_tokens_total", "model" => r.model.clone(),
-            "provider" => provider.clone(), "kind" => "output")
+            "provider" => provider.clone(), "team" => team.clone(), "kind" => "output")
         .increment(r.output_tokens);
         metrics::counter!("konnect_ai_cost_micros_total", "model" => r.model.clone(),
-            "provider" => provider)
+            "provider" => provider, "team" => team)
         .increment(r.cost_micros);
         if let Some(tx) = &self.tx {
             let _ = tx.send(r);

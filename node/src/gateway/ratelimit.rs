@@ -102,9 +102,24 @@ pub struct Refused {
     pub retry_after_s: u64,
 }
 
+/// What asks for units of the state machine and takes in its answers: a rate limit's
+/// allocation here, or a budget's allowance (`ai/budget.rs`). `grants.rs` ships the asks of
+/// both in the same entries.
+pub trait Grantee: Send + Sync {
+    /// `GrantAsk.kind`: empty for a RateLimit, `Budget` for a Budget.
+    fn kind(&self) -> &'static str;
+    /// The resource's name and the key counted (empty for a budget).
+    fn name(&self) -> &str;
+    fn key(&self) -> &str;
+    /// Takes in the state machine's answer to an ask; `now` is leader time.
+    fn granted(&self, g: Granted, now: u64);
+    /// The ask could not be shipped (no quorum).
+    fn ask_failed(&self, now: u64);
+}
+
 /// An ask for units, as sent to the state machine.
 pub struct Ask {
-    pub allocation: Arc<Allocation>,
+    pub allocation: Arc<dyn Grantee>,
     pub units: u64,
     /// Unused units given back, of the window ending at `release_window_end_ms` (the key
     /// went idle on this node). Taken out of the node's allocation before the ask is sent.
@@ -145,6 +160,11 @@ impl RateLimiter {
             }),
             rx,
         )
+    }
+
+    /// Where asks go: `grants.rs` ships them (budgets send theirs here too).
+    pub fn ask_queue(&self) -> mpsc::UnboundedSender<Ask> {
+        self.asks.clone()
     }
 
     /// This node's estimate of leader time at its own clock reading `local_ms`; windows of
@@ -470,7 +490,7 @@ impl Allocation {
     }
 
     /// Takes in the state machine's answer to an ask.
-    pub fn granted(&self, g: Granted, now: u64) {
+    fn take_grant(&self, g: Granted, now: u64) {
         if g.refused {
             self.exhausted_until_ms.store(now + 1000, Ordering::Release);
         } else {
@@ -503,7 +523,7 @@ impl Allocation {
 
     /// The ask could not be shipped. Once asks have failed for [`QUORUM_LOSS_AFTER_MS`], the
     /// node follows `on_quorum_loss` until one succeeds, asking again every second.
-    pub fn ask_failed(&self, now: u64) {
+    fn note_ask_failed(&self, now: u64) {
         let since = match self.failing_since_ms.compare_exchange(
             0,
             now,
@@ -519,6 +539,28 @@ impl Allocation {
         }
         self.asking.store(false, Ordering::Release);
         self.granted.notify_waiters();
+    }
+}
+
+impl Grantee for Allocation {
+    fn kind(&self) -> &'static str {
+        ""
+    }
+
+    fn name(&self) -> &str {
+        &self.limit_name
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn granted(&self, g: Granted, now: u64) {
+        self.take_grant(g, now)
+    }
+
+    fn ask_failed(&self, now: u64) {
+        self.note_ask_failed(now)
     }
 }
 

@@ -260,33 +260,27 @@ fn grant(txn: &mut WriteTxn, now: u64, g: &pb::GrantRequests) -> Applied {
             }
         }
     }
-    let mut specs: std::collections::HashMap<&str, Option<resources::rate_limit::RateLimitSpec>> =
+    // Per (kind, name): the limit and the window `now` falls in, or why nothing is granted.
+    let mut figures: std::collections::HashMap<(&str, &str), GrantFigures> =
         std::collections::HashMap::new();
     let mut results = Vec::with_capacity(g.asks.len());
     for ask in &g.asks {
-        if !specs.contains_key(ask.limit.as_str()) {
-            let spec = get_resource(txn, "RateLimit", &ask.limit)?.and_then(|r| {
-                resources::rate_limit::RateLimitSpec::parse(&struct_to_json(
-                    &r.spec.unwrap_or_default(),
-                ))
-                .ok()
-            });
-            specs.insert(ask.limit.as_str(), spec);
+        let id = (ask.kind.as_str(), ask.limit.as_str());
+        if let std::collections::hash_map::Entry::Vacant(e) = figures.entry(id) {
+            e.insert(grant_figures(txn, ask, now)?);
         }
-        let spec = match specs.get(ask.limit.as_str()) {
-            Some(Some(s)) if s.mode.is_granted() => s,
-            _ => {
+        let (limit, start, end) = match &figures[&id] {
+            Ok(f) => *f,
+            Err(e) => {
                 results.push(pb::GrantResult {
-                    error: format!("no strict or fast RateLimit {:?}", ask.limit),
+                    error: e.clone(),
                     ..Default::default()
                 });
                 continue;
             }
         };
-        let window = spec.window_ms();
-        let start = now - now % window;
-        let end = start + window;
-        let row_key = resource_key(&ask.limit, &ask.key);
+        let spec = GrantLimit { limit };
+        let row_key = grant_row_key(&ask.kind, &ask.limit, &ask.key);
         let mut row: pb::GrantRow = match txn.get(GRANTS, &row_key)? {
             Some(b) => decode(&b, "grant row")?,
             None => pb::GrantRow::default(),
@@ -363,11 +357,12 @@ fn grant(txn: &mut WriteTxn, now: u64, g: &pb::GrantRequests) -> Applied {
 fn ship_usage(txn: &mut WriteTxn, u: &pb::ShipUsage) -> Applied {
     let mark_key = usage_mark_key(u.node_id, u.incarnation);
     let mark = u64_value(txn.get(USAGE_MARKS, &mark_key)?);
-    let result = |counted, duplicates, through| {
+    let result = |counted, duplicates, through, budgets_exceeded| {
         ok(Outcome::ShipUsage(pb::ShipUsageResult {
             counted_through: through,
             counted,
             duplicates,
+            budgets_exceeded,
         }))
     };
     if u.first_seq == 0 {
@@ -392,7 +387,7 @@ fn ship_usage(txn: &mut WriteTxn, u: &pb::ShipUsage) -> Applied {
     let skip = ((mark + 1 - u.first_seq) as usize).min(u.records.len());
     let fresh = &u.records[skip..];
     if fresh.is_empty() {
-        return Ok(result(0, skip as u64, mark));
+        return Ok(result(0, skip as u64, mark, Vec::new()));
     }
     // Records of one shipment fall into few rows: add them up first, then read and write
     // each row once, in key order.
@@ -415,9 +410,60 @@ fn ship_usage(txn: &mut WriteTxn, u: &pb::ShipUsage) -> Applied {
         row.cost_micros = row.cost_micros.saturating_add(add.cost_micros);
         txn.put(SPEND, &key, &row.encode_to_vec())?;
     }
+    let exceeded = count_budget_spend(txn, fresh)?;
     let through = u.first_seq + u.records.len() as u64 - 1;
     txn.put(USAGE_MARKS, &mark_key, &through.to_be_bytes())?;
-    Ok(result(fresh.len() as u64, skip as u64, through))
+    Ok(result(fresh.len() as u64, skip as u64, through, exceeded))
+}
+
+/// Adds each record's cost to every Budget covering it, in the period the call started in;
+/// returns the budgets whose period spend went over their limit with these records.
+fn count_budget_spend(
+    txn: &mut WriteTxn,
+    records: &[pb::UsageRecord],
+) -> Result<Vec<String>, StoreError> {
+    use resources::budget::BudgetSpec;
+    let budgets: Vec<(String, BudgetSpec)> = resources_of_kind(txn, "Budget")?
+        .into_iter()
+        .filter_map(|r| {
+            let spec = BudgetSpec::parse(&struct_to_json(&r.spec.unwrap_or_default())).ok()?;
+            Some((r.name, spec))
+        })
+        .collect();
+    if budgets.is_empty() {
+        return Ok(Vec::new());
+    }
+    // (budget index, period start) -> (period end, requests, cost).
+    let mut adds: std::collections::BTreeMap<(usize, u64), (u64, u64, u64)> = Default::default();
+    for r in records {
+        let key_id = r.credential.strip_prefix("key:").unwrap_or("");
+        for (i, (_, spec)) in budgets.iter().enumerate() {
+            if spec.scope.covers(&r.team, &r.consumer, key_id, &r.model) {
+                let (start, end) = spec.period_bounds(r.started_unix_ms);
+                let add = adds.entry((i, start)).or_insert((end, 0, 0));
+                add.1 += 1;
+                add.2 = add.2.saturating_add(r.cost_micros);
+            }
+        }
+    }
+    let mut exceeded = Vec::new();
+    for ((i, start), (end, requests, cost)) in adds {
+        let (name, spec) = &budgets[i];
+        let key = budget_spend_key(name, start);
+        let mut row: pb::BudgetSpend = match txn.get(BUDGET_SPEND, &key)? {
+            Some(b) => decode(&b, "budget spend")?,
+            None => pb::BudgetSpend::default(),
+        };
+        let before = row.cost_micros;
+        row.period_end_unix_ms = end;
+        row.requests += requests;
+        row.cost_micros = row.cost_micros.saturating_add(cost);
+        if before <= spec.limit_micros && row.cost_micros > spec.limit_micros {
+            exceeded.push(name.clone());
+        }
+        txn.put(BUDGET_SPEND, &key, &row.encode_to_vec())?;
+    }
+    Ok(exceeded)
 }
 
 fn add_spend(row: &mut pb::SpendRow, r: &pb::UsageRecord) {
@@ -429,6 +475,54 @@ fn add_spend(row: &mut pb::SpendRow, r: &pb::UsageRecord) {
     row.output_tokens = row.output_tokens.saturating_add(r.output_tokens);
     row.cached_tokens = row.cached_tokens.saturating_add(r.cached_tokens);
     row.cost_micros = row.cost_micros.saturating_add(r.cost_micros);
+}
+
+/// (limit, window start, window end) of a grantable resource, or why nothing is granted.
+type GrantFigures = Result<(u64, u64, u64), String>;
+
+/// What `spec.limit` means in [`grant`]: the units of one window.
+struct GrantLimit {
+    limit: u64,
+}
+
+/// The limit of the RateLimit or Budget an ask is for, and the window (start, end) that the
+/// leader time `now` falls in: fixed windows for RateLimits, calendar periods for Budgets.
+fn grant_figures(txn: &WriteTxn, ask: &pb::GrantAsk, now: u64) -> Result<GrantFigures, StoreError> {
+    let spec_of = |kind: &str| -> Result<Option<serde_json::Value>, StoreError> {
+        Ok(get_resource(txn, kind, &ask.limit)?
+            .map(|r| struct_to_json(&r.spec.unwrap_or_default())))
+    };
+    Ok(match ask.kind.as_str() {
+        "" => match spec_of("RateLimit")?
+            .and_then(|s| resources::rate_limit::RateLimitSpec::parse(&s).ok())
+        {
+            Some(spec) if spec.mode.is_granted() => {
+                let window = spec.window_ms();
+                let start = now - now % window;
+                Ok((spec.limit, start, start + window))
+            }
+            _ => Err(format!("no strict or fast RateLimit {:?}", ask.limit)),
+        },
+        "Budget" => {
+            match spec_of("Budget")?.and_then(|s| resources::budget::BudgetSpec::parse(&s).ok()) {
+                Some(spec) if spec.action == resources::budget::Action::Block => {
+                    let (start, end) = spec.period_bounds(now);
+                    Ok((spec.limit_micros, start, end))
+                }
+                _ => Err(format!("no blocking Budget {:?}", ask.limit)),
+            }
+        }
+        other => Err(format!("nothing of kind {other:?} is granted")),
+    })
+}
+
+/// The [`GRANTS`] row of an ask: `limit \0 key` for RateLimits; Budgets are set apart by a
+/// prefix no resource name can start with.
+pub fn grant_row_key(kind: &str, limit: &str, key: &str) -> Vec<u8> {
+    match kind {
+        "" => resource_key(limit, key),
+        _ => resource_key(&format!("${kind}:{limit}"), key),
+    }
 }
 
 /// Adds one entry to the audit log for a command that changed something on behalf of an
@@ -486,6 +580,14 @@ fn audit(
             if let Some(t) = &t.token {
                 entry.detail = format!("token {} {:?} role {}", t.id, t.name, t.role);
             }
+        }
+        (Some(Op::ShipUsage(u)), Some(Outcome::ShipUsage(r))) if !r.budgets_exceeded.is_empty() => {
+            entry.action = "budget.exceeded".into();
+            entry.detail = format!(
+                "spend of {} went over its limit with usage shipped by node {}",
+                r.budgets_exceeded.join(", "),
+                u.node_id
+            );
         }
         _ => return Ok(()),
     }
@@ -1151,7 +1253,8 @@ mod tests {
             Some(Outcome::ShipUsage(pb::ShipUsageResult {
                 counted_through: 3,
                 counted: 3,
-                duplicates: 0
+                duplicates: 0,
+                budgets_exceeded: vec![],
             }))
         );
         // The same range again (a retry after a leader change), then one overlapping it.

@@ -42,6 +42,10 @@ pub const USAGE_MARKS: Table = Table("usage_marks");
 /// \0 zone` -> `SpendRow`: the AI cost ledger's aggregates.
 pub const SPEND: Table = Table("spend");
 
+/// `budget \0` big-endian period start (unix ms) -> `BudgetSpend`: what the ledger counted
+/// against each Budget per period.
+pub const BUDGET_SPEND: Table = Table("budget_spend");
+
 /// Every table of the state machine; a snapshot copies exactly these.
 pub const TABLES: &[Table] = &[
     SM_META,
@@ -56,6 +60,7 @@ pub const TABLES: &[Table] = &[
     GRANT_EXPIRY,
     USAGE_MARKS,
     SPEND,
+    BUDGET_SPEND,
 ];
 
 pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -118,6 +123,15 @@ pub fn parse_spend_key(k: &[u8]) -> Option<(u32, [String; 5])> {
         *d = String::from_utf8_lossy(parts.next()?).into_owned();
     }
     parts.next().is_none().then_some((day, dims))
+}
+
+/// The key of a Budget's spend in one period in [`BUDGET_SPEND`].
+pub fn budget_spend_key(budget: &str, period_start_ms: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(budget.len() + 9);
+    k.extend_from_slice(budget.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&period_start_ms.to_be_bytes());
+    k
 }
 
 pub fn resource_key(kind: &str, name: &str) -> Vec<u8> {
@@ -482,6 +496,27 @@ impl StateReader {
             f(day, dims, decode(v, "spend row")?);
             Ok(())
         })
+    }
+
+    /// What the ledger counted against `budget` in the period starting at `period_start_ms`.
+    pub fn budget_spend(
+        &self,
+        budget: &str,
+        period_start_ms: u64,
+    ) -> Result<pb::BudgetSpend, StoreError> {
+        let txn = self.store.read()?;
+        txn.get(BUDGET_SPEND, &budget_spend_key(budget, period_start_ms))?
+            .map_or(Ok(pb::BudgetSpend::default()), |b| {
+                decode(&b, "budget spend")
+            })
+    }
+
+    /// The grant row of a Budget (what nodes were granted in its current period).
+    pub fn budget_grant_row(&self, budget: &str) -> Result<Option<pb::GrantRow>, StoreError> {
+        let txn = self.store.read()?;
+        txn.get(GRANTS, &super::apply::grant_row_key("Budget", budget, ""))?
+            .map(|b| decode(&b, "grant row"))
+            .transpose()
     }
 
     /// When each API key was last used, as far as the nodes reported (unix ms).
