@@ -17,7 +17,6 @@
 //! the caller's credential is never forwarded.
 
 pub mod anthropic;
-pub mod budget;
 pub mod cache;
 pub mod catalogue;
 pub mod error;
@@ -25,6 +24,7 @@ mod fields;
 pub mod gemini;
 pub mod handler;
 pub mod latency;
+pub mod quota;
 pub mod stream;
 pub mod usage;
 
@@ -43,6 +43,7 @@ use crate::resources::model::ModelSpec;
 use crate::resources::model_price::ModelPriceSpec;
 use crate::resources::prompt_template::PromptTemplateSpec;
 use crate::resources::provider::ProviderSpec;
+use crate::resources::token_limit::TokenLimitSpec;
 
 /// One Provider as calls use it: its spec and its key, resolved when the snapshot is built.
 pub struct ProviderEntry {
@@ -67,6 +68,8 @@ pub struct AiConfig {
     pub prices: catalogue::Catalogue,
     /// `Budget` resources in `block` mode, by name: enforced on every call they cover.
     pub budgets: Vec<(String, BudgetSpec)>,
+    /// `TokenLimit` resources, by name.
+    pub token_limits: Vec<(String, TokenLimitSpec)>,
 }
 
 impl AiConfig {
@@ -79,6 +82,7 @@ impl AiConfig {
         prompts: &BTreeMap<String, PromptTemplateSpec>,
         prices: &BTreeMap<String, ModelPriceSpec>,
         budgets: &BTreeMap<String, BudgetSpec>,
+        token_limits: &BTreeMap<String, TokenLimitSpec>,
     ) -> AiConfig {
         let providers = providers
             .iter()
@@ -138,6 +142,10 @@ impl AiConfig {
                 .filter(|(_, b)| b.action == crate::resources::budget::Action::Block)
                 .map(|(n, b)| (n.clone(), b.clone()))
                 .collect(),
+            token_limits: token_limits
+                .iter()
+                .map(|(n, t)| (n.clone(), t.clone()))
+                .collect(),
         }
     }
 
@@ -168,9 +176,9 @@ pub struct AiContext {
     pub latencies: latency::Latencies,
     /// Calls per model on this node, for `weighted` routing's turns.
     turns: std::sync::Mutex<HashMap<String, u64>>,
-    /// This node's allowances of blocking Budgets.
-    pub budgets: Arc<budget::Budgets>,
-    /// Leader time as this node knows it (budget periods are in leader time).
+    /// This node's allowances of blocking Budgets and TokenLimits.
+    pub quotas: Arc<quota::Quotas>,
+    /// Leader time as this node knows it (quota windows are in leader time).
     pub limiter: Arc<crate::gateway::ratelimit::RateLimiter>,
 }
 
@@ -212,7 +220,7 @@ impl AiContext {
             answers: cache::AnswerCache::default(),
             latencies: latency::Latencies::default(),
             turns: Default::default(),
-            budgets: budget::Budgets::new(limiter.ask_queue()),
+            quotas: quota::Quotas::new(limiter.ask_queue()),
             limiter,
         })
     }

@@ -1,4 +1,4 @@
-//! Ships the gateway's asks for rate-limit units and budget allowances to Raft and hands back the grants: every ask
+//! Ships the gateway's asks for rate-limit units and quota (Budget, TokenLimit) allowances to Raft and hands back the grants: every ask
 //! made within a couple of milliseconds goes into one `GrantRequests` entry, one entry in
 //! flight at a time, so the cost in Raft entries follows time, not request volume.
 //!
@@ -13,7 +13,7 @@ use crate::clock::unix_ms as now_ms;
 use konnect_proto::state::v1 as pb;
 use tokio::sync::{mpsc, watch};
 
-use crate::ai::budget::Budgets;
+use crate::ai::quota::Quotas;
 use crate::gateway::ratelimit::{Ask, Granted, RateLimiter};
 use crate::raft::proposer::Proposer;
 use crate::raft::Raft;
@@ -31,7 +31,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub async fn ship_grants(
     mut asks: mpsc::UnboundedReceiver<Ask>,
     limiter: Arc<RateLimiter>,
-    budgets: Arc<Budgets>,
+    quotas: Arc<Quotas>,
     proposer: Proposer,
     raft: Raft,
     node_id: u64,
@@ -46,7 +46,7 @@ pub async fn ship_grants(
             },
             _ = sweep.tick() => {
                 limiter.sweep(limiter.leader_now(now_ms()));
-                budgets.sweep(limiter.leader_now(now_ms()));
+                quotas.sweep(limiter.leader_now(now_ms()));
                 let voters = raft.metrics().borrow().membership_config.voter_ids().count();
                 limiter.cluster_size.store(voters.max(1) as u64, Ordering::Relaxed);
                 continue;

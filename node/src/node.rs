@@ -338,7 +338,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     tokio::spawn(crate::grants::ship_grants(
         grant_asks,
         limiter.clone(),
-        ai.budgets.clone(),
+        ai.quotas.clone(),
         proposer.clone(),
         raft.clone(),
         settings.node_id,

@@ -21,6 +21,7 @@ pub mod provider;
 pub mod rate_limit;
 pub mod route;
 pub mod service;
+pub mod token_limit;
 
 use serde::de::DeserializeOwned;
 
@@ -74,6 +75,7 @@ pub const KINDS: &[KindDef] = &[
     prompt_template::KIND,
     model_price::KIND,
     budget::KIND,
+    token_limit::KIND,
 ];
 
 /// Kinds the Resources API may read and delete but not write: they are made by their own

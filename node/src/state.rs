@@ -39,6 +39,7 @@ use crate::resources::provider::ProviderSpec;
 use crate::resources::rate_limit::{LimitKey, RateLimitSpec};
 use crate::resources::route::RouteSpec;
 use crate::resources::service::ServiceSpec;
+use crate::resources::token_limit::TokenLimitSpec;
 use crate::secrets::Keyring;
 use konnect_proto::state::v1 as pb;
 use rustls::sign::CertifiedKey;
@@ -63,6 +64,7 @@ const GATEWAY_KINDS: &[&str] = &[
     "PromptTemplate",
     "ModelPrice",
     "Budget",
+    "TokenLimit",
 ];
 
 /// One route as the gateway uses it: rule index `i` of the router is `routes[i]`.
@@ -164,6 +166,7 @@ pub struct SnapshotBuilder {
     prompts: BTreeMap<String, PromptTemplateSpec>,
     prices: BTreeMap<String, ModelPriceSpec>,
     budgets: BTreeMap<String, BudgetSpec>,
+    token_limits: BTreeMap<String, TokenLimitSpec>,
     ai: Arc<AiConfig>,
     /// Certificate name -> (SNI names, key).
     certs: BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>,
@@ -275,6 +278,7 @@ impl SnapshotBuilder {
             prompts: BTreeMap::new(),
             prices: BTreeMap::new(),
             budgets: BTreeMap::new(),
+            token_limits: BTreeMap::new(),
             ai: Arc::new(AiConfig::default()),
             caches: HashMap::new(),
             router: Arc::new(Router::new(Vec::new()).expect("an empty router always compiles")),
@@ -352,6 +356,11 @@ impl SnapshotBuilder {
             self.budgets
                 .keys()
                 .map(|n| ("Budget".to_string(), n.clone())),
+        );
+        known.extend(
+            self.token_limits
+                .keys()
+                .map(|n| ("TokenLimit".to_string(), n.clone())),
         );
         for key in known {
             if !changes.iter().any(|(k, _)| *k == key) {
@@ -536,6 +545,18 @@ impl SnapshotBuilder {
                         }
                     }
                 }
+                ("TokenLimit", r) => {
+                    ai_changed = true;
+                    self.token_limits.remove(&name);
+                    if let Some(r) = r {
+                        match TokenLimitSpec::parse(&struct_to_json(&r.spec.unwrap_or_default())) {
+                            Ok(spec) => {
+                                self.token_limits.insert(name, spec);
+                            }
+                            Err(e) => skip("TokenLimit", &name, e.to_string()),
+                        }
+                    }
+                }
                 ("Budget", r) => {
                     ai_changed = true;
                     self.budgets.remove(&name);
@@ -653,6 +674,7 @@ impl SnapshotBuilder {
                 &self.prompts,
                 &self.prices,
                 &self.budgets,
+                &self.token_limits,
             ));
         }
         if redactions_changed || routes_changed {

@@ -18,11 +18,11 @@ use support::*;
 /// $3 and $15 per million: 11 x 3 + 7 x 15 = 138 micro-USD.
 const CALL_MICROS: u64 = 138;
 
-/// Three nodes with an AI route at `/v1` (key auth), models `gpt` (answers at once) and
+/// `nodes` nodes with an AI route at `/v1` (key auth), models `gpt` (answers at once) and
 /// `held` (streams its first event, then waits), and consumer alice of team research.
 /// Returns the cluster and alice's key.
-async fn ledger_cluster(mock: &MockLlm) -> (Cluster, String) {
-    let cluster = Cluster::start_initialised(3, &[]).await;
+async fn ledger_cluster(mock: &MockLlm, nodes: usize) -> (Cluster, String) {
+    let cluster = Cluster::start_initialised(nodes, &[]).await;
     let client = cluster.client_any();
     let price = json!({"input_per_mtok_micros": 3_000_000, "output_per_mtok_micros": 15_000_000});
     client
@@ -57,7 +57,7 @@ async fn ledger_cluster(mock: &MockLlm) -> (Cluster, String) {
         .await
         .expect("apply");
     let key = client.create_key("alice", None, "").await.expect("key").key;
-    for id in 1..=3 {
+    for id in 1..=nodes as u64 {
         wait_serving(&cluster, id, &key).await;
     }
     (cluster, key)
@@ -265,7 +265,7 @@ async fn assert_every_node_counts(cluster: &Cluster, per_node: &BTreeMap<u64, u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_completed_call_is_counted_once_through_kill9_mid_stream_and_a_leader_kill() {
     let mock = MockLlm::start().await;
-    let (mut cluster, key) = ledger_cluster(&mock).await;
+    let (mut cluster, key) = ledger_cluster(&mock, 3).await;
     let mut served: BTreeMap<u64, u64> = (1..=3).map(|id| (id, 0)).collect();
     for id in 1..=3 {
         *served.get_mut(&id).unwrap() += calls(&cluster, id, &key, 20).await;
@@ -311,7 +311,7 @@ async fn every_completed_call_is_counted_once_through_kill9_mid_stream_and_a_lea
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_without_quorum_keeps_serving_and_its_calls_are_counted_when_it_returns() {
     let mock = MockLlm::start().await;
-    let (mut cluster, key) = ledger_cluster(&mock).await;
+    let (mut cluster, key) = ledger_cluster(&mock, 3).await;
     let mut served: BTreeMap<u64, u64> = (1..=3).map(|id| (id, 0)).collect();
     *served.get_mut(&1).unwrap() += calls(&cluster, 1, &key, 6).await;
     // Nodes 2 and 3 go away: node 1 has no quorum, yet serves from its configuration and
@@ -361,7 +361,7 @@ async fn capped_stream(proxy: &str, key: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_parallel_streams_against_a_budget_for_fifty_never_overspend_it() {
     let mock = MockLlm::start().await;
-    let (cluster, key) = ledger_cluster(&mock).await;
+    let (cluster, key) = ledger_cluster(&mock, 3).await;
     // Room for 50 calls at their real cost (138 micro-USD each). Each call reserves its worst
     // case first: the input estimated from "Hi" (1 token + a quarter + 8 per message + 64) at
     // $3, and the 7 output tokens asked for at $15 = 222 + 105 = 327 micro-USD.
@@ -570,6 +570,113 @@ async fn two_hundred_parallel_streams_against_a_budget_for_fifty_never_overspend
         "{table}"
     );
     assert_eq!(cells[6], format!("0.{cost:06}"), "{table}");
+}
+
+/// Today's UTC day number (token windows of 24h turn over at midnight UTC).
+fn utc_day_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_limit_holds_each_consumer_to_its_tokens_per_window() {
+    let mock = MockLlm::start().await;
+    let (cluster, alice) = ledger_cluster(&mock, 1).await;
+    let client = cluster.client_any();
+    client
+        .apply(
+            vec![
+                resource("Consumer", "bob", json!({})),
+                // 120 tokens a day per consumer on `gpt`. A call asks for 7 output tokens
+                // and reserves 81 (74 of input for "Hi", 7 of output); it uses 18 (11 + 7).
+                resource(
+                    "TokenLimit",
+                    "gpt-tpm",
+                    json!({"applies_to": {"model": "gpt"}, "key": "consumer", "tokens": 120,
+                           "window": "24h"}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    let bob = client.create_key("bob", None, "").await.expect("key").key;
+    let p = proxy(&cluster, 1);
+    let call = |key: String| {
+        let p = p.clone();
+        async move {
+            let body = json!({"model": "gpt", "max_tokens": 7,
+                              "messages": [{"role": "user", "content": "Hi"}]});
+            let auth = format!("Bearer {key}");
+            http(
+                "POST",
+                &p,
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                &body.to_string(),
+            )
+            .await
+        }
+    };
+    // The limit reaches the gateway: a call that could use more than 120 tokens is refused.
+    wait_for(
+        "the token limit on the node",
+        Duration::from_secs(10),
+        || async {
+            let auth = format!("Bearer {alice}");
+            let body = json!({"model": "gpt", "max_tokens": 1000,
+                          "messages": [{"role": "user", "content": "Hi"}]});
+            let r = http(
+                "POST",
+                &p,
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                &body.to_string(),
+            )
+            .await;
+            (r.status == 429).then_some(())
+        },
+    )
+    .await;
+    // One after the other, alice's calls go through while 81 tokens are free: 120, 102, 84
+    // free before the first three, 66 before the fourth.
+    let first_day = utc_day_now();
+    let mut answered = 0;
+    let refusal = loop {
+        let r = call(alice.clone()).await;
+        if r.status != 200 {
+            break r;
+        }
+        answered += 1;
+        assert!(answered <= 6, "more calls than two windows' tokens allow");
+    };
+    if utc_day_now() == first_day {
+        assert_eq!(answered, 3, "calls admitted in one window");
+    }
+    assert_eq!(refusal.status, 429);
+    let retry: u64 = refusal.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry), "Retry-After {retry}");
+    let e = refusal.json();
+    assert_eq!(
+        (e["error"]["type"].as_str(), e["error"]["code"].as_str()),
+        (Some("tokens"), Some("rate_limit_exceeded"))
+    );
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "token limit `gpt-tpm` reached for `alice`: 120 tokens per window, 81 requested"
+        ),
+        "{message}"
+    );
+    // Bob counts on his own.
+    assert_eq!(call(bob).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! `{"type": "error", "error": {"type", "message"}}`, with the matching status. A provider's
 //! own refusal (a 400 about the prompt, say) is passed on with its status and message.
 
-use super::budget::BudgetRefusal;
+use super::quota::{QuotaKind, QuotaRefusal};
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use serde_json::json;
@@ -54,25 +54,32 @@ pub enum AiError {
     /// is withheld rather than handed out uncounted. The detail goes to the log.
     #[error("the call could not be recorded in the usage ledger; retry later")]
     UsageNotRecorded(String),
-    /// A blocking Budget has no room for the call's worst-case cost.
-    #[error("{}", budget_message(.0))]
-    BudgetExceeded(BudgetRefusal),
+    /// A blocking Budget or a TokenLimit has no room for the call's worst case.
+    #[error("{}", quota_message(.0))]
+    QuotaExceeded(QuotaRefusal),
 }
 
-fn budget_message(r: &BudgetRefusal) -> String {
+fn quota_message(r: &QuotaRefusal) -> String {
     let resets = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.resets_at_ms),
     );
-    if r.too_large {
-        format!(
+    match (r.kind, r.too_large) {
+        (QuotaKind::Budget, true) => format!(
             "this call's worst-case cost is more than the whole budget `{}`; ask for fewer output tokens (max_tokens)",
-            r.budget
-        )
-    } else {
-        format!(
+            r.name
+        ),
+        (QuotaKind::Budget, false) => format!(
             "budget `{}` is exhausted for this period; it resets at {resets}",
-            r.budget
-        )
+            r.name
+        ),
+        (QuotaKind::TokenLimit, true) => format!(
+            "this call may use up to {} tokens, more than token limit `{}` allows per window ({}); ask for fewer output tokens (max_tokens)",
+            r.requested, r.name, r.limit
+        ),
+        (QuotaKind::TokenLimit, false) => format!(
+            "token limit `{}` reached for `{}`: {} tokens per window, {} requested; try again in {}s",
+            r.name, r.key, r.limit, r.requested, r.retry_after_s
+        ),
     }
 }
 
@@ -88,7 +95,7 @@ impl AiError {
             AiError::Provider { status, .. } => *status,
             AiError::BadProviderAnswer(_) => StatusCode::BAD_GATEWAY,
             AiError::UsageNotRecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AiError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            AiError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -109,7 +116,11 @@ impl AiError {
             }
             AiError::Provider { kind, .. } => (kind.as_str(), None),
             AiError::UsageNotRecorded(_) => ("api_error", Some("usage_not_recorded")),
-            AiError::BudgetExceeded(_) => ("insufficient_quota", Some("budget_exceeded")),
+            AiError::QuotaExceeded(r) => match r.kind {
+                QuotaKind::Budget => ("insufficient_quota", Some("budget_exceeded")),
+                // What OpenAI answers when tokens per minute run out.
+                QuotaKind::TokenLimit => ("tokens", Some("rate_limit_exceeded")),
+            },
         }
     }
 
@@ -163,7 +174,7 @@ impl AiError {
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),
         );
-        if let AiError::BudgetExceeded(r) = &self {
+        if let AiError::QuotaExceeded(r) = &self {
             resp.headers_mut()
                 .insert(hyper::header::RETRY_AFTER, r.retry_after_s.into());
         }

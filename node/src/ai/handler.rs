@@ -17,10 +17,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::anthropic;
-use super::budget::{worst_case_micros, Reservation};
 use super::cache::AnswerCache;
 use super::error::{AiError, ApiFormat};
 use super::gemini;
+use super::quota::{worst_case_input, worst_case_micros, Quota, QuotaKind, Reservation, Spent};
 use super::stream::{self, StreamJob, StreamKind};
 use super::usage::{cost_micros, estimate_tokens, Tokenizer, UsageRecord};
 use super::{AiConfig, AiContext, ProviderEntry};
@@ -29,6 +29,7 @@ use crate::gateway::body::{full, ProxyBody};
 use crate::resources::budget::BudgetSpec;
 use crate::resources::model::{ModelSpec, ModelTarget, Price, Routing};
 use crate::resources::provider::{ProviderApi, ProviderType, DEFAULT_AZURE_API_VERSION};
+use crate::resources::token_limit::TokenLimitSpec;
 
 /// Default wait for a provider's response headers, per attempt.
 const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -236,9 +237,10 @@ fn tokenizer(provider: &ProviderEntry) -> Tokenizer {
     }
 }
 
-/// Reserves the call's worst-case cost from every blocking Budget that covers it (the most
-/// expensive of the model's targets, its output at the cap the provider will be sent).
-async fn reserve_budgets(
+/// Reserves the call's worst case from every quota that covers it: its cost from each
+/// blocking Budget (at the dearest of the model's targets) and its tokens from each
+/// TokenLimit, the output counted at the cap the provider will be sent.
+async fn reserve_quotas(
     ctx: &Arc<AiContext>,
     config: &AiConfig,
     req: &AiRequest<'_>,
@@ -255,12 +257,17 @@ async fn reserve_budgets(
         ),
         None => ("", "", ""),
     };
-    let covering: Vec<&(String, BudgetSpec)> = config
+    let budgets: Vec<&(String, BudgetSpec)> = config
         .budgets
         .iter()
         .filter(|(_, b)| b.scope.covers(team, consumer, key_id, model_name))
         .collect();
-    if covering.is_empty() {
+    let token_limits: Vec<&(String, TokenLimitSpec)> = config
+        .token_limits
+        .iter()
+        .filter(|(_, t)| t.scope.covers(team, consumer, key_id, model_name))
+        .collect();
+    if budgets.is_empty() && token_limits.is_empty() {
         return Ok(Reservation::none());
     }
     let text = request_text(body);
@@ -268,32 +275,46 @@ async fn reserve_budgets(
     let caller_cap = body["max_completion_tokens"]
         .as_u64()
         .or_else(|| body["max_tokens"].as_u64());
-    let worst = model
+    // Per target: (worst-case tokens, worst-case cost).
+    let worst: Vec<(u64, u64)> = model
         .targets
         .iter()
         .filter_map(|target| {
             let provider = config.providers.get(&target.provider)?;
-            let price = price_of(config, model, provider, target)?;
             let output = match endpoint {
                 Endpoint::Embeddings => 0,
                 Endpoint::Chat(_) => {
                     caller_cap.unwrap_or_else(|| output_cap(config, model, provider, target))
                 }
             };
-            let input = tokenizer(provider).count(&text);
-            Some(worst_case_micros(&price, input, messages, output))
+            let input = worst_case_input(tokenizer(provider).count(&text), messages);
+            let cost = price_of(config, model, provider, target)
+                .map_or(0, |p| worst_case_micros(&p, input, output));
+            Some((input + output, cost))
         })
-        .max()
-        .unwrap_or(0);
-    ctx.budgets
-        .reserve(&covering, worst, || {
-            ctx.limiter.leader_now(crate::clock::unix_ms())
-        })
+        .collect();
+    let tokens = worst.iter().map(|w| w.0).max().unwrap_or(0);
+    let micros = worst.iter().map(|w| w.1).max().unwrap_or(0);
+    let asks: Vec<(Quota, u64)> = budgets
+        .iter()
+        .map(|(name, spec)| (Quota::budget(name, spec), micros))
+        .chain(token_limits.iter().map(|(name, spec)| {
+            let key = spec.key_of(team, consumer, key_id);
+            (Quota::tokens(name, key, spec), tokens)
+        }))
+        .collect();
+    ctx.quotas
+        .reserve(&asks, || ctx.limiter.leader_now(crate::clock::unix_ms()))
         .await
         .map_err(|refusal| {
-            metrics::counter!("konnect_ai_budget_refusals_total", "budget" => refusal.budget.clone())
-                .increment(1);
-            AiError::BudgetExceeded(refusal)
+            let kind = match refusal.kind {
+                QuotaKind::Budget => "budget",
+                QuotaKind::TokenLimit => "token_limit",
+            };
+            metrics::counter!("konnect_ai_quota_refusals_total", "kind" => kind,
+                "name" => refusal.name.clone())
+            .increment(1);
+            AiError::QuotaExceeded(refusal)
         })
 }
 
@@ -693,10 +714,9 @@ async fn call(
         }
         record.cache = Some("miss");
     }
-    // Blocking budgets covering this call: its worst case is reserved before anything is
-    // forwarded, and settled to the real cost when the call ends (`ai/budget.rs`).
-    let reservation =
-        reserve_budgets(ctx, config, req, endpoint, &model, model_name, &body).await?;
+    // Blocking budgets and token limits covering this call: its worst case is reserved before
+    // anything is forwarded, and settled to what it really cost when it ends (`ai/quota.rs`).
+    let reservation = reserve_quotas(ctx, config, req, endpoint, &model, model_name, &body).await?;
     let timeout = model.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
     let mut failure: Option<(StatusCode, String)> = None;
     for target in target_order(model_name, &model, ctx) {
@@ -774,7 +794,7 @@ async fn call(
                 record.outcome = "error";
                 record.latency_ms = started.elapsed().as_millis() as u64;
                 let _ = ctx.usage.record(record).await;
-                reservation.settle(0);
+                reservation.settle(Spent::default());
                 return Err(err);
             }
             if !stream {
@@ -895,7 +915,10 @@ async fn call(
             });
             record.outcome = "ok";
             record.latency_ms = started.elapsed().as_millis() as u64;
-            reservation.settle(record.cost_micros);
+            reservation.settle(Spent {
+                micros: record.cost_micros,
+                tokens: record.input_tokens + record.output_tokens,
+            });
             // The answer goes out only once its cost is durably recorded.
             ctx.usage
                 .record(record)
@@ -927,7 +950,7 @@ async fn call(
     record.outcome = "error";
     record.latency_ms = started.elapsed().as_millis() as u64;
     let _ = ctx.usage.record(record).await;
-    reservation.settle(0);
+    reservation.settle(Spent::default());
     Err(AiError::ProvidersUnavailable {
         model: model_name.to_string(),
         status,

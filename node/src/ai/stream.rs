@@ -20,8 +20,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::anthropic;
-use super::budget::Reservation;
 use super::gemini;
+use super::quota::{Reservation, Spent};
 use super::usage::{cost_micros, Tokenizer, UsageRecord};
 use super::AiContext;
 use crate::gateway::body::{BoxError, ProxyBody};
@@ -58,7 +58,7 @@ pub struct StreamJob {
     pub request_text: String,
     /// How the tokens are counted then.
     pub tokenizer: Tokenizer,
-    /// The call's budget reservations, settled to its cost when the stream ends.
+    /// The call's quota reservations, settled to its cost and tokens when the stream ends.
     pub reservation: Reservation,
 }
 
@@ -273,7 +273,10 @@ async fn pump(
         .price
         .map_or(0, |p| cost_micros(&p, input, record.cached_tokens, output));
     record.outcome = if complete { "ok" } else { "cut" };
-    std::mem::replace(&mut job.reservation, Reservation::none()).settle(record.cost_micros);
+    std::mem::replace(&mut job.reservation, Reservation::none()).settle(Spent {
+        micros: record.cost_micros,
+        tokens: input + output,
+    });
     record.latency_ms = job.started.elapsed().as_millis() as u64;
     if job.ctx.usage.record(std::mem::take(record)).await.is_err() {
         // Not durably counted: the stream fails instead of ending as if it had been.

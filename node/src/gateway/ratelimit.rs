@@ -103,7 +103,7 @@ pub struct Refused {
 }
 
 /// What asks for units of the state machine and takes in its answers: a rate limit's
-/// allocation here, or a budget's allowance (`ai/budget.rs`). `grants.rs` ships the asks of
+/// allocation here, or a quota's allowance (`ai/quota.rs`). `grants.rs` ships the asks of
 /// both in the same entries.
 pub trait Grantee: Send + Sync {
     /// `GrantAsk.kind`: empty for a RateLimit, `Budget` for a Budget.

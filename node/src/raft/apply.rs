@@ -485,8 +485,9 @@ struct GrantLimit {
     limit: u64,
 }
 
-/// The limit of the RateLimit or Budget an ask is for, and the window (start, end) that the
-/// leader time `now` falls in: fixed windows for RateLimits, calendar periods for Budgets.
+/// The limit of the RateLimit, Budget or TokenLimit an ask is for, and the window (start, end)
+/// that the leader time `now` falls in: fixed windows for RateLimits and TokenLimits, calendar
+/// periods for Budgets.
 fn grant_figures(txn: &WriteTxn, ask: &pb::GrantAsk, now: u64) -> Result<GrantFigures, StoreError> {
     let spec_of = |kind: &str| -> Result<Option<serde_json::Value>, StoreError> {
         Ok(get_resource(txn, kind, &ask.limit)?
@@ -512,6 +513,15 @@ fn grant_figures(txn: &WriteTxn, ask: &pb::GrantAsk, now: u64) -> Result<GrantFi
                 _ => Err(format!("no blocking Budget {:?}", ask.limit)),
             }
         }
+        "TokenLimit" => match spec_of("TokenLimit")?
+            .and_then(|s| resources::token_limit::TokenLimitSpec::parse(&s).ok())
+        {
+            Some(spec) => {
+                let (start, end) = spec.window_bounds(now);
+                Ok((spec.tokens, start, end))
+            }
+            None => Err(format!("no TokenLimit {:?}", ask.limit)),
+        },
         other => Err(format!("nothing of kind {other:?} is granted")),
     })
 }

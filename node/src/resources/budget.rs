@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `block` budgets are enforced before a call is forwarded (its worst-case cost is reserved
-//! from the cluster-wide grant of the budget, `ai/budget.rs`); `alert` budgets are only
+//! from the cluster-wide grant of the budget, `ai/quota.rs`); `alert` budgets are only
 //! counted, with an audit entry when their period's spend crosses the limit. Several budgets
 //! may apply to one call: all of them do.
 
@@ -23,20 +23,11 @@ pub const KIND: KindDef = KindDef {
 };
 
 fn references(spec: &serde_json::Value) -> Vec<Reference> {
-    let Ok(b) = BudgetSpec::parse(spec) else {
-        return Vec::new();
-    };
-    let (kind, field) = match &b.scope {
-        Scope::Team(_) => ("Team", "spec.applies_to.team"),
-        Scope::Consumer(_) => ("Consumer", "spec.applies_to.consumer"),
-        Scope::Model(_) => ("Model", "spec.applies_to.model"),
-        Scope::Key(_) | Scope::Global => return Vec::new(),
-    };
-    vec![Reference {
-        kind,
-        name: b.scope.value().to_string(),
-        field: field.into(),
-    }]
+    BudgetSpec::parse(spec)
+        .ok()
+        .and_then(|b| scope_reference(&b.scope))
+        .into_iter()
+        .collect()
 }
 
 /// Largest limit: a trillion dollars (keeps every sum of micro-USD far from overflow).
@@ -59,9 +50,10 @@ fn block() -> String {
     "block".into()
 }
 
+/// `applies_to` as written: one of its fields set (checked by [`RawScope::scope`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawScope {
+pub struct RawScope {
     team: Option<String>,
     consumer: Option<String>,
     /// An API key's id (as `konnectctl keys list` shows it).
@@ -80,6 +72,63 @@ pub enum Scope {
     /// The model name callers ask for.
     Model(String),
     Global,
+}
+
+impl RawScope {
+    /// The one scope named; `several` says what to write instead of naming two.
+    pub fn scope(self, several: &str) -> Result<Scope, SpecError> {
+        let mut scopes = Vec::new();
+        for (name, value) in [
+            ("team", self.team.map(Scope::Team)),
+            ("consumer", self.consumer.map(Scope::Consumer)),
+            ("key", self.key.map(Scope::Key)),
+            ("model", self.model.map(Scope::Model)),
+        ] {
+            if let Some(scope) = value {
+                if scope.value().trim().is_empty() {
+                    return Err(SpecError::new(
+                        format!("spec.applies_to.{name}"),
+                        "must not be empty",
+                    ));
+                }
+                scopes.push(scope);
+            }
+        }
+        match self.global {
+            Some(true) => scopes.push(Scope::Global),
+            Some(false) => return Err(SpecError::new(
+                "spec.applies_to.global",
+                "only `global: true` is meaningful; name a team, consumer, key or model instead",
+            )),
+            None => {}
+        }
+        match scopes.len() {
+            1 => Ok(scopes.remove(0)),
+            0 => Err(SpecError::new(
+                "spec.applies_to",
+                "name one scope: team, consumer, key, model, or global: true",
+            )),
+            _ => Err(SpecError::new(
+                "spec.applies_to",
+                format!("name exactly one scope (for several, write {several}: all apply)"),
+            )),
+        }
+    }
+}
+
+/// The resource a scope names, for referential integrity.
+pub fn scope_reference(scope: &Scope) -> Option<Reference> {
+    let (kind, field) = match scope {
+        Scope::Team(_) => ("Team", "spec.applies_to.team"),
+        Scope::Consumer(_) => ("Consumer", "spec.applies_to.consumer"),
+        Scope::Model(_) => ("Model", "spec.applies_to.model"),
+        Scope::Key(_) | Scope::Global => return None,
+    };
+    Some(Reference {
+        kind,
+        name: scope.value().to_string(),
+        field: field.into(),
+    })
 }
 
 impl Scope {
@@ -144,47 +193,7 @@ pub struct BudgetSpec {
 impl BudgetSpec {
     pub fn parse(spec: &serde_json::Value) -> Result<BudgetSpec, SpecError> {
         let raw: RawBudget = parse_spec(spec)?;
-        let s = raw.applies_to;
-        let mut scopes = Vec::new();
-        for (name, value) in [
-            ("team", s.team.map(Scope::Team)),
-            ("consumer", s.consumer.map(Scope::Consumer)),
-            ("key", s.key.map(Scope::Key)),
-            ("model", s.model.map(Scope::Model)),
-        ] {
-            if let Some(scope) = value {
-                if scope.value().trim().is_empty() {
-                    return Err(SpecError::new(
-                        format!("spec.applies_to.{name}"),
-                        "must not be empty",
-                    ));
-                }
-                scopes.push(scope);
-            }
-        }
-        match s.global {
-            Some(true) => scopes.push(Scope::Global),
-            Some(false) => return Err(SpecError::new(
-                "spec.applies_to.global",
-                "only `global: true` is meaningful; name a team, consumer, key or model instead",
-            )),
-            None => {}
-        }
-        let scope = match scopes.len() {
-            1 => scopes.remove(0),
-            0 => {
-                return Err(SpecError::new(
-                    "spec.applies_to",
-                    "name one scope: team, consumer, key, model, or global: true",
-                ))
-            }
-            _ => {
-                return Err(SpecError::new(
-                    "spec.applies_to",
-                    "name exactly one scope (for several, write one Budget each: all apply)",
-                ))
-            }
-        };
+        let scope = raw.applies_to.scope("one Budget each")?;
         let limit_micros = parse_usd(&raw.limit_usd)?;
         let period = match raw.period.as_str() {
             "day" => Period::Day,
