@@ -452,8 +452,11 @@ async fn two_hundred_parallel_streams_against_a_budget_for_fifty_never_overspend
     }
     eprintln!("budget for 50 calls: {admitted} admitted, {refused} refused");
     assert_eq!(admitted + refused, 200);
-    // The budget is usable, not starved by reservations: at least half of it was spent.
-    assert!(admitted >= 25, "only {admitted} calls admitted");
+    // The budget is usable, not starved by reservations: at the least, as many calls as fit
+    // at once at their worst case, each of the three nodes' allowances losing less than one
+    // worst case to rounding: (6,900 - 3 x 326) / 327 = 18. (45 of the 50 on a quiet machine:
+    // calls that settle free room for the ones waiting.)
+    assert!(admitted >= 18, "only {admitted} calls admitted");
     // The ledger holds exactly the admitted calls, and never more than the budget.
     let total = wait_for(
         "the ledger to count the admitted calls",
