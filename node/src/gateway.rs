@@ -171,6 +171,7 @@ impl Gateway {
         caller: Option<&'a auth::Caller>,
         client: SocketAddr,
         headers: &'a hyper::HeaderMap,
+        ip: &'a std::cell::OnceCell<IpText>,
     ) -> std::borrow::Cow<'a, str> {
         use crate::resources::rate_limit::LimitKey;
         use std::borrow::Cow;
@@ -179,7 +180,10 @@ impl Gateway {
             LimitKey::Consumer => consumer.map(|c| Cow::Borrowed(c.name.as_str())),
             LimitKey::Team => consumer.and_then(|c| c.team.as_deref().map(Cow::Borrowed)),
             LimitKey::Credential => caller.map(|c| Cow::Borrowed(c.credential.label.as_str())),
-            LimitKey::Ip => Some(Cow::Owned(self.client_ip(client.ip(), headers).to_string())),
+            LimitKey::Ip => Some(Cow::Borrowed(
+                ip.get_or_init(|| IpText::new(self.client_ip(client.ip(), headers)))
+                    .as_str(),
+            )),
             LimitKey::Route => Some(Cow::Borrowed(route.name.as_str())),
             LimitKey::Header(h) => headers
                 .get(h.as_str())
@@ -203,11 +207,12 @@ impl Gateway {
         headers: &hyper::HeaderMap,
         places: &mut Vec<concurrency::InFlightPlace>,
     ) -> Result<(), GatewayError> {
+        let ip = std::cell::OnceCell::new();
         for limit in snapshot.concurrency_limits.iter() {
             if !Self::limit_applies(&limit.spec.applies_to, route, caller) {
                 continue;
             }
-            let key = self.limit_key(&limit.key, route, caller, client, headers);
+            let key = self.limit_key(&limit.key, route, caller, client, headers, &ip);
             match self
                 .concurrency
                 .try_enter(&limit.name, &key, limit.spec.max_in_flight)
@@ -238,13 +243,15 @@ impl Gateway {
             return Ok(None);
         }
         use std::borrow::Cow;
+        // The client address as text, made at most once and only if a limit is keyed by it.
+        let ip = std::cell::OnceCell::new();
         let mut admitted: Vec<(&str, Cow<str>, ratelimit::Verdict)> = Vec::new();
         let mut tightest: Option<ratelimit::Verdict> = None;
         for limit in snapshot.rate_limits.iter() {
             if !Self::limit_applies(&limit.spec.applies_to, route, caller) {
                 continue;
             }
-            let key = self.limit_key(&limit.key, route, caller, client, headers);
+            let key = self.limit_key(&limit.key, route, caller, client, headers, &ip);
             match self
                 .limiter
                 .admit(&limit.name, &limit.spec, &key, crate::clock::unix_ms)
@@ -792,24 +799,57 @@ impl Gateway {
     }
 }
 
+/// A client address as text in a buffer on the stack: the `ip` key of a limit, made without
+/// a heap allocation on every request.
+pub struct IpText {
+    buf: [u8; 46],
+    len: usize,
+}
+
+impl IpText {
+    pub fn new(ip: std::net::IpAddr) -> IpText {
+        use std::io::Write;
+        let mut buf = [0u8; 46];
+        let mut out = std::io::Cursor::new(&mut buf[..]);
+        // The longest address (IPv4-mapped IPv6 with a full tail) is 45 bytes: it fits.
+        let _ = write!(out, "{ip}");
+        let len = out.position() as usize;
+        IpText { buf, len }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("-")
+    }
+}
+
 /// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft) and the common `X-RateLimit-*`.
+/// On every admitted request, so nothing here allocates more than the one `RateLimit` value:
+/// the policy is made once per limit, numbers are formatted without a `String`.
 pub fn ratelimit_headers(headers: &mut hyper::HeaderMap, v: &ratelimit::Verdict) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(hyper::header::HeaderName::from_static(name), value);
-        }
-    };
-    set(
-        "ratelimit-policy",
-        format!("\"{}\";q={};w={}", v.limit_name, v.limit, v.window_s),
+    use hyper::header::HeaderName;
+    let mut rl = bytes::BytesMut::with_capacity(v.limit_name.len() + 32);
+    rl.extend_from_slice(b"\"");
+    rl.extend_from_slice(v.limit_name.as_bytes());
+    rl.extend_from_slice(b"\";r=");
+    rl.extend_from_slice(itoa::Buffer::new().format(v.remaining).as_bytes());
+    rl.extend_from_slice(b";t=");
+    rl.extend_from_slice(itoa::Buffer::new().format(v.reset_s).as_bytes());
+    headers.insert(
+        HeaderName::from_static("ratelimit-policy"),
+        v.policy_header.clone(),
     );
-    set(
-        "ratelimit",
-        format!("\"{}\";r={};t={}", v.limit_name, v.remaining, v.reset_s),
+    if let Ok(value) = HeaderValue::from_maybe_shared(rl.freeze()) {
+        headers.insert(HeaderName::from_static("ratelimit"), value);
+    }
+    headers.insert(HeaderName::from_static("x-ratelimit-limit"), v.limit.into());
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-remaining"),
+        v.remaining.into(),
     );
-    set("x-ratelimit-limit", v.limit.to_string());
-    set("x-ratelimit-remaining", v.remaining.to_string());
-    set("x-ratelimit-reset", v.reset_s.to_string());
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-reset"),
+        v.reset_s.into(),
+    );
 }
 
 /// Answers 101 to the client and, once both sides have switched, copies bytes both ways
@@ -1127,4 +1167,41 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_addresses_as_text_fit_the_stack_buffer() {
+        for ip in [
+            "192.168.10.200",
+            "::1",
+            "2001:db8:85a3:1234:5678:8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+            "::ffff:255.255.255.255",
+        ] {
+            let addr: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(addr).as_str(), addr.to_string());
+        }
+    }
+
+    #[test]
+    fn rate_limit_headers_carry_the_policy_and_what_is_left() {
+        let mut headers = hyper::HeaderMap::new();
+        let v = ratelimit::Verdict::for_test("free-tier", 100, 60, 42, 17);
+        ratelimit_headers(&mut headers, &v);
+        let h = |n: &str| headers[n].to_str().unwrap().to_string();
+        assert_eq!(h("ratelimit-policy"), "\"free-tier\";q=100;w=60");
+        assert_eq!(h("ratelimit"), "\"free-tier\";r=42;t=17");
+        assert_eq!(
+            (
+                h("x-ratelimit-limit"),
+                h("x-ratelimit-remaining"),
+                h("x-ratelimit-reset")
+            ),
+            ("100".into(), "42".into(), "17".into())
+        );
+    }
 }

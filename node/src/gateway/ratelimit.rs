@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use tokio::sync::{mpsc, Notify};
 
 use units::WindowUnits;
@@ -44,7 +45,10 @@ pub const QUORUM_LOSS_AFTER_MS: u64 = 5_000;
 
 /// One (limit, key) on this node.
 pub struct Allocation {
-    pub limit_name: String,
+    /// Shared with every verdict (no copy per request).
+    pub limit_name: Arc<str>,
+    /// The `RateLimit-Policy` header value (`"name";q=limit;w=window`), made once.
+    policy_header: HeaderValue,
     pub key: String,
     limit: u64,
     window_ms: u64,
@@ -82,7 +86,9 @@ pub struct Allocation {
 /// What one admission decided, for the response headers.
 #[derive(Debug, Clone)]
 pub struct Verdict {
-    pub limit_name: String,
+    pub limit_name: Arc<str>,
+    /// `RateLimit-Policy`, as made once per allocation.
+    pub policy_header: HeaderValue,
     pub limit: u64,
     pub window_s: u64,
     /// Best estimate of what is left in the window across the cluster.
@@ -93,6 +99,30 @@ pub struct Verdict {
     window_end_ms: u64,
     /// Admitted on credit (`fast`): a refund lowers the debt instead.
     borrowed: bool,
+}
+
+#[cfg(test)]
+impl Verdict {
+    /// A verdict as an allocation of `limit` per `window_s` would make it.
+    pub fn for_test(
+        name: &str,
+        limit: u64,
+        window_s: u64,
+        remaining: u64,
+        reset_s: u64,
+    ) -> Verdict {
+        Verdict {
+            limit_name: name.into(),
+            policy_header: HeaderValue::from_str(&format!("\"{name}\";q={limit};w={window_s}"))
+                .unwrap(),
+            limit,
+            window_s,
+            remaining,
+            reset_s,
+            window_end_ms: 0,
+            borrowed: false,
+        }
+    }
 }
 
 /// A request refused by a limit.
@@ -196,7 +226,13 @@ impl RateLimiter {
             }
         }
         let fresh = Arc::new(Allocation {
-            limit_name: name.to_string(),
+            limit_name: name.into(),
+            policy_header: HeaderValue::from_str(&format!(
+                "\"{name}\";q={};w={}",
+                spec.limit,
+                spec.window_ms() / 1000
+            ))
+            .unwrap_or(HeaderValue::from_static("")),
             key: key.to_string(),
             limit: spec.limit,
             window_ms: spec.window_ms(),
@@ -471,6 +507,7 @@ impl Allocation {
         let local = self.units.units();
         Verdict {
             limit_name: self.limit_name.clone(),
+            policy_header: self.policy_header.clone(),
             limit: self.limit,
             window_s: self.window_ms / 1000,
             remaining: (self.limit.saturating_sub(used) + local).min(self.limit),

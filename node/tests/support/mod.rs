@@ -211,8 +211,14 @@ impl NodeProc {
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} already running", self.id);
+        let starts_before = self.starts_logged();
         self.child = Some(self.command().spawn().expect("spawn konnect"));
-        self.wait_listening();
+        self.wait_listening(starts_before);
+    }
+
+    /// How many times the node has logged that it started (once its listeners are bound).
+    fn starts_logged(&self) -> usize {
+        self.log().matches("konnect node started").count()
     }
 
     /// Starts the node expecting it to refuse: waits up to 20 s for it to exit and returns
@@ -237,9 +243,13 @@ impl NodeProc {
     }
 
     /// Blocks until the admin port accepts connections (the node binds all ports at once).
-    fn wait_listening(&mut self) {
+    /// Waits until the admin port answers and the node has logged this start (which names
+    /// its proxy address: tests bind the proxy to port 0, so a restart gets a new one).
+    fn wait_listening(&mut self, starts_before: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&self.admin).is_err() {
+        while std::net::TcpStream::connect(&self.admin).is_err()
+            || self.starts_logged() == starts_before
+        {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("node {} exited with {status}:\n{}", self.id, self.log());
             }
