@@ -682,6 +682,117 @@ async fn a_token_limit_holds_each_consumer_to_its_tokens_per_window() {
     assert_eq!(call(bob).await.status, 200);
 }
 
+/// A small tmpfs mounted over a directory for the length of a test (lazily unmounted after).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` when this process may not mount (not root): the test says so and stops.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+
+    /// Writes a file that takes every byte left; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let byte = [0u8; 1];
+        while f.write_all(&byte).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_the_calls_it_cannot_count_and_loses_none_it_answered() {
+    let mock = MockLlm::start().await;
+    let (mut cluster, key) = ledger_cluster(&mock, 1).await;
+    // The usage WAL gets a disk of its own, 256 KiB, while the node is down (nothing is in
+    // its WAL yet: no call was made).
+    cluster.node(1).kill9();
+    let wal_dir = cluster.nodes[0].data_dir.join("usage-wal");
+    let Some(disk) = SmallDisk::mount(&wal_dir, "256k") else {
+        eprintln!("skipped: mounting a small tmpfs for the usage WAL needs root (CI runs as root)");
+        return;
+    };
+    cluster.node(1).start();
+    wait_serving(&cluster, 1, &key).await;
+    let p = proxy(&cluster, 1);
+    let mut answered = 0;
+    for i in 0..4 {
+        chat(&p, &key, "gpt", i % 2 == 0)
+            .await
+            .expect("room on the disk");
+        answered += 1;
+    }
+    // Disk full: a call whose record cannot be made durable is not handed out.
+    let filler = disk.fill();
+    let auth = format!("Bearer {key}");
+    let body = json!({"model": "gpt", "messages": [{"role": "user", "content": "Hi"}]});
+    // What is left of the WAL file's last page still takes a few records; then it is full.
+    let mut refused = None;
+    for _ in 0..64 {
+        let r = http(
+            "POST",
+            &p,
+            "/v1/chat/completions",
+            &[("authorization", &auth)],
+            &body.to_string(),
+        )
+        .await;
+        if r.status == 200 {
+            answered += 1;
+        } else {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("a full disk refuses calls");
+    assert_eq!(r.status, 503, "{:?}", String::from_utf8_lossy(&r.body));
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "usage_not_recorded");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("could not be recorded in the usage ledger"));
+    let streamed = chat(&p, &key, "gpt", true).await;
+    assert!(
+        streamed.is_err(),
+        "a stream whose usage cannot be kept must not end cleanly"
+    );
+    // Room again: calls go through, and the WAL did not lose or tear anything.
+    std::fs::remove_file(filler).unwrap();
+    for _ in 0..3 {
+        chat(&p, &key, "gpt", false).await.expect("room again");
+        answered += 1;
+    }
+    assert_every_node_counts(&cluster, &BTreeMap::from([(1, answered)])).await;
+    // A restart reads the WAL back whole (no torn record dropped) and counts nothing twice.
+    cluster.node(1).kill9();
+    cluster.node(1).start();
+    wait_serving(&cluster, 1, &key).await;
+    assert!(!cluster.nodes[0]
+        .log()
+        .contains("dropped a record torn by a crash"));
+    assert_every_node_counts(&cluster, &BTreeMap::from([(1, answered)])).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_with_bad_amounts_or_scopes_are_refused_naming_the_field() {
     let cluster = Cluster::start_initialised(1, &[]).await;
