@@ -27,6 +27,7 @@ pub mod upstream;
 pub mod upstream_tls;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -628,7 +629,15 @@ impl Gateway {
             (None, true) => Some(crate::resources::access::DEFAULT_SCHEMA_BODY_LIMIT),
             (limit, _) => limit,
         };
-        let body = limit_body(&parts, incoming, body_limit, retries_allowed, read_whole).await?;
+        let body = limit_body(
+            &parts,
+            incoming,
+            body_limit,
+            retries_allowed,
+            read_whole,
+            upstream.spec.timeouts.idle.0,
+        )
+        .await?;
         if let (Some(access), ForwardBody::Buffered(bytes)) = (&route.access, &body) {
             if read_whole {
                 auth::check_schema(access, bytes)?;
@@ -769,6 +778,7 @@ impl Gateway {
                         resp,
                         protocol,
                         (in_flight, std::mem::take(places)),
+                        upstream.spec.timeouts.upgraded_idle.as_ref().map(|d| d.0),
                     ),
                     upstream.spec.timeouts.idle.0,
                 ));
@@ -797,6 +807,76 @@ impl Gateway {
         }
         Ok((resp, upstream.spec.timeouts.idle.0))
     }
+}
+
+/// An upgraded connection's half that notes when bytes last went through it (ms after
+/// `started`, shared by both halves), for `timeouts.upgraded_idle`.
+struct Active<T> {
+    io: T,
+    last: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl<T> Active<T> {
+    fn new(io: T, last: Arc<AtomicU64>, started: Instant) -> Active<T> {
+        Active { io, last, started }
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Active<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Active<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Whether an upstream request failed because the client's body stalled (`limit_body`).
+fn caused_by_stalled_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<body::IdleTimeout>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// A client address as text in a buffer on the stack: the `ip` key of a limit, made without
@@ -859,6 +939,7 @@ fn splice_upgrade(
     mut resp: Response<Incoming>,
     protocol: HeaderValue,
     guard: (InFlightGuard, Vec<concurrency::InFlightPlace>),
+    idle: Option<Duration>,
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
@@ -870,10 +951,30 @@ fn splice_upgrade(
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut server = TokioIo::new(server);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        let activity = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut client = Active::new(TokioIo::new(client), activity.clone(), started);
+        let mut server = Active::new(TokioIo::new(server), activity.clone(), started);
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+        let watchdog = async {
+            let Some(idle) = idle else {
+                return std::future::pending().await;
+            };
+            // Sleeps until `idle` after the last byte; wakes early only to look again.
+            loop {
+                let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                let quiet_until = started + last + idle;
+                if Instant::now() >= quiet_until {
+                    return idle;
+                }
+                tokio::time::sleep_until(quiet_until.into()).await;
+            }
+        };
+        tokio::select! {
+            r = copy => if let Err(e) = r {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            },
+            idle = watchdog => tracing::debug!(?idle, "upgraded connection closed: idle"),
         }
     });
     let (mut parts, _) = resp.into_parts();
@@ -934,8 +1035,13 @@ async fn limit_body(
     limit: Option<u64>,
     want_replay: bool,
     read_whole: bool,
+    idle: Duration,
 ) -> Result<ForwardBody, GatewayError> {
     use hyper::body::Body as _;
+    // A client that stops sending its body for longer than the Service's idle timeout is cut
+    // off (408 when nothing was forwarded yet), so a stalled upload cannot hold a connection
+    // and an upstream slot for ever.
+    let stalled = |e: &body::BoxError| e.is::<body::IdleTimeout>();
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -949,6 +1055,7 @@ async fn limit_body(
     if incoming.is_end_stream() {
         return Ok(ForwardBody::Buffered(Bytes::new()));
     }
+    let incoming = body::MeteredBody::new(incoming, idle, |_, _| {});
     let small = declared.is_some_and(|n| n <= REPLAYABLE_BODY_BYTES as u64);
     match limit {
         // Unknown length under a limit: read up to the limit, refusing more.
@@ -959,6 +1066,8 @@ async fn limit_body(
                 .map_err(|e| {
                     if e.is::<http_body_util::LengthLimitError>() {
                         GatewayError::PayloadTooLarge { limit }
+                    } else if stalled(&e) {
+                        GatewayError::RequestBodyTimeout { idle }
                     } else {
                         GatewayError::BadRequest(format!("reading the request body failed: {e}"))
                     }
@@ -967,11 +1076,15 @@ async fn limit_body(
         }
         _ if want_replay && small => {
             let collected = incoming.collect().await.map_err(|e| {
-                GatewayError::BadRequest(format!("reading the request body failed: {e}"))
+                if stalled(&e) {
+                    GatewayError::RequestBodyTimeout { idle }
+                } else {
+                    GatewayError::BadRequest(format!("reading the request body failed: {e}"))
+                }
             })?;
             Ok(ForwardBody::Buffered(collected.to_bytes()))
         }
-        _ => Ok(ForwardBody::Streaming(incoming.map_err(Into::into).boxed())),
+        _ => Ok(ForwardBody::Streaming(incoming.boxed())),
     }
 }
 
@@ -1096,6 +1209,13 @@ async fn forward(
         let outcome = match tokio::time::timeout(wait, upstream.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(AttemptError::Connect(error_chain(&e))),
+            // The client stalled while its body streamed to the upstream: not the upstream's
+            // failure, and nothing to retry.
+            Ok(Err(e)) if caused_by_stalled_body(&e) => {
+                return Err(GatewayError::RequestBodyTimeout {
+                    idle: spec.timeouts.idle.0,
+                })
+            }
             Ok(Err(e)) => Err(AttemptError::Reset(error_chain(&e))),
             Err(_) => Err(AttemptError::Timeout),
         };

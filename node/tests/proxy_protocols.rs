@@ -186,6 +186,114 @@ async fn websocket_upgrades_are_spliced_only_where_allowed() {
     assert!(refused.contains("upgrade_not_allowed"), "{refused}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_get_408_and_quiet_upgraded_connections_are_closed() {
+    let up = Upstream::start("u").await;
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let timeouts = json!({"idle": "1s", "upgraded_idle": "1s"});
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource(
+                    "Service",
+                    "web",
+                    json!({"targets": [{"url": up.url()}], "timeouts": timeouts}),
+                ),
+                resource(
+                    "Route",
+                    "ws",
+                    json!({"paths": ["/ws"], "service": "web", "websocket": true}),
+                ),
+                // A body limit makes the proxy read the body before forwarding it.
+                resource(
+                    "Route",
+                    "limited",
+                    json!({"paths": ["/limited"], "service": "web", "max_body_bytes": 1000}),
+                ),
+                resource(
+                    "Route",
+                    "plain",
+                    json!({"paths": ["/plain"], "service": "web"}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+    let proxy = cluster.proxy_addr(1).await;
+    wait_for("routes", Duration::from_secs(10), || async {
+        (http("GET", &proxy, "/plain", &[], "").await.status == 200).then_some(())
+    })
+    .await;
+
+    // 10 of 100 announced bytes, then nothing: streamed to the upstream (/plain) or read by
+    // the proxy first (/limited), the client gets a 408 about a second later.
+    for path in ["/plain", "/limited"] {
+        let mut s = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains("request_body_timeout"), "{path}: {answer}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{path}: too early"
+        );
+    }
+    // A body that keeps coming, slower than the idle timeout in all but no pause longer, goes
+    // through.
+    let mut s = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+    s.write_all(b"POST /plain HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    for b in [b"a", b"b", b"c", b"d"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(b).await.unwrap();
+    }
+    let mut answer = vec![0u8; 2048];
+    let n = s.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"body_len\":4"), "{answer}");
+
+    // An upgraded connection in use stays open; left quiet for a second, it is closed.
+    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+    s.write_all(upgrade).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("echoed while in use")
+            .unwrap();
+    }
+    let quiet = std::time::Instant::now();
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut rest))
+        .await
+        .expect("closed within 10 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the proxy closes a quiet upgraded connection");
+    assert!(quiet.elapsed() >= Duration::from_millis(900));
+}
+
 trait ReplacePath {
     fn replace_path(&self, path: &str) -> Vec<u8>;
 }

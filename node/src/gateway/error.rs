@@ -19,6 +19,9 @@ pub enum GatewayError {
     NoRoute { host: String, path: String },
     #[error("request body is larger than this route's limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// The client paused longer than the Service's `timeouts.idle` while sending its body.
+    #[error("the request body stalled: nothing arrived for {}s", .idle.as_secs())]
+    RequestBodyTimeout { idle: std::time::Duration },
     #[error("no healthy target is available for this route")]
     NoHealthyTarget,
     #[error("the service is failing and its circuit breaker is open; retry later")]
@@ -60,6 +63,7 @@ impl GatewayError {
             GatewayError::UpgradeNotAllowed => StatusCode::BAD_REQUEST,
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoHealthyTarget
             | GatewayError::CircuitOpen { .. }
             | GatewayError::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -86,6 +90,7 @@ impl GatewayError {
             GatewayError::UpgradeNotAllowed => "upgrade_not_allowed",
             GatewayError::NoRoute { .. } => "no_route",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::RequestBodyTimeout { .. } => "request_body_timeout",
             GatewayError::NoHealthyTarget => "no_healthy_target",
             GatewayError::CircuitOpen { .. } => "circuit_open",
             GatewayError::UpstreamBusy { .. } => "upstream_busy",

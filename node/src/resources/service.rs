@@ -146,6 +146,9 @@ pub struct Timeouts {
     pub idle: Dur,
     /// Whole exchange up to the response headers, retries included. Default: none.
     pub total: Option<Dur>,
+    /// An upgraded (WebSocket) connection is closed after this long with no byte in either
+    /// direction. Default: none (an application's own pings keep it open as long as it likes).
+    pub upgraded_idle: Option<Dur>,
 }
 
 fn default_connect() -> Dur {
@@ -165,6 +168,7 @@ impl Default for Timeouts {
             read: default_read(),
             idle: default_idle(),
             total: None,
+            upgraded_idle: None,
         }
     }
 }
