@@ -1,5 +1,5 @@
 //! Active health checks of a Service: a background task sends `GET path` to every target each
-//! `interval` and marks a target unhealthy after `unhealthy_threshold` failed probes in a row,
+//! `interval` (over the Service's own transport: TLS settings, HTTP/1.1 or HTTP/2) and marks a target unhealthy after `unhealthy_threshold` failed probes in a row,
 //! healthy again after `healthy_threshold` good ones. The balancer reads the verdicts through
 //! `HealthState::is_healthy`, one atomic load per target.
 //!
@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::header::{HeaderValue, HOST, USER_AGENT};
 use hyper::{Request, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -26,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::resources::duration::{secs, Dur};
-use crate::resources::service::TargetUrl;
+use crate::resources::service::{TargetUrl, UpstreamProtocol, UpstreamTls};
 use crate::resources::SpecError;
 
 // === spec ===
@@ -219,7 +220,16 @@ impl HealthState {
 
 // === the checker task ===
 
-type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+type ProbeClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// How probes reach the targets: as the Service's own requests do (its upstream TLS settings
+/// for `https://` targets, HTTP/2 for an `http2` Service), so a probe fails exactly when
+/// traffic would.
+#[derive(Clone, Default)]
+pub struct ProbeTransport {
+    pub tls: Option<UpstreamTls>,
+    pub protocol: UpstreamProtocol,
+}
 
 /// Starts probing `targets` (indexed as in `state`) every `spec.interval`, the first round at
 /// once. The task ends by itself once `state` can no longer be upgraded. Must be called
@@ -229,8 +239,9 @@ pub fn spawn_active_checks(
     targets: Vec<TargetUrl>,
     spec: ActiveHealthSpec,
     state: Weak<HealthState>,
+    transport: ProbeTransport,
 ) -> JoinHandle<()> {
-    tokio::spawn(run_checks(service, targets, spec, state))
+    tokio::spawn(run_checks(service, targets, spec, state, transport))
 }
 
 async fn run_checks(
@@ -238,8 +249,17 @@ async fn run_checks(
     targets: Vec<TargetUrl>,
     spec: ActiveHealthSpec,
     state: Weak<HealthState>,
+    transport: ProbeTransport,
 ) {
-    let client = probe_client(spec.timeout.0);
+    let client = match probe_client(spec.timeout.0, &transport) {
+        Ok(c) => c,
+        Err(e) => {
+            // The Service was validated with the same settings: only a broken CA file gets
+            // here. Its targets stay as they are (healthy) rather than all failing.
+            tracing::error!(service = %service, error = %e, "active health checks cannot start");
+            return;
+        }
+    };
     let labels: Vec<String> = targets.iter().map(target_label).collect();
     let gauges: Vec<metrics::Gauge> = labels
         .iter()
@@ -290,16 +310,19 @@ async fn run_checks(
 }
 
 /// One connection per probe (no pooling): a probe must prove the target still accepts
-/// connections, not that an old one is still open.
-fn probe_client(timeout: Duration) -> ProbeClient {
+/// connections (and completes the TLS handshake), not that an old one is still open.
+fn probe_client(timeout: Duration, transport: &ProbeTransport) -> Result<ProbeClient, String> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(timeout));
     connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    connector.enforce_http(false);
+    let connector =
+        super::upstream_tls::connector(connector, transport.tls.as_ref(), transport.protocol)?;
+    Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_max_idle_per_host(0)
-        .build(connector)
+        .http2_only(transport.protocol == UpstreamProtocol::Http2)
+        .build(connector))
 }
 
 /// `GET base_path + path` on one target, bounded by `spec.timeout` as a whole. The error says
@@ -310,7 +333,8 @@ async fn probe(
     spec: &ActiveHealthSpec,
 ) -> Result<(), String> {
     let authority = target.authority();
-    let uri: Uri = format!("http://{authority}{}{}", target.base_path, spec.path)
+    let scheme = if target.https { "https" } else { "http" };
+    let uri: Uri = format!("{scheme}://{authority}{}{}", target.base_path, spec.path)
         .parse()
         .map_err(|e| format!("cannot build the probe URI: {e}"))?;
     let mut req = Request::get(uri)

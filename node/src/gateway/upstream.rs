@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::balancer::{Balancer, InFlight, TargetView};
 use super::body::ProxyBody;
 use super::circuit::CircuitBreaker;
-use super::health::{spawn_active_checks, HealthState};
+use super::health::{spawn_active_checks, HealthState, ProbeTransport};
 use crate::resources::service::{HashOn, ServiceSpec, TargetUrl, UpstreamProtocol};
 
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
@@ -104,6 +104,10 @@ impl Upstream {
                     targets.iter().map(|t| t.url.clone()).collect(),
                     active.clone(),
                     Arc::downgrade(&state),
+                    ProbeTransport {
+                        tls: spec.tls.clone(),
+                        protocol: spec.protocol,
+                    },
                 );
                 (Some(state), Some(task))
             }

@@ -37,6 +37,15 @@ impl TestServer {
     }
 
     async fn start_on(addr: SocketAddr, answer: u16) -> TestServer {
+        TestServer::start_speaking(addr, answer, false).await
+    }
+
+    /// A server that speaks HTTP/2 only (h2c, prior knowledge), like a gRPC backend.
+    async fn start_h2_only(answer: u16) -> TestServer {
+        TestServer::start_speaking("127.0.0.1:0".parse().unwrap(), answer, true).await
+    }
+
+    async fn start_speaking(addr: SocketAddr, answer: u16, h2_only: bool) -> TestServer {
         let listener = TcpListener::bind(addr).await.expect("bind the test server");
         let addr = listener.local_addr().unwrap();
         let answer = Arc::new(AtomicU16::new(answer));
@@ -73,9 +82,16 @@ impl TestServer {
                     }
                 });
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let io = TokioIo::new(stream);
+                    let _ = if h2_only {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await
+                    } else {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await
+                    };
                 });
             }
         });
@@ -200,6 +216,7 @@ async fn a_failing_target_turns_unhealthy_after_the_threshold_and_recovers() {
         vec![server.target("/base")],
         spec,
         Arc::downgrade(&state),
+        ProbeTransport::default(),
     );
 
     eventually("the first probe arrives", || server.requests() > 0).await;
@@ -247,6 +264,7 @@ async fn closed_ports_and_silent_targets_turn_unhealthy_while_others_stay_health
         vec![up.target(""), closed_target, silent.target("")],
         fast_spec(2, 2),
         Arc::downgrade(&state),
+        ProbeTransport::default(),
     );
 
     let mut up_stayed_healthy = true;
@@ -278,9 +296,44 @@ async fn the_checker_ends_when_its_health_state_is_dropped_even_mid_probe() {
         vec![silent.target("")],
         fast_spec(1, 1),
         Arc::downgrade(&state),
+        ProbeTransport::default(),
     );
     eventually("a probe is in flight", || silent.requests() > 0).await;
     assert_task_ends(state, task).await;
+}
+
+#[tokio::test]
+async fn an_http2_service_is_probed_over_http2() {
+    let server = TestServer::start_h2_only(200).await;
+    let target = || vec![server.target("")];
+    // Over HTTP/2, as the Service's traffic goes, the target is healthy...
+    let h2 = HealthState::new(1);
+    let task = spawn_active_checks(
+        "grpc".into(),
+        target(),
+        fast_spec(1, 1),
+        Arc::downgrade(&h2),
+        ProbeTransport {
+            tls: None,
+            protocol: UpstreamProtocol::Http2,
+        },
+    );
+    // Three probes arrived, so at least two were answered and judged (one failure would do).
+    eventually("HTTP/2 probes answered", || server.requests() >= 3).await;
+    assert!(h2.is_healthy(0));
+    assert_task_ends(h2, task).await;
+    // ...while an HTTP/1.1 probe of the same target fails: it would have ejected a target
+    // that serves every real request.
+    let h1 = HealthState::new(1);
+    let task = spawn_active_checks(
+        "grpc".into(),
+        target(),
+        fast_spec(1, 1),
+        Arc::downgrade(&h1),
+        ProbeTransport::default(),
+    );
+    eventually("an HTTP/1.1 probe fails", || !h1.is_healthy(0)).await;
+    assert_task_ends(h1, task).await;
 }
 
 #[tokio::test]
@@ -294,6 +347,7 @@ async fn a_checker_whose_state_is_already_gone_ends_without_probing() {
         vec![server.target("")],
         fast_spec(1, 1),
         weak,
+        ProbeTransport::default(),
     );
     tokio::time::timeout(Duration::from_secs(2), task)
         .await
