@@ -28,9 +28,11 @@ use crate::raft::proposer::Proposer;
 use crate::raft::state::StateReader;
 use wal::{UsageWal, WalError, WalOptions};
 
-/// Most records in one `ShipUsage` entry, and about its largest size.
-const MAX_RECORDS_PER_ENTRY: usize = 5_000;
-const MAX_BYTES_PER_ENTRY: usize = 2 << 20;
+/// Most records in one `ShipUsage` entry, and about its largest size: small enough that an
+/// entry is sent to a follower and fsynced there well within the Raft RPC timeout (the
+/// heartbeat interval), large enough that the entry rate stays low at 50,000 records/s.
+const MAX_RECORDS_PER_ENTRY: usize = 2_000;
+const MAX_BYTES_PER_ENTRY: usize = 512 << 10;
 /// After the first new record, wait this long for more before shipping (many calls, one entry).
 const GATHER: Duration = Duration::from_millis(20);
 /// A shipment that takes longer counts as failed (no quorum): it is shipped again later.

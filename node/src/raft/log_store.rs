@@ -106,7 +106,50 @@ impl RaftLogReader<TypeConfig> for LogStore {
         })
         .await
     }
+
+    /// Entries from `start` for one AppendEntries RPC: at most [`MAX_APPEND_BYTES`] of them
+    /// (always at least one). openraft 0.9 gives each AppendEntries the heartbeat interval as
+    /// its timeout, and asks for up to `max_payload_entries` (300) at once; 300 large entries
+    /// (usage shipments are up to a MiB) could not be sent and fsynced in 100 ms, so a
+    /// follower behind by that much timed out on every retry and never caught up.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Read, move |store| {
+            let txn = store.read().map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            let mut from = start;
+            while from < end && (out.is_empty() || bytes < MAX_APPEND_BYTES) {
+                let rows = txn
+                    .range(LOG, &u64_key(from)[..]..&u64_key(end)[..], 16)
+                    .map_err(|e| e.to_string())?;
+                if rows.is_empty() {
+                    break;
+                }
+                for (_, v) in rows {
+                    if !out.is_empty() && bytes + v.len() > MAX_APPEND_BYTES {
+                        return Ok(out);
+                    }
+                    bytes += v.len();
+                    let e = pb::Entry::decode(v.as_slice()).map_err(|e| e.to_string())?;
+                    out.push(entry_from_pb(e).map_err(|e| e.to_string())?);
+                    from += 1;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
+
+/// Most bytes of log entries sent in one AppendEntries (more only for a single larger entry).
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
@@ -240,5 +283,58 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit().map_err(|e| e.to_string())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Log entries of about `size` bytes each at indexes 1..=n, written straight to the table.
+    fn store_with(n: u64, size: usize) -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogStore::open(&dir.path().join("log")).unwrap();
+        let mut txn = log.store.write().unwrap();
+        for i in 1..=n {
+            let entry = pb::Entry {
+                log_id: Some(pb::LogId {
+                    term: 1,
+                    leader_node_id: 1,
+                    index: i,
+                }),
+                payload: Some(pb::entry::Payload::Normal(pb::Command {
+                    actor: "x".repeat(size),
+                    ..Default::default()
+                })),
+            };
+            txn.put(LOG, &u64_key(i), &entry.encode_to_vec()).unwrap();
+        }
+        txn.commit().unwrap();
+        (dir, log)
+    }
+
+    #[tokio::test]
+    async fn one_append_entries_carries_at_most_a_mebibyte_but_always_one_entry() {
+        let (_d, mut log) = store_with(10, 300_000);
+        let sent = log.limited_get_log_entries(1, 11).await.unwrap();
+        assert_eq!(sent.len(), 3, "3 x 300 kB fit in 1 MiB, a 4th does not");
+        assert_eq!(sent[0].log_id.index, 1);
+        let next = log.limited_get_log_entries(4, 11).await.unwrap();
+        assert_eq!(next.first().map(|e| e.log_id.index), Some(4));
+
+        let (_d, mut log) = store_with(3, 3 << 20);
+        let sent = log.limited_get_log_entries(1, 4).await.unwrap();
+        assert_eq!(
+            sent.len(),
+            1,
+            "an entry larger than the cap still goes, alone"
+        );
+
+        let (_d, mut log) = store_with(100, 10);
+        assert_eq!(
+            log.limited_get_log_entries(1, 101).await.unwrap().len(),
+            100
+        );
+        assert_eq!(log.limited_get_log_entries(50, 60).await.unwrap().len(), 10);
     }
 }
