@@ -6,8 +6,9 @@
 //!   target choice and fallback, the provider requests.
 //! - `stream.rs`: streamed answers passed through event by event, with the usage captured.
 //! - `usage.rs`: the usage record of every call and its cost in integer micro-USD.
-//! - `anthropic.rs`, `gemini.rs`: pure translation between the OpenAI format and Anthropic's
-//!   and Gemini's (requests, answers, stream events, errors).
+//! - `anthropic.rs`, `gemini.rs`, `bedrock.rs`: pure translation between the OpenAI format and
+//!   Anthropic's, Gemini's and Bedrock's Converse API (requests, answers, stream events,
+//!   errors); `bedrock.rs` also signs requests (SigV4) and decodes AWS event-stream frames.
 //! - `catalogue.rs`: the built-in prices and context windows (data in `catalogue.json`).
 //! - `cache.rs`: the exact-match answer cache of Models with `cache`.
 //! - `latency.rs`: recent time to first byte per target, for `least_latency` routing.
@@ -17,6 +18,7 @@
 //! the caller's credential is never forwarded.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod cache;
 pub mod catalogue;
 pub mod error;
