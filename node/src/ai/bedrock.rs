@@ -1082,14 +1082,12 @@ impl BedrockStreamToChat {
                 // reasoningContent (thinking) and citation deltas are dropped.
             }
             "contentBlockStop" => {}
-            "messageStop" => {
-                if !self.message_stopped {
-                    self.message_stopped = true;
-                    self.push_role_chunk(&mut chunks);
-                    let reason =
-                        stop_reason_to_finish(str_at(data, "stopReason"), self.tool_calls > 0);
-                    chunks.push(self.chunk(json!({}), Some(reason)));
-                }
+            // A repeated messageStop is ignored (the answer has its finish chunk).
+            "messageStop" if !self.message_stopped => {
+                self.message_stopped = true;
+                self.push_role_chunk(&mut chunks);
+                let reason = stop_reason_to_finish(str_at(data, "stopReason"), self.tool_calls > 0);
+                chunks.push(self.chunk(json!({}), Some(reason)));
             }
             "metadata" => {
                 self.tokens = Some(BedrockTokenCounts::from_usage(data.get("usage")));
