@@ -6,8 +6,9 @@
 //!   target choice and fallback, the provider requests.
 //! - `stream.rs`: streamed answers passed through event by event, with the usage captured.
 //! - `usage.rs`: the usage record of every call and its cost in integer micro-USD.
-//! - `anthropic.rs`, `gemini.rs`: pure translation between the OpenAI format and Anthropic's
-//!   and Gemini's (requests, answers, stream events, errors).
+//! - `anthropic.rs`, `gemini.rs`, `bedrock.rs`: pure translation between the OpenAI format and
+//!   Anthropic's, Gemini's and Bedrock's Converse API (requests, answers, stream events,
+//!   errors); `bedrock.rs` also signs requests (SigV4) and decodes AWS event-stream frames.
 //! - `catalogue.rs`: the built-in prices and context windows (data in `catalogue.json`).
 //! - `cache.rs`: the exact-match answer cache of Models with `cache`.
 //! - `latency.rs`: recent time to first byte per target, for `least_latency` routing.
@@ -17,6 +18,7 @@
 //! the caller's credential is never forwarded.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod cache;
 pub mod catalogue;
 pub mod error;
@@ -42,14 +44,16 @@ use crate::resources::budget::BudgetSpec;
 use crate::resources::model::ModelSpec;
 use crate::resources::model_price::ModelPriceSpec;
 use crate::resources::prompt_template::PromptTemplateSpec;
-use crate::resources::provider::ProviderSpec;
+use crate::resources::provider::{ProviderSpec, ProviderType};
 use crate::resources::token_limit::TokenLimitSpec;
 
-/// One Provider as calls use it: its spec and its key, resolved when the snapshot is built.
+/// One Provider as calls use it: its spec and its key (Bedrock: its AWS credentials),
+/// resolved when the snapshot is built.
 pub struct ProviderEntry {
     pub name: String,
     pub spec: ProviderSpec,
     pub api_key: Option<String>,
+    pub aws: Option<bedrock::AwsCredentials>,
 }
 
 /// One PromptTemplate with its variables' schema compiled.
@@ -99,12 +103,17 @@ impl AiConfig {
                     },
                     (None, None) => None,
                 };
+                let aws = match spec.kind {
+                    ProviderType::Bedrock => aws_credentials(name, spec),
+                    _ => None,
+                };
                 (
                     name.clone(),
                     Arc::new(ProviderEntry {
                         name: name.clone(),
                         spec: spec.clone(),
                         api_key,
+                        aws,
                     }),
                 )
             })
@@ -158,6 +167,58 @@ impl AiConfig {
         self.prices
             .lookup(provider_type, model)
             .or_else(|| catalogue::Catalogue::builtin().lookup(provider_type, model))
+    }
+}
+
+/// A Bedrock provider's credentials: each part from the spec (a secret field) or the variable
+/// it names; with none named, the node's standard `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`
+/// and `AWS_SESSION_TOKEN`. Missing or unusable ones are logged once here (without their
+/// values): the provider's calls then fail with a clear error.
+fn aws_credentials(name: &str, spec: &ProviderSpec) -> Option<bedrock::AwsCredentials> {
+    let standard = spec.aws_access_key_id.is_none()
+        && spec.aws_access_key_id_env.is_none()
+        && spec.aws_secret_access_key.is_none()
+        && spec.aws_secret_access_key_env.is_none();
+    let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+    let part = |value: Option<&String>, var: Option<&String>, standard_var: &str| match (value, var)
+    {
+        (Some(v), _) => Some(v.clone()),
+        (None, Some(var)) => env(var),
+        (None, None) if standard => env(standard_var),
+        (None, None) => None,
+    };
+    let key_id = part(
+        spec.aws_access_key_id.as_ref(),
+        spec.aws_access_key_id_env.as_ref(),
+        "AWS_ACCESS_KEY_ID",
+    );
+    let secret = part(
+        spec.aws_secret_access_key.as_ref().map(|s| &s.secret),
+        spec.aws_secret_access_key_env.as_ref(),
+        "AWS_SECRET_ACCESS_KEY",
+    );
+    let token = part(
+        spec.aws_session_token.as_ref().map(|s| &s.secret),
+        spec.aws_session_token_env.as_ref(),
+        "AWS_SESSION_TOKEN",
+    );
+    let named_token_missing = token.is_none() && spec.aws_session_token_env.is_some();
+    match (key_id, secret) {
+        (Some(key_id), Some(secret)) if !named_token_missing => {
+            match bedrock::AwsCredentials::new(key_id, secret, token) {
+                Ok(credentials) => Some(credentials),
+                Err(problem) => {
+                    tracing::warn!(provider = %name, "{problem}: the provider's calls will fail");
+                    None
+                }
+            }
+        }
+        _ => {
+            tracing::warn!(provider = %name,
+                "the provider's AWS credentials are not all set on this node (its aws_*_env \
+                 variables, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): its calls will fail");
+            None
+        }
     }
 }
 

@@ -1,17 +1,17 @@
 //! End to end: the AI gateway in front of mock providers (an in-process server speaking the
-//! OpenAI and Anthropic wire formats), driven through a real konnect node with a consumer's
-//! API key, with the usage records read from the node's usage log.
+//! OpenAI, Anthropic, Gemini and Bedrock wire formats), driven through a real konnect node with
+//! a consumer's API key, with the usage records read from the node's usage log.
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::llm::MockLlm;
+use support::llm::{MockLlm, BEDROCK_KEY_ID, BEDROCK_REGION, BEDROCK_SECRET};
 use support::*;
 
-/// A node with providers `openai` (OpenAI type) and `anthropic` pointing at `mock`, the
-/// given models, an AI route at `/v1` with key auth, and consumer alice (team research) with
+/// A node with providers `openai` (OpenAI type), `anthropic`, `google` (Gemini) and `aws`
+/// (Bedrock, signing with the mock's AWS credentials) pointing at `mock`, the given models, an AI route at `/v1` with key auth, and consumer alice (team research) with
 /// a key. Returns the cluster, the proxy address and alice's key.
 async fn gateway(mock: &MockLlm, models: Vec<(&str, Value)>) -> (Cluster, String, String) {
     let cluster = Cluster::start_initialised(1, &[]).await;
@@ -37,6 +37,13 @@ async fn gateway(mock: &MockLlm, models: Vec<(&str, Value)>) -> (Cluster, String
             "google",
             json!({"type": "gemini", "base_url": format!("{}/v1beta", mock.url()),
                    "api_key": {"secret": "gm-provider-secret"}}),
+        ),
+        resource(
+            "Provider",
+            "aws",
+            json!({"type": "bedrock", "region": BEDROCK_REGION, "base_url": mock.url(),
+                   "aws_access_key_id": BEDROCK_KEY_ID,
+                   "aws_secret_access_key": {"secret": BEDROCK_SECRET}}),
         ),
         resource(
             "Route",
@@ -910,4 +917,451 @@ async fn openai_format_calls_reach_gemini_models_translated_streaming_tools_and_
     )
     .await;
     assert!(r.json()["data"][0]["embedding"].is_string(), "{:?}", r.body);
+}
+
+/// The text of the content deltas of OpenAI chunks.
+fn streamed_text(data: &[String]) -> String {
+    data.iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_and_anthropic_calls_reach_bedrock_models_signed_and_translated_both_ways() {
+    let mock = MockLlm::start().await;
+    const HAIKU: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![
+            ("haiku", one_target("aws", HAIKU)),
+            ("titan", one_target("aws", "amazon.titan-embed-text-v2:0")),
+            ("picky", one_target("aws", "bad-400")),
+            ("broken", one_target("aws", "corrupt-model")),
+        ],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    let mut answers = Vec::new();
+
+    // Not streamed: the system prompt moves, the catalogue's output cap is sent, the model id
+    // is percent-encoded in the path and the request is SigV4-signed (the mock checks it).
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        r#"{"model": "haiku", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let answer = r.json();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        format!("Hello from {HAIKU}")
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    assert_eq!(answer["usage"]["prompt_tokens"], 19);
+    assert_eq!(answer["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(
+        sent.path,
+        "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse"
+    );
+    assert_eq!(sent.body["system"], json!([{"text": "Be brief."}]));
+    assert_eq!(sent.body["inferenceConfig"]["maxTokens"], 8192);
+    let authorization = sent.headers["authorization"].to_str().unwrap();
+    assert!(
+        authorization.starts_with(&format!("AWS4-HMAC-SHA256 Credential={BEDROCK_KEY_ID}/"))
+            && authorization.contains(&format!(
+                "/{BEDROCK_REGION}/bedrock/aws4_request, SignedHeaders="
+            )),
+        "{authorization}"
+    );
+    assert!(!format!("{:?}", sent.headers).contains(&key));
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(rec["provider"], "aws");
+    assert_eq!(rec["provider_model"], HAIKU);
+    assert_eq!(
+        (
+            rec["input_tokens"].as_u64(),
+            rec["cached_tokens"].as_u64(),
+            rec["output_tokens"].as_u64()
+        ),
+        (Some(19), Some(4), Some(8))
+    );
+    // The catalogue's Bedrock Haiku 3.5: $0.80 input, $0.08 cached, $4 output per million:
+    // 15 x 0.8 + 4 x 0.08 + 8 x 4 = 44.32 micro-USD, rounded up.
+    assert_eq!(rec["cost_micros"], 45);
+    assert_eq!(rec["tokens_from"], "provider");
+    assert!(rec["ttft_ms"].is_u64());
+    answers.push(r);
+
+    // Streamed: event-stream frames become OpenAI chunks, closed with [DONE].
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "haiku", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    let data = sse_data(&r.body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    assert_eq!(streamed_text(&data), format!("Hello from {HAIKU}"));
+    assert!(data
+        .iter()
+        .any(|d| d.contains("\"finish_reason\":\"stop\"")));
+    assert!(data.iter().all(|d| !d.contains("\"usage\"")), "{data:?}");
+    assert_eq!(
+        mock.seen().pop().unwrap().path,
+        "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream"
+    );
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (
+            rec["input_tokens"].as_u64(),
+            rec["output_tokens"].as_u64(),
+            rec["cost_micros"].as_u64()
+        ),
+        (Some(19), Some(8), Some(45))
+    );
+    assert_eq!(
+        (rec["outcome"].as_str(), rec["stream"].as_bool()),
+        (Some("ok"), Some(true))
+    );
+    assert!(rec["ttft_ms"].is_u64());
+
+    // Asking for usage: the chunk is there.
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        r#"{"model": "haiku", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi"}]}"#).await;
+    let usage = sse_data(&r.body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|c| c["usage"].is_object())
+        .expect("a usage chunk");
+    assert_eq!(usage["usage"]["prompt_tokens"], 19);
+    assert_eq!(usage["usage"]["completion_tokens"], 8);
+
+    // A tool call, not streamed and streamed.
+    let tools = r#""tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]"#;
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        &format!(r#"{{"model": "haiku", "messages": [{{"role": "user", "content": "Weather?"}}], {tools}}}"#)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let choice = &r.json()["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(
+        (call["id"].as_str(), call["function"]["name"].as_str()),
+        (Some("tooluse_mock1"), Some("get_weather"))
+    );
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(
+        sent.body["toolConfig"]["tools"][0]["toolSpec"]["name"],
+        "get_weather"
+    );
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        &format!(r#"{{"model": "haiku", "stream": true, "messages": [{{"role": "user", "content": "Weather?"}}], {tools}}}"#)).await;
+    let chunks: Vec<Value> = sse_data(&r.body)
+        .iter()
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let arguments: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Paris"})
+    );
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+
+    // Anthropic format, through the OpenAI translation both ways.
+    let r = http("POST", &proxy, "/v1/messages", &auth,
+        r#"{"model": "haiku", "max_tokens": 100, "system": "Be brief.", "messages": [{"role": "user", "content": "Hi"}]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let answer = r.json();
+    assert_eq!(answer["type"], "message");
+    assert_eq!(answer["content"][0]["text"], format!("Hello from {HAIKU}"));
+    assert_eq!(answer["stop_reason"], "end_turn");
+    assert_eq!(
+        (
+            answer["usage"]["input_tokens"].as_u64(),
+            answer["usage"]["cache_read_input_tokens"].as_u64()
+        ),
+        (Some(15), Some(4))
+    );
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(sent.body["inferenceConfig"]["maxTokens"], 100);
+    assert_eq!(sent.body["system"], json!([{"text": "Be brief."}]));
+    let r = http("POST", &proxy, "/v1/messages", &auth,
+        r#"{"model": "haiku", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#).await;
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert!(body.starts_with("event: message_start"), "{body}");
+    assert!(body.contains("event: message_stop"), "{body}");
+    assert!(body.contains(&format!(" from {HAIKU}")), "{body}");
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (
+            rec["input_tokens"].as_u64(),
+            rec["output_tokens"].as_u64(),
+            rec["outcome"].as_str()
+        ),
+        (Some(19), Some(8), Some("ok"))
+    );
+
+    // Bedrock's refusal comes back in the caller's format, with its message.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "picky", "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(
+        r.json()["error"],
+        json!({"message": "Input is too long for requested model.", "type": "invalid_request_error", "param": null, "code": null})
+    );
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["outcome"].as_str(), rec["status"].as_u64()),
+        (Some("error"), Some(400))
+    );
+    answers.push(r);
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/messages",
+        &auth,
+        r#"{"model": "picky", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["type"], "error");
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "Input is too long for requested model."
+    );
+    answers.push(r);
+    // What cannot be translated is refused up front, naming the field.
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        r#"{"model": "haiku", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}"#).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"]["param"],
+        "messages[0].content[0].image_url.url"
+    );
+
+    // A stream whose frame fails its CRC is cut: counted from what arrived, about 4 characters
+    // a token ("Tell me a story": 15 characters; "Hello": 5), no [DONE].
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        r#"{"model": "broken", "stream": true, "messages": [{"role": "user", "content": "Tell me a story"}]}"#).await;
+    assert_eq!(r.status, 200);
+    let data = sse_data(&r.body);
+    assert_eq!(streamed_text(&data), "Hello");
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["outcome"].as_str(), rec["tokens_from"].as_str()),
+        (Some("cut"), Some("estimated"))
+    );
+    assert_eq!(
+        (rec["input_tokens"].as_u64(), rec["output_tokens"].as_u64()),
+        (Some(4), Some(2))
+    );
+
+    // Embeddings through Titan's invoke, as floats or base64.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/embeddings",
+        &auth,
+        r#"{"model": "titan", "input": "hello"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["data"][0]["embedding"], json!([0.25, -0.5]));
+    assert_eq!(r.json()["usage"]["prompt_tokens"], 3);
+    let sent = mock.seen().pop().unwrap();
+    assert_eq!(sent.path, "/model/amazon.titan-embed-text-v2%3A0/invoke");
+    assert_eq!(sent.body, json!({"inputText": "hello"}));
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/embeddings",
+        &auth,
+        r#"{"model": "titan", "input": "hello", "encoding_format": "base64"}"#,
+    )
+    .await;
+    assert!(r.json()["data"][0]["embedding"].is_string(), "{:?}", r.body);
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/embeddings",
+        &auth,
+        r#"{"model": "titan", "input": ["a", "b"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].as_str()),
+        (400, Some("input"))
+    );
+
+    // The secret key is nowhere: not in answers, errors, the usage log or the admin API.
+    for r in &answers {
+        assert!(!String::from_utf8_lossy(&r.body).contains(BEDROCK_SECRET));
+    }
+    let log = std::fs::read_to_string(cluster.nodes[0].data_dir.join("ai-usage.jsonl")).unwrap();
+    assert!(log.contains("\"provider\":\"aws\"") && !log.contains(BEDROCK_SECRET));
+    assert!(mock
+        .seen()
+        .iter()
+        .all(|s| !format!("{:?}", s.headers).contains(BEDROCK_SECRET)));
+    let p = cluster
+        .client_of(1)
+        .get("Provider", "aws", false)
+        .await
+        .unwrap();
+    let shown = format!("{p:?}");
+    assert!(
+        !shown.contains(BEDROCK_SECRET) && shown.contains(BEDROCK_KEY_ID),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_bedrock_target_falls_back_and_missing_credentials_are_a_502() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![
+            (
+                "resilient",
+                json!({"targets": [
+                {"provider": "aws", "model": "fail-throttle"},
+                {"provider": "aws", "model": "fail-quota"},
+                {"provider": "openai", "model": "gpt-4o-mini"}]}),
+            ),
+            ("throttled", one_target("aws", "fail-throttle")),
+        ],
+    )
+    .await;
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource(
+                    "Provider",
+                    "aws-nokeys",
+                    json!({"type": "bedrock", "region": "us-east-1", "base_url": mock.url(),
+                           "aws_access_key_id_env": "KONNECT_TEST_UNSET_AWS_KEY_ID",
+                           "aws_secret_access_key_env": "KONNECT_TEST_UNSET_AWS_SECRET"}),
+                ),
+                resource(
+                    "Model",
+                    "nokeys",
+                    one_target("aws-nokeys", "amazon.nova-lite-v1:0"),
+                ),
+                resource(
+                    "Provider",
+                    "aws-wrongkey",
+                    json!({"type": "bedrock", "region": BEDROCK_REGION, "base_url": mock.url(),
+                           "aws_access_key_id": BEDROCK_KEY_ID,
+                           "aws_secret_access_key": {"secret": "not-the-mocks-secret-key"}}),
+                ),
+                resource(
+                    "Model",
+                    "wrongkey",
+                    one_target("aws-wrongkey", "amazon.nova-lite-v1:0"),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    // A 429 ThrottlingException, then a 400 ServiceQuotaExceededException (a quota error
+    // whatever its status): both move on, before anything reached the caller.
+    let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+        r#"{"model": "resilient", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(streamed_text(&sse_data(&r.body)), "Hello from gpt-4o-mini");
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["provider"].as_str(), rec["attempts"].as_u64()),
+        (Some("openai"), Some(3))
+    );
+    let paths: Vec<String> = mock.seen().iter().map(|s| s.path.clone()).collect();
+    assert!(
+        paths.contains(&"/model/fail-throttle/converse-stream".to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/model/fail-quota/converse-stream".to_string()),
+        "{paths:?}"
+    );
+
+    // Every target throttled: 429 rate_limit_exceeded, in each caller's format.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "throttled", "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    let r = http("POST", &proxy, "/v1/messages", &auth,
+        r#"{"model": "throttled", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}"#).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["type"].as_str()),
+        (429, Some("rate_limit_error"))
+    );
+
+    // Credentials named but not set on the node: the provider cannot be used.
+    let r = wait_for("the nokeys provider", Duration::from_secs(10), || async {
+        let r = http(
+            "POST",
+            &proxy,
+            "/v1/chat/completions",
+            &auth,
+            r#"{"model": "nokeys", "messages": [{"role": "user", "content": "Hi"}]}"#,
+        )
+        .await;
+        (r.status != 404).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(r.json()["error"]["code"], "provider_unavailable");
+
+    // Signed with the wrong secret: the mock's check refuses it as AWS would, and the caller
+    // sees the provider's refusal (a 403, not retried), without any secret in it.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "wrongkey", "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    let error = &r.json()["error"];
+    assert_eq!(error["type"], "authentication_error");
+    assert!(
+        error["message"].as_str().unwrap().contains("signature"),
+        "{error}"
+    );
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(!body.contains("not-the-mocks-secret-key") && !body.contains(BEDROCK_SECRET));
 }

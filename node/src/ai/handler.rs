@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::anthropic;
+use super::bedrock;
 use super::cache::AnswerCache;
 use super::error::{AiError, ApiFormat};
 use super::gemini;
@@ -233,7 +234,7 @@ fn request_text(body: &Value) -> String {
 fn tokenizer(provider: &ProviderEntry) -> Tokenizer {
     match provider.spec.kind.api() {
         ProviderApi::OpenAi => Tokenizer::O200k,
-        ProviderApi::Anthropic | ProviderApi::Gemini => Tokenizer::CharsPer4,
+        ProviderApi::Anthropic | ProviderApi::Gemini | ProviderApi::Bedrock => Tokenizer::CharsPer4,
     }
 }
 
@@ -378,6 +379,29 @@ fn provider_body(
                 target.model
             )))
         }
+        (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::Bedrock) => {
+            // The model is in the URL (`provider_request`); the output cap is sent so the
+            // quota reservation's worst case holds.
+            return bedrock::chat_request_to_converse(
+                body,
+                output_cap(config, model, provider, target),
+            )
+            .map_err(untranslatable);
+        }
+        (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Bedrock) => {
+            // Through the OpenAI format: Anthropic -> OpenAI -> Converse (and back the same way).
+            let chat =
+                anthropic::messages_request_to_chat(body, &target.model).map_err(untranslatable)?;
+            return bedrock::chat_request_to_converse(
+                &chat,
+                output_cap(config, model, provider, target),
+            )
+            .map_err(untranslatable);
+        }
+        (Endpoint::Embeddings, ProviderApi::Bedrock) => {
+            return bedrock::embeddings_request_to_titan(body, &target.model)
+                .map_err(untranslatable)
+        }
         (Endpoint::Embeddings, ProviderApi::OpenAi) => {}
         (Endpoint::Embeddings, ProviderApi::Gemini) => {
             return gemini::embeddings_request_to_gemini(body, &target.model)
@@ -459,11 +483,19 @@ fn provider_request(
             "{base}/{}",
             gemini::embed_path(provider_model).map_err(|e| e.to_string())?
         ),
+        (ProviderType::Bedrock, Endpoint::Chat(_)) => format!(
+            "{base}/{}",
+            bedrock::converse_path(provider_model, stream).map_err(|e| e.to_string())?
+        ),
+        (ProviderType::Bedrock, Endpoint::Embeddings) => format!(
+            "{base}/{}",
+            bedrock::invoke_path(provider_model).map_err(|e| e.to_string())?
+        ),
         (_, Endpoint::Embeddings) => format!("{base}/embeddings"),
         (_, Endpoint::Chat(_)) => format!("{base}/chat/completions"),
     };
     let mut req = Request::post(&url)
-        .body(Full::new(body))
+        .body(Full::new(body.clone()))
         .map_err(|e| format!("bad provider URL {url:?}: {e}"))?;
     let headers = req.headers_mut();
     headers.insert(
@@ -500,6 +532,21 @@ fn provider_request(
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
     }
+    if kind == ProviderType::Bedrock {
+        // Signed last, over every header above and the exact body bytes, at this attempt's time.
+        let credentials = provider
+            .aws
+            .as_ref()
+            .ok_or("the provider has no AWS credentials on this node")?;
+        let region = provider.spec.region.as_deref().unwrap_or_default();
+        bedrock::sign_request(
+            &mut req,
+            &body,
+            credentials,
+            region,
+            std::time::SystemTime::now(),
+        )?;
+    }
     Ok(req)
 }
 
@@ -507,8 +554,8 @@ fn provider_request(
 fn answer_usage(api: ProviderApi, answer: &Value) -> Option<(u64, u64, u64)> {
     let u = answer.get("usage")?;
     match api {
-        // (Gemini answers are always translated, with their usage.)
-        ProviderApi::OpenAi | ProviderApi::Gemini => {
+        // (Gemini and Bedrock answers are always translated, with their usage.)
+        ProviderApi::OpenAi | ProviderApi::Gemini | ProviderApi::Bedrock => {
             let input = u["prompt_tokens"].as_u64()?;
             let output = u["completion_tokens"].as_u64().unwrap_or(0);
             let cached = u["prompt_tokens_details"]["cached_tokens"]
@@ -546,6 +593,28 @@ async fn provider_refusal(status: StatusCode, body: hyper::body::Incoming) -> Ai
         status,
         message,
         kind,
+    }
+}
+
+/// A Bedrock refusal, for the caller and the fallback: the status its error type means
+/// (`x-amzn-ErrorType`: a throttling 400 is a 429) and its message.
+async fn bedrock_refusal(status: StatusCode, answer: Response<hyper::body::Incoming>) -> AiError {
+    let error_type = answer
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = Limited::new(answer.into_body(), 1024 * 1024)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let refusal = bedrock::bedrock_error(status.as_u16(), error_type.as_deref(), &body);
+    AiError::Provider {
+        status: StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        message: refusal.message,
+        kind: refusal.openai_type.to_string(),
     }
 }
 
@@ -729,14 +798,15 @@ async fn call(
         };
         record.provider = Some(provider.name.clone());
         record.provider_model = Some(target.model.clone());
-        let needs_key = !matches!(
-            provider.spec.kind,
-            ProviderType::Ollama | ProviderType::OpenaiCompatible
-        );
-        if needs_key && provider.api_key.is_none() {
+        let missing_key = match provider.spec.kind {
+            ProviderType::Ollama | ProviderType::OpenaiCompatible => None,
+            ProviderType::Bedrock => provider.aws.is_none().then_some("AWS credentials"),
+            _ => provider.api_key.is_none().then_some("API key"),
+        };
+        if let Some(missing) = missing_key {
             failure = Some((
                 StatusCode::BAD_GATEWAY,
-                format!("provider {:?} has no API key on this node", provider.name),
+                format!("provider {:?} has no {missing} on this node", provider.name),
             ));
             continue;
         }
@@ -774,7 +844,18 @@ async fn call(
                 }
                 Ok(Ok(answer)) => answer,
             };
-            let status = answer.status();
+            // Bedrock says what went wrong in a header, and its throttling is not always a 429:
+            // its refusal is read here so the fallback decides on what it means.
+            let answer =
+                if provider.spec.kind == ProviderType::Bedrock && !answer.status().is_success() {
+                    Err(bedrock_refusal(answer.status(), answer).await)
+                } else {
+                    Ok(answer)
+                };
+            let status = match &answer {
+                Ok(answer) => answer.status(),
+                Err(refusal) => refusal.status(),
+            };
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 penalty();
                 let caller_status = if status == StatusCode::TOO_MANY_REQUESTS {
@@ -788,15 +869,21 @@ async fn call(
                 ));
                 continue;
             }
-            if !status.is_success() {
-                let err = provider_refusal(status, answer.into_body()).await;
-                record.status = status.as_u16();
-                record.outcome = "error";
-                record.latency_ms = started.elapsed().as_millis() as u64;
-                let _ = ctx.usage.record(record).await;
-                reservation.settle(Spent::default());
-                return Err(err);
-            }
+            let answer = match answer {
+                Ok(answer) if status.is_success() => answer,
+                refused => {
+                    let err = match refused {
+                        Err(err) => err,
+                        Ok(answer) => provider_refusal(status, answer.into_body()).await,
+                    };
+                    record.status = status.as_u16();
+                    record.outcome = "error";
+                    record.latency_ms = started.elapsed().as_millis() as u64;
+                    let _ = ctx.usage.record(record).await;
+                    reservation.settle(Spent::default());
+                    return Err(err);
+                }
+            };
             if !stream {
                 // A stream's first byte is its first event: `stream.rs` observes that.
                 ctx.latencies
@@ -812,11 +899,29 @@ async fn call(
                     (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Anthropic) => {
                         StreamKind::Anthropic
                     }
+                    (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Bedrock) => {
+                        // Bedrock's events -> OpenAI chunks (usage always, for message_delta)
+                        // -> Anthropic events.
+                        StreamKind::AnthropicFromBedrock(Box::new((
+                            bedrock::BedrockStreamToChat::new(
+                                model_name, &answer_id, created, true,
+                            ),
+                            anthropic::ChatStreamToMessages::new(model_name, &answer_id),
+                        )))
+                    }
                     (Endpoint::Chat(ApiFormat::Anthropic), _) => StreamKind::AnthropicFromOpenAi(
                         Box::new(anthropic::ChatStreamToMessages::new(model_name, &answer_id)),
                     ),
                     (_, ProviderApi::Gemini) => {
                         StreamKind::OpenAiFromGemini(Box::new(gemini::GeminiStreamToChat::new(
+                            model_name,
+                            &answer_id,
+                            created,
+                            caller_wants_usage,
+                        )))
+                    }
+                    (_, ProviderApi::Bedrock) => {
+                        StreamKind::OpenAiFromBedrock(Box::new(bedrock::BedrockStreamToChat::new(
                             model_name,
                             &answer_id,
                             created,
@@ -869,6 +974,24 @@ async fn call(
                 (Endpoint::Chat(_), ProviderApi::Gemini) => Some(gemini::gemini_response_to_chat(
                     &parsed, model_name, &answer_id, created,
                 )),
+                (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::Bedrock) => Some(
+                    bedrock::converse_response_to_chat(&parsed, model_name, &answer_id, created),
+                ),
+                (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Bedrock) => Some(
+                    bedrock::converse_response_to_chat(&parsed, model_name, &answer_id, created)
+                        .and_then(|(chat, usage)| {
+                            anthropic::chat_response_to_messages(&chat, model_name)
+                                .map(|(messages, _)| (messages, usage))
+                        }),
+                ),
+                (Endpoint::Embeddings, ProviderApi::Bedrock) => Some(
+                    bedrock::titan_embeddings_to_openai(&parsed, model_name).map(|(mut v, u)| {
+                        if body["encoding_format"] == "base64" {
+                            gemini::openai_embeddings_to_base64(&mut v);
+                        }
+                        (v, u)
+                    }),
+                ),
                 (Endpoint::Embeddings, ProviderApi::Gemini) => Some(
                     gemini::gemini_embeddings_to_openai(
                         &parsed,

@@ -5,13 +5,16 @@
 //!
 //! OpenAI-type providers are always asked for usage (`stream_options.include_usage`); the
 //! usage chunk is removed again when the caller did not ask for it. When the caller's format
-//! is not the provider's, each event goes through the translators of `anthropic.rs`.
+//! is not the provider's, each event goes through the translators of `anthropic.rs`,
+//! `gemini.rs` or `bedrock.rs`. Bedrock streams are not server-sent events but AWS
+//! event-stream frames, decoded here as they arrive (`bedrock::EventStreamDecoder`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
+use eventsource_stream::{Event, Eventsource};
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -20,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::anthropic;
+use super::bedrock::{BedrockStreamToChat, EventStreamDecoder, StreamMessage};
 use super::gemini;
 use super::quota::{Reservation, Spent};
 use super::usage::{cost_micros, Tokenizer, UsageRecord};
@@ -43,6 +47,67 @@ pub enum StreamKind {
     /// A Gemini provider's events as OpenAI chunks (its stream has no end event: it is
     /// complete when it ends cleanly).
     OpenAiFromGemini(Box<gemini::GeminiStreamToChat>),
+    /// A Bedrock provider's event-stream messages as OpenAI chunks (complete when the body
+    /// ends cleanly after `messageStop`; `metadata`, with the usage, comes last).
+    OpenAiFromBedrock(Box<BedrockStreamToChat>),
+    /// A Bedrock provider's messages as Anthropic events: through OpenAI chunks (the first
+    /// translator always makes the usage chunk, which the second needs for `message_delta`).
+    AnthropicFromBedrock(Box<(BedrockStreamToChat, anthropic::ChatStreamToMessages)>),
+}
+
+impl StreamKind {
+    fn is_bedrock(&self) -> bool {
+        matches!(
+            self,
+            StreamKind::OpenAiFromBedrock(_) | StreamKind::AnthropicFromBedrock(_)
+        )
+    }
+}
+
+/// One event of a provider's stream: a server-sent event, or a Bedrock event-stream message.
+enum ProviderEvent {
+    Sse(Event),
+    Bedrock(StreamMessage),
+}
+
+/// The provider's events as they arrive: SSE, or (Bedrock) AWS event-stream frames. An error
+/// is a stream that broke (a transport error, a malformed event, a frame failing its CRC).
+fn provider_events(
+    body: Incoming,
+    bedrock: bool,
+) -> BoxStream<'static, Result<ProviderEvent, String>> {
+    if !bedrock {
+        return body
+            .into_data_stream()
+            .eventsource()
+            .map(|event| event.map(ProviderEvent::Sse).map_err(|e| e.to_string()))
+            .boxed();
+    }
+    let state = (body.into_data_stream(), EventStreamDecoder::new(), false);
+    futures::stream::unfold(state, |(mut data, mut decoder, failed)| async move {
+        if failed {
+            return None;
+        }
+        loop {
+            match decoder.next_message() {
+                Ok(Some(message)) => {
+                    return Some((Ok(ProviderEvent::Bedrock(message)), (data, decoder, false)))
+                }
+                Ok(None) => {}
+                Err(e) => return Some((Err(e), (data, decoder, true))),
+            }
+            match data.next().await {
+                Some(Ok(bytes)) => decoder.push(&bytes),
+                Some(Err(e)) => return Some((Err(e.to_string()), (data, decoder, true))),
+                None if decoder.has_partial_frame() => {
+                    let cut = "the stream ended inside an event-stream frame".to_string();
+                    return Some((Err(cut), (data, decoder, true)));
+                }
+                None => return None,
+            }
+        }
+    })
+    .boxed()
 }
 
 /// What the stream task needs to finish the call's record.
@@ -97,7 +162,7 @@ async fn pump(
     body: Incoming,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
 ) {
-    let mut events = body.into_data_stream().eventsource();
+    let mut events = provider_events(body, job.kind.is_bedrock());
     let mut seen = Seen::default();
     let mut done_marker = false;
     let mut complete = false;
@@ -109,11 +174,20 @@ async fn pump(
         let event = match next {
             Ok(Some(Ok(event))) => event,
             // The provider's stream ended: complete if it said so (OpenAI's [DONE],
-            // Anthropic's message_stop) or, for Gemini, which has no end event, by ending.
+            // Anthropic's message_stop) or, for Gemini, which has no end event, by ending;
+            // Bedrock's is complete when it ends after messageStop.
             Ok(None) => {
-                if matches!(job.kind, StreamKind::OpenAiFromGemini(_)) {
-                    complete = true;
-                    done_marker = true;
+                match &job.kind {
+                    StreamKind::OpenAiFromGemini(_) => {
+                        complete = true;
+                        done_marker = true;
+                    }
+                    StreamKind::OpenAiFromBedrock(t) => {
+                        complete = t.completed();
+                        done_marker = complete;
+                    }
+                    StreamKind::AnthropicFromBedrock(t) => complete = t.0.completed(),
+                    _ => {}
                 }
                 break;
             }
@@ -134,7 +208,27 @@ async fn pump(
                     .observe(p, m, job.attempt_started.elapsed());
             }
         }
+        let event = match (event, &mut job.kind) {
+            (ProviderEvent::Sse(event), _) => event,
+            (ProviderEvent::Bedrock(message), kind) => {
+                let out = match bedrock_message(kind, &message) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "provider stream message not translated");
+                        break;
+                    }
+                };
+                if !send_all(&tx, out).await {
+                    break; // the caller left
+                }
+                continue;
+            }
+        };
         let out: Vec<Bytes> = match &mut job.kind {
+            StreamKind::OpenAiFromBedrock(_) | StreamKind::AnthropicFromBedrock(_) => {
+                tracing::debug!("a server-sent event in a Bedrock stream");
+                break;
+            }
             StreamKind::OpenAi { strip_usage } => {
                 if event.data.trim() == "[DONE]" {
                     // Sent after the usage is recorded.
@@ -207,14 +301,7 @@ async fn pump(
                 }
             }
         };
-        let mut left = false;
-        for bytes in out {
-            if tx.send(Ok(Frame::data(bytes))).await.is_err() {
-                left = true; // the caller left
-                break;
-            }
-        }
-        if left || complete {
+        if !send_all(&tx, out).await || complete {
             break;
         }
     }
@@ -242,6 +329,30 @@ async fn pump(
             note_usage(&mut seen, t.usage(), t.output_text());
             if complete {
                 t.finish()
+                    .iter()
+                    .map(|(n, d)| sse_event(n, &d.to_string()))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        }
+        StreamKind::OpenAiFromBedrock(t) => {
+            note_usage(&mut seen, t.usage(), t.output_text());
+            t.finish()
+                .iter()
+                .map(|c| sse_data(&c.to_string()))
+                .collect()
+        }
+        StreamKind::AnthropicFromBedrock(t) => {
+            let (bedrock, messages) = &mut **t;
+            note_usage(&mut seen, bedrock.usage(), bedrock.output_text());
+            if complete {
+                let mut events = Vec::new();
+                for chunk in bedrock.finish() {
+                    events.extend(messages.chunk(&chunk).unwrap_or_default());
+                }
+                events.extend(messages.finish());
+                events
                     .iter()
                     .map(|(n, d)| sse_event(n, &d.to_string()))
                     .collect()
@@ -296,6 +407,46 @@ async fn pump(
         let _ = tx
             .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
             .await;
+    }
+}
+
+/// Sends frames to the caller; false when the caller left.
+async fn send_all(tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>, out: Vec<Bytes>) -> bool {
+    for bytes in out {
+        if tx.send(Ok(Frame::data(bytes))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// One Bedrock event-stream message, translated for the caller (OpenAI chunks, or Anthropic
+/// events through OpenAI chunks).
+fn bedrock_message(
+    kind: &mut StreamKind,
+    message: &StreamMessage,
+) -> Result<Vec<Bytes>, anthropic::TranslateError> {
+    match kind {
+        StreamKind::OpenAiFromBedrock(t) => Ok(t
+            .message(message)?
+            .iter()
+            .map(|c| sse_data(&c.to_string()))
+            .collect()),
+        StreamKind::AnthropicFromBedrock(t) => {
+            let (bedrock, messages) = &mut **t;
+            let mut events = Vec::new();
+            for chunk in bedrock.message(message)? {
+                events.extend(messages.chunk(&chunk)?);
+            }
+            Ok(events
+                .iter()
+                .map(|(n, d)| sse_event(n, &d.to_string()))
+                .collect())
+        }
+        _ => Err(anthropic::TranslateError::new(
+            "stream",
+            "an event-stream message in a server-sent event stream",
+        )),
     }
 }
 

@@ -1,15 +1,23 @@
 //! A mock LLM provider for AI gateway tests (providers are outside konnect): one in-process
-//! HTTP server that speaks OpenAI's chat completions and embeddings, Anthropic's messages API
-//! and Gemini's generateContent, streamGenerateContent and batchEmbedContents, streamed or not,
-//! and records every request it gets. The requested model scripts it:
-//! - `fail-429` / `fail-500`: answers that status (a provider error body);
+//! HTTP server that speaks OpenAI's chat completions and embeddings, Anthropic's messages API,
+//! Gemini's generateContent, streamGenerateContent and batchEmbedContents, and Bedrock's
+//! converse, converse-stream (AWS event-stream frames) and Titan invoke, streamed or not,
+//! and records every request it gets. Bedrock requests must carry a SigV4 signature by
+//! [`BEDROCK_KEY_ID`] for [`BEDROCK_REGION`]: the mock recomputes it with `aws-sigv4` over
+//! what it received (method, path, signed headers, body) and answers 403
+//! `InvalidSignatureException` when it differs. The requested model scripts it:
+//! - `fail-429` / `fail-500`: answers that status (a provider error body); Bedrock:
+//!   `fail-throttle` (429 `ThrottlingException`), `fail-quota` (400
+//!   `ServiceQuotaExceededException`);
 //! - `bad-400`: a 400 with the message "prompt is too long";
 //! - `hold-*` (streams): sends the first event, then waits until the test calls `release()`;
 //! - `slow-*`: waits a second before answering;
 //! - `flaky-N-*`: answers 503 to the first N requests for that model;
 //! - a request with `tools`: calls the first tool with `{"city": "Paris"}`;
+//! - `corrupt-*` (Bedrock streams): the second text frame fails its CRC;
 //! - anything else: answers "Hello from <model>" with fixed token counts
-//!   (OpenAI: 11 prompt, 7 completion; Anthropic: 13 input, 5 output; Gemini: 17 and 9).
+//!   (OpenAI: 11 prompt, 7 completion; Anthropic: 13 input, 5 output; Gemini: 17 and 9;
+//!   Bedrock: 15 input + 4 read from cache, 8 output).
 
 #![allow(dead_code)]
 
@@ -26,6 +34,11 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// The AWS credentials and region the mock's Bedrock checks signatures with.
+pub const BEDROCK_KEY_ID: &str = "AKIDMOCKBEDROCK01";
+pub const BEDROCK_SECRET: &str = "mockBedrockSecret/K7MDENG+bPxRfiCYzz0123";
+pub const BEDROCK_REGION: &str = "eu-west-3";
 
 /// One request the mock received.
 #[derive(Debug, Clone)]
@@ -103,6 +116,18 @@ fn json_response(status: u16, body: Value) -> Response<BoxBody> {
 }
 
 fn sse_response(events: Vec<String>, hold_after_first: Option<Arc<Notify>>) -> Response<BoxBody> {
+    streamed_response(
+        events.into_iter().map(Bytes::from).collect(),
+        "text/event-stream",
+        hold_after_first,
+    )
+}
+
+fn streamed_response(
+    events: Vec<Bytes>,
+    content_type: &'static str,
+    hold_after_first: Option<Arc<Notify>>,
+) -> Response<BoxBody> {
     let stream = futures::stream::unfold(
         (events.into_iter(), hold_after_first, true),
         |(mut it, hold, first)| async move {
@@ -115,14 +140,14 @@ fn sse_response(events: Vec<String>, hold_after_first: Option<Arc<Notify>>) -> R
             }
             let hold = if first { hold } else { None };
             Some((
-                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(next))),
+                Ok::<_, std::convert::Infallible>(Frame::data(next)),
                 (it, hold, false),
             ))
         },
     );
     Response::builder()
         .status(200)
-        .header("content-type", "text/event-stream")
+        .header("content-type", content_type)
         .body(StreamBody::new(stream).boxed())
         .unwrap()
 }
@@ -135,6 +160,15 @@ async fn serve(
     let path = req.uri().path().to_string();
     let headers = req.headers().clone();
     let bytes = req.into_body().collect().await.unwrap().to_bytes();
+    if let Some(rest) = path.strip_prefix("/model/") {
+        let answer = bedrock_answer(rest, &headers, &bytes, release);
+        seen.lock().unwrap().push(Seen {
+            path: path.clone(),
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        });
+        return answer;
+    }
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     seen.lock().unwrap().push(Seen {
         path: path.clone(),
@@ -408,4 +442,267 @@ fn gemini_answer(
         ],
         hold,
     )
+}
+
+// ------------------------------------------------------------------------------------------------
+// Bedrock
+// ------------------------------------------------------------------------------------------------
+
+fn bedrock_error(status: u16, error_type: &str, message: &str) -> Response<BoxBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header(
+            "x-amzn-errortype",
+            format!("{error_type}:http://internal.amazon.com/coral/com.amazon.bedrock/"),
+        )
+        .body(Full::new(Bytes::from(json!({"message": message}).to_string())).boxed())
+        .unwrap()
+}
+
+/// Unix seconds of an `x-amz-date` (`20261126T063800Z`).
+fn amz_date_seconds(date: &str) -> Option<u64> {
+    let digits = |range: std::ops::Range<usize>| date.get(range)?.parse::<i64>().ok();
+    if date.len() != 16 || &date[8..9] != "T" || !date.ends_with('Z') {
+        return None;
+    }
+    let (y, m, d) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
+    let (hh, mm, ss) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    u64::try_from(days * 86400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+/// Checks the request's SigV4 signature the way AWS does: the `Authorization` header's shape,
+/// then the signature recomputed over what arrived with the mock's copy of the secret.
+fn check_sigv4(path: &str, headers: &hyper::HeaderMap, body: &[u8]) -> Result<(), String> {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no Authorization header")?;
+    let rest = authorization
+        .strip_prefix("AWS4-HMAC-SHA256 Credential=")
+        .ok_or_else(|| format!("not a SigV4 Authorization header: {authorization}"))?;
+    let (credential, rest) = rest
+        .split_once(", SignedHeaders=")
+        .ok_or("no SignedHeaders")?;
+    let (signed_headers, signature) = rest.split_once(", Signature=").ok_or("no Signature")?;
+    let date = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no x-amz-date header")?;
+    let scope: Vec<&str> = credential.split('/').collect();
+    let expected_scope = [
+        BEDROCK_KEY_ID,
+        &date[..8],
+        BEDROCK_REGION,
+        "bedrock",
+        "aws4_request",
+    ];
+    if scope != expected_scope {
+        return Err(format!(
+            "credential scope {credential}, expected {}",
+            expected_scope.join("/")
+        ));
+    }
+    if signature.len() != 64 || !signature.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("signature {signature} is not 64 hex digits"));
+    }
+    let names: Vec<&str> = signed_headers.split(';').collect();
+    for required in ["host", "x-amz-date"] {
+        if !names.contains(&required) {
+            return Err(format!("{required} is not signed"));
+        }
+    }
+    let seconds = amz_date_seconds(date).ok_or("bad x-amz-date")?;
+    let time = std::time::UNIX_EPOCH + Duration::from_secs(seconds);
+    let mut signed = Vec::new();
+    for name in &names {
+        let value = headers
+            .get(*name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| format!("signed header {name} is missing"))?;
+        signed.push((*name, value));
+    }
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no host")?;
+    let identity = aws_credential_types::Credentials::new(
+        BEDROCK_KEY_ID,
+        BEDROCK_SECRET,
+        headers
+            .get("x-amz-security-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        None,
+        "mock",
+    )
+    .into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(BEDROCK_REGION)
+        .name("bedrock")
+        .time(time)
+        .settings(aws_sigv4::http_request::SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let uri = format!("http://{host}{path}");
+    let request = aws_sigv4::http_request::SignableRequest::new(
+        "POST",
+        uri.as_str(),
+        signed.into_iter(),
+        aws_sigv4::http_request::SignableBody::Bytes(body),
+    )
+    .map_err(|e| e.to_string())?;
+    let (_, expected) = aws_sigv4::http_request::sign(request, &params)
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    if expected != signature {
+        return Err(format!("signature {signature} does not match {expected}"));
+    }
+    Ok(())
+}
+
+/// One AWS event-stream frame: an event, or an exception.
+fn event_frame(event_type: &str, payload: Value) -> Bytes {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let message = Message::new(Bytes::from(payload.to_string()))
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("event".into()),
+        ))
+        .add_header(Header::new(
+            ":event-type",
+            HeaderValue::String(event_type.to_string().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut out = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&message, &mut out).unwrap();
+    Bytes::from(out)
+}
+
+/// `/model/<id>/converse`, `/converse-stream` or `/invoke`, after the signature check.
+fn bedrock_answer(
+    rest: &str,
+    headers: &hyper::HeaderMap,
+    bytes: &[u8],
+    release: Arc<Notify>,
+) -> Response<BoxBody> {
+    let path = format!("/model/{rest}");
+    if let Err(problem) = check_sigv4(&path, headers, bytes) {
+        return bedrock_error(
+            403,
+            "InvalidSignatureException",
+            &format!("The request signature we calculated does not match: {problem}"),
+        );
+    }
+    let Some((encoded, operation)) = rest.rsplit_once('/') else {
+        return bedrock_error(404, "UnknownOperationException", "no operation");
+    };
+    let model = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8_lossy()
+        .to_string();
+    let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    match model.as_str() {
+        "fail-throttle" => {
+            return bedrock_error(
+                429,
+                "ThrottlingException",
+                "Too many requests, please wait before trying again.",
+            )
+        }
+        "fail-quota" => {
+            return bedrock_error(
+                400,
+                "ServiceQuotaExceededException",
+                "Your request exceeds the service quota for your account.",
+            )
+        }
+        "bad-400" => {
+            return bedrock_error(
+                400,
+                "ValidationException",
+                "Input is too long for requested model.",
+            )
+        }
+        _ => {}
+    }
+    if operation == "invoke" {
+        return json_response(
+            200,
+            json!({"embedding": [0.25, -0.5], "inputTextTokenCount": 3}),
+        );
+    }
+    let usage = json!({"inputTokens": 15, "outputTokens": 8, "totalTokens": 27,
+                       "cacheReadInputTokens": 4});
+    let tool = body["toolConfig"]["tools"][0]["toolSpec"]["name"]
+        .as_str()
+        .map(str::to_string);
+    if operation == "converse" {
+        let (content, stop) = match &tool {
+            Some(t) => (
+                json!([{"toolUse": {"toolUseId": "tooluse_mock1", "name": t, "input": {"city": "Paris"}}}]),
+                "tool_use",
+            ),
+            None => (json!([{"text": format!("Hello from {model}")}]), "end_turn"),
+        };
+        return json_response(
+            200,
+            json!({"output": {"message": {"role": "assistant", "content": content}},
+                   "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 12}}),
+        );
+    }
+    if operation != "converse-stream" {
+        return bedrock_error(404, "UnknownOperationException", "unknown operation");
+    }
+    let delta = |d: Value| {
+        event_frame(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": d, "p": "abcd"}),
+        )
+    };
+    let mut frames = vec![event_frame("messageStart", json!({"role": "assistant"}))];
+    let stop = match &tool {
+        Some(t) => {
+            frames.push(event_frame(
+                "contentBlockStart",
+                json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_mock1", "name": t}}}),
+            ));
+            frames.push(delta(json!({"toolUse": {"input": "{\"city\": "}})));
+            frames.push(delta(json!({"toolUse": {"input": "\"Paris\"}"}})));
+            "tool_use"
+        }
+        None => {
+            frames.push(delta(json!({"text": "Hello"})));
+            let mut second = delta(json!({"text": format!(" from {model}")})).to_vec();
+            if model.starts_with("corrupt-") {
+                let at = second.len() - 6;
+                second[at] ^= 0x20; // the message CRC no longer matches
+            }
+            frames.push(Bytes::from(second));
+            "end_turn"
+        }
+    };
+    frames.push(event_frame(
+        "contentBlockStop",
+        json!({"contentBlockIndex": 0}),
+    ));
+    frames.push(event_frame("messageStop", json!({"stopReason": stop})));
+    frames.push(event_frame(
+        "metadata",
+        json!({"usage": usage, "metrics": {"latencyMs": 12}}),
+    ));
+    let hold = model.starts_with("hold-").then_some(release);
+    streamed_response(frames, "application/vnd.amazon.eventstream", hold)
 }
