@@ -56,7 +56,7 @@ pub struct Ledger {
     node_id: u64,
     incarnation: u64,
     /// Signalled after each durable append: the shipper wakes up.
-    appended: Notify,
+    appended: Arc<Notify>,
 }
 
 impl Ledger {
@@ -90,7 +90,7 @@ impl Ledger {
             wal,
             node_id,
             incarnation,
-            appended: Notify::new(),
+            appended: Arc::new(Notify::new()),
         })
     }
 
@@ -98,12 +98,44 @@ impl Ledger {
         self.incarnation
     }
 
-    /// Appends the call's record; returns once it is durable (group commit).
-    pub async fn append(&self, record: &UsageRecord) -> Result<(), LedgerError> {
-        self.wal.append(to_proto(record).encode_to_vec()).await?;
+    /// Queues the call's record for the WAL at once; the future resolves once it is durable
+    /// (group commit). Dropping the future (the caller left) does not take the record back.
+    pub fn append(
+        &self,
+        record: &UsageRecord,
+    ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send + 'static {
+        let durable = self.wal.append(to_proto(record).encode_to_vec());
         metrics::counter!("konnect_usage_wal_appends_total").increment(1);
-        self.appended.notify_one();
-        Ok(())
+        let appended = self.appended.clone();
+        async move {
+            durable.await?;
+            appended.notify_one();
+            Ok(())
+        }
+    }
+
+    /// Publishes the WAL's counters and what is still to ship, for `/metrics`.
+    fn publish_stats(&self, counted: (u64, u64)) {
+        let stats = self.wal.stats();
+        metrics::counter!("konnect_usage_wal_fsyncs_total").absolute(stats.fsyncs);
+        metrics::counter!("konnect_usage_wal_bytes_total").absolute(stats.bytes_written);
+        metrics::counter!("konnect_usage_wal_failed_batches_total").absolute(stats.failed_batches);
+        let segments = self.wal.segments();
+        let unshipped: u64 = segments
+            .iter()
+            .filter(|s| (s.incarnation, s.last_seq) > counted)
+            .map(|s| {
+                let from = if s.incarnation == counted.0 {
+                    counted.1 + 1
+                } else {
+                    s.first_seq
+                };
+                (s.last_seq + 1).saturating_sub(from.max(s.first_seq))
+            })
+            .sum();
+        metrics::gauge!("konnect_usage_unshipped_records").set(unshipped as f64);
+        metrics::gauge!("konnect_usage_wal_disk_bytes")
+            .set(segments.iter().map(|s| s.bytes).sum::<u64>() as f64);
     }
 }
 
@@ -215,6 +247,7 @@ pub async fn ship_usage(
                 Vec::new()
             }
         };
+        ledger.publish_stats(cursor);
         if batch.is_empty() {
             release(&ledger, cursor, retention);
             tokio::select! {

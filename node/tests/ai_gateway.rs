@@ -481,6 +481,40 @@ async fn each_format_reaches_the_other_providers_translated_both_ways_streaming_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_answer_is_a_502_and_still_leaves_a_record() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![("garbled", json!({"targets": [{"provider": "openai", "model": "garbled-200"}],
+                                "price": {"input_per_mtok_micros": 1000000, "output_per_mtok_micros": 2000000}}))],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &[(h, &v)],
+        r#"{"model": "garbled", "messages": [{"role": "user", "content": "Tell me a long story"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 502, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["code"], "provider_unavailable");
+    let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+    let rec = usage_record(&cluster, &id).await;
+    assert_eq!(
+        (rec["status"].as_u64(), rec["outcome"].as_str()),
+        (Some(502), Some("error"))
+    );
+    // The provider may bill the prompt: it is counted, estimated (5 tokens at $1 per million).
+    assert_eq!(
+        (rec["tokens_from"].as_str(), rec["input_tokens"].as_u64()),
+        (Some("estimated"), Some(5))
+    );
+    assert_eq!(rec["cost_micros"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_caller_abandons_is_recorded_as_cut_with_what_was_received() {
     let mock = MockLlm::start().await;
     let (cluster, proxy, key) = gateway(

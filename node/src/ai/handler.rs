@@ -955,63 +955,96 @@ async fn call(
                     answer,
                 ));
             }
-            let bytes = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| AiError::BadProviderAnswer(e.to_string()))?
-                .to_bytes();
-            record.ttft_ms = Some(started.elapsed().as_millis() as u64);
-            let parsed: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| AiError::BadProviderAnswer(format!("not JSON: {e}")))?;
-            // The caller's format: the answer as it came, or translated.
-            let translated = match (endpoint, api) {
-                (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::Anthropic) => Some(
-                    anthropic::messages_response_to_chat(&parsed, model_name, &answer_id, created),
-                ),
-                (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::OpenAi) => {
-                    Some(anthropic::chat_response_to_messages(&parsed, model_name))
-                }
-                (Endpoint::Chat(_), ProviderApi::Gemini) => Some(gemini::gemini_response_to_chat(
-                    &parsed, model_name, &answer_id, created,
-                )),
-                (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::Bedrock) => Some(
-                    bedrock::converse_response_to_chat(&parsed, model_name, &answer_id, created),
-                ),
-                (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Bedrock) => Some(
-                    bedrock::converse_response_to_chat(&parsed, model_name, &answer_id, created)
+            // A 200 whose body cannot be read or translated still ends in a record: the
+            // provider may bill for it, so its input is counted as estimated.
+            let mut ttft = None;
+            let read = async {
+                let bytes = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|e| AiError::BadProviderAnswer(e.to_string()))?
+                    .to_bytes();
+                ttft = Some(started.elapsed().as_millis() as u64);
+                let parsed: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| AiError::BadProviderAnswer(format!("not JSON: {e}")))?;
+                // The caller's format: the answer as it came, or translated.
+                let translated = match (endpoint, api) {
+                    (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::Anthropic) => {
+                        Some(anthropic::messages_response_to_chat(
+                            &parsed, model_name, &answer_id, created,
+                        ))
+                    }
+                    (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::OpenAi) => {
+                        Some(anthropic::chat_response_to_messages(&parsed, model_name))
+                    }
+                    (Endpoint::Chat(_), ProviderApi::Gemini) => Some(
+                        gemini::gemini_response_to_chat(&parsed, model_name, &answer_id, created),
+                    ),
+                    (Endpoint::Chat(ApiFormat::OpenAi), ProviderApi::Bedrock) => {
+                        Some(bedrock::converse_response_to_chat(
+                            &parsed, model_name, &answer_id, created,
+                        ))
+                    }
+                    (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Bedrock) => Some(
+                        bedrock::converse_response_to_chat(
+                            &parsed, model_name, &answer_id, created,
+                        )
                         .and_then(|(chat, usage)| {
                             anthropic::chat_response_to_messages(&chat, model_name)
                                 .map(|(messages, _)| (messages, usage))
                         }),
-                ),
-                (Endpoint::Embeddings, ProviderApi::Bedrock) => Some(
-                    bedrock::titan_embeddings_to_openai(&parsed, model_name).map(|(mut v, u)| {
-                        if body["encoding_format"] == "base64" {
-                            gemini::openai_embeddings_to_base64(&mut v);
-                        }
-                        (v, u)
-                    }),
-                ),
-                (Endpoint::Embeddings, ProviderApi::Gemini) => Some(
-                    gemini::gemini_embeddings_to_openai(
-                        &parsed,
-                        model_name,
-                        estimate_tokens(&request_text(&body)),
-                    )
-                    .map(|(mut v, u)| {
-                        // OpenAI's SDKs ask for base64 by default; Gemini answers floats.
-                        if body["encoding_format"] == "base64" {
-                            gemini::openai_embeddings_to_base64(&mut v);
-                        }
-                        (v, u)
-                    }),
-                ),
-                _ => None,
-            };
-            let (bytes, translated_usage) = match translated {
-                None => (bytes, None),
-                Some(Ok((v, u))) => (Bytes::from(v.to_string()), Some(u)),
-                Some(Err(e)) => return Err(AiError::BadProviderAnswer(e.to_string())),
+                    ),
+                    (Endpoint::Embeddings, ProviderApi::Bedrock) => Some(
+                        bedrock::titan_embeddings_to_openai(&parsed, model_name).map(
+                            |(mut v, u)| {
+                                if body["encoding_format"] == "base64" {
+                                    gemini::openai_embeddings_to_base64(&mut v);
+                                }
+                                (v, u)
+                            },
+                        ),
+                    ),
+                    (Endpoint::Embeddings, ProviderApi::Gemini) => Some(
+                        gemini::gemini_embeddings_to_openai(
+                            &parsed,
+                            model_name,
+                            estimate_tokens(&request_text(&body)),
+                        )
+                        .map(|(mut v, u)| {
+                            // OpenAI's SDKs ask for base64 by default; Gemini answers floats.
+                            if body["encoding_format"] == "base64" {
+                                gemini::openai_embeddings_to_base64(&mut v);
+                            }
+                            (v, u)
+                        }),
+                    ),
+                    _ => None,
+                };
+                match translated {
+                    None => Ok((bytes, None, parsed)),
+                    Some(Ok((v, u))) => Ok((Bytes::from(v.to_string()), Some(u), parsed)),
+                    Some(Err(e)) => Err(AiError::BadProviderAnswer(e.to_string())),
+                }
+            }
+            .await;
+            record.ttft_ms = ttft;
+            let (bytes, translated_usage, parsed) = match read {
+                Ok(answer) => answer,
+                Err(e) => {
+                    record.status = StatusCode::BAD_GATEWAY.as_u16();
+                    record.outcome = "error";
+                    record.tokens_from = "estimated";
+                    record.input_tokens = tokenizer(provider).count(&request_text(&body));
+                    record.cost_micros =
+                        price.map_or(0, |p| cost_micros(&p, record.input_tokens, 0, 0));
+                    record.latency_ms = started.elapsed().as_millis() as u64;
+                    reservation.settle(Spent {
+                        micros: record.cost_micros,
+                        tokens: record.input_tokens,
+                    });
+                    let _ = ctx.usage.record(record).await;
+                    return Err(e);
+                }
             };
             let counted = match translated_usage {
                 Some(u) => Some((u.input_tokens, u.cached_tokens, u.output_tokens)),

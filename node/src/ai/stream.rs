@@ -165,6 +165,8 @@ async fn pump(
     let mut events = provider_events(body, job.kind.is_bedrock());
     let mut seen = Seen::default();
     let mut done_marker = false;
+    // Anthropic's closing event, passed through from the provider after the record.
+    let mut held_stop: Vec<Bytes> = Vec::new();
     let mut complete = false;
     loop {
         let next = tokio::select! {
@@ -241,12 +243,14 @@ async fn pump(
                     .collect()
             }
             StreamKind::Anthropic => {
+                let out = anthropic_event(&event.event, &event.data, &mut seen);
                 if event.event == "message_stop" {
+                    // Held back like OpenAI's [DONE]: sent once the usage is recorded.
                     complete = true;
+                    held_stop.extend(out);
+                    break;
                 }
-                anthropic_event(&event.event, &event.data, &mut seen)
-                    .into_iter()
-                    .collect()
+                out.into_iter().collect()
             }
             StreamKind::OpenAiFromAnthropic(t) => {
                 let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
@@ -398,7 +402,7 @@ async fn pump(
             .await;
         return;
     }
-    for bytes in closing {
+    for bytes in closing.into_iter().chain(held_stop) {
         if tx.send(Ok(Frame::data(bytes))).await.is_err() {
             return;
         }

@@ -169,16 +169,20 @@ impl UsageLog {
     /// it is durable (an error: it is not, and the caller must not get the answer as if it
     /// were counted), and queues it for the JSON-lines log.
     pub async fn record(&self, r: UsageRecord) -> Result<(), LedgerError> {
-        let durable = match &self.ledger {
-            Some(ledger) => ledger.append(&r).await,
-            None => Ok(()),
-        };
-        if let Err(e) = &durable {
-            metrics::counter!("konnect_usage_wal_errors_total").increment(1);
-            tracing::error!(error = %e, request_id = %r.request_id, "usage record not durable");
-        }
+        // Queued for the WAL and counted before waiting: a caller that leaves during the
+        // fsync drops this future, and the call must still be counted everywhere.
+        let request_id = r.request_id.clone();
+        let durable = self.ledger.as_ref().map(|ledger| ledger.append(&r));
         self.count_and_log(r);
-        durable
+        let Some(durable) = durable else {
+            return Ok(());
+        };
+        let result = durable.await;
+        if let Err(e) = &result {
+            metrics::counter!("konnect_usage_wal_errors_total").increment(1);
+            tracing::error!(error = %e, request_id = %request_id, "usage record not durable");
+        }
+        result
     }
 
     fn count_and_log(&self, r: UsageRecord) {

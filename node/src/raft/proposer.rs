@@ -75,8 +75,10 @@ struct Pending {
 
 /// Most writes grouped into one log entry.
 const MAX_BATCH: usize = 256;
-/// Largest encoded size of one batch entry.
-const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Largest encoded size of one batch entry (about: the write that crosses it still joins).
+/// Kept to what one AppendEntries carries (`log_store::MAX_APPEND_BYTES`), so an entry reaches
+/// a follower and is fsynced there within the RPC timeout.
+const MAX_BATCH_BYTES: usize = super::log_store::MAX_APPEND_BYTES;
 /// Log entries proposed at once; beyond this, writes wait and are grouped.
 const MAX_IN_FLIGHT: usize = 4;
 

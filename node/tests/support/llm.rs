@@ -10,6 +10,7 @@
 //!   `fail-throttle` (429 `ThrottlingException`), `fail-quota` (400
 //!   `ServiceQuotaExceededException`);
 //! - `bad-400`: a 400 with the message "prompt is too long";
+//! - `garbled-200`: a 200 whose body is cut-off JSON;
 //! - `hold-*` (streams): sends the first event, then waits until the test calls `release()`;
 //! - `slow-*`: waits a second before answering;
 //! - `flaky-N-*`: answers 503 to the first N requests for that model;
@@ -192,6 +193,13 @@ async fn serve(
                 status,
                 json!({"error": {"message": "mock failure", "type": "server_error"}}),
             );
+        }
+        "garbled-200" => {
+            return Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(b"{\"choices\": [tru")).boxed())
+                .unwrap();
         }
         "bad-400" => {
             return if anthropic {
