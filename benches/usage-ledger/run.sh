@@ -17,8 +17,11 @@
 #            (nginx answering a fixed chat completion with a usage block), wrk on all three
 #            proxies for DURATION s: AI calls/s completed, records appended and shipped (node
 #            metrics), WAL fsyncs/s (fdatasync calls of the `usage-wal-writer` threads, counted
-#            with perf), the ship lag during the load and the drain after it, and the ledger's
-#            total checked to equal the records appended.
+#            with perf), the ship lag during the load and the drain after it. Checks: each
+#            round's calls counted are at least the calls wrk saw complete (and at most those
+#            plus the ones in flight at its stop), and at the end, with the nodes stopped, the
+#            ledger's total equals the records their WALs hold (read by the node's own recovery
+#            code).
 #
 # What it touches: builds `konnect`, `konnectctl`, `raft-writes` and `usage-ledger` (release,
 # with the `sqlite` feature) unless SKIP_BUILD=1; installs Debian's nginx and wrk with apt-get if
@@ -35,7 +38,8 @@
 #   SHIP_DURATION=10       seconds per ship measurement
 #   SHIPPERS="1 8"         concurrent shippers (fake nodes) in the ship stage
 #   BATCHES="1000 5000"    records per shipment (the node ships up to 5,000 per entry)
-#   SETTLE_WAIT=30         seconds each follower gets, after a ship run, to count what the leader counts
+#   SETTLE_WAIT=30         seconds each follower gets, after a ship run or an e2e round, to count
+#                          what the leader counts
 #   CONSUMERS=100          distinct consumers in the records (spend rows touched per shipment)
 #   DURATION=10            seconds of each end-to-end round (wrk -d)
 #   CONNECTIONS=64         wrk connections per node in the end-to-end stage (wrk -t1)
@@ -435,7 +439,7 @@ EOF
     wait_wrk3 warm
 
     local round tids perf_pid perf_out lag lag_max before_app before_ship before_n cpu0 cpu1 t_end \
-        after_app after_ship after_n ok_calls line spend settle wal_fsyncs all_fsyncs total0 total1 prev
+        after_app after_ship after_n ok_calls line spend settle wal_fsyncs all_fsyncs total0 total1 prev behind l
     for round in $(seq "$ROUNDS"); do
         # Quiet start: what the warm-up (or the last round) appended is shipped.
         wait_drained 30 || die "the nodes did not ship the records of the warm-up or the last round within 30 s"
@@ -479,10 +483,17 @@ EOF
             sleep 1.5
             total1=$(ledger_total)
         done
+        # Followers that do not get there within SETTLE_WAIT are reported, as in the ship stage.
         spend=$("$bin/usage-ledger" spend --endpoints "$c_endpoints" --consumer e2e --expect "$total1" \
-            --wait-secs 60 2>>"$work/logs/usage-ledger.log") ||
-            die "the three nodes do not count the same ($total1 on the leader): $spend"
-        settle=$(sed -n 's/.* waited_ms=\([0-9]*\).*/\1/p' <<<"$spend" | sort -n | tail -1)
+            --wait-secs "$SETTLE_WAIT" 2>>"$work/logs/usage-ledger.log" || true)
+        behind=$(grep -c ' exact=0' <<<"$spend" || true)
+        if [ "$behind" = 0 ]; then
+            settle=$(sed -n 's/.* waited_ms=\([0-9]*\).*/\1/p' <<<"$spend" | sort -n | tail -1)
+        else
+            settle=na
+            say "  WARNING: $behind node(s) did not count the leader's $total1 calls within $SETTLE_WAIT s:"
+            while IFS= read -r l; do say "    $l"; done <<<"$spend"
+        fi
         after_app=$(metric_sum konnect_usage_wal_appends_total)
         after_ship=$(metric_sum konnect_usage_shipped_records_total)
         after_n=$(metric_sum konnect_usage_shipments_total)
@@ -528,7 +539,7 @@ print(f"stage=e2e connections_per_node=$CONNECTIONS duration_s={d} calls_ok={ok}
       f"records_per_shipment={shipped / max(shipments, 1):.1f} "
       f"wal_fsyncs={wal} wal_fsyncs_per_sec={rate(wal)} records_per_wal_fsync={per(wal)} "
       f"all_fsyncs_per_sec={rate(allf)} ship_lag_max={$lag_max} drain_ms=$drain_ms "
-      f"ledger_total=$total1 same_on_3_nodes=1 settle_ms=$settle "
+      f"ledger_total=$total1 caught_up=$((3 - behind))/3 settle_ms=$settle "
       f"server_cpu_s={cpu:.2f} server_cpu_us_per_call={cpu * 1e6 / max(ok, 1):.1f} round=$round")
 EOF
 )
@@ -651,6 +662,7 @@ if e2e:
         ("server_cpu_us_per_call", "server CPU us per call", "{:,.0f}"),
     ):
         print(f"  {label:34} {cell(e2e, key, fmt)}")
+    print(f"  {'followers caught up, per round':34} {' '.join(r['caught_up'] for r in e2e)}")
     errs = sum(int(r["err_status"]) + int(r["err_io"]) for r in e2e)
     extra = ", ".join(r["counted_minus_ok"] for r in e2e)
     print(f"  non-200 answers and I/O errors: {errs}; calls counted minus calls wrk saw complete, per round: {extra} (calls cut by wrk's stop)")
