@@ -112,6 +112,10 @@ elif [ "$PERF" = 1 ]; then
 fi
 say "fsync counting with perf: $([ "$use_perf" = 1 ] && echo yes || echo no)"
 
+# The 1-minute load average: how busy the shared machine was before a measurement (everything on
+# it, this script's own processes included).
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
 # Sums the counts of a perf stat -x, output file (one event or all of them).
 perf_sum() { # file [event]
     awk -F, -v ev="${2:-}" '$1 ~ /^[0-9]+$/ && (ev == "" || index($3, ev)) { s += $1 } END { print s + 0 }' "$1"
@@ -121,11 +125,12 @@ perf_sum() { # file [event]
 
 stage_wal() {
     say "WAL stage: $ROUNDS rounds x appenders {$APPENDERS} x {$WAL_BACKENDS}, $WAL_DURATION s each, on $fs_type"
-    local round appenders backend line n=0 perf_out os
+    local round appenders backend line n=0 perf_out os load1
     for round in $(seq "$ROUNDS"); do
         for appenders in $APPENDERS; do
             for backend in $WAL_BACKENDS; do
                 n=$((n + 1))
+                load1=$(load1)
                 local cmd=("$bin/usage-ledger" wal --backend "$backend" --dir "$work/wal-$n"
                     --appenders "$appenders" --duration-secs "$WAL_DURATION" --consumers "$CONSUMERS")
                 perf_out="$work/perf-wal-$n.txt"
@@ -141,7 +146,7 @@ stage_wal() {
                         die "usage-ledger wal failed ($backend, $appenders appenders); see its log below"
                     os="os_fsyncs=na"
                 fi
-                line="$line round=$round $os"
+                line="$line round=$round $os load1_before=$load1"
                 echo "$line" >>"$results"
                 say "  $line"
             done
@@ -214,8 +219,9 @@ data_bytes() { du -sb "$work/$1" | awk '{ print $1 }'; }
 # SETTLE_WAIT s to count the same, and one that does not is reported (caught_up below 3/3),
 # not fatal: that is replication falling behind, not a counting error.
 measure_ship() { # round batch shippers
-    local round=$1 batch=$2 shippers=$3 line before after counted records spend behind settle cpu mib l f
+    local round=$1 batch=$2 shippers=$3 line before after counted records spend behind settle cpu mib l f load1
     start_cluster ship
+    load1=$(load1)
     before=$(cpu_ticks "${c_pids[@]}")
     line=$(timeout $((SHIP_DURATION + 180)) "$bin/usage-ledger" ship --endpoint "$c_leader" \
         --shippers "$shippers" --batch "$batch" --duration-secs "$SHIP_DURATION" \
@@ -241,7 +247,7 @@ measure_ship() { # round batch shippers
     fi
     cpu=$(python3 -c "t = ($after - $before) / $clk_tck; print(f'server_cpu_s={t:.2f} server_cpu_us_per_record={t * 1e6 / max($records, 1):.1f}')")
     mib=$(($(data_bytes ship) / 1048576))
-    line="$line round=$round leader_exact=1 caught_up=$((3 - behind))/3 settle_ms=$settle data_mib=$mib $cpu"
+    line="$line round=$round leader_exact=1 caught_up=$((3 - behind))/3 settle_ms=$settle data_mib=$mib $cpu load1_before=$load1"
     echo "$line" >>"$results"
     say "  $line"
     # Keep the logs of a run whose followers fell behind.
@@ -439,11 +445,12 @@ EOF
     wait_wrk3 warm
 
     local round tids perf_pid perf_out lag lag_max before_app before_ship before_n cpu0 cpu1 t_end \
-        after_app after_ship after_n ok_calls line spend settle wal_fsyncs all_fsyncs total0 total1 prev behind l
+        after_app after_ship after_n ok_calls line spend settle wal_fsyncs all_fsyncs total0 total1 prev behind l load1
     for round in $(seq "$ROUNDS"); do
         # Quiet start: what the warm-up (or the last round) appended is shipped.
         wait_drained 30 || die "the nodes did not ship the records of the warm-up or the last round within 30 s"
         total0=$(ledger_total)
+        load1=$(load1)
         before_app=$(metric_sum konnect_usage_wal_appends_total)
         before_ship=$(metric_sum konnect_usage_shipped_records_total)
         before_n=$(metric_sum konnect_usage_shipments_total)
@@ -540,7 +547,7 @@ print(f"stage=e2e connections_per_node=$CONNECTIONS duration_s={d} calls_ok={ok}
       f"wal_fsyncs={wal} wal_fsyncs_per_sec={rate(wal)} records_per_wal_fsync={per(wal)} "
       f"all_fsyncs_per_sec={rate(allf)} ship_lag_max={$lag_max} drain_ms=$drain_ms "
       f"ledger_total=$total1 caught_up=$((3 - behind))/3 settle_ms=$settle "
-      f"server_cpu_s={cpu:.2f} server_cpu_us_per_call={cpu * 1e6 / max(ok, 1):.1f} round=$round")
+      f"server_cpu_s={cpu:.2f} server_cpu_us_per_call={cpu * 1e6 / max(ok, 1):.1f} round=$round load1_before=$load1")
 EOF
 )
         echo "$line" >>"$results"
@@ -666,6 +673,10 @@ if e2e:
     errs = sum(int(r["err_status"]) + int(r["err_io"]) for r in e2e)
     extra = ", ".join(r["counted_minus_ok"] for r in e2e)
     print(f"  non-200 answers and I/O errors: {errs}; calls counted minus calls wrk saw complete, per round: {extra} (calls cut by wrk's stop)")
+
+loads = [float(r["load1_before"]) for r in rows if "load1_before" in r]
+if loads:
+    print(f"\n1-minute load average before the measurements (2 cores): {min(loads):.2f}-{max(loads):.2f}, median {statistics.median(loads):.2f}")
 
 print("\nraw lines:")
 for line in open(sys.argv[1]):
