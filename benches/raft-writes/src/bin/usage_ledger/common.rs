@@ -82,12 +82,7 @@ impl Latencies {
             let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
             format!("{:.3}", f64::from(self.0[rank - 1]) / 1000.0)
         };
-        format!(
-            "p50_ms={} p99_ms={} max_ms={}",
-            at(0.50),
-            at(0.99),
-            at(1.0)
-        )
+        format!("p50_ms={} p99_ms={} max_ms={}", at(0.50), at(0.99), at(1.0))
     }
 }
 

@@ -29,7 +29,9 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "The AI cost ledger's capacity, stage by stage: WAL appends, ShipUsage entries, spend totals")]
+#[command(
+    about = "The AI cost ledger's capacity, stage by stage: WAL appends, ShipUsage entries, spend totals"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -114,7 +114,13 @@ impl Leader {
 }
 
 /// The records `first_seq ..= first_seq + n - 1` of one fake node.
-fn shipment(node_id: u64, incarnation: u64, first_seq: u64, n: usize, consumers: u64) -> pb::ShipUsage {
+fn shipment(
+    node_id: u64,
+    incarnation: u64,
+    first_seq: u64,
+    n: usize,
+    consumers: u64,
+) -> pb::ShipUsage {
     let now = unix_ms();
     pb::ShipUsage {
         node_id,
@@ -166,7 +172,13 @@ pub async fn run(args: ShipArgs) -> Result<String> {
         bail!("--shippers and --batch must be at least 1");
     }
     let leader = Leader::find(&args.endpoint, args.token.clone(), args.timeout).await?;
-    let sample = shipment(args.node_base, args.incarnation, 1, args.batch, args.consumers);
+    let sample = shipment(
+        args.node_base,
+        args.incarnation,
+        1,
+        args.batch,
+        args.consumers,
+    );
     let entry_bytes = sample.encoded_len();
     let record_bytes = sample.records[0].encoded_len();
     let (incarnation, batch, consumers) = (args.incarnation, args.batch, args.consumers);
@@ -214,7 +226,13 @@ pub async fn run(args: ShipArgs) -> Result<String> {
                     }
                     let sent = Instant::now();
                     let result = leader
-                        .ship(shipment(node_id, incarnation, mine.counted + 1, batch, consumers))
+                        .ship(shipment(
+                            node_id,
+                            incarnation,
+                            mine.counted + 1,
+                            batch,
+                            consumers,
+                        ))
                         .await;
                     match result {
                         Ok(r) => {

@@ -53,7 +53,9 @@ pub async fn run(
             None => "",
             Some(n) if requests == n => " exact=1",
             Some(n) => {
-                failures.push(format!("{endpoint} counts {requests} requests, expected {n}"));
+                failures.push(format!(
+                    "{endpoint} counts {requests} requests, expected {n}"
+                ));
                 " exact=0"
             }
         };

@@ -70,8 +70,7 @@ pub async fn run(
         Backend::Konnect => konnect(dir, appenders, duration, consumers).await,
         Backend::Naive => {
             let dir = dir.to_path_buf();
-            tokio::task::spawn_blocking(move || naive(&dir, appenders, duration, consumers))
-                .await?
+            tokio::task::spawn_blocking(move || naive(&dir, appenders, duration, consumers)).await?
         }
         Backend::Sqlite => {
             let dir = dir.to_path_buf();
@@ -83,7 +82,10 @@ pub async fn run(
     let outcome = outcome?;
     removed.with_context(|| format!("cannot remove {}", dir.display()))?;
     if let Some(e) = &outcome.first_error {
-        eprintln!("usage-ledger wal: first failed append ({}): {e}", backend.name());
+        eprintln!(
+            "usage-ledger wal: first failed append ({}): {e}",
+            backend.name()
+        );
     }
     let secs = outcome.elapsed.as_secs_f64();
     let records = outcome.records as f64;
@@ -174,7 +176,11 @@ fn naive(dir: &Path, appenders: usize, duration: Duration, consumers: u64) -> Re
     }));
     let fsyncs = Arc::new(AtomicU64::new(0));
     // Warm-up, like the others.
-    append_naive(&log, &record(1, 0, consumers, unix_ms()).encode_to_vec(), &fsyncs)?;
+    append_naive(
+        &log,
+        &record(1, 0, consumers, unix_ms()).encode_to_vec(),
+        &fsyncs,
+    )?;
     fsyncs.store(0, Ordering::Relaxed);
     let seq = Arc::new(AtomicU64::new(1));
     let work = {
@@ -220,7 +226,10 @@ fn sqlite(dir: &Path, appenders: usize, duration: Duration, consumers: u64) -> R
     let conn = Connection::open(&path)
         .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    anyhow::ensure!(mode == "wal", "SQLite refused WAL mode (journal_mode={mode})");
+    anyhow::ensure!(
+        mode == "wal",
+        "SQLite refused WAL mode (journal_mode={mode})"
+    );
     conn.execute_batch(
         "PRAGMA synchronous=FULL;
          CREATE TABLE usage (seq INTEGER PRIMARY KEY, record BLOB NOT NULL);",
