@@ -4,8 +4,9 @@
 //! the peer port's `Forward` RPC (`Peer.Forward`, with the `x-konnect-cluster` header), which
 //! the leader proposes through its batcher and answers once the entry is applied.
 //!
-//! A shipment that fails (error or time-out) is sent again with the same sequence numbers; the
-//! state machine skips what it already counted, so the records counted are exactly those the
+//! A shipment that fails (error or time-out) is sent again with the same sequence numbers (to
+//! wherever the leader is then, if the old one says it no longer leads); the state machine
+//! skips what it already counted, so the records counted are exactly those the
 //! acknowledgements say (`counted_through`). After the deadline each shipper finishes the
 //! shipment it has in hand, so nothing is in flight when the run ends.
 
@@ -44,6 +45,7 @@ pub struct ShipArgs {
 #[derive(Clone)]
 struct Leader {
     client: PeerClient<Channel>,
+    peer_addr: Arc<str>,
     cluster_id: Arc<str>,
     timeout: Duration,
 }
@@ -83,6 +85,7 @@ impl Leader {
         );
         Ok(Leader {
             client,
+            peer_addr: peer_addr.into(),
             cluster_id: id.cluster_id.into(),
             timeout,
         })
@@ -146,6 +149,9 @@ struct Shipper {
     /// The last shipment failed and the deadline for retrying it passed: its records may or
     /// may not be counted.
     unsettled: u64,
+    /// Times a shipper found the leader elsewhere after a refusal, as a follower's shipper
+    /// would (its next forward goes to the new leader).
+    leader_moves: u64,
     latencies: Latencies,
     finished: Option<Instant>,
 }
@@ -158,6 +164,7 @@ impl Shipper {
         self.shipments += one.shipments;
         self.errors += one.errors;
         self.unsettled += one.unsettled;
+        self.leader_moves += one.leader_moves;
         if self.first_error.is_none() {
             self.first_error = one.first_error;
         }
@@ -208,12 +215,15 @@ pub async fn run(args: ShipArgs) -> Result<String> {
         .map(|(k, first)| {
             let mut leader = leader.clone();
             let node_id = args.node_base + k as u64;
+            let (endpoint, token, timeout) =
+                (args.endpoint.clone(), args.token.clone(), args.timeout);
             tokio::spawn(async move {
                 let mut mine = Shipper {
                     counted: first.counted_through,
                     ..Default::default()
                 };
                 let mut failed_last = false;
+                let mut looked_for_leader = Instant::now();
                 loop {
                     let now = Instant::now();
                     if now >= hard_deadline {
@@ -247,9 +257,24 @@ pub async fn run(args: ShipArgs) -> Result<String> {
                             // Sent again with the same sequence numbers: if it was applied
                             // after all, the state machine skips them and moves the mark on.
                             mine.errors += 1;
+                            let unavailable = e.starts_with("Unavailable");
                             mine.first_error.get_or_insert(e);
                             failed_last = true;
                             tokio::time::sleep(Duration::from_millis(100)).await;
+                            // No longer the leader (or gone): ask where the leader is now, at
+                            // most once a second.
+                            if unavailable && looked_for_leader.elapsed() >= Duration::from_secs(1)
+                            {
+                                looked_for_leader = Instant::now();
+                                if let Ok(found) =
+                                    Leader::find(&endpoint, token.clone(), timeout).await
+                                {
+                                    if found.peer_addr != leader.peer_addr {
+                                        mine.leader_moves += 1;
+                                    }
+                                    leader = found;
+                                }
+                            }
                         }
                     }
                 }
@@ -271,7 +296,7 @@ pub async fn run(args: ShipArgs) -> Result<String> {
     Ok(format!(
         "stage=ship shippers={} batch={batch} record_bytes={record_bytes} entry_bytes={entry_bytes} \
          elapsed_s={secs:.3} shipments={} records_timed={} records_per_sec={:.1} \
-         records_counted={} duplicates={} {} errors={} unsettled={} client_cpu_us_per_record={}",
+         records_counted={} duplicates={} {} errors={} unsettled={} leader_moves={} client_cpu_us_per_record={}",
         args.shippers,
         all.shipments,
         all.counted_timed,
@@ -281,6 +306,7 @@ pub async fn run(args: ShipArgs) -> Result<String> {
         all.latencies.fields(),
         all.errors,
         all.unsettled,
+        all.leader_moves,
         per(cpu.as_secs_f64() * 1e6, timed),
     ))
 }
