@@ -195,8 +195,8 @@ start_cluster() { # name
     say "$name cluster up: leader $c_leader"
 }
 
-# Stops the cluster's nodes (TERM, then KILL after 10 s) and removes its data.
-stop_cluster() { # name
+# Stops the cluster's nodes: TERM, then KILL after 10 s.
+halt_cluster() {
     local pid
     kill -TERM "${c_pids[@]}" 2>/dev/null || true
     for _ in $(seq 100); do
@@ -206,8 +206,28 @@ stop_cluster() { # name
         sleep 0.1
     done
     kill -KILL "${c_pids[@]}" 2>/dev/null || true
-    [ "$KEEP" = 1 ] || rm -rf "${work:?}/$1"
 }
+
+# Removes a halted cluster's data, or with KEEP=1 moves it (and its logs) aside, so that the
+# next cluster of that name starts empty.
+drop_cluster_data() { # name
+    local f
+    if [ "$KEEP" = 1 ]; then
+        kept=$((kept + 1))
+        mv "$work/$1" "$work/$1-$kept"
+        for f in "$work/logs/$1"-konnect-[123].log; do
+            [ -e "$f" ] && mv "$f" "${f%.log}-$kept.log"
+        done
+    else
+        rm -rf "${work:?}/$1"
+    fi
+}
+
+stop_cluster() { # name
+    halt_cluster
+    drop_cluster_data "$1"
+}
+kept=0
 
 # Bytes on disk of the cluster's data directories.
 data_bytes() { du -sb "$work/$1" | awk '{ print $1 }'; }
@@ -274,7 +294,7 @@ measure_ship() { # round batch shippers
     say "  $line"
     # Keep the logs of a run whose followers fell behind.
     if [ "$behind" != 0 ] || [ "$stalled" = 1 ]; then
-        for f in "$work"/logs/ship-konnect-*.log; do mv "$f" "${f%.log}-r$round-b$batch-k$shippers.log"; done
+        for f in "$work"/logs/ship-konnect-[123].log; do mv "$f" "${f%.log}-r$round-b$batch-k$shippers.log"; done
     fi
     stop_cluster ship
 }
@@ -580,7 +600,7 @@ EOF
     # same number.
     total1=$(ledger_total)
     e2e_note="e2e cluster: data on disk after the stage $(($(data_bytes e2e) / 1048576)) MiB (3 nodes)"
-    KEEP=1 stop_cluster e2e
+    halt_cluster
     local in_wals=0 n
     for i in 1 2 3; do
         n=$("$bin/usage-ledger" wal-records --dir "$work/e2e/n$i/usage-wal" 2>>"$work/logs/usage-ledger.log" |
@@ -588,7 +608,7 @@ EOF
         [ -n "$n" ] || die "cannot count the records in node $i's usage WAL"
         in_wals=$((in_wals + n))
     done
-    [ "$KEEP" = 1 ] || rm -rf "${work:?}/e2e"
+    drop_cluster_data e2e
     [ "$in_wals" = "$total1" ] ||
         die "exactly once failed: the ledger counts $total1 calls, the three nodes' WALs hold $in_wals records"
     e2e_note="$e2e_note; exactly once: the ledger's total ($total1) equals the records in the three WALs ($in_wals)"
