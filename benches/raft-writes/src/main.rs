@@ -8,6 +8,9 @@
 //! - `konnect`: konnect writes through `konnect-client`, cluster init, finding the leader.
 //! - `etcd`: etcd writes over its gRPC API (hand-written proto subset), finding the leader.
 //!
+//! The crate's second binary, `usage-ledger` (`src/bin/usage_ledger/`), is the load generator of
+//! benches/usage-ledger (the AI cost ledger's WAL and `ShipUsage` entries).
+//!
 //! Architecture Invariant: this binary only talks to the endpoints it is given; it starts no
 //! process and touches no file.
 
