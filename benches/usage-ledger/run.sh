@@ -38,7 +38,7 @@
 #   WAL_BACKENDS="konnect naive sqlite"
 #   SHIP_DURATION=10       seconds per ship measurement
 #   SHIPPERS="1 8"         concurrent shippers (fake nodes) in the ship stage
-#   BATCHES="1000 5000"    records per shipment (the node ships up to 5,000 per entry)
+#   BATCHES="1000 5000"    records per shipment (the node ships up to 2,000, 512 KiB, per entry)
 #   SETTLE_WAIT=30         seconds each follower gets, after a ship run or an e2e round, to count
 #                          what the leader counts
 #   CONSUMERS=100          distinct consumers in the records (spend rows touched per shipment)

@@ -59,8 +59,8 @@
 //!   cannot run on an OpenAI-type provider and are refused.
 
 use super::fields::{
-    chat_tool_call, copy_number, fail, positive_integer, present, require_object, require_str,
-    str_at,
+    chat_tool_call, copy_number, fail, positive_integer, present, refuse_openai_only_params,
+    require_object, require_str, str_at,
 };
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -168,7 +168,7 @@ pub fn chat_request_to_messages(
     default_max_tokens: u64,
 ) -> Result<Value> {
     let req = require_object(req, "body")?;
-    refuse_unsupported_chat_params(req)?;
+    refuse_openai_only_params(req, "Anthropic models", true)?;
 
     let messages = match present(req, "messages") {
         Some(Value::Array(messages)) => messages,
@@ -249,48 +249,6 @@ fn looks_like_email_or_phone(user: &str) -> bool {
         .all(|c| c.is_ascii_digit() || " +-().".contains(c))
         && user.chars().filter(char::is_ascii_digit).count() >= 7;
     email || phone
-}
-
-/// Refuses OpenAI parameters whose result the caller relies on but Anthropic cannot produce.
-/// Mere sampling hints Anthropic lacks are dropped instead (see the module documentation).
-fn refuse_unsupported_chat_params(req: &Map<String, Value>) -> Result<()> {
-    if let Some(n) = present(req, "n") {
-        if positive_integer(n) != Some(1) {
-            return fail("n", "Anthropic models return a single choice; n must be 1");
-        }
-    }
-    if present(req, "logprobs").is_some_and(|value| value != &Value::Bool(false)) {
-        return fail(
-            "logprobs",
-            "log probabilities are not available from Anthropic models",
-        );
-    }
-    if present(req, "top_logprobs").is_some() {
-        return fail(
-            "top_logprobs",
-            "log probabilities are not available from Anthropic models",
-        );
-    }
-    if present(req, "audio").is_some() {
-        return fail(
-            "audio",
-            "audio output is not available from Anthropic models",
-        );
-    }
-    if let Some(Value::Array(modalities)) = present(req, "modalities") {
-        if modalities.iter().any(|m| m.as_str() != Some("text")) {
-            return fail("modalities", "Anthropic models only produce text");
-        }
-    }
-    for legacy in ["functions", "function_call"] {
-        if present(req, legacy).is_some() {
-            return fail(
-                legacy,
-                "the legacy function-calling fields are not supported; use tools and tool_choice",
-            );
-        }
-    }
-    Ok(())
 }
 
 /// `max_completion_tokens` (the current OpenAI name) wins over the older `max_tokens`.

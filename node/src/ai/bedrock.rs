@@ -85,8 +85,8 @@ use serde_json::{json, Map, Value};
 
 use super::anthropic::{TranslateError, Usage};
 use super::fields::{
-    chat_tool_call, copy_number, fail, positive_integer, present, require_object, require_str,
-    str_at,
+    chat_tool_call, copy_number, fail, positive_integer, present, refuse_openai_only_params,
+    require_object, require_str, str_at,
 };
 
 /// Name of the tool that carries a `response_format` JSON answer (see the module
@@ -155,7 +155,7 @@ fn encoded_model_id(provider_model: &str) -> Result<String> {
 /// `default_max_tokens` is sent as `maxTokens` when the caller set none.
 pub fn chat_request_to_converse(req: &Value, default_max_tokens: u64) -> Result<Value> {
     let req = require_object(req, "body")?;
-    refuse_unsupported_chat_params(req)?;
+    refuse_openai_only_params(req, "Bedrock models", true)?;
     match present(req, "stream") {
         None | Some(Value::Bool(_)) => {}
         Some(_) => return fail("stream", "must be a boolean"),
@@ -186,58 +186,6 @@ pub fn chat_request_to_converse(req: &Value, default_max_tokens: u64) -> Result<
         out.insert("toolConfig".into(), tool_config);
     }
     Ok(Value::Object(out))
-}
-
-/// Refuses OpenAI parameters whose result the caller relies on but Converse cannot produce.
-/// Mere sampling hints Converse lacks are dropped instead (see the module documentation).
-fn refuse_unsupported_chat_params(req: &Map<String, Value>) -> Result<()> {
-    if let Some(n) = present(req, "n") {
-        if positive_integer(n) != Some(1) {
-            return fail("n", "Bedrock models return a single choice; n must be 1");
-        }
-    }
-    if present(req, "logprobs").is_some_and(|value| value != &Value::Bool(false)) {
-        return fail(
-            "logprobs",
-            "log probabilities are not available from Bedrock models",
-        );
-    }
-    if present(req, "top_logprobs").is_some() {
-        return fail(
-            "top_logprobs",
-            "log probabilities are not available from Bedrock models",
-        );
-    }
-    if present(req, "audio").is_some() {
-        return fail("audio", "audio output is not available from Bedrock models");
-    }
-    match present(req, "modalities") {
-        None => {}
-        Some(Value::Array(modalities)) if modalities.iter().all(|m| m.as_str() == Some("text")) => {
-        }
-        Some(Value::Array(_)) => {
-            return fail(
-                "modalities",
-                "only text output is available from Bedrock models",
-            )
-        }
-        Some(_) => return fail("modalities", "must be an array"),
-    }
-    if present(req, "web_search_options").is_some() {
-        return fail(
-            "web_search_options",
-            "web search is not available through this gateway for Bedrock models",
-        );
-    }
-    for legacy in ["functions", "function_call"] {
-        if present(req, legacy).is_some() {
-            return fail(
-                legacy,
-                "the legacy function-calling fields are not supported; use tools and tool_choice",
-            );
-        }
-    }
-    Ok(())
 }
 
 /// `inferenceConfig`: maxTokens (always), temperature, topP, stopSequences.

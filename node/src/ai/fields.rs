@@ -1,5 +1,5 @@
-//! Reading and checking the fields of JSON being translated: what `anthropic.rs` and
-//! `gemini.rs` both need. Errors name the field (a dotted path into the caller's request).
+//! Reading and checking the fields of JSON being translated: what `anthropic.rs`,
+//! `gemini.rs` and `bedrock.rs` all need. Errors name the field (a dotted path into the caller's request).
 
 use serde_json::{json, Map, Value};
 
@@ -22,6 +22,66 @@ pub(super) fn copy_number(
         }
         Some(_) => fail(key, "must be a number"),
     }
+}
+
+/// Refuses the OpenAI chat parameters whose result a caller relies on but `models` (say
+/// "Gemini models") cannot produce: log probabilities, audio or non-text output, web search,
+/// and the legacy function-calling fields. `n` > 1 too when the provider returns one choice.
+pub(super) fn refuse_openai_only_params(
+    req: &Map<String, Value>,
+    models: &str,
+    single_choice: bool,
+) -> Result<()> {
+    if let Some(n) = present(req, "n").filter(|_| single_choice) {
+        if positive_integer(n) != Some(1) {
+            return fail("n", format!("{models} return a single choice; n must be 1"));
+        }
+    }
+    if present(req, "logprobs").is_some_and(|value| value != &Value::Bool(false)) {
+        return fail(
+            "logprobs",
+            format!("log probabilities are not available from {models}"),
+        );
+    }
+    if present(req, "top_logprobs").is_some() {
+        return fail(
+            "top_logprobs",
+            format!("log probabilities are not available from {models}"),
+        );
+    }
+    if present(req, "audio").is_some() {
+        return fail(
+            "audio",
+            format!("audio output is not available from {models}"),
+        );
+    }
+    match present(req, "modalities") {
+        None => {}
+        Some(Value::Array(modalities)) if modalities.iter().all(|m| m.as_str() == Some("text")) => {
+        }
+        Some(Value::Array(_)) => {
+            return fail(
+                "modalities",
+                format!("only text output is available from {models}"),
+            )
+        }
+        Some(_) => return fail("modalities", "must be an array"),
+    }
+    if present(req, "web_search_options").is_some() {
+        return fail(
+            "web_search_options",
+            format!("web search is not available through this gateway for {models}"),
+        );
+    }
+    for legacy in ["functions", "function_call"] {
+        if present(req, legacy).is_some() {
+            return fail(
+                legacy,
+                "the legacy function-calling fields are not supported; use tools and tool_choice",
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {

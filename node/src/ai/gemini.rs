@@ -96,8 +96,8 @@
 
 use super::anthropic::{TranslateError, Usage};
 use super::fields::{
-    chat_tool_call, copy_number, fail, positive_integer, present, require_object, require_str,
-    str_at,
+    chat_tool_call, copy_number, fail, positive_integer, present, refuse_openai_only_params,
+    require_object, require_str, str_at,
 };
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -194,7 +194,7 @@ fn model_resource(provider_model: &str) -> Result<String> {
 /// [`chat_path`]).
 pub fn chat_request_to_gemini(req: &Value) -> Result<Value> {
     let req = require_object(req, "body")?;
-    refuse_unsupported_chat_params(req)?;
+    refuse_openai_only_params(req, "Gemini models", false)?;
     match present(req, "stream") {
         None | Some(Value::Bool(_)) => {}
         Some(_) => return fail("stream", "must be a boolean"),
@@ -234,55 +234,6 @@ pub fn chat_request_to_gemini(req: &Value) -> Result<Value> {
         out.insert("generationConfig".into(), Value::Object(generation_config));
     }
     Ok(Value::Object(out))
-}
-
-/// Refuses OpenAI parameters whose result the caller relies on but Gemini cannot produce here.
-fn refuse_unsupported_chat_params(req: &Map<String, Value>) -> Result<()> {
-    if present(req, "logprobs").is_some_and(|value| value != &Value::Bool(false)) {
-        return fail(
-            "logprobs",
-            "log probabilities are not available through this gateway for Gemini models",
-        );
-    }
-    if present(req, "top_logprobs").is_some() {
-        return fail(
-            "top_logprobs",
-            "log probabilities are not available through this gateway for Gemini models",
-        );
-    }
-    if present(req, "audio").is_some() {
-        return fail(
-            "audio",
-            "audio output is not available through this gateway for Gemini models",
-        );
-    }
-    match present(req, "modalities") {
-        None => {}
-        Some(Value::Array(modalities)) if modalities.iter().all(|m| m.as_str() == Some("text")) => {
-        }
-        Some(Value::Array(_)) => {
-            return fail(
-                "modalities",
-                "only text output is available through this gateway for Gemini models",
-            )
-        }
-        Some(_) => return fail("modalities", "must be an array"),
-    }
-    if present(req, "web_search_options").is_some() {
-        return fail(
-            "web_search_options",
-            "web search is not available through this gateway for Gemini models",
-        );
-    }
-    for legacy in ["functions", "function_call"] {
-        if present(req, legacy).is_some() {
-            return fail(
-                legacy,
-                "the legacy function-calling fields are not supported; use tools and tool_choice",
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The `generationConfig` object (empty when the caller set nothing it covers).
