@@ -11,6 +11,8 @@
 //! - `limits`: the rate-limit workload (an upstream that notes each request's node and
 //!   arrival time, strict RateLimits with `fail_closed` and `local_fallback`, proxy clients)
 //!   and the `ratelimit-partition` run; `limits/check.rs` checks the counts per window.
+//! - `ledger`: the AI cost ledger workload; `ledger/check.rs` checks every node's ledger
+//!   against the calls the clients saw complete.
 //! - `scenario`: named scenarios, one run each, and the one-line outcome.
 //!
 //! Invariant: traffic stays on this machine. Nodes listen on loopback or on 10.77.S.0/24
@@ -18,6 +20,7 @@
 //! veth pair into them); every namespace and process is removed when its owner drops.
 
 pub mod cluster;
+pub mod ledger;
 pub mod limits;
 pub mod linearizability;
 pub mod nemesis;
