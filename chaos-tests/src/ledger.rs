@@ -696,14 +696,15 @@ async fn drive(
     outcome.faults.push((
         (fault.from_ms - clients_from_ms) as f64 / 1000.0,
         format!(
-            "{} n{} ({zone}; leader n{}) for {:.1}s",
+            "{} n{} ({zone}; leader n{}) for {:.1}s (in force after {} ms)",
             match fault.kind {
                 FaultKind::CutOff => "isolate",
                 FaultKind::Killed => "kill -9",
             },
             fault.node + 1,
             injected.leader + 1,
-            (fault.until_ms - fault.from_ms) as f64 / 1000.0
+            (fault.until_ms - fault.from_ms) as f64 / 1000.0,
+            fault.in_force_ms - fault.from_ms
         ),
     ));
     // While the cluster elects and the faulty node's backlog goes in: how long until another
@@ -832,6 +833,7 @@ async fn cut_follower(
         .ok_or_else(|| anyhow!("netns mode without a topology"))?
         .block_both(isolated, &others)
         .context("isolate a follower")?;
+    let in_force_ms = unix_ms();
     phase(&format!(
         "isolated n{} ({zone}; leader n{})",
         isolated + 1,
@@ -858,6 +860,7 @@ async fn cut_follower(
             kind: FaultKind::CutOff,
             node: isolated,
             from_ms,
+            in_force_ms,
             until_ms,
         },
         leader,
@@ -880,6 +883,7 @@ async fn kill_leader(
     let before: Vec<u64> = completed.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     let from_ms = unix_ms();
     cluster.nodes[leader].kill9();
+    let in_force_ms = unix_ms();
     phase(&format!("killed leader n{}", leader + 1));
     tokio::time::sleep(DOWN_FOR).await;
     for i in (0..n).filter(|&i| i != leader) {
@@ -908,6 +912,7 @@ async fn kill_leader(
             kind: FaultKind::Killed,
             node: leader,
             from_ms,
+            in_force_ms,
             until_ms,
         },
         leader,
@@ -966,7 +971,7 @@ fn summary(
     let during = match fault.kind {
         FaultKind::CutOff => format!(
             "isolated n{} ({}) completed {} calls while cut off; the majority had counted {} of \
-             the {} sent to it before the cut",
+             the {} sent to it before the cut was in force",
             node + 1,
             plan.zones[node],
             served.completed_during_fault[node],

@@ -101,6 +101,9 @@ pub struct Fault {
     pub node: usize,
     /// Just before the first drop rule went in, or the kill.
     pub from_ms: u64,
+    /// Once every drop rule was in, or the process was gone. Between the two the faulty node
+    /// may still reach its peers: a call it completes then may be counted at once.
+    pub in_force_ms: u64,
     /// Just before the drop rules were removed, or the restart.
     pub until_ms: u64,
 }
@@ -145,10 +148,10 @@ pub struct Served {
     pub completed: Vec<u64>,
     pub incomplete: Vec<u64>,
     pub not_sent: Vec<u64>,
-    /// Calls completed that were sent after the fault began and ended before it ended.
+    /// Calls completed that were sent once the fault was in force and ended before it ended.
     pub completed_during_fault: Vec<u64>,
-    /// Calls sent to the faulty node before the fault (completed or not): all the other nodes
-    /// can have counted of its zone until it is back.
+    /// Calls sent to the faulty node before the fault was in force (completed or not): all
+    /// the other nodes can have counted of its zone until it is back.
     pub sent_before_fault: u64,
 }
 
@@ -184,7 +187,7 @@ pub struct Report {
 /// - with a cut: the cut-off node completed calls while cut off; with a kill: every other node
 ///   completed calls while the killed one was down;
 /// - at the end of the fault the other nodes had counted no more of the faulty node's zone
-///   than the calls it was sent before the fault began.
+///   than the calls it was sent before the fault was in force.
 pub fn check(plan: &Plan, calls: &[Call], observed: &Observed) -> Report {
     let n = plan.nodes();
     let mut problems = Vec::new();
@@ -337,8 +340,8 @@ pub fn check(plan: &Plan, calls: &[Call], observed: &Observed) -> Report {
         match (observed.zone_counted_during_fault, fault.kind) {
             (Some(c), FaultKind::CutOff) if c > sent => problems.push(format!(
                 "before the heal the majority counted {c} calls of zone {zone}, more than the \
-                 {sent} sent to n{} before the cut: its records crossed the partition, so the \
-                 cut did not hold",
+                 {sent} sent to n{} before the cut was in force: its records crossed the \
+                 partition, so the cut did not hold",
                 node + 1
             )),
             (Some(c), FaultKind::Killed) if c > sent => problems.push(format!(

@@ -18,7 +18,8 @@ fn plan() -> Plan {
         fault: Some(Fault {
             kind: FaultKind::CutOff,
             node: ISOLATED,
-            from_ms: T0 + 2_000,
+            from_ms: T0 + 1_960,
+            in_force_ms: T0 + 2_000,
             until_ms: T0 + 8_000,
         }),
         calls_may_be_cut: false,
@@ -214,6 +215,7 @@ fn killed_plan_and_calls() -> (Plan, Vec<Call>) {
         kind: FaultKind::Killed,
         node: 0,
         from_ms: T0 + 2_000,
+        in_force_ms: T0 + 2_000,
         until_ms: T0 + 5_000,
     });
     let mut calls = good_calls();
@@ -340,7 +342,7 @@ fn counts_beyond_the_calls_sent_before_the_fault_are_flagged() {
     assert_flagged(
         &problems_of(&plan(), &good_calls(), &observed),
         "before the heal the majority counted 21 calls of zone az-b, more than the 20 sent to \
-         n2 before the cut",
+         n2 before the cut was in force",
     );
     let (killed, calls) = killed_plan_and_calls();
     let mut after_kill = good_observed();
