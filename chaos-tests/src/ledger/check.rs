@@ -216,11 +216,14 @@ pub fn check(plan: &Plan, calls: &[Call], observed: &Observed) -> Report {
             first_incomplete[call.node].get_or_insert(call);
         }
         if let Some(fault) = plan.fault {
-            if call.completed() && call.sent_ms >= fault.from_ms && call.done_ms < fault.until_ms {
+            if call.completed()
+                && call.sent_ms >= fault.in_force_ms
+                && call.done_ms < fault.until_ms
+            {
                 served.completed_during_fault[call.node] += 1;
             }
             if call.node == fault.node
-                && call.sent_ms < fault.from_ms
+                && call.sent_ms < fault.in_force_ms
                 && !matches!(call.outcome, CallOutcome::NotSent(_))
             {
                 served.sent_before_fault += 1;

@@ -367,6 +367,29 @@ fn counts_beyond_the_calls_sent_before_the_fault_are_flagged() {
 }
 
 #[test]
+fn a_call_sent_while_the_drop_rules_went_in_may_be_counted_before_the_heal() {
+    // Sent after the first rule, before the last: it may have been shipped.
+    let mut calls = good_calls();
+    calls.push(Call {
+        node: ISOLATED,
+        sent_ms: T0 + 1_980,
+        done_ms: T0 + 1_985,
+        outcome: CallOutcome::Completed,
+    });
+    let mut observed = good_observed();
+    observed.provider_answered[ISOLATED] = 101;
+    for r in &mut observed.readings {
+        *r = reading(r.node, r.consistent, [100, 101, 100]);
+    }
+    observed.zone_counted_during_fault = Some(21);
+    let report = check(&plan(), &calls, &observed);
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(report.served.sent_before_fault, 21);
+    // Not served while cut off: the cut was not in force yet.
+    assert_eq!(report.served.completed_during_fault[ISOLATED], 60);
+}
+
+#[test]
 fn no_reading_is_flagged() {
     let mut observed = good_observed();
     observed.readings.clear();
