@@ -979,9 +979,9 @@ fn summary(
             served.sent_before_fault
         ),
         FaultKind::Killed => format!(
-            "killed leader n{} ({}): {} calls cut in flight, {} could not connect; the others \
-             completed [{}] while it was down and had counted {} of the {} sent to it before \
-             the kill",
+            "killed leader n{} ({}): {} calls sent to it got no answer, {} could not connect; \
+             the others completed [{}] while it was down and had counted {} of the {} sent to \
+             it before the kill",
             node + 1,
             plan.zones[node],
             served.incomplete[node],
