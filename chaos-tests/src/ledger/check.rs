@@ -181,7 +181,7 @@ pub struct Report {
 ///   tokens, and no failed call (a failed call is one whose answer did not complete);
 /// - per zone, exactly what the node of that zone completed (bounded the same way), and no
 ///   other zone;
-/// - every reading gives the same figures as the first one;
+/// - every node's ledger was read, and every reading gives the same figures as the first;
 /// - the provider answered each node exactly the calls completed through it (a completed
 ///   call reached it once: nothing in this run makes konnect retry);
 /// - with a cut: the cut-off node completed calls while cut off; with a kill: every other node
@@ -295,6 +295,15 @@ pub fn check(plan: &Plan, calls: &[Call], observed: &Observed) -> Report {
         }
     } else {
         problems.push("no node's ledger was read".into());
+    }
+    for node in 0..n {
+        if !observed
+            .readings
+            .iter()
+            .any(|r| r.node == node && !r.consistent)
+        {
+            problems.push(format!("n{}'s ledger could not be read", node + 1));
+        }
     }
 
     for node in 0..n {

@@ -390,11 +390,18 @@ fn a_call_sent_while_the_drop_rules_went_in_may_be_counted_before_the_heal() {
 }
 
 #[test]
-fn no_reading_is_flagged() {
+fn no_reading_or_a_node_not_read_is_flagged() {
     let mut observed = good_observed();
     observed.readings.clear();
     assert_flagged(
         &problems_of(&plan(), &good_calls(), &observed),
         "no node's ledger was read",
+    );
+    // n3 did not answer: the others agreeing says nothing about it.
+    let mut observed = good_observed();
+    observed.readings.remove(2);
+    assert_eq!(
+        problems_of(&plan(), &good_calls(), &observed),
+        vec!["n3's ledger could not be read".to_string()]
     );
 }
