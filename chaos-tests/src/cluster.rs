@@ -301,6 +301,16 @@ fn built_konnect_binary() -> Result<PathBuf> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "konnect", "--bin", "konnect"]);
+        // Without the variables cargo sets for the running test (CARGO_MANIFEST_DIR,
+        // CARGO_PKG_NAME...): build scripts that track them (ring's does) would otherwise see
+        // them change between this build and the one `cargo test` just made, and rebuild ring,
+        // rustls, tonic and konnect on every alternation (minutes on two cores).
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if is_crate_run_variable(name) {
+                cmd.env_remove(name);
+            }
+        }
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -316,6 +326,24 @@ fn built_konnect_binary() -> Result<PathBuf> {
         );
     }
     Ok(candidate)
+}
+
+/// Whether cargo sets `name` for the crate it runs (a test or a binary), rather than it being
+/// the caller's configuration of cargo (`CARGO_HOME`, `CARGO_TARGET_DIR`...).
+fn is_crate_run_variable(name: &str) -> bool {
+    matches!(
+        name,
+        "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_MANIFEST_LINKS"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_TARGET_TMPDIR"
+            | "CARGO_RUSTC_CURRENT_DIR"
+            | "OUT_DIR"
+    ) || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
 }
 
 /// Makes the cluster's secret key file (`<dir>/secret.key`, mode 0600) with the binary's own

@@ -11,6 +11,10 @@
 //! - `limits`: the rate-limit workload (an upstream that notes each request's node and
 //!   arrival time, strict RateLimits with `fail_closed` and `local_fallback`, proxy clients)
 //!   and the `ratelimit-partition` run; `limits/check.rs` checks the counts per window.
+//! - `ledger`: the AI cost ledger workload (a fake OpenAI provider that counts the calls it
+//!   answers per node, the AI resources and a key, AI-call clients through every node) and the
+//!   `ledger-partition` and `ledger-kill-leader` runs; `ledger/check.rs` checks every node's
+//!   ledger against the calls.
 //! - `scenario`: named scenarios, one run each, and the one-line outcome.
 //!
 //! Invariant: traffic stays on this machine. Nodes listen on loopback or on 10.77.S.0/24
@@ -18,6 +22,7 @@
 //! veth pair into them); every namespace and process is removed when its owner drops.
 
 pub mod cluster;
+pub mod ledger;
 pub mod limits;
 pub mod linearizability;
 pub mod nemesis;

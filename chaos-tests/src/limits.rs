@@ -200,7 +200,7 @@ fn note<B>(seen: &Mutex<Seen>, node: Option<usize>, peer: SocketAddr, req: &hype
 
 // === Resources ===
 
-fn resource(kind: &str, name: &str, spec: serde_json::Value) -> ResourceInput {
+pub(crate) fn resource(kind: &str, name: &str, spec: serde_json::Value) -> ResourceInput {
     ResourceInput {
         kind: kind.into(),
         name: name.into(),

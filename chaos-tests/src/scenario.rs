@@ -2,12 +2,15 @@
 //! checked. Each run ends in one `Outcome` line:
 //! `scenario=... seed=... mode=... ops=... faults=... verdict=PASS|FAIL (details)`.
 //!
-//! Two workloads. Register and set (most scenarios): start the cluster and form it; create the
-//! registers; start the clients; play the nemesis schedule (quiet, inject, hold, heal —
+//! Three workloads. Register and set (most scenarios): start the cluster and form it; create
+//! the registers; start the clients; play the nemesis schedule (quiet, inject, hold, heal —
 //! repeated); heal everything; require a leader and some successful operations after healing;
 //! stop the clients; read every register and list the set through every node; check.
 //! Rate limits (`ratelimit-partition`): one fixed fault timed against the limits' windows,
-//! driven by `limits::run_partition`.
+//! driven by `limits::run_partition`. The AI cost ledger (`ledger-partition`,
+//! `ledger-kill-leader`): AI calls through every node while a follower is cut off or the
+//! leader is killed, then every node's ledger against the calls that completed, driven by
+//! `ledger::run`.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -15,9 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cluster::{Cluster, ModeKind, ModeRequest};
-use crate::limits;
 use crate::nemesis::{self, FaultKind, Schedule};
 use crate::workload::{self, Clock, RegisterNotes, SetRecord, Stop};
+use crate::{ledger, limits};
 
 /// A named choice of faults and the workload that runs under them.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +41,10 @@ pub enum Workload {
     /// Rate limits hammered through every node's proxy while one follower is cut off, counted
     /// per window at an upstream (`limits`); its one fault is timed against the windows.
     RateLimits,
+    /// AI calls through every node's proxy to a fake provider under one fault (a follower cut
+    /// off, or the leader killed); afterwards every node's cost ledger must hold exactly the
+    /// completed calls (`ledger`).
+    Ledger(ledger::LedgerFault),
 }
 
 /// Every scenario; `all` runs them in this order.
@@ -84,6 +91,21 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "cut a follower off while clients hammer strict rate limits through every node: \
                 fail_closed holds the limit, local_fallback adds at most the isolated node's share",
         workload: Workload::RateLimits,
+    },
+    Scenario {
+        name: "ledger-partition",
+        faults: &[],
+        about: "cut a follower off while clients make AI calls through every node: it keeps \
+                serving, and afterwards every node's cost ledger counts each completed call \
+                exactly once, in the zone that served it",
+        workload: Workload::Ledger(ledger::LedgerFault::CutFollower),
+    },
+    Scenario {
+        name: "ledger-kill-leader",
+        faults: &[],
+        about: "kill -9 the leader while clients make AI calls through every node, restart it: \
+                every completed call counted exactly once, the calls cut in flight at most once",
+        workload: Workload::Ledger(ledger::LedgerFault::KillLeader),
     },
 ];
 
@@ -204,8 +226,10 @@ impl fmt::Display for Outcome {
 /// Runs `scenario` and returns its outcome; never panics on a cluster failure (that is a
 /// FAIL with the reason).
 pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
-    if scenario.workload == Workload::RateLimits {
-        return limits::run_partition(scenario, options).await;
+    match scenario.workload {
+        Workload::RateLimits => return limits::run_partition(scenario, options).await,
+        Workload::Ledger(fault) => return ledger::run(scenario, fault, options).await,
+        Workload::Registers => {}
     }
     let started = Instant::now();
     let schedule = Schedule::generate(options.seed, scenario.faults, options.duration);

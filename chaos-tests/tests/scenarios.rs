@@ -1,6 +1,7 @@
 //! Short runs of every chaos scenario against real konnect processes: each fault must leave
 //! the register history linearizable and every acknowledged create present on every node, or
-//! (ratelimit-partition) every rate-limit window within its bound.
+//! (ratelimit-partition) every rate-limit window within its bound, or (ledger-partition,
+//! ledger-kill-leader) every completed AI call counted exactly once by every node's ledger.
 //!
 //! As root these run in network namespaces with nftables partitions; otherwise on loopback,
 //! where network faults are replaced by pauses (each run prints `mode=`). The runs are
@@ -92,6 +93,30 @@ async fn minority_split_keeps_history_linearizable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_follower_follows_on_quorum_loss_while_the_majority_holds_the_rate_limits() {
     let outcome = run("ratelimit-partition", 108, ModeRequest::Netns).await;
+    assert_eq!(outcome.mode, Some(ModeKind::Netns));
+}
+
+/// The AI cost ledger while a follower is cut off from the other nodes and its clients keep
+/// making AI calls through it (docs/ledger.md): it keeps serving them from its configuration
+/// and keeps their usage in its WAL; once healed, every node's ledger (and a consistent read
+/// through the leader) holds exactly the calls the clients saw complete, at their price, split
+/// by the zone that served them, and the fake provider answered each node exactly those.
+/// Namespaces are asked for, not merely tried, as for the rate limits: without root this fails
+/// and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_follower_keeps_serving_ai_calls_and_the_ledger_counts_each_once() {
+    let outcome = run("ledger-partition", 109, ModeRequest::Netns).await;
+    assert_eq!(outcome.mode, Some(ModeKind::Netns));
+}
+
+/// The AI cost ledger while the leader is killed with SIGKILL under calls and restarted: the
+/// other nodes keep serving through the election, every completed call is counted exactly once
+/// (the killed node's shipped before it died, or from its WAL after the restart), and a call
+/// cut in flight at most once. Namespaces are asked for: the fake provider tells the nodes
+/// apart by address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_leader_loses_no_completed_ai_call_from_the_ledger_and_counts_none_twice() {
+    let outcome = run("ledger-kill-leader", 110, ModeRequest::Netns).await;
     assert_eq!(outcome.mode, Some(ModeKind::Netns));
 }
 
