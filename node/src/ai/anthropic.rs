@@ -58,6 +58,7 @@
 //!   Anthropic server tools (web search, code execution, ...), MCP servers and `document` blocks
 //!   cannot run on an OpenAI-type provider and are refused.
 
+use super::fields::image_part_url;
 use super::fields::{
     chat_tool_call, copy_number, fail, positive_integer, present, refuse_openai_only_params,
     require_object, require_str, str_at,
@@ -427,14 +428,7 @@ fn chat_user_blocks(content: &Value, field: &str) -> Result<Vec<Value>> {
 
 /// `{type: image_url, image_url: {url}}` (or the shorthand `image_url: "<url>"`) -> image block.
 fn chat_image_part_to_block(part: &Value, field: &str) -> Result<Value> {
-    let url = match part.get("image_url") {
-        Some(Value::String(url)) => url.as_str(),
-        Some(image_url) => match str_at(image_url, "url") {
-            Some(url) => url,
-            None => return fail(format!("{field}.image_url.url"), "must be a string"),
-        },
-        None => return fail(format!("{field}.image_url"), "is required"),
-    };
+    let url = image_part_url(part, field)?;
     image_url_to_anthropic_block(url, &format!("{field}.image_url.url"))
 }
 

@@ -84,6 +84,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Map, Value};
 
 use super::anthropic::{TranslateError, Usage};
+use super::fields::image_part_url;
 use super::fields::{
     chat_tool_call, copy_number, fail, positive_integer, present, refuse_openai_only_params,
     require_object, require_str, str_at,
@@ -390,14 +391,7 @@ fn user_blocks(content: &Value, field: &str, documents: &mut usize) -> Result<Ve
 /// `{type: image_url, image_url: {url}}` (or the shorthand `image_url: "<url>"`) with a base64
 /// data URL -> an `image` block.
 fn image_block(part: &Value, field: &str) -> Result<Value> {
-    let url = match part.get("image_url") {
-        Some(Value::String(url)) => url.as_str(),
-        Some(image_url) => match str_at(image_url, "url") {
-            Some(url) => url,
-            None => return fail(format!("{field}.image_url.url"), "must be a string"),
-        },
-        None => return fail(format!("{field}.image_url"), "is required"),
-    };
+    let url = image_part_url(part, field)?;
     let url_field = format!("{field}.image_url.url");
     if !url.starts_with("data:") {
         let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();

@@ -84,6 +84,19 @@ pub(super) fn refuse_openai_only_params(
     Ok(())
 }
 
+/// The URL of an OpenAI `image_url` content part: `{image_url: {url}}`, or the shorthand
+/// `{image_url: "<url>"}`.
+pub(super) fn image_part_url<'a>(part: &'a Value, field: &str) -> Result<&'a str> {
+    match part.get("image_url") {
+        Some(Value::String(url)) => Ok(url.as_str()),
+        Some(image_url) => match str_at(image_url, "url") {
+            Some(url) => Ok(url),
+            None => fail(format!("{field}.image_url.url"), "must be a string"),
+        },
+        None => fail(format!("{field}.image_url"), "is required"),
+    }
+}
+
 pub(super) fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
     Err(TranslateError::new(field, message))
 }

@@ -95,6 +95,7 @@
 //!   them into base64 with [`openai_embeddings_to_base64`] when the caller asked for that.
 
 use super::anthropic::{TranslateError, Usage};
+use super::fields::image_part_url;
 use super::fields::{
     chat_tool_call, copy_number, fail, positive_integer, present, refuse_openai_only_params,
     require_object, require_str, str_at,
@@ -465,14 +466,7 @@ fn chat_user_parts(content: &Value, field: &str) -> Result<Vec<Value>> {
 
 /// `{type: image_url, image_url: {url}}` (or the shorthand `image_url: "<url>"`) -> inlineData.
 fn chat_image_part(part: &Value, field: &str) -> Result<Value> {
-    let url = match part.get("image_url") {
-        Some(Value::String(url)) => url.as_str(),
-        Some(image_url) => match str_at(image_url, "url") {
-            Some(url) => url,
-            None => return fail(format!("{field}.image_url.url"), "must be a string"),
-        },
-        None => return fail(format!("{field}.image_url"), "is required"),
-    };
+    let url = image_part_url(part, field)?;
     let url_field = format!("{field}.image_url.url");
     if url.starts_with("data:") {
         return data_url_to_inline_data(url, &url_field);
