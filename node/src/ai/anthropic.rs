@@ -58,11 +58,11 @@
 //!   Anthropic server tools (web search, code execution, ...), MCP servers and `document` blocks
 //!   cannot run on an OpenAI-type provider and are refused.
 
-use super::fields::image_part_url;
 use super::fields::{
     chat_tool_call, copy_number, fail, positive_integer, present, refuse_openai_only_params,
     require_object, require_str, str_at,
 };
+use super::fields::{image_part_url, openai_chunk, openai_usage_chunk};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::fmt;
@@ -1107,18 +1107,14 @@ impl MessagesStreamToChat {
     }
 
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created_unix_s,
-            "model": self.public_model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-        });
-        if self.include_usage {
-            // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
-            chunk["usage"] = Value::Null;
-        }
-        chunk
+        openai_chunk(
+            &self.id,
+            self.created_unix_s,
+            &self.public_model,
+            self.include_usage,
+            delta,
+            finish_reason,
+        )
     }
 
     fn usage_chunk_if_due(&mut self) -> Option<Value> {
@@ -1126,14 +1122,12 @@ impl MessagesStreamToChat {
             return None;
         }
         self.usage_sent = true;
-        Some(json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created_unix_s,
-            "model": self.public_model,
-            "choices": [],
-            "usage": self.usage().to_openai_json(),
-        }))
+        Some(openai_usage_chunk(
+            &self.id,
+            self.created_unix_s,
+            &self.public_model,
+            self.usage().to_openai_json(),
+        ))
     }
 }
 

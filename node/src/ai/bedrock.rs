@@ -84,11 +84,11 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Map, Value};
 
 use super::anthropic::{TranslateError, Usage};
-use super::fields::image_part_url;
 use super::fields::{
     chat_tool_call, copy_number, fail, positive_integer, present, refuse_openai_only_params,
     require_object, require_str, str_at,
 };
+use super::fields::{image_part_url, openai_chunk, openai_usage_chunk};
 
 /// Name of the tool that carries a `response_format` JSON answer (see the module
 /// documentation). Callers may not define a tool with this name.
@@ -1078,14 +1078,12 @@ impl BedrockStreamToChat {
             return None;
         }
         self.usage_sent = true;
-        Some(json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created_unix_s,
-            "model": self.public_model,
-            "choices": [],
-            "usage": self.tokens.unwrap_or_default().to_openai_json(),
-        }))
+        Some(openai_usage_chunk(
+            &self.id,
+            self.created_unix_s,
+            &self.public_model,
+            self.tokens.unwrap_or_default().to_openai_json(),
+        ))
     }
 
     fn push_role_chunk(&mut self, chunks: &mut Vec<Value>) {
@@ -1096,18 +1094,14 @@ impl BedrockStreamToChat {
     }
 
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created_unix_s,
-            "model": self.public_model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-        });
-        if self.include_usage {
-            // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
-            chunk["usage"] = Value::Null;
-        }
-        chunk
+        openai_chunk(
+            &self.id,
+            self.created_unix_s,
+            &self.public_model,
+            self.include_usage,
+            delta,
+            finish_reason,
+        )
     }
 }
 

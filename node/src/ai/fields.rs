@@ -97,6 +97,46 @@ pub(super) fn image_part_url<'a>(part: &'a Value, field: &str) -> Result<&'a str
     }
 }
 
+/// One OpenAI `chat.completion.chunk` with a single choice. With `include_usage`, `usage` is
+/// null on every chunk but the last, as OpenAI sends it.
+pub(super) fn openai_chunk(
+    id: &str,
+    created_unix_s: u64,
+    public_model: &str,
+    include_usage: bool,
+    delta: Value,
+    finish_reason: Option<&str>,
+) -> Value {
+    let mut chunk = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created_unix_s,
+        "model": public_model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+    });
+    if include_usage {
+        chunk["usage"] = Value::Null;
+    }
+    chunk
+}
+
+/// The last OpenAI chunk of a stream whose caller asked for usage: no choices, the usage.
+pub(super) fn openai_usage_chunk(
+    id: &str,
+    created_unix_s: u64,
+    public_model: &str,
+    usage: Value,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created_unix_s,
+        "model": public_model,
+        "choices": [],
+        "usage": usage,
+    })
+}
+
 pub(super) fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
     Err(TranslateError::new(field, message))
 }
