@@ -20,6 +20,7 @@ pub mod health;
 pub mod jwt;
 pub mod ratelimit;
 pub mod redact;
+pub mod route_metrics;
 pub mod router;
 pub mod tls;
 pub mod transform;
@@ -45,6 +46,7 @@ use tokio::sync::watch;
 use access_log::{AccessEntry, AccessLog};
 use body::{full, MeteredBody, ProxyBody};
 use error::GatewayError;
+use route_metrics::RouteMetrics;
 use upstream::{InFlightGuard, Upstream};
 
 use crate::resources::route::VersionSource;
@@ -394,7 +396,7 @@ impl Gateway {
         let mut entry = if self.access_log.is_enabled() {
             AccessEntry {
                 ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                request_id: request_id.clone(),
+                request_id: request_id.to_str().unwrap_or_default().to_string(),
                 client_ip: client.ip().to_string(),
                 method: req.method().to_string(),
                 host: request_host(&req).unwrap_or_default(),
@@ -425,23 +427,35 @@ impl Gateway {
                     None => e.code().to_string(),
                 });
                 if let (Some(d), false) = (e.log_detail(), e.is_auth_failure()) {
-                    tracing::warn!(request_id = %request_id, route = entry.route.as_deref().unwrap_or("none"), error = %d, "{}", e);
+                    let route = entry.route_metrics.as_ref().map_or("none", |m| m.route());
+                    tracing::warn!(request_id = request_id.to_str().unwrap_or_default(), route, error = %d, "{}", e);
                 }
-                (e.into_response(&request_id), Duration::from_secs(60))
+                (
+                    e.into_response(request_id.to_str().unwrap_or_default()),
+                    Duration::from_secs(60),
+                )
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            resp.headers_mut().insert(headers::X_REQUEST_ID, v);
-        }
+        resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
         entry.status = resp.status().as_u16();
-        entry.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let route_label = entry.route.clone().unwrap_or_else(|| "none".into());
-        let service_label = entry.service.clone().unwrap_or_else(|| "none".into());
-        metrics::counter!("konnect_proxy_requests_total",
-            "route" => route_label.clone(), "service" => service_label, "status" => status_class(entry.status))
-        .increment(1);
-        metrics::histogram!("konnect_proxy_request_duration_seconds", "route" => route_label.clone())
-            .record(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        entry.latency_ms = elapsed.as_secs_f64() * 1000.0;
+        // A matched route counts through its own handles; a request without one (no route, or
+        // refused before matching) under route "none".
+        let route_metrics = entry.route_metrics.clone();
+        match &route_metrics {
+            Some(m) => {
+                m.requests(entry.status).increment(1);
+                m.duration().record(elapsed.as_secs_f64());
+            }
+            None => {
+                metrics::counter!("konnect_proxy_requests_total",
+                    "route" => "none", "service" => "none", "status" => RouteMetrics::class(entry.status))
+                .increment(1);
+                metrics::histogram!("konnect_proxy_request_duration_seconds", "route" => "none")
+                    .record(elapsed.as_secs_f64());
+            }
+        }
 
         // Log when the body is done (or abandoned), with the bytes actually sent.
         let log = self.access_log.clone();
@@ -451,8 +465,11 @@ impl Gateway {
             drop(places);
             entry.bytes_sent = bytes;
             entry.complete = complete;
-            metrics::counter!("konnect_proxy_bytes_sent_total", "route" => route_label)
-                .increment(bytes);
+            match &route_metrics {
+                Some(m) => m.bytes_sent().increment(bytes),
+                None => metrics::counter!("konnect_proxy_bytes_sent_total", "route" => "none")
+                    .increment(bytes),
+            }
             log.record(entry);
         });
         Response::from_parts(parts, BodyExt::boxed(metered))
@@ -489,7 +506,10 @@ impl Gateway {
         }
         let path = router::normalize_path(req.uri().path())
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-        entry.path = snapshot.redactor.text(&path).into_owned();
+        let logged = self.access_log.is_enabled();
+        if logged {
+            entry.path = snapshot.redactor.text(&path).into_owned();
+        }
         let host = request_host(&req);
 
         // Phase: match_route.
@@ -507,8 +527,11 @@ impl Gateway {
                 path: path.clone(),
             })?;
         let route = &snapshot.routes[found.rule_index];
-        entry.route = Some(route.name.clone());
-        entry.service = route.upstream.as_ref().map(|u| u.name.clone());
+        entry.route_metrics = Some(route.metrics.clone());
+        if logged {
+            entry.route = Some(route.name.clone());
+            entry.service = route.upstream.as_ref().map(|u| u.name.clone());
+        }
 
         // Phases: restrict_ip, authenticate, authorize (routes with access rules).
         let caller = match &route.access {
@@ -740,7 +763,7 @@ impl Gateway {
         };
         let result = forward(
             &upstream,
-            &parts,
+            &mut parts,
             &forwarded_path,
             forwarded_query.as_deref(),
             body,
@@ -984,16 +1007,6 @@ fn splice_upgrade(
     Response::from_parts(parts, body::empty())
 }
 
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -1003,21 +1016,15 @@ fn is_idempotent(m: &Method) -> bool {
 
 /// Host from the Host header (HTTP/1.1) or the URI authority (HTTP/2), without the port.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
+    let raw = match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
+        Some(h) => h,
+        None => req.uri().authority()?.as_str(),
+    };
     let host = if raw.starts_with('[') {
-        raw.split(']')
-            .next()
-            .map(|h| format!("{h}]"))
-            .unwrap_or(raw.clone())
+        // `[v6]:port` keeps its brackets.
+        raw.find(']').map_or(raw, |end| &raw[..=end])
     } else {
-        raw.rsplit_once(':')
-            .map(|(h, _)| h.to_string())
-            .unwrap_or(raw.clone())
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
     Some(host.to_ascii_lowercase())
 }
@@ -1120,7 +1127,7 @@ enum AttemptError {
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     upstream: &Arc<Upstream>,
-    parts: &hyper::http::request::Parts,
+    parts: &mut hyper::http::request::Parts,
     path: &str,
     query: Option<&str>,
     body: ForwardBody,
@@ -1176,16 +1183,17 @@ async fn forward(
             (None, Some(s)) => s,
             (None, None) => return Err(GatewayError::Internal("request body already sent".into())),
         };
-        let uri = format!(
-            "{}://{}{}{}{}",
-            if target.url.https { "https" } else { "http" },
-            target.url.authority(),
-            target.url.base_path,
-            path,
-            query.map(|q| format!("?{q}")).unwrap_or_default()
+        let mut uri = String::with_capacity(
+            target.origin.len() + path.len() + query.map_or(0, |q| q.len() + 1),
         );
-        let uri: Uri = uri
-            .parse()
+        uri.push_str(&target.origin);
+        uri.push_str(path);
+        if let Some(q) = query {
+            uri.push('?');
+            uri.push_str(q);
+        }
+        // From the String itself: no copy of the text.
+        let uri = Uri::try_from(uri)
             .map_err(|e| GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         let mut req = Request::builder()
             .method(parts.method.clone())
@@ -1196,10 +1204,14 @@ async fn forward(
             })
             .body(body)
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
-        *req.headers_mut() = parts.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(&target.url.authority()) {
-            req.headers_mut().insert(HOST, v);
-        }
+        // The last attempt takes the headers; only one that may be followed by another
+        // copies them.
+        *req.headers_mut() = if attempt == max_attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
+        req.headers_mut().insert(HOST, target.host_header.clone());
 
         let sent = Instant::now();
         let mut wait = spec.timeouts.read.0;
@@ -1305,6 +1317,28 @@ mod tests {
             let addr: std::net::IpAddr = ip.parse().unwrap();
             assert_eq!(IpText::new(addr).as_str(), addr.to_string());
         }
+    }
+
+    #[test]
+    fn request_host_is_the_lower_case_name_without_the_port() {
+        let host = |h: &str| {
+            let req = Request::builder().header(HOST, h).body(()).unwrap();
+            request_host(&req)
+        };
+        assert_eq!(
+            host("API.Example.com:8080").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(host("example.com").as_deref(), Some("example.com"));
+        assert_eq!(host("[::1]:8443").as_deref(), Some("[::1]"));
+        assert_eq!(host("[2001:DB8::1]").as_deref(), Some("[2001:db8::1]"));
+        let h2 = Request::builder()
+            .uri("https://Api.Example.com:443/x")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&h2).as_deref(), Some("api.example.com"));
+        let none = Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(request_host(&none), None);
     }
 
     #[test]

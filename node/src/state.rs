@@ -21,6 +21,7 @@ use crate::gateway::auth::{
 use crate::gateway::cache::ResponseCache;
 use crate::gateway::jwt::JwtVerifier;
 use crate::gateway::redact::Redactor;
+use crate::gateway::route_metrics::RouteMetrics;
 use crate::gateway::router::{RouteRule, Router};
 use crate::gateway::tls::CertStore;
 use crate::gateway::upstream::Upstream;
@@ -77,6 +78,8 @@ pub struct RouteEntry {
     pub cache: Option<Arc<ResponseCache>>,
     /// Credentials, ACL, IP lists and body checks; `None` for a public route.
     pub access: Option<Arc<RouteAccess>>,
+    /// Its request, latency and byte counters, registered on first use.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 pub struct GatewaySnapshot {
@@ -728,7 +731,12 @@ impl SnapshotBuilder {
                 caches.insert(name.clone(), (*rev, cache.clone()));
                 cache
             });
+            let metrics = Arc::new(RouteMetrics::new(
+                name,
+                upstream.as_ref().map(|u| u.name.as_str()),
+            ));
             entries.push(RouteEntry {
+                metrics,
                 name: name.clone(),
                 spec: spec.clone(),
                 upstream,

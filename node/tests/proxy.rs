@@ -102,6 +102,107 @@ fn metric_value(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The value of the one sample of `name` whose labels include every `label="value"` given.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|kv| l.contains(kv)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_bytes_and_latency_are_counted_per_route_service_and_status() {
+    let up = Upstream::start("u").await;
+    let (cluster, proxy) = gateway_with(
+        vec![
+            service("web", up.addr.port()),
+            resource(
+                "Route",
+                "shop",
+                json!({"paths": ["/shop"], "service": "web", "strip_prefix": true}),
+            ),
+            route("quiet", "/quiet", "web"),
+        ],
+        &[],
+    )
+    .await;
+    until_routed(&proxy, "/shop").await;
+    let before = status_metrics(&cluster).await;
+    let ok = |m: &str| {
+        sample(
+            m,
+            "konnect_proxy_requests_total",
+            &[r#"route="shop""#, r#"service="web""#, r#"status="2xx""#],
+        )
+        .unwrap_or(0.0)
+    };
+    let (ok0, bytes0) = (
+        ok(&before),
+        sample(
+            &before,
+            "konnect_proxy_bytes_sent_total",
+            &[r#"route="shop""#],
+        )
+        .unwrap_or(0.0),
+    );
+    let mut body_bytes = 0;
+    for _ in 0..3 {
+        let r = http("GET", &proxy, "/shop/item", &[], "").await;
+        assert_eq!(r.status, 200);
+        body_bytes += r.body.len();
+    }
+    assert_eq!(
+        http("GET", &proxy, "/shop/status/404", &[], "")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        http("GET", &proxy, "/shop/status/503", &[], "")
+            .await
+            .status,
+        503
+    );
+    assert_eq!(http("GET", &proxy, "/nowhere", &[], "").await.status, 404);
+
+    // The last request's bytes are counted when its body ends, just after the answer.
+    let m = wait_for("the byte counters", Duration::from_secs(5), || async {
+        let m = status_metrics(&cluster).await;
+        let sent = sample(&m, "konnect_proxy_bytes_sent_total", &[r#"route="shop""#])?;
+        (sent - bytes0 >= body_bytes as f64).then_some(m)
+    })
+    .await;
+    assert_eq!(ok(&m) - ok0, 3.0, "{m}");
+    let count = |route: &str, service: &str, status: &str| {
+        sample(
+            &m,
+            "konnect_proxy_requests_total",
+            &[
+                &format!(r#"route="{route}""#),
+                &format!(r#"service="{service}""#),
+                &format!(r#"status="{status}""#),
+            ],
+        )
+    };
+    assert_eq!(count("shop", "web", "4xx"), Some(1.0), "{m}");
+    assert_eq!(count("shop", "web", "5xx"), Some(1.0), "{m}");
+    assert!(
+        count("none", "none", "4xx").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "konnect_proxy_request_duration_seconds_count",
+            &[r#"route="shop""#]
+        )
+        .is_some_and(|n| n >= 5.0),
+        "{m}"
+    );
+    // A route that saw no traffic adds no series (10,000 routes would otherwise flood it).
+    assert!(!m.contains(r#"route="quiet""#), "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_happen_only_when_resending_is_safe() {
     let up = Upstream::start("u").await;

@@ -37,6 +37,11 @@ pub struct AccessEntry {
     /// `hit`, `miss` or `bypass` on routes with a response cache.
     pub cache: Option<&'static str>,
     pub error: Option<String>,
+    /// The matched route's metric handles (not logged): set for every request that matched a
+    /// route, whether or not a log is kept, since the route and service fields above are
+    /// filled only when it is.
+    #[serde(skip)]
+    pub route_metrics: Option<std::sync::Arc<super::route_metrics::RouteMetrics>>,
 }
 
 /// Where access log lines go.

@@ -375,7 +375,7 @@ impl ResponseCache {
         };
 
         remove_hop_by_hop(&mut stored_headers);
-        for name in [AGE.as_str(), X_CACHE, X_REQUEST_ID] {
+        for name in [AGE.as_str(), X_CACHE, X_REQUEST_ID.as_str()] {
             stored_headers.remove(name);
         }
         let vary = plan

@@ -19,7 +19,13 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-pub const X_REQUEST_ID: &str = "x-request-id";
+// Header names as constants: a name given as `&str` is parsed, and a non-standard one
+// allocated, on every insert; these are built once, at compile time.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const VIA_VALUE: &str = "1.1 konnect";
 
 /// Removes hop-by-hop headers, including those the Connection header names. `TE: trailers`
@@ -88,7 +94,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut client = peer;
-    for v in headers.get_all("x-forwarded-for").iter().rev() {
+    for v in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let Ok(v) = v.to_str() else { return client };
         for hop in v.rsplit(',') {
             match hop.trim().parse::<IpAddr>() {
@@ -114,26 +120,31 @@ pub fn set_forwarded(
     original_host: Option<&str>,
     proto: &'static str,
 ) {
-    let xff = match (
-        trusted,
-        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-    ) {
-        (true, Some(prior)) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client.to_string(),
+    let prior = match trusted {
+        true => headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .filter(|p| !p.trim().is_empty()),
+        false => None,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    let xff = match prior {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {client}")).ok(),
+        // The common case, without a String: the address as text on the stack.
+        None => HeaderValue::from_str(super::IpText::new(client).as_str()).ok(),
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if !trusted || !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !trusted || !headers.contains_key("x-forwarded-host") {
+    if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
         match original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
             Some(h) => {
-                headers.insert("x-forwarded-host", h);
+                headers.insert(X_FORWARDED_HOST, h);
             }
             None => {
-                headers.remove("x-forwarded-host");
+                headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
@@ -145,78 +156,93 @@ pub fn add_via(headers: &mut HeaderMap) {
         .get(hyper::header::VIA)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prior) => format!("{prior}, {VIA_VALUE}"),
-        None => VIA_VALUE.to_string(),
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {VIA_VALUE}")).ok(),
+        None => Some(HeaderValue::from_static(VIA_VALUE)),
     };
-    if let Ok(v) = HeaderValue::from_str(&via) {
+    if let Some(v) = via {
         headers.insert(hyper::header::VIA, v);
     }
 }
 
-/// The request's id: the client's X-Request-Id when it is a sane token, else a new one.
-pub fn request_id(headers: &mut HeaderMap) -> String {
-    if let Some(id) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !id.is_empty()
-            && id.len() <= 128
-            && id
-                .bytes()
+/// Lower-case hex of `raw` into `out` (twice as long).
+fn hex_into(raw: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in raw.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// The request's id: the client's X-Request-Id when it is a sane token, else a new one (32
+/// hex digits), set on the request either way. The value is shared, not copied, by the
+/// response header and the log.
+pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        let b = id.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         {
-            return id.to_string();
+            return id.clone();
         }
     }
     let mut raw = [0u8; 16];
     rand::rng().fill_bytes(&mut raw);
-    let id = hex::encode(raw);
-    headers.insert(
-        X_REQUEST_ID,
-        HeaderValue::from_str(&id).expect("hex is a valid header value"),
-    );
+    let mut text = [0u8; 32];
+    hex_into(&raw, &mut text);
+    let id = HeaderValue::from_bytes(&text).expect("hex is a valid header value");
+    headers.insert(X_REQUEST_ID, id.clone());
     id
 }
 
 /// Keeps a valid W3C traceparent (with this hop as the new parent span) or starts a trace.
 pub fn propagate_traceparent(headers: &mut HeaderMap) {
+    // `00-<trace id: 32>-<parent: 16>-<flags: 2>`, 55 bytes, built on the stack.
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    let mut rng = rand::rng();
     let mut span = [0u8; 8];
-    rand::rng().fill_bytes(&mut span);
-    let span = hex::encode(span);
+    rng.fill_bytes(&mut span);
+    hex_into(&span, &mut value[36..52]);
     let incoming = headers
-        .get("traceparent")
+        .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
-    let value = match incoming {
-        Some((trace_id, flags)) => format!("00-{trace_id}-{span}-{flags}"),
+    match incoming {
+        Some((trace_id, flags)) => {
+            value[3..35].copy_from_slice(trace_id.as_bytes());
+            value[53..55].copy_from_slice(flags.as_bytes());
+        }
         None => {
             let mut trace = [0u8; 16];
-            rand::rng().fill_bytes(&mut trace);
-            format!("00-{}-{span}-01", hex::encode(trace))
+            rng.fill_bytes(&mut trace);
+            hex_into(&trace, &mut value[3..35]);
         }
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("traceparent", v);
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        headers.insert(TRACEPARENT, v);
     }
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` -> (trace id, flags).
-fn parse_traceparent(v: &str) -> Option<(String, String)> {
-    let parts: Vec<&str> = v.trim().split('-').collect();
+fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+    let mut split = v.trim().split('-');
+    let parts: [&str; 4] = std::array::from_fn(|_| split.next().unwrap_or(""));
+    if split.next().is_some() {
+        return None;
+    }
     let hex = |s: &str, n: usize| {
         s.len() == n
             && s.bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     };
-    if parts.len() != 4
-        || parts[0] != "00"
-        || !hex(parts[1], 32)
-        || !hex(parts[2], 16)
-        || !hex(parts[3], 2)
-    {
+    if parts[0] != "00" || !hex(parts[1], 32) || !hex(parts[2], 16) || !hex(parts[3], 2) {
         return None;
     }
     if parts[1].bytes().all(|b| b == b'0') || parts[2].bytes().all(|b| b == b'0') {
         return None;
     }
-    Some((parts[1].to_string(), parts[3].to_string()))
+    Some((parts[1], parts[3]))
 }
 
 #[cfg(test)]
@@ -258,6 +284,27 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let mut h = HeaderMap::new();
+        let id = request_id(&mut h);
+        let text = id.to_str().unwrap();
+        assert_eq!(text.len(), 32);
+        assert!(text
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(h[&X_REQUEST_ID], id);
+        assert_ne!(request_id(&mut HeaderMap::new()), id);
+
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123.x:y_z"));
+        assert_eq!(request_id(&mut h), "abc-123.x:y_z");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("no spaces allowed"));
+        let made = request_id(&mut h);
+        assert_eq!(made.len(), 32);
+        assert_eq!(h[&X_REQUEST_ID], made);
+    }
+
+    #[test]
     fn traceparent_keeps_the_trace_and_replaces_the_parent() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -268,9 +315,21 @@ mod tests {
         let v = h["traceparent"].to_str().unwrap();
         assert!(v.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(!v.contains("00f067aa0ba902b7"));
+        assert!(v.ends_with("-01"));
         let mut h = HeaderMap::new();
         h.insert("traceparent", HeaderValue::from_static("garbage"));
         propagate_traceparent(&mut h);
-        assert!(parse_traceparent(h["traceparent"].to_str().unwrap()).is_some());
+        let v = h["traceparent"].to_str().unwrap();
+        assert_eq!(v.len(), 55);
+        assert!(parse_traceparent(v).is_some());
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
     }
 }

@@ -24,6 +24,10 @@ pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyB
 
 pub struct Target {
     pub url: TargetUrl,
+    /// `scheme://authority/base-path`: what every forwarded URI starts with.
+    pub origin: String,
+    /// The Host header sent to this target (its authority, port included).
+    pub host_header: hyper::header::HeaderValue,
     /// The URL as configured, for logs and metrics.
     pub display: String,
     pub in_flight: InFlight,
@@ -62,8 +66,22 @@ impl Upstream {
     pub fn new(name: &str, revision: u64, spec: ServiceSpec) -> Result<Upstream, String> {
         let mut targets = Vec::with_capacity(spec.targets.len());
         for t in &spec.targets {
+            let url = TargetUrl::parse(&t.url)?;
+            let authority = url.authority();
+            let host_header = hyper::header::HeaderValue::from_str(&authority).map_err(|_| {
+                format!(
+                    "invalid URL {:?}: the host is not a valid Host header",
+                    t.url
+                )
+            })?;
             targets.push(Target {
-                url: TargetUrl::parse(&t.url)?,
+                origin: format!(
+                    "{}://{authority}{}",
+                    if url.https { "https" } else { "http" },
+                    url.base_path
+                ),
+                host_header,
+                url,
                 display: t.url.clone(),
                 in_flight: InFlight::default(),
                 consecutive_failures: AtomicU32::new(0),
