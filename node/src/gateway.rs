@@ -913,6 +913,21 @@ impl IpText {
     pub fn new(ip: std::net::IpAddr) -> IpText {
         use std::io::Write;
         let mut buf = [0u8; 46];
+        if let std::net::IpAddr::V4(v4) = ip {
+            // The common case without the formatting machinery: four numbers and dots.
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let mut text = itoa::Buffer::new();
+                let digits = text.format(octet).as_bytes();
+                buf[len..len + digits.len()].copy_from_slice(digits);
+                len += digits.len();
+            }
+            return IpText { buf, len };
+        }
         let mut out = std::io::Cursor::new(&mut buf[..]);
         // The longest address (IPv4-mapped IPv6 with a full tail) is 45 bytes: it fits.
         let _ = write!(out, "{ip}");
@@ -1309,6 +1324,9 @@ mod tests {
     fn client_addresses_as_text_fit_the_stack_buffer() {
         for ip in [
             "192.168.10.200",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
             "::1",
             "2001:db8:85a3:1234:5678:8a2e:370:7334",
             "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
