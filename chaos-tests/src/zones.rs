@@ -963,3 +963,53 @@ async fn check_learner(
     outcome.problems.extend(problems);
     clause
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank_and_zero_when_empty() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 50.0);
+        assert_eq!(quantile(&v, 0.99), 99.0);
+        assert_eq!(quantile(&[7.0], 0.99), 7.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn zones_get_no_link_inside_30ms_between_and_100ms_to_the_far_zone() {
+        assert_eq!(link_between("az-a", "az-a"), None);
+        assert_eq!(
+            link_between("az-a", "az-b"),
+            Some(LinkShape::latency(ONE_WAY))
+        );
+        assert_eq!(
+            link_between("az-c", FAR_ZONE),
+            Some(LinkShape::latency(FAR_ONE_WAY))
+        );
+        assert_eq!(
+            link_between(FAR_ZONE, "az-a"),
+            Some(LinkShape::latency(FAR_ONE_WAY))
+        );
+    }
+
+    #[test]
+    fn the_recommended_timing_keeps_the_heartbeat_3x_and_the_election_10x_the_round_trip() {
+        for (timing, rtt) in [
+            (ZONE_TIMING, 2 * ONE_WAY.as_millis() as u64),
+            (FAR_TIMING, 2 * FAR_ONE_WAY.as_millis() as u64),
+        ] {
+            assert!(timing.heartbeat_ms >= 3 * rtt, "{timing:?} for {rtt}ms");
+            assert!(
+                timing.election_timeout_min_ms >= 3 * timing.heartbeat_ms,
+                "{timing:?}"
+            );
+            assert!(
+                timing.election_timeout_min_ms >= 10 * 2 * ONE_WAY.as_millis() as u64,
+                "{timing:?}"
+            );
+            assert!(timing.election_timeout_max_ms > timing.election_timeout_min_ms);
+        }
+    }
+}
