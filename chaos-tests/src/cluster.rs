@@ -25,6 +25,48 @@ pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1000);
 /// Zones assigned round-robin, so a 3-node cluster spans three zones.
 pub const ZONES: [&str; 3] = ["az-a", "az-b", "az-c"];
 
+/// The Raft timing the nodes of one cluster run with (`--heartbeat-ms`,
+/// `--election-timeout-min-ms`, `--election-timeout-max-ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl RaftTiming {
+    /// The chaos default: nodes on one bridge, no added latency.
+    pub const CHAOS: RaftTiming = RaftTiming {
+        heartbeat_ms: HEARTBEAT_MS,
+        election_timeout_min_ms: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max_ms: ELECTION_TIMEOUT_MAX.as_millis() as u64,
+    };
+}
+
+/// What to start: each node's zone, how many of them (the first ones) form the cluster at
+/// `init` (the rest start with no `--peers` and wait to be added with `add-node`), and the
+/// Raft timing.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// One zone per node.
+    pub zones: Vec<String>,
+    /// The first `initial_members` nodes are listed in `--peers`; invariant: at least 1 and
+    /// at most `zones.len()`.
+    pub initial_members: usize,
+    pub timing: RaftTiming,
+}
+
+impl ClusterSpec {
+    /// `n` nodes in the zones `ZONES` round-robin, all members, chaos timing.
+    pub fn round_robin(n: usize) -> ClusterSpec {
+        ClusterSpec {
+            zones: (0..n).map(|i| ZONES[i % ZONES.len()].to_string()).collect(),
+            initial_members: n,
+            timing: RaftTiming::CHAOS,
+        }
+    }
+}
+
 /// Which network the nodes run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModeKind {
@@ -66,6 +108,12 @@ pub struct Node {
     pub log_path: PathBuf,
     /// `--secret-key-file`: the same file for every node of the cluster.
     pub secret_key_file: PathBuf,
+    /// In the Raft membership: listed in the initial `--peers`, or added since (the harness
+    /// sets it after `add-node`). Leader checks and workload clients look at members only.
+    pub member: bool,
+    /// Listed in the initial `--peers` (and started with it, restarts included).
+    in_initial_peers: bool,
+    timing: RaftTiming,
     child: Option<Child>,
     paused: bool,
 }
@@ -94,7 +142,9 @@ impl Node {
         self.child.as_ref().map(Child::id)
     }
 
-    fn spawn(&mut self, binary: &Path, peers: &str) -> Result<()> {
+    /// Starts the process; `peers` is the initial `--peers` list, which a node that joins later
+    /// must not get (it is not in it).
+    fn spawn(&mut self, binary: &Path, peers: Option<&str>) -> Result<()> {
         if self.child.is_some() {
             bail!("node {} is already running", self.id);
         }
@@ -131,22 +181,23 @@ impl Node {
                 &self.status_addr,
                 "--proxy-addr",
                 &self.proxy_addr,
-                "--peers",
-                peers,
                 "--secret-key-file",
                 &self.secret_key_file.display().to_string(),
                 "--heartbeat-ms",
-                &HEARTBEAT_MS.to_string(),
+                &self.timing.heartbeat_ms.to_string(),
                 "--election-timeout-min-ms",
-                &ELECTION_TIMEOUT_MIN_MS.to_string(),
+                &self.timing.election_timeout_min_ms.to_string(),
                 "--election-timeout-max-ms",
-                &ELECTION_TIMEOUT_MAX.as_millis().to_string(),
+                &self.timing.election_timeout_max_ms.to_string(),
                 "--log",
                 // Elections and membership at info; one line per applied revision is noise.
                 "warn,konnect=info,konnect::state=warn,openraft=warn",
             ]
             .map(String::from),
         );
+        if let Some(peers) = peers {
+            argv.extend(["--peers".to_string(), peers.to_string()]);
+        }
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .env_remove("KONNECT_TOKEN")
@@ -387,6 +438,31 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes (not yet initialised) in the requested mode.
     pub async fn start(n: usize, request: ModeRequest) -> Result<Cluster> {
+        let mut cluster = Cluster::create(&ClusterSpec::round_robin(n), request)?;
+        cluster.start_all().await?;
+        Ok(cluster)
+    }
+
+    /// Starts every node that is not running.
+    pub async fn start_all(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_running() {
+                self.start_node(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets up the nodes of `spec` (namespaces, data dirs, addresses) without starting them:
+    /// something may go between the nodes (`wan::Wan`) before they first talk.
+    pub fn create(spec: &ClusterSpec, request: ModeRequest) -> Result<Cluster> {
+        let n = spec.zones.len();
+        if spec.initial_members == 0 || spec.initial_members > n {
+            bail!(
+                "{} initial members of {n} nodes: at least one, at most all",
+                spec.initial_members
+            );
+        }
         let binary = konnect_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("konnect-chaos-")
@@ -432,7 +508,7 @@ impl Cluster {
             };
             nodes.push(Node {
                 id,
-                zone: ZONES[i % ZONES.len()].to_string(),
+                zone: spec.zones[i].clone(),
                 ns,
                 peer_addr: format!("{host}:{}", p[0]),
                 admin_addr: format!("{host}:{}", p[1]),
@@ -441,17 +517,21 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node{id}")),
                 log_path: dir.path().join(format!("node{id}.log")),
                 secret_key_file: secret_key_file.clone(),
+                member: i < spec.initial_members,
+                in_initial_peers: i < spec.initial_members,
+                timing: spec.timing,
                 child: None,
                 paused: false,
             });
         }
         let peers = nodes
             .iter()
+            .filter(|n| n.in_initial_peers)
             .map(|n| format!("{}={}", n.id, n.peer_addr))
             .collect::<Vec<_>>()
             .join(",");
         let dir_path = dir.path().to_path_buf();
-        let mut cluster = Cluster {
+        Ok(Cluster {
             nodes,
             topology,
             mode,
@@ -461,26 +541,28 @@ impl Cluster {
             peers,
             dir: Some(dir),
             dir_path,
-        };
-        for i in 0..n {
-            cluster.start_node(i).await?;
-        }
-        Ok(cluster)
+        })
     }
 
     /// Starts `n` nodes and forms the cluster through node 1; waits for a leader.
     pub async fn start_initialised(n: usize, request: ModeRequest) -> Result<Cluster> {
         let mut cluster = Cluster::start(n, request).await?;
-        let init = Client::new(vec![cluster.nodes[0].admin_url()], None)?
+        cluster.initialise().await?;
+        Ok(cluster)
+    }
+
+    /// Forms the cluster of the initial members through node 1 (`cluster init`), keeps the
+    /// admin token and waits for a leader.
+    pub async fn initialise(&mut self) -> Result<()> {
+        let init = Client::new(vec![self.nodes[0].admin_url()], None)?
             .init()
             .await
             .context("cluster init")?;
-        cluster.token = Some(init.admin_token);
-        cluster
-            .wait_for_leader(Duration::from_secs(30))
+        self.token = Some(init.admin_token);
+        self.wait_for_leader(Duration::from_secs(30))
             .await
             .context("first leader election")?;
-        Ok(cluster)
+        Ok(())
     }
 
     /// The directory holding data dirs and logs.
@@ -517,7 +599,8 @@ impl Cluster {
         let binary = self.binary.clone();
         let peers = self.peers.clone();
         let node = &mut self.nodes[index];
-        node.spawn(binary.path(), &peers)?;
+        let initial = node.in_initial_peers;
+        node.spawn(binary.path(), initial.then_some(peers.as_str()))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if tokio::net::TcpStream::connect(&node.admin_addr)
@@ -563,10 +646,17 @@ impl Cluster {
             .ok()
     }
 
-    /// The index of the node that says it leads with the highest term, if any answers so.
+    /// The indexes of the nodes in the Raft membership (see `Node::member`).
+    pub fn members(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].member)
+            .collect()
+    }
+
+    /// The index of the member that says it leads with the highest term, if any answers so.
     pub async fn current_leader(&self) -> Option<usize> {
         let mut best: Option<(u64, usize)> = None;
-        for i in 0..self.nodes.len() {
+        for i in self.members() {
             if let Some(s) = self.status(i, Duration::from_millis(500)).await {
                 if s.role == "Leader" && best.is_none_or(|(term, _)| s.term > term) {
                     best = Some((s.term, i));
@@ -576,13 +666,13 @@ impl Cluster {
         best.map(|(_, i)| i)
     }
 
-    /// Waits until every live node names the same live leader; returns its index.
+    /// Waits until every live member names the same live leader; returns its index.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;
         loop {
             let mut leaders = std::collections::BTreeSet::new();
             let mut answered = 0;
-            for i in 0..self.nodes.len() {
+            for i in self.members() {
                 if !self.nodes[i].is_live() {
                     continue;
                 }

@@ -15,6 +15,11 @@
 //!   answers per node, the AI resources and a key, AI-call clients through every node) and the
 //!   `ledger-partition` and `ledger-kill-leader` runs; `ledger/check.rs` checks every node's
 //!   ledger against the calls.
+//! - `wan`: latency and loss between zones: a user-space TCP proxy (a timed queue per
+//!   direction) and the nftables DNAT rules that route each node's peer connections through
+//!   it.
+//! - `zones`: the multi-zone runs (`zone-latency`, `zone-outage`, `zone-learner`): voters in
+//!   three zones 30 ms apart, a zone cut off, a far learner added under writes.
 //! - `scenario`: named scenarios, one run each, and the one-line outcome.
 //!
 //! Invariant: traffic stays on this machine. Nodes listen on loopback or on 10.77.S.0/24
@@ -28,4 +33,6 @@ pub mod linearizability;
 pub mod nemesis;
 pub mod net;
 pub mod scenario;
+pub mod wan;
 pub mod workload;
+pub mod zones;

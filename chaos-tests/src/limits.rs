@@ -243,9 +243,9 @@ pub fn resources(upstream_url: &str) -> Vec<ResourceInput> {
 
 // === Clients ===
 
-type Sender = SendRequest<Empty<Bytes>>;
+pub(crate) type Sender = SendRequest<Empty<Bytes>>;
 
-async fn connect(proxy: &str) -> Option<Sender> {
+pub(crate) async fn connect(proxy: &str) -> Option<Sender> {
     let stream = tokio::time::timeout(
         Duration::from_secs(1),
         tokio::net::TcpStream::connect(proxy),
@@ -261,7 +261,7 @@ async fn connect(proxy: &str) -> Option<Sender> {
 }
 
 /// One GET of `path`, stamped with its send time; returns the status.
-async fn send(sender: &mut Sender, path: &str) -> Result<u16> {
+pub(crate) async fn send(sender: &mut Sender, path: &str) -> Result<u16> {
     sender.ready().await?;
     let req = hyper::Request::get(path)
         .header("host", "chaos.test")

@@ -119,13 +119,17 @@ impl Topology {
                 "eth0",
             ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            // The output chain runs before NAT (-100) and the input chain after it (100), so
+            // both see the nodes' own addresses even when `wan::Wan` redirects a node's
+            // connections to a latency proxy: a partition then still drops what a node sends
+            // to a cut-off peer (its replies through the proxy, too).
             nft(
                 &ns,
                 "table inet chaos {\n\
                    set blocked_in { type ipv4_addr; }\n\
                    set blocked_out { type ipv4_addr; }\n\
-                   chain input { type filter hook input priority 0; policy accept; ip saddr @blocked_in drop; }\n\
-                   chain output { type filter hook output priority 0; policy accept; ip daddr @blocked_out drop; }\n\
+                   chain input { type filter hook input priority 150; policy accept; ip saddr @blocked_in drop; }\n\
+                   chain output { type filter hook output priority -150; policy accept; ip daddr @blocked_out drop; }\n\
                  }\n",
             )?;
             topology.nodes.push(NodeNet { ns, ip: node_ip });
@@ -252,7 +256,7 @@ fn quiet(args: &[&str]) -> bool {
 }
 
 /// Feeds an nft script to `nft -f -` inside namespace `ns`.
-fn nft(ns: &str, script: &str) -> Result<()> {
+pub(crate) fn nft(ns: &str, script: &str) -> Result<()> {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "nft", "-f", "-"])
         .stdin(Stdio::piped())

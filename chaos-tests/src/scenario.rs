@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use crate::cluster::{Cluster, ModeKind, ModeRequest};
 use crate::nemesis::{self, FaultKind, Schedule};
 use crate::workload::{self, Clock, RegisterNotes, SetRecord, Stop};
-use crate::{ledger, limits};
+use crate::{ledger, limits, zones};
 
 /// A named choice of faults and the workload that runs under them.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +45,9 @@ pub enum Workload {
     /// off, or the leader killed); afterwards every node's cost ledger must hold exactly the
     /// completed calls (`ledger`).
     Ledger(ledger::LedgerFault),
+    /// Register and set clients plus proxied requests on voters in three zones with latency
+    /// between them (`zones`), under no fault, a zone cut off, or a far learner added.
+    Zones(zones::ZoneRun),
 }
 
 /// Every scenario; `all` runs them in this order.
@@ -106,6 +109,27 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "kill -9 the leader while clients make AI calls through every node, restart it: \
                 every completed call counted exactly once, the calls cut in flight at most once",
         workload: Workload::Ledger(ledger::LedgerFault::KillLeader),
+    },
+    Scenario {
+        name: "zone-latency",
+        faults: &[],
+        about: "three zones 30 ms apart (user-space latency proxies): every write through \
+                every node acknowledged, history linearizable, the route answered everywhere",
+        workload: Workload::Zones(zones::ZoneRun::Latency),
+    },
+    Scenario {
+        name: "zone-outage",
+        faults: &[],
+        about: "three zones 30 ms apart, one cut off for 6 s: the others keep taking writes, \
+                nothing acknowledged lost, the cut-off node keeps proxying and catches up",
+        workload: Workload::Zones(zones::ZoneRun::Outage),
+    },
+    Scenario {
+        name: "zone-learner",
+        faults: &[],
+        about: "three zones 30 ms apart, a fourth node 100 ms away added as a learner under \
+                writes: writes keep committing, it stays a learner and serves the route",
+        workload: Workload::Zones(zones::ZoneRun::FarLearner),
     },
 ];
 
@@ -229,6 +253,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     match scenario.workload {
         Workload::RateLimits => return limits::run_partition(scenario, options).await,
         Workload::Ledger(fault) => return ledger::run(scenario, fault, options).await,
+        Workload::Zones(which) => return zones::run(scenario, which, options).await,
         Workload::Registers => {}
     }
     let started = Instant::now();

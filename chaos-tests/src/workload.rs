@@ -40,7 +40,7 @@ const FAILURE_BACKOFF: Duration = Duration::from_millis(100);
 /// The label holding a register's value.
 const VALUE_LABEL: &str = "chaos-value";
 /// The label marking set elements.
-const SET_LABEL: &str = "chaos-set";
+pub const SET_LABEL: &str = "chaos-set";
 /// States the linearizability search may memoise per register before giving up.
 const CHECK_BUDGET: usize = 2_000_000;
 
@@ -162,7 +162,7 @@ pub struct RegisterNotes {
     pub stale_update_responses: usize,
 }
 
-/// Spawns `clients` register clients; client `c` talks only to node `c % n`. With
+/// Spawns `clients` register clients; client `c` talks only to member `c % n`. With
 /// `consistent_reads` false the clients read each node's local state (`consistent=false`),
 /// which is not linearizable: used to prove that the harness catches stale reads.
 pub fn spawn_register_clients(
@@ -175,8 +175,9 @@ pub fn spawn_register_clients(
     stop: Stop,
 ) -> Result<Vec<RegisterClient>> {
     let mut handles = Vec::new();
+    let members = cluster.members();
     for c in 0..clients {
-        let client = cluster.client_of(c % cluster.len())?;
+        let client = cluster.client_of(members[c % members.len()])?;
         let stop = stop.clone();
         let mut rng = StdRng::seed_from_u64(seed ^ (0x5eed_0000 + c as u64));
         handles.push(tokio::spawn(async move {
@@ -294,7 +295,7 @@ pub async fn final_register_reads(
     deadline: Instant,
 ) -> Result<Vec<RegisterOp>> {
     let mut ops = Vec::new();
-    for node in 0..cluster.len() {
+    for node in cluster.members() {
         let client = cluster.client_of(node)?;
         for key in 0..keys {
             loop {
@@ -468,15 +469,16 @@ pub struct SetRecord {
     pub already_exists: usize,
 }
 
-/// Spawns `clients` set clients; client `c` talks only to node `(c + 1) % n`.
+/// Spawns `clients` set clients; client `c` talks only to member `(c + 1) % n`.
 pub fn spawn_set_clients(
     cluster: &Cluster,
     clients: usize,
     stop: Stop,
 ) -> Result<Vec<JoinHandle<SetRecord>>> {
     let mut handles = Vec::new();
+    let members = cluster.members();
     for c in 0..clients {
-        let client = cluster.client_of((c + 1) % cluster.len())?;
+        let client = cluster.client_of(members[(c + 1) % members.len()])?;
         let stop = stop.clone();
         handles.push(tokio::spawn(async move {
             let mut record = SetRecord::default();
@@ -544,7 +546,7 @@ pub async fn check_set(
         ..Default::default()
     };
     let mut seen: Vec<BTreeSet<String>> = Vec::new();
-    for node in 0..cluster.len() {
+    for node in cluster.members() {
         let client = cluster.client_of(node)?;
         let present = loop {
             match timed(client.list("Service", &format!("{SET_LABEL}=1"), true)).await {

@@ -1,7 +1,8 @@
 //! Short runs of every chaos scenario against real konnect processes: each fault must leave
 //! the register history linearizable and every acknowledged create present on every node, or
 //! (ratelimit-partition) every rate-limit window within its bound, or (ledger-partition,
-//! ledger-kill-leader) every completed AI call counted exactly once by every node's ledger.
+//! ledger-kill-leader) every completed AI call counted exactly once by every node's ledger,
+//! or (zone-latency, zone-outage, zone-learner) writes committing across zones 30 ms apart.
 //!
 //! As root these run in network namespaces with nftables partitions; otherwise on loopback,
 //! where network faults are replaced by pauses (each run prints `mode=`). The runs are
@@ -150,4 +151,32 @@ async fn harness_flags_stale_local_reads_as_not_linearizable() {
             .any(|p| p.contains("not linearizable")),
         "failed, but not on linearizability: {outcome}"
     );
+}
+
+/// Three voters in three zones with 30 ms one way between them (user-space latency proxies,
+/// docs/multi-zone.md timing): every write through every node is acknowledged, the history is
+/// linearizable, and a configured route answers through every node. Write p50/p99 and the
+/// route's p99 are printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_every_node_commit_across_zones_30ms_apart() {
+    let outcome = run("zone-latency", 111, ModeRequest::Netns).await;
+    assert_eq!(outcome.mode, Some(ModeKind::Netns));
+}
+
+/// One of three zones cut off for 6 s: the other two keep acknowledging writes, nothing
+/// acknowledged is lost, the history is linearizable, the cut-off node keeps proxying from
+/// its configuration, and once healed it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_cut_off_leaves_the_others_writable_and_catches_up_after() {
+    let outcome = run("zone-outage", 112, ModeRequest::Netns).await;
+    assert_eq!(outcome.mode, Some(ModeKind::Netns));
+}
+
+/// A fourth node 100 ms away added with `add-node --learner` while writes run: writes keep
+/// committing, it stays a learner (three voters), receives the configuration and serves the
+/// route. Write p99 before and with it is printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_learner_joins_under_writes_and_serves_the_route_without_voting() {
+    let outcome = run("zone-learner", 113, ModeRequest::Netns).await;
+    assert_eq!(outcome.mode, Some(ModeKind::Netns));
 }
