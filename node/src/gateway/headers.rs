@@ -31,39 +31,56 @@ const VIA_VALUE: &str = "1.1 konnect";
 /// Removes hop-by-hop headers, including those the Connection header names. `TE: trailers`
 /// survives: gRPC needs it end to end and HTTP/2 allows exactly that value.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the few names present decides, instead
-    // of nine hashed lookups (standard names compare as small integers).
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the few names present notes which hop-by-hop ones are there (standard
+    // names compare as small integers); most messages carry none, or only `Connection`.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let wants_trailers = headers
-        .get_all(hyper::header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    let named: Vec<HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // `Connection: keep-alive` (or close) names nothing more to remove.
-        .filter(|n| {
-            !HOP_BY_HOP
-                .iter()
-                .any(|h| h.as_str().eq_ignore_ascii_case(n))
-                && !n.eq_ignore_ascii_case("close")
-        })
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    let has = |name: &HeaderName| {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == name)
+            .is_some_and(|i| present & (1 << i) != 0)
+    };
+    let wants_trailers = has(&hyper::header::TE)
+        && headers
+            .get_all(hyper::header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    if has(&hyper::header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `Connection: keep-alive` (or close) names nothing more to remove.
+            .filter(|n| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(n))
+                    && !n.eq_ignore_ascii_case("close")
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
     if wants_trailers {
         headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
