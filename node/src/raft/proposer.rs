@@ -219,7 +219,20 @@ impl Proposer {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut last_error = String::from("no leader elected");
         loop {
-            match self.write_here(cmd.clone()).await? {
+            // A leader cut off from its quorum stays leader (openraft does not step down), and
+            // its proposal waits until the quorum is back: bounded here, so the caller gets a
+            // clear refusal instead of a call that hangs for the length of the outage.
+            let here = tokio::time::timeout_at(deadline.into(), self.write_here(cmd.clone()))
+                .await
+                .map_err(|_| {
+                    ProposeError::NoLeader(format!(
+                        "this node leads but could not commit the write within {}s: it cannot \
+                         reach a quorum of the cluster (the write may still take effect once \
+                         the quorum is back)",
+                        WRITE_DEADLINE.as_secs()
+                    ))
+                })??;
+            match here {
                 Attempt::Done(r) => return Ok(r),
                 Attempt::Forward(Some(leader)) => {
                     match self.forward(&leader, cmd.clone()).await {
