@@ -66,6 +66,9 @@ pub struct Node {
     pub log_path: PathBuf,
     /// `--secret-key-file`: the same file for every node of the cluster.
     pub secret_key_file: PathBuf,
+    /// `--test-clock-offset-ms` for the next start (node/src/clock.rs): the node reads it
+    /// only at start, so a clock fault restarts the node with it. 0: the true clock.
+    pub clock_offset_ms: i64,
     child: Option<Child>,
     paused: bool,
 }
@@ -147,6 +150,9 @@ impl Node {
             ]
             .map(String::from),
         );
+        if self.clock_offset_ms != 0 {
+            argv.push(format!("--test-clock-offset-ms={}", self.clock_offset_ms));
+        }
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .env_remove("KONNECT_TOKEN")
@@ -441,6 +447,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node{id}")),
                 log_path: dir.path().join(format!("node{id}.log")),
                 secret_key_file: secret_key_file.clone(),
+                clock_offset_ms: 0,
                 child: None,
                 paused: false,
             });
@@ -612,12 +619,17 @@ impl Cluster {
         }
     }
 
-    /// Undoes every fault: resumes paused nodes, restarts killed ones, removes drop rules.
+    /// Undoes every fault: resumes paused nodes, restarts killed ones, removes drop rules,
+    /// restarts nodes whose clock is off with the true clock.
     pub async fn heal_all(&mut self) -> Result<()> {
         if let Some(t) = self.topology.as_mut() {
             t.heal()?;
         }
         for i in 0..self.nodes.len() {
+            if self.nodes[i].clock_offset_ms != 0 {
+                self.nodes[i].kill9();
+                self.nodes[i].clock_offset_ms = 0;
+            }
             if self.nodes[i].is_paused() {
                 self.nodes[i].resume()?;
             }

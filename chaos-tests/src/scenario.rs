@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use crate::cluster::{Cluster, ModeKind, ModeRequest};
 use crate::nemesis::{self, FaultKind, Schedule};
 use crate::workload::{self, Clock, RegisterNotes, SetRecord, Stop};
-use crate::{ledger, limits};
+use crate::{availability, leader_time, ledger, limits};
 
 /// A named choice of faults and the workload that runs under them.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +45,9 @@ pub enum Workload {
     /// off, or the leader killed); afterwards every node's cost ledger must hold exactly the
     /// completed calls (`ledger`).
     Ledger(ledger::LedgerFault),
+    /// Requests through every node's proxy while no majority exists anywhere; admin writes
+    /// must be refused, and work again after healing (`availability`).
+    QuorumLoss,
 }
 
 /// Every scenario; `all` runs them in this order.
@@ -80,6 +83,12 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: Workload::Registers,
     },
     Scenario {
+        name: "clock-offset",
+        faults: &[FaultKind::ClockOffset],
+        about: "restart the leader or a follower with its clock 90 s to 4 min off, either way",
+        workload: Workload::Registers,
+    },
+    Scenario {
         name: "mixed",
         faults: &FaultKind::ALL,
         about: "every fault kind, drawn at random",
@@ -106,6 +115,15 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "kill -9 the leader while clients make AI calls through every node, restart it: \
                 every completed call counted exactly once, the calls cut in flight at most once",
         workload: Workload::Ledger(ledger::LedgerFault::KillLeader),
+    },
+    Scenario {
+        name: "quorum-loss-dataplane",
+        faults: &[],
+        about: "cut every node off from every other (no majority) while clients use public, \
+                key-auth and locally limited routes through every node, and kill -9 and \
+                restart one node meanwhile: every request answered, admin writes refused \
+                with Unavailable; after healing writes and config changes work again",
+        workload: Workload::QuorumLoss,
     },
 ];
 
@@ -229,6 +247,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     match scenario.workload {
         Workload::RateLimits => return limits::run_partition(scenario, options).await,
         Workload::Ledger(fault) => return ledger::run(scenario, fault, options).await,
+        Workload::QuorumLoss => return availability::run(scenario, options).await,
         Workload::Registers => {}
     }
     let started = Instant::now();
@@ -405,6 +424,18 @@ async fn drive(
         .problems
         .extend(registers.conflicts_that_took_effect.iter().cloned());
     outcome.problems.extend(set.problems.iter().cloned());
+    let clock_faults = schedule
+        .steps
+        .iter()
+        .any(|s| s.kind == FaultKind::ClockOffset);
+    let leader_time = if clock_faults {
+        let report = leader_time::check(cluster, deadline).await?;
+        outcome.problems.extend(report.problems.iter().cloned());
+        phase("leader time checked through every node");
+        Some(report)
+    } else {
+        None
+    };
 
     let already_exists: usize = records.iter().map(|r| r.already_exists).sum();
     let mut set_failures = std::collections::BTreeMap::<String, usize>::new();
@@ -467,6 +498,20 @@ async fn drive(
     if !failures.is_empty() {
         let f: Vec<String> = failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
         details.push_str(&format!("; failed calls: {}", f.join(", ")));
+    }
+    if let Some(t) = leader_time {
+        details.push_str(&format!(
+            "; leader time: {} resources, {} on every node, largest step {:.1}s, newest {:+.1}s \
+             from this machine's clock",
+            t.resources,
+            if t.problems.is_empty() {
+                "never backwards and alike"
+            } else {
+                "PROBLEMS"
+            },
+            t.largest_step_ms as f64 / 1000.0,
+            t.newest_ahead_ms as f64 / 1000.0
+        ));
     }
     if !oddities.is_empty() {
         details.push_str(&format!("; noted: {}", oddities.join(", ")));
