@@ -13,14 +13,16 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos-tests",
-    about = "Run konnect under partitions, crashes and pauses; check linearizability, lost writes, \
-             rate limits and the AI cost ledger.",
+    about = "Run konnect under partitions, crashes, pauses and clock offsets; check \
+             linearizability, lost writes, rate limits, the AI cost ledger and the data plane \
+             without a quorum.",
     after_help = "Scenarios: partition-leader, kill-leader, pause-follower, asymmetric-partition, \
-                  split-minority, mixed, ratelimit-partition, ledger-partition, \
-                  ledger-kill-leader. Needs root for network namespaces; otherwise runs on \
-                  loopback with network faults replaced by pauses (and says so), except \
-                  ratelimit-partition and the ledger scenarios, which then fail: they need a real \
-                  partition, or nodes with addresses of their own."
+                  split-minority, clock-offset, mixed, ratelimit-partition, ledger-partition, \
+                  ledger-kill-leader, quorum-loss-dataplane. Needs root for network namespaces; \
+                  otherwise runs on loopback with network faults replaced by pauses (and says \
+                  so), except ratelimit-partition, the ledger scenarios and \
+                  quorum-loss-dataplane, which then fail: they need a real partition, or nodes \
+                  with addresses of their own."
 )]
 struct Args {
     /// Scenario to run, or `all`.
@@ -37,7 +39,7 @@ struct Args {
     nodes: usize,
     /// Time the fault schedule fills in each scenario. Default: 12s, or 60s with --soak.
     /// (ratelimit-partition times its one fault by the limits' windows, and the ledger
-    /// scenarios hold their one fault for a fixed time, instead.)
+    /// scenarios and quorum-loss-dataplane hold their faults for a fixed time, instead.)
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Where nodes run: auto (namespaces if possible), netns (or fail), loopback.

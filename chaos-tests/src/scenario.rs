@@ -207,14 +207,20 @@ impl Outcome {
         }
     }
 
-    /// The command that replays this run.
+    /// The command that replays this run (with `--mode loopback` if it ran there: `auto`
+    /// would pick namespaces where they are available).
     pub fn replay(&self) -> String {
         format!(
-            "cargo run -p chaos-tests -- --scenario {} --seed {} --nodes {} --duration {}",
+            "cargo run -p chaos-tests -- --scenario {} --seed {} --nodes {} --duration {}{}",
             self.scenario,
             self.seed,
             self.nodes,
-            humantime::format_duration(self.duration)
+            humantime::format_duration(self.duration),
+            if self.mode == Some(ModeKind::Loopback) {
+                " --mode loopback"
+            } else {
+                ""
+            }
         )
     }
 }
