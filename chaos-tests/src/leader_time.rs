@@ -26,12 +26,13 @@ pub struct LeaderTimeReport {
     pub problems: Vec<String>,
 }
 
+/// One resource as a node listed it: revision, `updated_unix_ms`, name.
+pub type Stamp = (u64, u64, String);
+
 /// Lists every Service through every node (consistent reads, retried until `deadline`) and
-/// checks that leader time never goes backwards and that the nodes agree on it.
+/// checks what they hold with `check_lists`.
 pub async fn check(cluster: &Cluster, deadline: Instant) -> Result<LeaderTimeReport> {
-    let mut report = LeaderTimeReport::default();
-    // (name, revision) -> updated_unix_ms, from the first node; the others must agree.
-    let mut first: Option<BTreeMap<(String, u64), u64>> = None;
+    let mut lists = Vec::new();
     for index in 0..cluster.len() {
         let client = cluster.client_of(index)?;
         let list = loop {
@@ -48,11 +49,24 @@ pub async fn check(cluster: &Cluster, deadline: Instant) -> Result<LeaderTimeRep
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        let mut items: Vec<(u64, u64, String)> = list
-            .items
-            .iter()
-            .map(|r| (r.revision, r.updated_unix_ms, r.name.clone()))
-            .collect();
+        lists.push(
+            list.items
+                .iter()
+                .map(|r| (r.revision, r.updated_unix_ms, r.name.clone()))
+                .collect(),
+        );
+    }
+    Ok(check_lists(lists, crate::limits::unix_ms()))
+}
+
+/// Checks each node's list (index = node): leader time never decreases as the revision
+/// grows, and every node holds the same resources at the same revisions and times as the
+/// first. `now_ms` is this machine's clock, for the report.
+pub fn check_lists(lists: Vec<Vec<Stamp>>, now_ms: u64) -> LeaderTimeReport {
+    let mut report = LeaderTimeReport::default();
+    // (name, revision) -> updated_unix_ms, from the first node; the others must agree.
+    let mut first: Option<BTreeMap<(String, u64), u64>> = None;
+    for (index, mut items) in lists.into_iter().enumerate() {
         items.sort();
         let node = format!("n{}", index + 1);
         for pair in items.windows(2) {
@@ -68,8 +82,7 @@ pub async fn check(cluster: &Cluster, deadline: Instant) -> Result<LeaderTimeRep
             }
         }
         if let Some(newest) = items.iter().map(|i| i.1).max() {
-            let now = crate::limits::unix_ms() as i64;
-            report.newest_ahead_ms = report.newest_ahead_ms.max(newest as i64 - now);
+            report.newest_ahead_ms = report.newest_ahead_ms.max(newest as i64 - now_ms as i64);
         }
         let times: BTreeMap<(String, u64), u64> =
             items.into_iter().map(|(rev, t, n)| ((n, rev), t)).collect();
@@ -78,24 +91,66 @@ pub async fn check(cluster: &Cluster, deadline: Instant) -> Result<LeaderTimeRep
                 report.resources = times.len();
                 first = Some(times);
             }
-            Some(expected) => {
-                if *expected != times {
-                    let differ = expected
-                        .iter()
-                        .find(|(k, v)| times.get(*k) != Some(*v))
-                        .map(|((n, rev), t)| {
-                            format!(
-                                "{n} at revision {rev}: n1 says {t} ms, {node} {:?}",
-                                times.get(&(n.clone(), *rev))
-                            )
-                        })
-                        .unwrap_or_else(|| format!("{node} lists other resources than n1"));
-                    report
-                        .problems
-                        .push(format!("nodes disagree on leader time: {differ}"));
-                }
+            Some(expected) if *expected != times => {
+                let differ = expected
+                    .iter()
+                    .find(|(k, v)| times.get(*k) != Some(*v))
+                    .map(|((n, rev), t)| {
+                        format!(
+                            "{n} at revision {rev}: n1 says {t} ms, {node} {:?}",
+                            times.get(&(n.clone(), *rev))
+                        )
+                    })
+                    .unwrap_or_else(|| format!("{node} lists other resources than n1"));
+                report
+                    .problems
+                    .push(format!("nodes disagree on leader time: {differ}"));
             }
+            Some(_) => {}
         }
     }
-    Ok(report)
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(stamps: &[(u64, u64, &str)]) -> Vec<Stamp> {
+        stamps
+            .iter()
+            .map(|&(rev, t, n)| (rev, t, n.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn time_that_stands_still_or_jumps_ahead_on_every_node_alike_passes() {
+        let one = list(&[(5, 1_000, "a"), (7, 1_000, "b"), (9, 180_000, "c")]);
+        let report = check_lists(vec![one.clone(), one.clone(), one], 170_000);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.resources, 3);
+        assert_eq!(report.largest_step_ms, 179_000);
+        assert_eq!(report.newest_ahead_ms, 10_000);
+    }
+
+    #[test]
+    fn time_going_backwards_with_the_revision_is_flagged() {
+        let skewed = list(&[(5, 200_000, "a"), (7, 1_000, "b")]);
+        let report = check_lists(vec![skewed.clone(), skewed], 0);
+        assert!(
+            report.problems.iter().any(|p| p.contains("went backwards")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn nodes_that_hold_another_time_or_other_resources_are_flagged() {
+        let n1 = list(&[(5, 1_000, "a"), (7, 2_000, "b")]);
+        let other_time = list(&[(5, 1_000, "a"), (7, 2_500, "b")]);
+        let missing = list(&[(5, 1_000, "a")]);
+        let report = check_lists(vec![n1, other_time, missing], 0);
+        assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+        assert!(report.problems.iter().all(|p| p.contains("disagree")));
+    }
 }
