@@ -1,8 +1,9 @@
 //! The `quorum-loss-dataplane` scenario: with no majority anywhere (every node cut off from
 //! every other), configured routes keep answering on every node that reaches its upstream,
-//! a node restarted during the outage serves again from its own stored configuration, the
-//! admin write path refuses with a clear error rather than hanging, and after healing writes
-//! work again and a change made then reaches every node.
+//! a node restarted during the outage serves again from its own stored configuration, admin
+//! writes and consistent reads are refused with a clear error rather than hanging while local
+//! reads answer, and after healing writes work again and a change made then reaches every
+//! node.
 //!
 //! The harness runs the upstream on the root namespace's bridge address (every node reaches
 //! it; the cut drops traffic between node addresses only) and counts the requests it answered
@@ -465,36 +466,88 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     outcome
 }
 
-/// How one admin write during the cut ended.
-struct CutWrite {
+/// An admin call tried through one node while it is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdminCall {
+    /// A Service create: must be refused with `UNAVAILABLE`.
+    Write,
+    /// A consistent Get of Route `open`: needs the leader to confirm with a quorum, so it must
+    /// be refused with `UNAVAILABLE` (docs/admin-api.md).
+    ConsistentRead,
+    /// A local Get of Route `open`: served from the node's own state, so it must answer.
+    LocalRead,
+}
+
+impl AdminCall {
+    const ALL: [AdminCall; 3] = [
+        AdminCall::Write,
+        AdminCall::ConsistentRead,
+        AdminCall::LocalRead,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            AdminCall::Write => "write",
+            AdminCall::ConsistentRead => "consistent read",
+            AdminCall::LocalRead => "local read",
+        }
+    }
+}
+
+/// How one admin call ended.
+struct CallEnded {
     node: usize,
+    call: AdminCall,
     took: Duration,
-    /// `None`: it did not end within `WRITE_FAILS_WITHIN`.
+    /// `None`: it did not end within the bound.
     result: Option<Result<(), (tonic::Code, String)>>,
 }
 
-/// A Service write through `client` (of node `index` alone), bounded by `within`.
-async fn try_write(client: Client, index: usize, name: String, within: Duration) -> CutWrite {
-    let service = resource(
-        "Service",
-        &name,
-        json!({"targets": [{"url": "http://127.0.0.1:9"}]}),
-    );
+/// `call` through `client` (of node `index` alone), bounded by `within`; a write creates
+/// Service `name`.
+async fn try_call(
+    client: Client,
+    index: usize,
+    call: AdminCall,
+    name: String,
+    within: Duration,
+) -> CallEnded {
     let start = Instant::now();
-    let result = tokio::time::timeout(within, client.create(service))
+    let work = async {
+        match call {
+            AdminCall::Write => {
+                let service = resource(
+                    "Service",
+                    &name,
+                    json!({"targets": [{"url": "http://127.0.0.1:9"}]}),
+                );
+                client.create(service).await.map(|_| ())
+            }
+            AdminCall::ConsistentRead => client.get("Route", "open", true).await.map(|_| ()),
+            AdminCall::LocalRead => client.get("Route", "open", false).await.map(|_| ()),
+        }
+    };
+    let result = tokio::time::timeout(within, work)
         .await
         .ok()
-        .map(|r| r.map(|_| ()).map_err(|e| (e.code(), e.to_string())));
-    CutWrite {
+        .map(|r| r.map_err(|e| (e.code(), e.to_string())));
+    CallEnded {
         node: index,
+        call,
         took: start.elapsed(),
         result,
     }
 }
 
+/// A Service write through `client` (of node `index` alone), bounded by `within`.
+async fn try_write(client: Client, index: usize, name: String, within: Duration) -> CallEnded {
+    try_call(client, index, AdminCall::Write, name, within).await
+}
+
 /// The run: upstream, resources and key, warm-up, clients; `BEFORE_CUT` of traffic, cut every
-/// node off from every other; after `BEFORE_WRITES`, a write through each node, each of which
-/// must fail with `UNAVAILABLE` within `WRITE_FAILS_WITHIN`; kill -9 one node and restart it
+/// node off from every other; after `BEFORE_WRITES`, a write, a consistent and a local read
+/// through each node: the first two must fail with `UNAVAILABLE` within `WRITE_FAILS_WITHIN`,
+/// the last must answer; kill -9 one node and restart it
 /// (still cut off); `AFTER_RESTART` more; heal; a write through each node must succeed and a
 /// new route must reach every proxy; stop the clients and check every answer.
 async fn drive(cluster: &mut Cluster, options: &RunOptions, outcome: &mut Outcome) -> Result<()> {
@@ -563,40 +616,60 @@ async fn drive(cluster: &mut Cluster, options: &RunOptions, outcome: &mut Outcom
 
     // Writes through every node at once; each must end in a clear refusal.
     tokio::time::sleep(BEFORE_WRITES).await;
-    phase("a write through every node");
+    phase("a write, a consistent and a local read through every node");
     let mut tries = Vec::new();
     for i in 0..n {
-        let client = cluster.client_of(i)?;
-        let name = format!("cut-write-n{}", i + 1);
-        tries.push(tokio::spawn(try_write(client, i, name, WRITE_FAILS_WITHIN)));
+        for call in AdminCall::ALL {
+            let client = cluster.client_of(i)?;
+            let name = format!("cut-write-n{}", i + 1);
+            tries.push(tokio::spawn(try_call(
+                client,
+                i,
+                call,
+                name,
+                WRITE_FAILS_WITHIN,
+            )));
+        }
     }
-    let mut writes = Vec::new();
+    let mut calls = Vec::new();
     for t in tries {
-        writes.push(t.await.context("a write task panicked")?);
+        calls.push(t.await.context("an admin call task panicked")?);
     }
-    phase("the writes ended");
+    phase("the admin calls ended");
     let mut refusals = Vec::new();
-    for w in &writes {
-        let who = format!("n{}", w.node + 1);
-        match &w.result {
-            None => outcome.problems.push(format!(
-                "a write through {who} without quorum did not end within {}s (it hangs)",
+    let mut local_reads = Vec::new();
+    for c in &calls {
+        let who = format!("n{}", c.node + 1);
+        let what = c.call.name();
+        match (&c.result, c.call) {
+            (None, _) => outcome.problems.push(format!(
+                "a {what} through {who} without quorum did not end within {}s (it hangs)",
                 WRITE_FAILS_WITHIN.as_secs()
             )),
-            Some(Ok(())) => outcome.problems.push(format!(
-                "a write through {who} succeeded while no majority could be reached"
+            (Some(Ok(())), AdminCall::LocalRead) => {
+                local_reads.push(format!("{who} {:.2}s", c.took.as_secs_f64()))
+            }
+            (Some(Err((code, message))), AdminCall::LocalRead) => outcome.problems.push(format!(
+                "a local read through {who} without quorum failed with {code:?}: {message}"
             )),
-            Some(Err((code, message))) => {
+            (Some(Ok(())), _) => outcome.problems.push(format!(
+                "a {what} through {who} succeeded while no majority could be reached"
+            )),
+            (Some(Err((code, message))), _) => {
                 if *code != tonic::Code::Unavailable {
                     outcome.problems.push(format!(
-                        "a write through {who} without quorum failed with {code:?}, not \
+                        "a {what} through {who} without quorum failed with {code:?}, not \
                          Unavailable: {message}"
                     ));
                 }
-                refusals.push(format!("{who} {:.1}s", w.took.as_secs_f64()));
+                refusals.push(format!("{what} {who} {:.1}s", c.took.as_secs_f64()));
             }
         }
     }
+    let writes: Vec<&CallEnded> = calls
+        .iter()
+        .filter(|c| c.call == AdminCall::Write)
+        .collect();
     // What the node that led before the cut said: it still believes it leads.
     let leader_refusal = writes
         .iter()
@@ -747,8 +820,8 @@ async fn drive(cluster: &mut Cluster, options: &RunOptions, outcome: &mut Outcom
         })
         .collect();
     outcome.details = format!(
-        "{n} nodes cut apart for {:.1}s: right answers {} [{}]; writes refused with \
-         Unavailable through {} (the old leader n{} said {:?}); n{} killed and restarted while \
+        "{n} nodes cut apart for {:.1}s: right answers {} [{}]; refused with Unavailable: \
+         {} (the old leader n{} said {:?}); local reads answered: {}; n{} killed and restarted while \
          cut off, serving again {:.2}s after the kill, {} requests to it lost to the kill; \
          after healing a write through every node took effect and a new route reached every \
          proxy within {:.1}s; {} requests in all, {} wrong",
@@ -758,6 +831,7 @@ async fn drive(cluster: &mut Cluster, options: &RunOptions, outcome: &mut Outcom
         refusals.join(", "),
         leader + 1,
         leader_refusal,
+        local_reads.join(", "),
         victim + 1,
         proxy_up_at.saturating_sub(kill_at).as_secs_f64(),
         lost_at_kill,

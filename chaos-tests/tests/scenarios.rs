@@ -129,7 +129,8 @@ async fn killed_leader_loses_no_completed_ai_call_from_the_ledger_and_counts_non
 /// working without a quorum"): every request through every node gets the upstream's answer
 /// (public, key-auth and locally limited routes; a request without a key its 401), including
 /// through a node killed and restarted while cut off, except requests cut by the kill itself;
-/// an admin write through any node is refused with `UNAVAILABLE` rather than hanging; after
+/// an admin write or consistent read through any node is refused with `UNAVAILABLE` rather
+/// than hanging, and a local read answers; after
 /// healing, writes through every node succeed and a new route reaches every proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_any_majority_every_node_keeps_serving_its_routes_and_refuses_writes() {
