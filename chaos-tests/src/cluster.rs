@@ -114,6 +114,9 @@ pub struct Node {
     /// Listed in the initial `--peers` (and started with it, restarts included).
     in_initial_peers: bool,
     timing: RaftTiming,
+    /// `--test-clock-offset-ms` for the next start (node/src/clock.rs): the node reads it
+    /// only at start, so a clock fault restarts the node with it. 0: the true clock.
+    pub clock_offset_ms: i64,
     child: Option<Child>,
     paused: bool,
 }
@@ -197,6 +200,9 @@ impl Node {
         );
         if let Some(peers) = peers {
             argv.extend(["--peers".to_string(), peers.to_string()]);
+        }
+        if self.clock_offset_ms != 0 {
+            argv.push(format!("--test-clock-offset-ms={}", self.clock_offset_ms));
         }
         let child = Command::new(&argv[0])
             .args(&argv[1..])
@@ -520,6 +526,7 @@ impl Cluster {
                 member: i < spec.initial_members,
                 in_initial_peers: i < spec.initial_members,
                 timing: spec.timing,
+                clock_offset_ms: 0,
                 child: None,
                 paused: false,
             });
@@ -702,12 +709,17 @@ impl Cluster {
         }
     }
 
-    /// Undoes every fault: resumes paused nodes, restarts killed ones, removes drop rules.
+    /// Undoes every fault: resumes paused nodes, restarts killed ones, removes drop rules,
+    /// restarts nodes whose clock is off with the true clock.
     pub async fn heal_all(&mut self) -> Result<()> {
         if let Some(t) = self.topology.as_mut() {
             t.heal()?;
         }
         for i in 0..self.nodes.len() {
+            if self.nodes[i].clock_offset_ms != 0 {
+                self.nodes[i].kill9();
+                self.nodes[i].clock_offset_ms = 0;
+            }
             if self.nodes[i].is_paused() {
                 self.nodes[i].resume()?;
             }

@@ -20,13 +20,20 @@
 //!   it.
 //! - `zones`: the multi-zone runs (`zone-latency`, `zone-outage`, `zone-learner`): voters in
 //!   three zones 30 ms apart, a zone cut off, a far learner added under writes.
+//! - `availability`: the `quorum-loss-dataplane` run: routes (public, key auth, a `local`
+//!   limit) served by every node while no majority exists, admin writes refused, and writes
+//!   and config changes working again after healing.
+//! - `leader_time`: after clock faults, leader time (resources' `updated_unix_ms`) never goes
+//!   backwards with the revision and is alike on every node.
 //! - `scenario`: named scenarios, one run each, and the one-line outcome.
 //!
 //! Invariant: traffic stays on this machine. Nodes listen on loopback or on 10.77.S.0/24
 //! addresses that exist only inside namespaces this crate creates (plus the root side of one
 //! veth pair into them); every namespace and process is removed when its owner drops.
 
+pub mod availability;
 pub mod cluster;
+pub mod leader_time;
 pub mod ledger;
 pub mod limits;
 pub mod linearizability;

@@ -13,15 +13,17 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos-tests",
-    about = "Run konnect under partitions, crashes, pauses and latency between zones; check \
-             linearizability, lost writes, rate limits and the AI cost ledger.",
+    about = "Run konnect under partitions, crashes, pauses, clock offsets and latency between \
+             zones; check linearizability, lost writes, rate limits, the AI cost ledger and the \
+             data plane without a quorum.",
     after_help = "Scenarios: partition-leader, kill-leader, pause-follower, asymmetric-partition, \
-                  split-minority, mixed, ratelimit-partition, ledger-partition, \
-                  ledger-kill-leader, zone-latency, zone-outage, zone-learner. Needs root for \
-                  network namespaces; otherwise runs on loopback with network faults replaced by \
-                  pauses (and says so), except ratelimit-partition, the ledger scenarios and the \
-                  zone scenarios, which then fail: they need a real partition, nodes with \
-                  addresses of their own, or latency between them."
+                  split-minority, clock-offset, mixed, ratelimit-partition, ledger-partition, \
+                  ledger-kill-leader, quorum-loss-dataplane, zone-latency, zone-outage, \
+                  zone-learner. Needs root for network namespaces; otherwise runs on loopback \
+                  with network faults replaced by pauses (and says so), except \
+                  ratelimit-partition, the ledger scenarios, quorum-loss-dataplane and the zone \
+                  scenarios, which then fail: they need a real partition, nodes with addresses \
+                  of their own, or latency between them."
 )]
 struct Args {
     /// Scenario to run, or `all`.
@@ -38,7 +40,7 @@ struct Args {
     nodes: usize,
     /// Time the fault schedule fills in each scenario. Default: 12s, or 60s with --soak.
     /// (ratelimit-partition times its one fault by the limits' windows, and the ledger and
-    /// zone scenarios run for a fixed time, instead.)
+    /// zone scenarios and quorum-loss-dataplane hold their faults for a fixed time, instead.)
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Where nodes run: auto (namespaces if possible), netns (or fail), loopback.

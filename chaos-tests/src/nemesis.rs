@@ -33,10 +33,14 @@ pub enum FaultKind {
     PauseFollower,
     /// SIGSTOP the leader for longer than the election timeout; SIGCONT when it heals.
     PauseLeader,
+    /// Restart the leader or a follower (from the seed) with its clock off by 90 s to 4 min
+    /// either way (the node takes `--test-clock-offset-ms` only at start); when it heals,
+    /// restart it with the true clock. Each restart is a kill -9.
+    ClockOffset,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::PartitionLeader,
         FaultKind::AsymmetricPartition,
         FaultKind::SplitMinority,
@@ -44,6 +48,7 @@ impl FaultKind {
         FaultKind::KillFollower,
         FaultKind::PauseFollower,
         FaultKind::PauseLeader,
+        FaultKind::ClockOffset,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +60,7 @@ impl FaultKind {
             FaultKind::KillFollower => "kill-follower",
             FaultKind::PauseFollower => "pause-follower",
             FaultKind::PauseLeader => "pause-leader",
+            FaultKind::ClockOffset => "clock-offset",
         }
     }
 
@@ -149,6 +155,8 @@ enum Undo {
     Heal,
     Restart(Vec<usize>),
     Resume(Vec<usize>),
+    /// Restart the node with the true clock.
+    ResetClock(usize),
     Nothing,
 }
 
@@ -306,6 +314,27 @@ pub async fn inject(cluster: &mut Cluster, step: &Step) -> Result<Injected> {
             cluster.nodes[l].pause()?;
             (format!("pause {} (leader)", name(l)), Undo::Resume(vec![l]))
         }
+        FaultKind::ClockOffset => {
+            let (target, role) = if rng.random_bool(0.5) {
+                (l, "leader")
+            } else {
+                (follower, "follower")
+            };
+            let magnitude = rng.random_range(CLOCK_OFFSET_MS);
+            let offset = if rng.random_bool(0.5) {
+                magnitude
+            } else {
+                -magnitude
+            };
+            restart_with_clock(cluster, target, offset).await?;
+            (
+                format!(
+                    "restart {} ({role}) with its clock {offset:+}ms",
+                    name(target)
+                ),
+                Undo::ResetClock(target),
+            )
+        }
     };
     Ok(Injected {
         description,
@@ -332,7 +361,20 @@ pub async fn heal(cluster: &mut Cluster, injected: Injected) -> Result<()> {
                 cluster.nodes[i].resume()?;
             }
         }
+        Undo::ResetClock(node) => restart_with_clock(cluster, node, 0).await?,
         Undo::Nothing => {}
     }
     Ok(())
+}
+
+/// How far a `ClockOffset` fault sets a node's clock off, either way (ms): past any election
+/// or lease timeout, and past the 30 s the node tests already cover
+/// (`nodes_with_clocks_30_seconds_off_still_agree_on_the_windows`).
+const CLOCK_OFFSET_MS: std::ops::RangeInclusive<i64> = 90_000..=240_000;
+
+/// kill -9 node `index` and start it again with its clock off by `offset_ms` (0: true).
+async fn restart_with_clock(cluster: &mut Cluster, index: usize, offset_ms: i64) -> Result<()> {
+    cluster.nodes[index].kill9();
+    cluster.nodes[index].clock_offset_ms = offset_ms;
+    cluster.start_node(index).await
 }

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use crate::cluster::{Cluster, ModeKind, ModeRequest};
 use crate::nemesis::{self, FaultKind, Schedule};
 use crate::workload::{self, Clock, RegisterNotes, SetRecord, Stop};
-use crate::{ledger, limits, zones};
+use crate::{availability, leader_time, ledger, limits, zones};
 
 /// A named choice of faults and the workload that runs under them.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +48,9 @@ pub enum Workload {
     /// Register and set clients plus proxied requests on voters in three zones with latency
     /// between them (`zones`), under no fault, a zone cut off, or a far learner added.
     Zones(zones::ZoneRun),
+    /// Requests through every node's proxy while no majority exists anywhere; admin writes
+    /// must be refused, and work again after healing (`availability`).
+    QuorumLoss,
 }
 
 /// Every scenario; `all` runs them in this order.
@@ -80,6 +83,12 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "split-minority",
         faults: &[FaultKind::SplitMinority],
         about: "split into a minority and a majority; the leader lands on either side",
+        workload: Workload::Registers,
+    },
+    Scenario {
+        name: "clock-offset",
+        faults: &[FaultKind::ClockOffset],
+        about: "restart the leader or a follower with its clock 90 s to 4 min off, either way",
         workload: Workload::Registers,
     },
     Scenario {
@@ -130,6 +139,15 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "three zones 30 ms apart, a fourth node 100 ms away added as a learner under \
                 writes: writes keep committing, it stays a learner and serves the route",
         workload: Workload::Zones(zones::ZoneRun::FarLearner),
+    },
+    Scenario {
+        name: "quorum-loss-dataplane",
+        faults: &[],
+        about: "cut every node off from every other (no majority) while clients use public, \
+                key-auth and locally limited routes through every node, and kill -9 and \
+                restart one node meanwhile: every request answered, admin writes refused \
+                with Unavailable; after healing writes and config changes work again",
+        workload: Workload::QuorumLoss,
     },
 ];
 
@@ -213,14 +231,20 @@ impl Outcome {
         }
     }
 
-    /// The command that replays this run.
+    /// The command that replays this run (with `--mode loopback` if it ran there: `auto`
+    /// would pick namespaces where they are available).
     pub fn replay(&self) -> String {
         format!(
-            "cargo run -p chaos-tests -- --scenario {} --seed {} --nodes {} --duration {}",
+            "cargo run -p chaos-tests -- --scenario {} --seed {} --nodes {} --duration {}{}",
             self.scenario,
             self.seed,
             self.nodes,
-            humantime::format_duration(self.duration)
+            humantime::format_duration(self.duration),
+            if self.mode == Some(ModeKind::Loopback) {
+                " --mode loopback"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -254,6 +278,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
         Workload::RateLimits => return limits::run_partition(scenario, options).await,
         Workload::Ledger(fault) => return ledger::run(scenario, fault, options).await,
         Workload::Zones(which) => return zones::run(scenario, which, options).await,
+        Workload::QuorumLoss => return availability::run(scenario, options).await,
         Workload::Registers => {}
     }
     let started = Instant::now();
@@ -430,6 +455,18 @@ async fn drive(
         .problems
         .extend(registers.conflicts_that_took_effect.iter().cloned());
     outcome.problems.extend(set.problems.iter().cloned());
+    let clock_faults = schedule
+        .steps
+        .iter()
+        .any(|s| s.kind == FaultKind::ClockOffset);
+    let leader_time = if clock_faults {
+        let report = leader_time::check(cluster, deadline).await?;
+        outcome.problems.extend(report.problems.iter().cloned());
+        phase("leader time checked through every node");
+        Some(report)
+    } else {
+        None
+    };
 
     let already_exists: usize = records.iter().map(|r| r.already_exists).sum();
     let mut set_failures = std::collections::BTreeMap::<String, usize>::new();
@@ -492,6 +529,20 @@ async fn drive(
     if !failures.is_empty() {
         let f: Vec<String> = failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
         details.push_str(&format!("; failed calls: {}", f.join(", ")));
+    }
+    if let Some(t) = leader_time {
+        details.push_str(&format!(
+            "; leader time: {} resources, {} on every node, largest step {:.1}s, newest {:+.1}s \
+             from this machine's clock",
+            t.resources,
+            if t.problems.is_empty() {
+                "never backwards and alike"
+            } else {
+                "PROBLEMS"
+            },
+            t.largest_step_ms as f64 / 1000.0,
+            t.newest_ahead_ms as f64 / 1000.0
+        ));
     }
     if !oddities.is_empty() {
         details.push_str(&format!("; noted: {}", oddities.join(", ")));

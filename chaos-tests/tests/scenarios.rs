@@ -2,7 +2,8 @@
 //! the register history linearizable and every acknowledged create present on every node, or
 //! (ratelimit-partition) every rate-limit window within its bound, or (ledger-partition,
 //! ledger-kill-leader) every completed AI call counted exactly once by every node's ledger,
-//! or (zone-latency, zone-outage, zone-learner) writes committing across zones 30 ms apart.
+//! or (zone-latency, zone-outage, zone-learner) writes committing across zones 30 ms apart,
+//! or (quorum-loss-dataplane) every request answered while no majority exists.
 //!
 //! As root these run in network namespaces with nftables partitions; otherwise on loopback,
 //! where network faults are replaced by pauses (each run prints `mode=`). The runs are
@@ -15,6 +16,10 @@ use chaos_tests::scenario::{self, Outcome, RunOptions};
 
 /// Time the fault schedule fills in each test: one or two faults.
 const DURATION: Duration = Duration::from_secs(5);
+
+/// The clock scenario's schedule: long enough for two faults, one on the leader and one on a
+/// follower (seed 112).
+const CLOCK_DURATION: Duration = Duration::from_secs(9);
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -119,6 +124,42 @@ async fn partitioned_follower_keeps_serving_ai_calls_and_the_ledger_counts_each_
 async fn killed_leader_loses_no_completed_ai_call_from_the_ledger_and_counts_none_twice() {
     let outcome = run("ledger-kill-leader", 110, ModeRequest::Netns).await;
     assert_eq!(outcome.mode, Some(ModeKind::Netns));
+}
+
+/// No majority anywhere (every node cut off from every other, docs/deploy.md: "proxying keeps
+/// working without a quorum"): every request through every node gets the upstream's answer
+/// (public, key-auth and locally limited routes; a request without a key its 401), including
+/// through a node killed and restarted while cut off, except requests cut by the kill itself;
+/// an admin write or consistent read through any node is refused with `UNAVAILABLE` rather
+/// than hanging, and a local read answers; after
+/// healing, writes through every node succeed and a new route reaches every proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_any_majority_every_node_keeps_serving_its_routes_and_refuses_writes() {
+    let outcome = run("quorum-loss-dataplane", 111, ModeRequest::Netns).await;
+    assert_eq!(outcome.mode, Some(ModeKind::Netns));
+}
+
+/// The leader and a follower each restarted with its clock minutes off (the seed draws both):
+/// the register history stays linearizable and no acknowledged create is lost, and leader
+/// time (each resource's `updated_unix_ms`) never goes backwards with the revision and is the
+/// same on every node, whatever the clock of the leader that stamped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_clocks_minutes_off_keep_history_linearizable_and_leader_time_monotonic() {
+    let mut options = options(112, ModeRequest::Auto);
+    options.duration = CLOCK_DURATION;
+    let outcome = run_with("clock-offset", &options).await;
+    assert!(
+        outcome.passed,
+        "{outcome}\nreplay: {}\nproblems:\n{}",
+        outcome.replay(),
+        outcome.problems.join("\n")
+    );
+    for role in ["(leader)", "(follower)"] {
+        assert!(
+            outcome.faults.iter().any(|(_, f)| f.contains(role)),
+            "no clock fault on a {role} node: {outcome}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

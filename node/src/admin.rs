@@ -87,7 +87,9 @@ impl AdminError {
 impl From<ProposeError> for AdminError {
     fn from(e: ProposeError) -> AdminError {
         match e {
-            ProposeError::NoLeader(_) => AdminError::Unavailable(e.to_string()),
+            ProposeError::NoLeader(_) | ProposeError::NoQuorum(_) => {
+                AdminError::Unavailable(e.to_string())
+            }
             ProposeError::Rejected(m) => AdminError::FailedPrecondition(m),
             ProposeError::MembershipBusy => AdminError::Conflict(e.to_string()),
             ProposeError::Fatal(_) => AdminError::Internal(e.to_string()),

@@ -255,3 +255,45 @@ async fn members_are_known_by_their_peers_addresses_not_the_addresses_they_bind(
         .await
         .expect("write through a follower");
 }
+
+/// A leader that lost both followers stays leader (openraft does not step down), so a write
+/// through it can never commit: it must be refused with `UNAVAILABLE` and a message that says
+/// why, not wait for the length of the outage. Once the followers are back, writes work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_its_quorum_refuses_writes_instead_of_hanging() {
+    let mut cluster = Cluster::start_initialised(3, &[]).await;
+    let leader = cluster.leader().await;
+    let followers: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| *id != leader)
+        .collect();
+    for &f in &followers {
+        cluster.node(f).kill9();
+    }
+    // Far beyond the node's 10 s write deadline: only a write that hangs reaches it.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        cluster
+            .client_of(leader)
+            .apply(vec![service("cut-off", 9001)], vec![]),
+    )
+    .await
+    .expect("a write through a leader without its quorum hangs instead of failing");
+    let e = refused.expect_err("a write committed without a quorum");
+    assert_eq!(e.code(), Code::Unavailable, "unexpected error: {e}");
+    assert!(
+        e.to_string().contains("cannot reach a quorum"),
+        "the refusal does not say why: {e}"
+    );
+
+    for &f in &followers {
+        cluster.node(f).start();
+    }
+    cluster
+        .client_any()
+        .apply(vec![service("after", 9002)], vec![])
+        .await
+        .expect("write once the followers are back");
+}

@@ -23,6 +23,13 @@ use super::{NodeId, NodeMeta, Raft};
 pub enum ProposeError {
     #[error("no leader is reachable ({0}); the cluster may have lost quorum, retry later")]
     NoLeader(String),
+    /// This node leads, but its proposal did not commit within the write deadline (seconds):
+    /// it cannot reach a quorum. The entry stays in its log and may still commit.
+    #[error(
+        "this node leads but cannot reach a quorum of the cluster: the write did not commit \
+         within {0}s (it may still take effect once the quorum is back); retry later"
+    )]
+    NoQuorum(u64),
     #[error("{0}")]
     Rejected(String),
     #[error("another membership change is in progress; wait for it to finish and retry")]
@@ -35,7 +42,9 @@ impl ProposeError {
     /// The gRPC status a peer answers with, so the forwarding node can tell the cases apart.
     pub fn to_status(&self) -> tonic::Status {
         match self {
-            ProposeError::NoLeader(_) => tonic::Status::unavailable(self.to_string()),
+            ProposeError::NoLeader(_) | ProposeError::NoQuorum(_) => {
+                tonic::Status::unavailable(self.to_string())
+            }
             ProposeError::Rejected(_) => tonic::Status::failed_precondition(self.to_string()),
             ProposeError::MembershipBusy => tonic::Status::aborted(self.to_string()),
             ProposeError::Fatal(_) => tonic::Status::internal(self.to_string()),
@@ -219,7 +228,13 @@ impl Proposer {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut last_error = String::from("no leader elected");
         loop {
-            match self.write_here(cmd.clone()).await? {
+            // A leader cut off from its quorum stays leader (openraft does not step down), and
+            // its proposal waits until the quorum is back: bounded here, so the caller gets a
+            // clear refusal instead of a call that hangs for the length of the outage.
+            let here = tokio::time::timeout_at(deadline.into(), self.write_here(cmd.clone()))
+                .await
+                .map_err(|_| ProposeError::NoQuorum(WRITE_DEADLINE.as_secs()))??;
+            match here {
                 Attempt::Done(r) => return Ok(r),
                 Attempt::Forward(Some(leader)) => {
                     match self.forward(&leader, cmd.clone()).await {
