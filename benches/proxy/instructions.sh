@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# benches/proxy/instructions.sh: user-space instructions per proxied request, konnect against
+# nginx, both run under valgrind's callgrind in the same run, in front of the same upstream.
+#
+# Why: on a shared, noisy machine requests per second move by 10-15% between runs, while
+# callgrind's instruction count is repeatable (the same binary and load give the same count
+# whatever else the machine does). It counts the proxy's own user-space work only: not the
+# kernel's (syscalls, TCP), which `run.sh`'s CPU-time figures include. Both proxies run about
+# 50 times slower under valgrind, so latency and req/s here mean nothing.
+#
+# What it does: starts the upstream (nginx `return 200`), nginx as a proxy (`proxy_pass` with
+# upstream keepalive, one worker, `master_process off` so valgrind sees the worker) and
+# `konnect serve --dev` (one Service, routes `/` and /r1../r9, access log off), each proxy
+# under `valgrind --tool=callgrind`; warms each up with wrk for WARMUP seconds, zeroes its
+# counters, loads it with wrk (-t1 -c CONNECTIONS) for DURATION seconds, dumps the counters,
+# and divides the instructions by the requests wrk completed. Prints both and the ratio; with
+# TOP=N (default 25) also konnect's N functions with the most instructions (exclusive).
+#
+# Settings: DURATION=10, WARMUP=3, CONNECTIONS=8, TOP=25, BENCH_TMP=/var/tmp, KEEP=0 (1 keeps
+# the callgrind files: open them with callgrind_annotate or kcachegrind), SKIP_BUILD=0.
+# Needs valgrind, nginx and wrk (installed with apt-get when missing, as root).
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-3}
+CONNECTIONS=${CONNECTIONS:-8}
+TOP=${TOP:-25}
+LOAD_CPU=${LOAD_CPU:-0}
+BENCH_TMP=${BENCH_TMP:-/var/tmp}
+KEEP=${KEEP:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+
+BENCH_NAME=proxy-instructions
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
+
+command -v python3 >/dev/null || die "python3 is needed (free ports)"
+command -v curl >/dev/null || die "curl is needed (readiness checks)"
+need_packages nginx wrk valgrind
+build_release "konnect konnect-client" konnect konnectctl
+start_work_dir
+
+read -r up_port nginx_port k_proxy k_admin k_status k_peer < <(free_ports 6 | xargs)
+start_upstream_nginx "$up_port"
+
+# --- nginx as the proxy, its one worker process under callgrind ---
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/logs/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    upstream up { server 127.0.0.1:$up_port; keepalive 128; }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.nginx.%p" \
+    nginx -p "$work/nginx/" -c "$work/nginx/nginx.conf" >"$work/logs/nginx.log" 2>&1 &
+nginx_pid=$!
+pids+=("$nginx_pid")
+
+# --- konnect, under callgrind ---
+konnect_key_file "$bin/konnect" "$work/secret.key"
+valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.konnect.%p" \
+    "$bin/konnect" serve --dev --data-dir "$work/konnect" --secret-key-file "$work/secret.key" \
+    --peer-addr "127.0.0.1:$k_peer" --admin-addr "127.0.0.1:$k_admin" \
+    --status-addr "127.0.0.1:$k_status" --proxy-addr "127.0.0.1:$k_proxy" \
+    >"$work/logs/konnect.log" 2>&1 &
+k_pid=$!
+pids+=("$k_pid")
+for _ in $(seq 1200); do
+    [ -s "$work/konnect/admin-token" ] && break
+    kill -0 "$k_pid" 2>/dev/null || die "konnect exited while starting"
+    sleep 0.1
+done
+[ -s "$work/konnect/admin-token" ] || die "konnect wrote no admin token within 120 s (under valgrind)"
+ctl() { "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" --token-file "$work/konnect/admin-token" "$@"; }
+{
+    printf 'kind: Service\nname: up\nspec: {targets: [{url: "http://127.0.0.1:%s"}]}\n' "$up_port"
+    printf -- '---\nkind: Route\nname: bench\nspec: {paths: ["/"], service: up}\n'
+    for i in $(seq 1 9); do
+        printf -- '---\nkind: Route\nname: r%d\nspec: {paths: ["/r%d"], service: up}\n' "$i" "$i"
+    done
+} >"$work/routes.yaml"
+for _ in $(seq 60); do
+    ctl apply -f "$work/routes.yaml" >>"$work/logs/konnectctl.log" 2>&1 && break
+    sleep 1
+done
+
+ready() { # port pid what: until the proxy answers /r5 with 200
+    for _ in $(seq 600); do
+        kill -0 "$2" 2>/dev/null || die "$3 exited"
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/r5")" = 200 ] && return 0
+        sleep 0.2
+    done
+    die "$3 did not answer /r5 with 200 within 120 s"
+}
+ready "$nginx_port" "$nginx_pid" nginx
+ready "$k_proxy" "$k_pid" konnect
+
+# measure NAME PORT PID: prints "NAME instructions requests"
+measure() {
+    local name=$1 port=$2 pid=$3 out requests before after
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "http://127.0.0.1:$port/r5" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$port/r5")
+    echo "$out" >>"$work/logs/wrk.log"
+    callgrind_control -d "$name" "$pid" >/dev/null
+    requests=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+    grep -q "Non-2xx" <<<"$out" && die "$name answered non-2xx: $out"
+    [ -n "$requests" ] && [ "$requests" -gt 0 ] || die "wrk completed no request through $name"
+    # The dump just written is the newest part file of this pid.
+    local file
+    file=$(ls -t "$work"/callgrind."$name".* | head -1)
+    echo "$name $(callgrind_annotate "$file" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,) $requests $file"
+}
+
+read -r _ n_ins n_req n_file < <(measure nginx "$nginx_port" "$nginx_pid")
+read -r _ k_ins n_kreq k_file < <(measure konnect "$k_proxy" "$k_pid")
+python3 - "$n_ins" "$n_req" "$k_ins" "$n_kreq" <<'PY'
+import sys
+n_ins, n_req, k_ins, k_req = map(int, sys.argv[1:])
+n, k = n_ins / n_req, k_ins / k_req
+print(f"user-space instructions per proxied request (callgrind; wrk -c{__import__('os').environ.get('CONNECTIONS','8')})")
+print(f"  nginx    {n:>10,.0f}   ({n_ins:,} over {n_req:,} requests)")
+print(f"  konnect  {k:>10,.0f}   ({k_ins:,} over {k_req:,} requests)")
+print(f"  konnect/nginx {k / n:.2f}")
+PY
+if [ "$TOP" -gt 0 ]; then
+    echo "konnect's top $TOP functions (exclusive instructions over the run):"
+    callgrind_annotate --threshold=100 "$k_file" 2>/dev/null |
+        sed -E 's#/root/.cargo/registry/src/index.crates.io-[0-9a-f]+/##; s#/rustc/[0-9a-f]+/library/##' |
+        awk '/file:function/{on=1; next} on && NF' |
+        # Rows of the threads' entry points (their whole run) are not functions' own work.
+        awk '{p=$2; gsub(/[()%]/, "", p); if (p + 0 < 50) print}' | sed -n "1,${TOP}p" | cut -c1-160
+fi
