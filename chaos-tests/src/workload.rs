@@ -131,6 +131,22 @@ pub type RegisterClient = JoinHandle<(Vec<RegisterOp>, RegisterNotes)>;
 
 /// Creates the registers and reads each one's starting state through the leader.
 pub async fn setup_registers(cluster: &Cluster, keys: usize) -> Result<Vec<RegisterState>> {
+    // Bounded: a cluster that never becomes writable fails the run instead of hanging it (a
+    // run once waited 520 s here on a cluster without quorum).
+    tokio::time::timeout(SETUP_DEADLINE, create_registers(cluster, keys))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the registers could not be created within {}s: is the cluster writable?",
+                SETUP_DEADLINE.as_secs()
+            )
+        })?
+}
+
+/// How long creating the registers may take before the run fails.
+const SETUP_DEADLINE: Duration = Duration::from_secs(90);
+
+async fn create_registers(cluster: &Cluster, keys: usize) -> Result<Vec<RegisterState>> {
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let client = cluster.client_of(leader)?;
     let mut initial = Vec::new();
