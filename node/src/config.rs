@@ -112,7 +112,8 @@ pub struct ServeArgs {
     pub peers: Option<String>,
 
     /// Leader heartbeat interval in milliseconds; also the Raft RPC timeout. Default: 100.
-    /// Same zone: 50-100. Across regions: at least 3x the round-trip time.
+    /// Same zone: 50-100. Across regions: at least 3x the largest round-trip time to any
+    /// member, learners included (docs/multi-zone.md).
     #[arg(long, env = "KONNECT_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
 
