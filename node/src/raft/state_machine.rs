@@ -202,6 +202,8 @@ impl Shared {
                 return Ok(());
             }
         }
+        // The new snapshot is complete and fsync'd beside the current one (failpoints.rs).
+        crate::failpoints::crash_point!("raft::snapshot_before_rename");
         std::fs::rename(file, &current)?;
         sync_dir(&self.dir);
         Ok(())
