@@ -15,6 +15,9 @@
 //!   answers per node, the AI resources and a key, AI-call clients through every node) and the
 //!   `ledger-partition` and `ledger-kill-leader` runs; `ledger/check.rs` checks every node's
 //!   ledger against the calls.
+//! - `faults`: faults inside a node: crash points of a failpoints build (armed per node from
+//!   `FAILPOINTS`, the node restarted without them once one fired) and a full disk (a small
+//!   tmpfs data dir filled by a ballast file); played under the register and set workload.
 //! - `scenario`: named scenarios, one run each, and the one-line outcome.
 //!
 //! Invariant: traffic stays on this machine. Nodes listen on loopback or on 10.77.S.0/24
@@ -22,6 +25,7 @@
 //! veth pair into them); every namespace and process is removed when its owner drops.
 
 pub mod cluster;
+pub mod faults;
 pub mod ledger;
 pub mod limits;
 pub mod linearizability;

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::cluster::{Cluster, ModeKind, ModeRequest};
+use crate::cluster::{Cluster, ClusterOptions, ModeKind, ModeRequest};
+use crate::faults::RegisterFault;
 use crate::nemesis::{self, FaultKind, Schedule};
 use crate::workload::{self, Clock, RegisterNotes, SetRecord, Stop};
 use crate::{ledger, limits};
@@ -45,6 +46,9 @@ pub enum Workload {
     /// off, or the leader killed); afterwards every node's cost ledger must hold exactly the
     /// completed calls (`ledger`).
     Ledger(ledger::LedgerFault),
+    /// Register and set clients while one fault inside a node is played (`faults.rs`): a
+    /// crash point of a failpoints build, or a full disk.
+    RegistersUnder(RegisterFault),
 }
 
 /// Every scenario; `all` runs them in this order.
@@ -106,6 +110,37 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "kill -9 the leader while clients make AI calls through every node, restart it: \
                 every completed call counted exactly once, the calls cut in flight at most once",
         workload: Workload::Ledger(ledger::LedgerFault::KillLeader),
+    },
+    Scenario {
+        name: "crash-after-append",
+        faults: &[],
+        about: "n1 (failpoints build) dies with Raft log entries durable but unacknowledged; \
+                restarted: no acknowledged write lost, history linearizable, n1 catches up",
+        workload: Workload::RegistersUnder(RegisterFault::CrashAfterAppend),
+    },
+    Scenario {
+        name: "crash-before-snapshot",
+        faults: &[],
+        about: "snapshots every 30 entries; n2 (failpoints build) dies with a new snapshot \
+                written but not renamed into place; restarted from the previous snapshot and \
+                its log, it catches up and the history stays linearizable",
+        workload: Workload::RegistersUnder(RegisterFault::CrashBeforeSnapshot),
+    },
+    Scenario {
+        name: "crash-mid-shipment",
+        faults: &[],
+        about: "a node (failpoints build) dies after a usage batch is committed to Raft, before \
+                its shipper moves on; restarted, it ships the batch again: every completed AI \
+                call counted exactly once by every node",
+        workload: Workload::Ledger(ledger::LedgerFault::CrashMidShipment),
+    },
+    Scenario {
+        name: "full-disk",
+        faults: &[],
+        about: "n3's data dir on a small tmpfs, filled to the last byte for 5s under writes and \
+                proxy traffic: the others stay writable, nothing acknowledged is lost, n3 \
+                catches up once space is back (root only)",
+        workload: Workload::RegistersUnder(RegisterFault::FullDisk),
     },
 ];
 
@@ -229,16 +264,34 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     match scenario.workload {
         Workload::RateLimits => return limits::run_partition(scenario, options).await,
         Workload::Ledger(fault) => return ledger::run(scenario, fault, options).await,
-        Workload::Registers => {}
+        Workload::Registers | Workload::RegistersUnder(_) => {}
     }
+    let fault = match scenario.workload {
+        Workload::RegistersUnder(f) => Some(f),
+        _ => None,
+    };
     let started = Instant::now();
-    let schedule = Schedule::generate(options.seed, scenario.faults, options.duration);
+    let schedule = match fault {
+        Some(_) => Schedule { steps: Vec::new() },
+        None => Schedule::generate(options.seed, scenario.faults, options.duration),
+    };
+    let plan = match fault {
+        Some(f) => f.plan_text(),
+        None => schedule.to_string(),
+    };
     eprintln!(
-        "chaos: scenario={} seed={} nodes={} schedule: {}",
-        scenario.name, options.seed, options.nodes, schedule
+        "chaos: scenario={} seed={} nodes={} schedule: {plan}",
+        scenario.name, options.seed, options.nodes
     );
     let mut outcome = Outcome::new(scenario, options);
-    let mut cluster = match Cluster::start_initialised(options.nodes, options.mode).await {
+    let cluster_options = fault.map_or_else(ClusterOptions::default, |f| f.cluster_options());
+    let mut cluster = match Cluster::start_initialised_with(
+        options.nodes,
+        options.mode,
+        &cluster_options,
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             outcome.details = format!("cluster did not start: {e:#}");
@@ -261,7 +314,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
             reason.as_deref().unwrap_or("")
         ),
     }
-    let result = drive(&mut cluster, &schedule, options, &mut outcome).await;
+    let result = drive(&mut cluster, &schedule, fault, options, &mut outcome).await;
     if let Err(e) = result {
         outcome.problems.push(format!("{e:#}"));
     }
@@ -275,7 +328,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
         } else {
             format!("{}; {}", outcome.problems.join("; "), outcome.details)
         };
-        report_failure(&mut cluster, options, &mut outcome, &schedule.to_string());
+        report_failure(&mut cluster, options, &mut outcome, &plan);
     }
     drop(cluster);
     outcome.elapsed = started.elapsed();
@@ -320,6 +373,7 @@ pub fn report_failure(
 async fn drive(
     cluster: &mut Cluster,
     schedule: &Schedule,
+    fault: Option<RegisterFault>,
     options: &RunOptions,
     outcome: &mut Outcome,
 ) -> Result<()> {
@@ -340,7 +394,13 @@ async fn drive(
     let set_tasks = workload::spawn_set_clients(cluster, options.set_clients, stop.clone())?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let nemesis_result = play(cluster, schedule, options, outcome, clock).await;
+    let mut fault_notes = Vec::new();
+    let nemesis_result = match fault {
+        None => play(cluster, schedule, options, outcome, clock).await,
+        Some(f) => crate::faults::play(cluster, f, options, outcome, clock)
+            .await
+            .map(|notes| fault_notes = notes),
+    };
     let healed = cluster.heal_all().await;
     let healed_at = clock.now();
     let recovered = cluster
@@ -470,6 +530,9 @@ async fn drive(
     }
     if !oddities.is_empty() {
         details.push_str(&format!("; noted: {}", oddities.join(", ")));
+    }
+    for note in fault_notes {
+        details.push_str(&format!("; {note}"));
     }
     outcome.details = details;
     Ok(())
