@@ -13,14 +13,19 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos-tests",
-    about = "Run konnect under partitions, crashes and pauses; check linearizability, lost writes, \
-             rate limits and the AI cost ledger.",
+    about = "Run konnect under partitions, crashes, pauses and a full disk; check \
+             linearizability, lost writes, rate limits and the AI cost ledger.",
     after_help = "Scenarios: partition-leader, kill-leader, pause-follower, asymmetric-partition, \
                   split-minority, mixed, ratelimit-partition, ledger-partition, \
-                  ledger-kill-leader. Needs root for network namespaces; otherwise runs on \
-                  loopback with network faults replaced by pauses (and says so), except \
-                  ratelimit-partition and the ledger scenarios, which then fail: they need a real \
-                  partition, or nodes with addresses of their own."
+                  ledger-kill-leader, crash-after-append, crash-before-snapshot, \
+                  crash-mid-shipment, full-disk. Needs root for network namespaces; otherwise \
+                  runs on loopback with network faults replaced by pauses (and says so), except \
+                  ratelimit-partition and the ledger scenarios (crash-mid-shipment too), which \
+                  then fail: they need a real partition, or nodes with addresses of their own. \
+                  full-disk needs root to mount its tmpfs. The crash-* scenarios run konnect \
+                  built with `--features failpoints` (built here under cargo, else \
+                  $KONNECT_FAILPOINTS_BIN) with one crash point armed on one node \
+                  (FAILPOINTS); it must die there (exit 86), and is restarted without it."
 )]
 struct Args {
     /// Scenario to run, or `all`.

@@ -10,7 +10,9 @@
 //! driven by `limits::run_partition`. The AI cost ledger (`ledger-partition`,
 //! `ledger-kill-leader`): AI calls through every node while a follower is cut off or the
 //! leader is killed, then every node's ledger against the calls that completed, driven by
-//! `ledger::run`.
+//! `ledger::run` (also `crash-mid-shipment`, a crash point in place of the kill). Faults
+//! inside a node (`crash-after-append`, `crash-before-snapshot`, `full-disk`) run under the
+//! register and set workload with `faults::play` in place of the nemesis schedule.
 
 use std::fmt;
 use std::time::{Duration, Instant};
