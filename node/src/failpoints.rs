@@ -19,6 +19,10 @@
 //!   a snapshot is built and when one received from the leader is installed): the new snapshot
 //!   file is complete and fsync'd as `*.tmp`, not yet renamed over `snapshots/current.snap`.
 //!   The node must restart from the previous snapshot and its log, and leave no half state.
+//! - `raft::install_before_rename` (`raft/state_machine.rs`, `Shared::install`): a snapshot
+//!   received from the leader has replaced the state (committed) and its copy is complete as
+//!   `install-*.tmp`, not yet renamed over `current.snap`. The restarted node's state is the
+//!   snapshot's while openraft purges its log up to it: its current snapshot must cover that.
 //! - `ledger::ship_mid_batch` (`ledger.rs`, `ship_usage`): a batch of usage records has been
 //!   committed to Raft as one `ShipUsage` entry and the shipper has not yet moved its cursor
 //!   or released the WAL. After the restart the records are still in the WAL and are shipped
@@ -35,6 +39,7 @@ pub const CRASH_EXIT_CODE: i32 = 86;
 pub const POINTS: &[&str] = &[
     "raft::append_after_write_before_ack",
     "raft::snapshot_before_rename",
+    "raft::install_before_rename",
     "ledger::ship_mid_batch",
 ];
 
@@ -42,7 +47,9 @@ pub const POINTS: &[&str] = &[
 /// `return` action ends the process (see the module doc); without it, nothing.
 macro_rules! crash_point {
     ($name:literal) => {
+        // The closure's type is the enclosing function's result, large or not.
         #[cfg(feature = "failpoints")]
+        #[allow(clippy::result_large_err)]
         fail::fail_point!($name, |_| $crate::failpoints::crash($name));
     };
 }
