@@ -45,6 +45,8 @@ const CATCH_UP_WITHIN: Duration = Duration::from_secs(30);
 /// Snapshot often in `crash-before-snapshot`: every this many log entries, keeping few.
 const SNAPSHOT_AFTER_ENTRIES: u64 = 30;
 const LOG_KEEP_AFTER_SNAPSHOT: u64 = 10;
+/// How long `crash-mid-install` pauses n2 (the leader purges its log meanwhile).
+const INSTALL_PAUSE: Duration = Duration::from_secs(3);
 /// The small disk of `full-disk` (tmpfs; RAM).
 const SMALL_DISK_BYTES: u64 = 64 << 20;
 /// How long the disk stays full.
@@ -64,6 +66,11 @@ pub enum RegisterFault {
     /// `crash-before-snapshot`: with a snapshot every `SNAPSHOT_AFTER_ENTRIES` entries, n2
     /// dies with a complete new snapshot file not yet renamed over the current one.
     CrashBeforeSnapshot,
+    /// `crash-mid-install`: snapshots as for `CrashBeforeSnapshot`; n2 is paused (SIGSTOP)
+    /// until the leader has purged the log it lacks, so that once resumed it gets a snapshot;
+    /// it dies with that snapshot installed in its state but its copy not yet renamed over
+    /// its current one. After the restart its snapshot must cover its purged log.
+    CrashMidInstall,
     /// `full-disk`: n3's data dir (a small tmpfs) fills up for `FULL_FOR`.
     FullDisk,
 }
@@ -101,6 +108,11 @@ impl RegisterFault {
                 point: "raft::snapshot_before_rename",
                 skip: 2,
             }),
+            RegisterFault::CrashMidInstall => Some(Arming {
+                node: 1,
+                point: "raft::install_before_rename",
+                skip: 0,
+            }),
             RegisterFault::FullDisk => None,
         }
     }
@@ -112,7 +124,10 @@ impl RegisterFault {
             failpoints_on: self.arming().map(|a| (a.node, a.failpoints())),
             ..ClusterOptions::default()
         };
-        if self == RegisterFault::CrashBeforeSnapshot {
+        if matches!(
+            self,
+            RegisterFault::CrashBeforeSnapshot | RegisterFault::CrashMidInstall
+        ) {
             options.extra_args = vec![
                 "--snapshot-after-entries".into(),
                 SNAPSHOT_AFTER_ENTRIES.to_string(),
@@ -141,7 +156,14 @@ impl RegisterFault {
                  without; it must catch up",
                 a.failpoints(),
                 a.node + 1,
-                if self == RegisterFault::CrashBeforeSnapshot {
+                if self == RegisterFault::CrashMidInstall {
+                    format!(
+                        "; every node snapshots every {SNAPSHOT_AFTER_ENTRIES} entries, keeping \
+                         {LOG_KEEP_AFTER_SNAPSHOT}; n2 paused for {}s first, so it needs a \
+                         snapshot",
+                        INSTALL_PAUSE.as_secs()
+                    )
+                } else if self == RegisterFault::CrashBeforeSnapshot {
                     format!(
                         "; every node snapshots every {SNAPSHOT_AFTER_ENTRIES} entries, keeping \
                          {LOG_KEEP_AFTER_SNAPSHOT}"
@@ -165,9 +187,23 @@ pub async fn play(
     outcome: &mut Outcome,
     clock: Clock,
 ) -> Result<Vec<String>> {
+    let phase = |what: &str| {
+        if options.verbose {
+            eprintln!("chaos:   +{:.1}s {what}", clock.now() as f64 / 1e9);
+        }
+    };
     match (fault, fault.arming()) {
         (RegisterFault::FullDisk, _) => full_disk(cluster, options, outcome, clock).await,
         (_, Some(arming)) => {
+            if fault == RegisterFault::CrashMidInstall {
+                // Fall behind the leader's purged log: writes go on through the others.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                cluster.nodes[arming.node].pause()?;
+                phase(&format!("paused n{}", arming.node + 1));
+                tokio::time::sleep(INSTALL_PAUSE).await;
+                cluster.nodes[arming.node].resume()?;
+                phase(&format!("resumed n{}", arming.node + 1));
+            }
             let crash = wait_for_crash(cluster, arming, FIRE_WITHIN).await?;
             let at = clock.now() as f64 / 1e9 - crash.at.elapsed().as_secs_f64();
             outcome.faults.push((at, crash.description(arming)));
@@ -181,11 +217,21 @@ pub async fn play(
             tokio::time::sleep(DOWN_FOR).await;
             restart_disarmed(cluster, arming.node).await?;
             // Where the restarted node's state came from: its last published snapshot (the
-            // one the crash did not replace) and the log after it.
-            let restarted_from = cluster
-                .status(arming.node, Duration::from_secs(2))
-                .await
-                .map(|s| s.snapshot_index);
+            // one the crash did not replace) and the log after it. Its snapshot must cover
+            // every entry its log no longer has, or it could not bring a follower that far.
+            let restarted = cluster.status(arming.node, Duration::from_secs(2)).await;
+            if let Some(s) = &restarted {
+                if s.purged_index.unwrap_or(0) > s.snapshot_index.unwrap_or(0) {
+                    outcome.problems.push(format!(
+                        "n{} restarted with its log purged through {} but its snapshot only at \
+                         {:?}: entries in between are in neither",
+                        arming.node + 1,
+                        s.purged_index.unwrap_or(0),
+                        s.snapshot_index
+                    ));
+                }
+            }
+            let restarted_from = restarted.map(|s| s.snapshot_index);
             if fault == RegisterFault::CrashBeforeSnapshot
                 && restarted_from.is_some_and(|s| s.unwrap_or(0) == 0)
             {

@@ -18,7 +18,7 @@ use clap::Parser;
     after_help = "Scenarios: partition-leader, kill-leader, pause-follower, asymmetric-partition, \
                   split-minority, mixed, ratelimit-partition, ledger-partition, \
                   ledger-kill-leader, crash-after-append, crash-before-snapshot, \
-                  crash-mid-shipment, full-disk. Needs root for network namespaces; otherwise \
+                  crash-mid-install, crash-mid-shipment, full-disk. Needs root for network namespaces; otherwise \
                   runs on loopback with network faults replaced by pauses (and says so), except \
                   ratelimit-partition and the ledger scenarios (crash-mid-shipment too), which \
                   then fail: they need a real partition, or nodes with addresses of their own. \

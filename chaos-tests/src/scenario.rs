@@ -129,6 +129,15 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: Workload::RegistersUnder(RegisterFault::CrashBeforeSnapshot),
     },
     Scenario {
+        name: "crash-mid-install",
+        faults: &[],
+        about: "snapshots every 30 entries; n2 (failpoints build) paused until it needs a \
+                snapshot, dies with it installed but not renamed into place; restarted, its \
+                snapshot must cover its purged log, it catches up, the history stays \
+                linearizable",
+        workload: Workload::RegistersUnder(RegisterFault::CrashMidInstall),
+    },
+    Scenario {
         name: "crash-mid-shipment",
         faults: &[],
         about: "a node (failpoints build) dies after a usage batch is committed to Raft, before \

@@ -139,6 +139,16 @@ async fn crash_before_a_snapshot_rename_restarts_from_the_previous_snapshot_and_
     run("crash-before-snapshot", 112, ModeRequest::Auto).await;
 }
 
+/// Snapshots every 30 entries; n2 is paused until the leader has purged the log it lacks, so
+/// it gets a snapshot once resumed, and dies at `raft::install_before_rename`, the snapshot's
+/// state committed but its copy not renamed into place. Restarted, its snapshot covers its
+/// purged log, it catches up and the history stays linearizable. Regression: such a node's
+/// Raft panicked at every start (`purge_upto <= snapshot_last_log_id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_the_middle_of_a_snapshot_install_restarts_and_catches_up() {
+    run("crash-mid-install", 115, ModeRequest::Auto).await;
+}
+
 /// n2 dies at `ledger::ship_mid_batch`, a batch of usage records committed to Raft before its
 /// shipper moved on; restarted, it ships them again from its WAL: every completed AI call is
 /// counted exactly once by every node. Namespaces are asked for: the fake provider tells the
