@@ -50,7 +50,9 @@ macro_rules! crash_point {
         // The closure's type is the enclosing function's result, large or not.
         #[cfg(feature = "failpoints")]
         #[allow(clippy::result_large_err)]
-        fail::fail_point!($name, |_| $crate::failpoints::crash($name));
+        {
+            fail::fail_point!($name, |_| $crate::failpoints::crash($name));
+        }
     };
 }
 pub(crate) use crash_point;

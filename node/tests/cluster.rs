@@ -348,6 +348,17 @@ async fn a_follower_whose_disk_fills_up_exits_once_it_has_room_again_and_rejoins
         cluster.node(victim).is_running(),
         "a full disk is no reason to exit: the node keeps proxying"
     );
+    // Its admin API sends clients elsewhere (a client with several endpoints moves on).
+    let refused = cluster
+        .client_of(victim)
+        .apply(vec![service("through-the-full-node", 9003)], vec![])
+        .await
+        .expect_err("a node whose Raft stopped takes no writes");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    assert!(
+        refused.to_string().contains("try another node"),
+        "{refused}"
+    );
 
     // Room again: it exits by itself, saying why, with an error status.
     std::fs::remove_file(&filler).unwrap();

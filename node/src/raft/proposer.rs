@@ -38,7 +38,7 @@ impl ProposeError {
             ProposeError::NoLeader(_) => tonic::Status::unavailable(self.to_string()),
             ProposeError::Rejected(_) => tonic::Status::failed_precondition(self.to_string()),
             ProposeError::MembershipBusy => tonic::Status::aborted(self.to_string()),
-            ProposeError::Fatal(_) => tonic::Status::internal(self.to_string()),
+            ProposeError::Fatal(_) => tonic::Status::unavailable(self.to_string()),
         }
     }
 
