@@ -131,7 +131,7 @@ fn finish_or_remove_leftovers(store: &Store, dir: &Path) -> Result<(), StoreErro
         .and_then(|h| h.last_log_id.map(|l| l.index));
     for e in entries.flatten() {
         let path = e.path();
-        if !path.extension().is_some_and(|x| x == "tmp") {
+        if path.extension().is_none_or(|x| x != "tmp") {
             continue;
         }
         let installed_state = e.file_name().to_string_lossy().starts_with("install-")
