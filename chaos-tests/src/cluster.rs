@@ -117,6 +117,11 @@ pub struct Node {
     /// `--test-clock-offset-ms` for the next start (node/src/clock.rs): the node reads it
     /// only at start, so a clock fault restarts the node with it. 0: the true clock.
     pub clock_offset_ms: i64,
+    /// Extra `konnect serve` arguments (`ClusterOptions::extra_args`).
+    pub extra_args: Vec<String>,
+    /// Environment for the next start, e.g. `FAILPOINTS` (`faults.rs`); kept across restarts
+    /// until changed.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     paused: bool,
 }
@@ -204,8 +209,11 @@ impl Node {
         if self.clock_offset_ms != 0 {
             argv.push(format!("--test-clock-offset-ms={}", self.clock_offset_ms));
         }
+        argv.extend(self.extra_args.iter().cloned());
         let child = Command::new(&argv[0])
             .args(&argv[1..])
+            .env_remove("FAILPOINTS")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("KONNECT_TOKEN")
             .env_remove("KONNECT_CONFIG")
             .env_remove("KONNECT_SECRET_KEY")
@@ -219,6 +227,16 @@ impl Node {
         self.child = Some(child);
         self.paused = false;
         Ok(())
+    }
+
+    /// Forgets a process that exited by itself (after `exited` said so), so it can be
+    /// started again.
+    pub fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            net::unregister(&Resource::Process(child.id()));
+            let _ = child.wait();
+        }
+        self.paused = false;
     }
 
     /// kill -9: no shutdown, no flush.
@@ -259,7 +277,7 @@ impl Node {
     }
 
     /// Whether the process exited by itself (a crash), with its status.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
@@ -324,16 +342,34 @@ fn konnect_source() -> Result<PathBuf> {
 
 /// The current private copy of the konnect binary, made if no cluster holds one.
 pub fn konnect_binary() -> Result<Arc<KonnectBinary>> {
+    konnect_binary_with(false)
+}
+
+/// The current private copy of the konnect binary, or (`failpoints`) of the one built with
+/// `--features failpoints` (`crate::faults::failpoints_konnect_source`).
+pub fn konnect_binary_with(failpoints: bool) -> Result<Arc<KonnectBinary>> {
     static CURRENT: Mutex<Weak<KonnectBinary>> = Mutex::new(Weak::new());
-    let mut current = CURRENT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    static CURRENT_FAILPOINTS: Mutex<Weak<KonnectBinary>> = Mutex::new(Weak::new());
+    let mut current = if failpoints {
+        &CURRENT_FAILPOINTS
+    } else {
+        &CURRENT
+    }
+    .lock()
+    .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(binary) = current.upgrade() {
         return Ok(binary);
     }
-    let source = konnect_source()?;
-    net::remove_stale_files(&std::env::temp_dir(), "-konnect");
-    let path = std::env::temp_dir().join(format!("{}-{}-konnect", net::PREFIX, std::process::id()));
+    let (source, suffix) = if failpoints {
+        (
+            crate::faults::failpoints_konnect_source()?,
+            "-konnect-failpoints",
+        )
+    } else {
+        (konnect_source()?, "-konnect")
+    };
+    net::remove_stale_files(&std::env::temp_dir(), suffix);
+    let path = std::env::temp_dir().join(format!("{}-{}{suffix}", net::PREFIX, std::process::id()));
     net::register(Resource::File(path.clone()));
     let binary = Arc::new(KonnectBinary { path });
     std::fs::copy(&source, &binary.path)
@@ -346,6 +382,12 @@ fn built_konnect_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("KONNECT_BIN") {
         return Ok(PathBuf::from(path));
     }
+    cargo_build_konnect(&[])
+}
+
+/// Runs `cargo build -p konnect --bin konnect` with `features` (when running under cargo) and
+/// returns where the binary is: `target/<profile>/konnect`.
+pub(crate) fn cargo_build_konnect(features: &[&str]) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locate the current executable")?;
     let mut dir = exe
         .parent()
@@ -358,6 +400,9 @@ fn built_konnect_binary() -> Result<PathBuf> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "konnect", "--bin", "konnect"]);
+        if !features.is_empty() {
+            cmd.args(["--features", &features.join(",")]);
+        }
         // Without the variables cargo sets for the running test (CARGO_MANIFEST_DIR,
         // CARGO_PKG_NAME...): build scripts that track them (ring's does) would otherwise see
         // them change between this build and the one `cargo test` just made, and rebuild ring,
@@ -373,7 +418,7 @@ fn built_konnect_binary() -> Result<PathBuf> {
         }
         let status = cmd.status().context("run cargo build -p konnect")?;
         if !status.success() {
-            bail!("cargo build -p konnect failed");
+            bail!("cargo build -p konnect {features:?} failed");
         }
     }
     if !candidate.is_file() {
@@ -424,10 +469,27 @@ fn write_secret_key(binary: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// How a cluster's nodes are built and started, beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Run a konnect built with `--features failpoints` (crash points armed per node through
+    /// `Node::env`, see `faults.rs`).
+    pub failpoints: bool,
+    /// Extra `konnect serve` arguments for every node, e.g. `--snapshot-after-entries 40`.
+    pub extra_args: Vec<String>,
+    /// Put node `index`'s data dir on a tmpfs of this many bytes (root only): `(index, bytes)`.
+    pub small_disk: Option<(usize, u64)>,
+    /// Start node `index` with `FAILPOINTS` set to this value: `(index, value)`.
+    pub failpoints_on: Option<(usize, String)>,
+}
+
 /// N konnect processes that form one Raft cluster.
 pub struct Cluster {
-    // Field order is drop order: processes die before their namespaces go.
+    // Field order is drop order: processes die before their namespaces go, and before a
+    // small disk under a data dir is unmounted.
     pub nodes: Vec<Node>,
+    /// The tmpfs under a node's data dir (`ClusterOptions::small_disk`).
+    pub small_disk: Option<crate::faults::SmallDisk>,
     topology: Option<Topology>,
     pub mode: ModeKind,
     /// Why namespaces were not used, in loopback mode.
@@ -444,7 +506,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes (not yet initialised) in the requested mode.
     pub async fn start(n: usize, request: ModeRequest) -> Result<Cluster> {
-        let mut cluster = Cluster::create(&ClusterSpec::round_robin(n), request)?;
+        Cluster::start_with(n, request, &ClusterOptions::default()).await
+    }
+
+    /// Starts `n` nodes (not yet initialised) in the requested mode, with `options`.
+    pub async fn start_with(
+        n: usize,
+        request: ModeRequest,
+        options: &ClusterOptions,
+    ) -> Result<Cluster> {
+        let mut cluster = Cluster::create_with(&ClusterSpec::round_robin(n), request, options)?;
         cluster.start_all().await?;
         Ok(cluster)
     }
@@ -462,6 +533,15 @@ impl Cluster {
     /// Sets up the nodes of `spec` (namespaces, data dirs, addresses) without starting them:
     /// something may go between the nodes (`wan::Wan`) before they first talk.
     pub fn create(spec: &ClusterSpec, request: ModeRequest) -> Result<Cluster> {
+        Cluster::create_with(spec, request, &ClusterOptions::default())
+    }
+
+    /// `create` with `options` (failpoints, extra arguments, a small disk).
+    pub fn create_with(
+        spec: &ClusterSpec,
+        request: ModeRequest,
+        options: &ClusterOptions,
+    ) -> Result<Cluster> {
         let n = spec.zones.len();
         if spec.initial_members == 0 || spec.initial_members > n {
             bail!(
@@ -469,7 +549,7 @@ impl Cluster {
                 spec.initial_members
             );
         }
-        let binary = konnect_binary()?;
+        let binary = konnect_binary_with(options.failpoints)?;
         let dir = tempfile::Builder::new()
             .prefix("konnect-chaos-")
             .tempdir()
@@ -527,6 +607,8 @@ impl Cluster {
                 in_initial_peers: i < spec.initial_members,
                 timing: spec.timing,
                 clock_offset_ms: 0,
+                extra_args: options.extra_args.clone(),
+                env: Vec::new(),
                 child: None,
                 paused: false,
             });
@@ -538,8 +620,21 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let dir_path = dir.path().to_path_buf();
+        if let Some((index, value)) = &options.failpoints_on {
+            nodes[*index]
+                .env
+                .push(("FAILPOINTS".to_string(), value.clone()));
+        }
+        let small_disk = match options.small_disk {
+            Some((index, bytes)) => Some(crate::faults::SmallDisk::mount(
+                &nodes[index].data_dir,
+                bytes,
+            )?),
+            None => None,
+        };
         Ok(Cluster {
             nodes,
+            small_disk,
             topology,
             mode,
             fallback_reason,
@@ -553,7 +648,16 @@ impl Cluster {
 
     /// Starts `n` nodes and forms the cluster through node 1; waits for a leader.
     pub async fn start_initialised(n: usize, request: ModeRequest) -> Result<Cluster> {
-        let mut cluster = Cluster::start(n, request).await?;
+        Cluster::start_initialised_with(n, request, &ClusterOptions::default()).await
+    }
+
+    /// `start_initialised` with `options`.
+    pub async fn start_initialised_with(
+        n: usize,
+        request: ModeRequest,
+        options: &ClusterOptions,
+    ) -> Result<Cluster> {
+        let mut cluster = Cluster::start_with(n, request, options).await?;
         cluster.initialise().await?;
         Ok(cluster)
     }

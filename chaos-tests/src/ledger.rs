@@ -525,7 +525,20 @@ pub enum LedgerFault {
     /// `DOWN_FOR`. A call in flight at the kill may or may not be counted (its record may
     /// have been durable before the answer was cut), so the check bounds those.
     KillLeader,
+    /// `crash-mid-shipment`: n2 runs a failpoints build with `ledger::ship_mid_batch` armed
+    /// (`faults.rs`): it dies right after one of its usage batches is committed to Raft, before
+    /// its shipper moves on; it is restarted without the point after `DOWN_FOR` and ships the
+    /// batch again. Checked like a kill.
+    CrashMidShipment,
 }
+
+/// The crash point of `crash-mid-shipment`: n2's 61st committed shipment (a few seconds of
+/// calls: after `BEFORE_FAULT` on this machine) is its last.
+const SHIPMENT_CRASH: crate::faults::Arming = crate::faults::Arming {
+    node: 1,
+    point: "ledger::ship_mid_batch",
+    skip: 60,
+};
 
 impl LedgerFault {
     fn plan_text(self) -> String {
@@ -538,6 +551,13 @@ impl LedgerFault {
             }
             LedgerFault::KillLeader => format!(
                 "kill -9 the leader, restart it {}s later",
+                DOWN_FOR.as_secs()
+            ),
+            LedgerFault::CrashMidShipment => format!(
+                "FAILPOINTS={} on n{}: it dies after a committed shipment; restart it {}s later \
+                 without",
+                SHIPMENT_CRASH.failpoints(),
+                SHIPMENT_CRASH.node + 1,
                 DOWN_FOR.as_secs()
             ),
         };
@@ -566,10 +586,18 @@ pub async fn run(scenario: Scenario, fault: LedgerFault, options: &RunOptions) -
              serving its clients while cut off from its peers, which the loopback stand-in (a \
              pause) cannot show"
         }
-        LedgerFault::KillLeader => {
+        LedgerFault::KillLeader | LedgerFault::CrashMidShipment => {
             "needs network namespaces (root, `ip` and `nft`): the fake provider tells the \
              nodes apart by their source addresses, which loopback nodes share"
         }
+    };
+    let cluster_options = match fault {
+        LedgerFault::CrashMidShipment => crate::cluster::ClusterOptions {
+            failpoints: true,
+            failpoints_on: Some((SHIPMENT_CRASH.node, SHIPMENT_CRASH.failpoints())),
+            ..Default::default()
+        },
+        _ => crate::cluster::ClusterOptions::default(),
     };
     if options.mode == ModeRequest::Loopback {
         outcome.mode = Some(ModeKind::Loopback);
@@ -581,7 +609,13 @@ pub async fn run(scenario: Scenario, fault: LedgerFault, options: &RunOptions) -
         outcome.elapsed = started.elapsed();
         return outcome;
     }
-    let mut cluster = match Cluster::start_initialised(options.nodes, options.mode).await {
+    let mut cluster = match Cluster::start_initialised_with(
+        options.nodes,
+        options.mode,
+        &cluster_options,
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             outcome
@@ -689,7 +723,10 @@ async fn drive(
     tokio::time::sleep(BEFORE_FAULT).await;
     let injected = match which {
         LedgerFault::CutFollower => cut_follower(cluster, options.seed, &completed, &phase).await?,
-        LedgerFault::KillLeader => kill_leader(cluster, &completed, &phase).await?,
+        LedgerFault::KillLeader => kill_leader(cluster, &completed, &phase, None).await?,
+        LedgerFault::CrashMidShipment => {
+            kill_leader(cluster, &completed, &phase, Some(SHIPMENT_CRASH)).await?
+        }
     };
     let fault = injected.fault;
     let zone = cluster.nodes[fault.node].zone.clone();
@@ -760,7 +797,7 @@ async fn drive(
         input_tokens: INPUT_TOKENS,
         output_tokens: OUTPUT_TOKENS,
         fault: Some(fault),
-        calls_may_be_cut: which == LedgerFault::KillLeader,
+        calls_may_be_cut: which != LedgerFault::CutFollower,
     };
     if let Err(e) = &injected.zone_counted_during_fault {
         outcome.problems.push(format!(
@@ -798,6 +835,10 @@ async fn drive(
         .filter(|c| !matches!(c.outcome, CallOutcome::NotSent(_)))
         .count();
     outcome.details = summary(
+        match which {
+            LedgerFault::CrashMidShipment => "crashed",
+            _ => "killed leader",
+        },
         &plan,
         &report.served,
         &observed,
@@ -868,41 +909,58 @@ async fn cut_follower(
     })
 }
 
-/// Kills the leader with SIGKILL (its clients' calls in flight are cut), keeps it down for
-/// `DOWN_FOR` (longer while another node has completed no call since, bounded), restarts it.
+/// Kills the leader with SIGKILL (its clients' calls in flight are cut), or with `crash`
+/// waits for the node armed with that crash point to die there; keeps it down for
+/// `DOWN_FOR` (longer while another node has completed no call since, bounded), restarts it
+/// (without its crash point).
 async fn kill_leader(
     cluster: &mut Cluster,
     completed: &[AtomicU64],
     phase: &impl Fn(&str),
+    crash: Option<crate::faults::Arming>,
 ) -> Result<Injected> {
     let n = cluster.len();
     let leader = cluster
         .current_leader()
         .await
         .ok_or_else(|| anyhow!("no leader to kill"))?;
-    let before: Vec<u64> = completed.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-    let from_ms = unix_ms();
-    cluster.nodes[leader].kill9();
-    let in_force_ms = unix_ms();
-    phase(&format!("killed leader n{}", leader + 1));
+    let (down, from_ms, in_force_ms, before) = match crash {
+        None => {
+            let before: Vec<u64> = completed.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+            let from_ms = unix_ms();
+            cluster.nodes[leader].kill9();
+            phase(&format!("killed leader n{}", leader + 1));
+            (leader, from_ms, unix_ms(), before)
+        }
+        Some(arming) => {
+            let crash =
+                crate::faults::wait_for_crash(cluster, arming, Duration::from_secs(20)).await?;
+            // When the harness saw the exit: the crash was at most a poll (20 ms) earlier, or
+            // earlier still if it came before `BEFORE_FAULT` ran out. Calls sent to the node in
+            // between could not complete, so they only widen the check's bounds.
+            let from_ms = unix_ms().saturating_sub(crash.at.elapsed().as_millis() as u64);
+            let before: Vec<u64> = completed.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+            phase(&crash.description(arming));
+            (arming.node, from_ms, from_ms, before)
+        }
+    };
     tokio::time::sleep(DOWN_FOR).await;
-    for i in (0..n).filter(|&i| i != leader) {
+    for i in (0..n).filter(|&i| i != down) {
         wait_for_more(&completed[i], before[i]).await;
     }
     cluster.check_no_crash()?;
     // What the others counted of its zone: what it shipped before it died. What it completed
     // beyond that waits in its WAL for the restart.
-    let reader = (0..n).find(|&i| i != leader).expect("at least two nodes");
-    let zone = cluster.nodes[leader].zone.clone();
+    let reader = (0..n).find(|&i| i != down).expect("at least two nodes");
+    let zone = cluster.nodes[down].zone.clone();
     let counted = zone_count(cluster, reader, &zone).await;
     let until_ms = unix_ms();
-    cluster
-        .start_node(leader)
+    crate::faults::restart_disarmed(cluster, down)
         .await
-        .context("restart the killed leader")?;
+        .context("restart the killed node")?;
     phase(&format!(
         "restarted n{}; the others had counted {} calls of {zone}",
-        leader + 1,
+        down + 1,
         counted
             .as_ref()
             .map_or_else(|e| format!("? ({e:#})"), u64::to_string)
@@ -910,7 +968,7 @@ async fn kill_leader(
     Ok(Injected {
         fault: Fault {
             kind: FaultKind::Killed,
-            node: leader,
+            node: down,
             from_ms,
             in_force_ms,
             until_ms,
@@ -954,6 +1012,7 @@ async fn zone_reaches(cluster: &Cluster, reader: usize, zone: &str, calls: u64) 
 /// served during the fault, when its backlog was counted, what was completed and answered,
 /// what every node counts, and how long the ledger took to settle.
 fn summary(
+    killed: &str,
     plan: &Plan,
     served: &check::Served,
     observed: &Observed,
@@ -979,7 +1038,7 @@ fn summary(
             served.sent_before_fault
         ),
         FaultKind::Killed => format!(
-            "killed leader n{} ({}): {} calls sent to it got no answer, {} could not connect; \
+            "{killed} n{} ({}): {} calls sent to it got no answer, {} could not connect; \
              the others completed [{}] while it was down and had counted {} of the {} sent to \
              it before the kill",
             node + 1,

@@ -25,6 +25,9 @@
 //!   and config changes working again after healing.
 //! - `leader_time`: after clock faults, leader time (resources' `updated_unix_ms`) never goes
 //!   backwards with the revision and is alike on every node.
+//! - `faults`: faults inside a node: crash points of a failpoints build (armed per node from
+//!   `FAILPOINTS`, the node restarted without them once one fired) and a full disk (a small
+//!   tmpfs data dir filled by a ballast file); played under the register and set workload.
 //! - `scenario`: named scenarios, one run each, and the one-line outcome.
 //!
 //! Invariant: traffic stays on this machine. Nodes listen on loopback or on 10.77.S.0/24
@@ -33,6 +36,7 @@
 
 pub mod availability;
 pub mod cluster;
+pub mod faults;
 pub mod leader_time;
 pub mod ledger;
 pub mod limits;

@@ -13,17 +13,22 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos-tests",
-    about = "Run konnect under partitions, crashes, pauses, clock offsets and latency between \
-             zones; check linearizability, lost writes, rate limits, the AI cost ledger and the \
-             data plane without a quorum.",
+    about = "Run konnect under partitions, crashes, pauses, clock offsets, a full disk and \
+             latency between zones; check linearizability, lost writes, rate limits, the AI cost \
+             ledger and the data plane without a quorum.",
     after_help = "Scenarios: partition-leader, kill-leader, pause-follower, asymmetric-partition, \
                   split-minority, clock-offset, mixed, ratelimit-partition, ledger-partition, \
                   ledger-kill-leader, quorum-loss-dataplane, zone-latency, zone-outage, \
-                  zone-learner. Needs root for network namespaces; otherwise runs on loopback \
-                  with network faults replaced by pauses (and says so), except \
-                  ratelimit-partition, the ledger scenarios, quorum-loss-dataplane and the zone \
-                  scenarios, which then fail: they need a real partition, nodes with addresses \
-                  of their own, or latency between them."
+                  zone-learner, crash-after-append, crash-before-snapshot, crash-mid-install, \
+                  crash-mid-shipment, full-disk. Needs root for network namespaces; otherwise \
+                  runs on loopback with network faults replaced by pauses (and says so), except \
+                  ratelimit-partition, the ledger scenarios (crash-mid-shipment too), \
+                  quorum-loss-dataplane and the zone scenarios, which then fail: they need a real \
+                  partition, nodes with addresses of their own, or latency between them. \
+                  full-disk needs root to mount its tmpfs. The crash-* scenarios run konnect \
+                  built with `--features failpoints` (built here under cargo, else \
+                  $KONNECT_FAILPOINTS_BIN) with one crash point armed on one node \
+                  (FAILPOINTS); it must die there (exit 86), and is restarted without it."
 )]
 struct Args {
     /// Scenario to run, or `all`.

@@ -399,6 +399,8 @@ pub enum Resource {
     Link(String),
     Process(u32),
     File(std::path::PathBuf),
+    /// A tmpfs mounted under a node's data dir (`faults::SmallDisk`).
+    Mount(std::path::PathBuf),
 }
 
 static REGISTRY: Mutex<Vec<Resource>> = Mutex::new(Vec::new());
@@ -436,6 +438,7 @@ pub fn cleanup_registered() {
             Resource::File(path) => {
                 let _ = std::fs::remove_file(path);
             }
+            Resource::Mount(path) => crate::faults::unmount(path),
             Resource::Process(_) => {}
         }
     }

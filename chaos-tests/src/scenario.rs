@@ -10,14 +10,17 @@
 //! driven by `limits::run_partition`. The AI cost ledger (`ledger-partition`,
 //! `ledger-kill-leader`): AI calls through every node while a follower is cut off or the
 //! leader is killed, then every node's ledger against the calls that completed, driven by
-//! `ledger::run`.
+//! `ledger::run` (also `crash-mid-shipment`, a crash point in place of the kill). Faults
+//! inside a node (`crash-after-append`, `crash-before-snapshot`, `full-disk`) run under the
+//! register and set workload with `faults::play` in place of the nemesis schedule.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::cluster::{Cluster, ModeKind, ModeRequest};
+use crate::cluster::{Cluster, ClusterOptions, ModeKind, ModeRequest};
+use crate::faults::RegisterFault;
 use crate::nemesis::{self, FaultKind, Schedule};
 use crate::workload::{self, Clock, RegisterNotes, SetRecord, Stop};
 use crate::{availability, leader_time, ledger, limits, zones};
@@ -51,6 +54,9 @@ pub enum Workload {
     /// Requests through every node's proxy while no majority exists anywhere; admin writes
     /// must be refused, and work again after healing (`availability`).
     QuorumLoss,
+    /// Register and set clients while one fault inside a node is played (`faults.rs`): a
+    /// crash point of a failpoints build, or a full disk.
+    RegistersUnder(RegisterFault),
 }
 
 /// Every scenario; `all` runs them in this order.
@@ -148,6 +154,46 @@ pub const SCENARIOS: &[Scenario] = &[
                 restart one node meanwhile: every request answered, admin writes refused \
                 with Unavailable; after healing writes and config changes work again",
         workload: Workload::QuorumLoss,
+    },
+    Scenario {
+        name: "crash-after-append",
+        faults: &[],
+        about: "n1 (failpoints build) dies with Raft log entries durable but unacknowledged; \
+                restarted: no acknowledged write lost, history linearizable, n1 catches up",
+        workload: Workload::RegistersUnder(RegisterFault::CrashAfterAppend),
+    },
+    Scenario {
+        name: "crash-before-snapshot",
+        faults: &[],
+        about: "snapshots every 30 entries; n2 (failpoints build) dies with a new snapshot \
+                written but not renamed into place; restarted from the previous snapshot and \
+                its log, it catches up and the history stays linearizable",
+        workload: Workload::RegistersUnder(RegisterFault::CrashBeforeSnapshot),
+    },
+    Scenario {
+        name: "crash-mid-install",
+        faults: &[],
+        about: "snapshots every 30 entries; n2 (failpoints build) paused until it needs a \
+                snapshot, dies with it installed but not renamed into place; restarted, its \
+                snapshot must cover its purged log, it catches up, the history stays \
+                linearizable",
+        workload: Workload::RegistersUnder(RegisterFault::CrashMidInstall),
+    },
+    Scenario {
+        name: "crash-mid-shipment",
+        faults: &[],
+        about: "a node (failpoints build) dies after a usage batch is committed to Raft, before \
+                its shipper moves on; restarted, it ships the batch again: every completed AI \
+                call counted exactly once by every node",
+        workload: Workload::Ledger(ledger::LedgerFault::CrashMidShipment),
+    },
+    Scenario {
+        name: "full-disk",
+        faults: &[],
+        about: "n3's data dir on a small tmpfs, filled to the last byte for 5s under writes and \
+                proxy traffic: the others stay writable, nothing acknowledged is lost, n3 \
+                catches up once space is back (root only)",
+        workload: Workload::RegistersUnder(RegisterFault::FullDisk),
     },
 ];
 
@@ -279,16 +325,34 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
         Workload::Ledger(fault) => return ledger::run(scenario, fault, options).await,
         Workload::Zones(which) => return zones::run(scenario, which, options).await,
         Workload::QuorumLoss => return availability::run(scenario, options).await,
-        Workload::Registers => {}
+        Workload::Registers | Workload::RegistersUnder(_) => {}
     }
+    let fault = match scenario.workload {
+        Workload::RegistersUnder(f) => Some(f),
+        _ => None,
+    };
     let started = Instant::now();
-    let schedule = Schedule::generate(options.seed, scenario.faults, options.duration);
+    let schedule = match fault {
+        Some(_) => Schedule { steps: Vec::new() },
+        None => Schedule::generate(options.seed, scenario.faults, options.duration),
+    };
+    let plan = match fault {
+        Some(f) => f.plan_text(),
+        None => schedule.to_string(),
+    };
     eprintln!(
-        "chaos: scenario={} seed={} nodes={} schedule: {}",
-        scenario.name, options.seed, options.nodes, schedule
+        "chaos: scenario={} seed={} nodes={} schedule: {plan}",
+        scenario.name, options.seed, options.nodes
     );
     let mut outcome = Outcome::new(scenario, options);
-    let mut cluster = match Cluster::start_initialised(options.nodes, options.mode).await {
+    let cluster_options = fault.map_or_else(ClusterOptions::default, |f| f.cluster_options());
+    let mut cluster = match Cluster::start_initialised_with(
+        options.nodes,
+        options.mode,
+        &cluster_options,
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             outcome.details = format!("cluster did not start: {e:#}");
@@ -311,7 +375,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
             reason.as_deref().unwrap_or("")
         ),
     }
-    let result = drive(&mut cluster, &schedule, options, &mut outcome).await;
+    let result = drive(&mut cluster, &schedule, fault, options, &mut outcome).await;
     if let Err(e) = result {
         outcome.problems.push(format!("{e:#}"));
     }
@@ -325,7 +389,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
         } else {
             format!("{}; {}", outcome.problems.join("; "), outcome.details)
         };
-        report_failure(&mut cluster, options, &mut outcome, &schedule.to_string());
+        report_failure(&mut cluster, options, &mut outcome, &plan);
     }
     drop(cluster);
     outcome.elapsed = started.elapsed();
@@ -370,6 +434,7 @@ pub fn report_failure(
 async fn drive(
     cluster: &mut Cluster,
     schedule: &Schedule,
+    fault: Option<RegisterFault>,
     options: &RunOptions,
     outcome: &mut Outcome,
 ) -> Result<()> {
@@ -390,7 +455,13 @@ async fn drive(
     let set_tasks = workload::spawn_set_clients(cluster, options.set_clients, stop.clone())?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let nemesis_result = play(cluster, schedule, options, outcome, clock).await;
+    let mut fault_notes = Vec::new();
+    let nemesis_result = match fault {
+        None => play(cluster, schedule, options, outcome, clock).await,
+        Some(f) => crate::faults::play(cluster, f, options, outcome, clock)
+            .await
+            .map(|notes| fault_notes = notes),
+    };
     let healed = cluster.heal_all().await;
     let healed_at = clock.now();
     let recovered = cluster
@@ -546,6 +617,9 @@ async fn drive(
     }
     if !oddities.is_empty() {
         details.push_str(&format!("; noted: {}", oddities.join(", ")));
+    }
+    for note in fault_notes {
+        details.push_str(&format!("; {note}"));
     }
     outcome.details = details;
     Ok(())

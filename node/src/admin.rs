@@ -92,7 +92,11 @@ impl From<ProposeError> for AdminError {
             }
             ProposeError::Rejected(m) => AdminError::FailedPrecondition(m),
             ProposeError::MembershipBusy => AdminError::Conflict(e.to_string()),
-            ProposeError::Fatal(_) => AdminError::Internal(e.to_string()),
+            // This node's Raft stopped (a storage failure, logged once when it did): another
+            // node can serve the call, and a client with several endpoints moves on to it.
+            ProposeError::Fatal(_) => AdminError::Unavailable(format!(
+                "{e}; this node takes no part in the cluster until it restarts: try another node"
+            )),
         }
     }
 }

@@ -291,6 +291,8 @@ pub async fn ship_usage(
         match answer {
             Ok(Ok((_, result))) => match result.result {
                 Some(pb::command_result::Result::ShipUsage(r)) => {
+                    // Committed to Raft; cursor not moved, WAL not released (failpoints.rs).
+                    crate::failpoints::crash_point!("ledger::ship_mid_batch");
                     metrics::counter!("konnect_usage_shipped_records_total").increment(r.counted);
                     metrics::counter!("konnect_usage_shipments_total").increment(1);
                     for budget in r.budgets_exceeded {

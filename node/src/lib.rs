@@ -8,6 +8,7 @@ pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod control_tls;
+pub mod failpoints;
 pub mod gateway;
 pub mod grants;
 pub mod ledger;

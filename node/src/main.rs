@@ -71,7 +71,17 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
+            let armed = match konnect::failpoints::arm_from_env() {
+                Ok(armed) => armed,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
             konnect::telemetry::init_logging(&settings.log, settings.log_format);
+            if !armed.is_empty() {
+                tracing::warn!(points = %armed.join(";"), "crash points armed (FAILPOINTS)");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -1,7 +1,14 @@
 //! Wires a node together: reads the control-plane TLS files, loads the secret keys, opens the
 //! stores (refusing to start when a stored secret cannot be decrypted), starts Raft, binds the
 //! peer, admin and status listeners (TLS on the admin and peer ports when configured),
-//! bootstraps `--dev` mode, and owns shutdown (SIGINT/SIGTERM).
+//! bootstraps `--dev` mode, and owns shutdown (SIGINT/SIGTERM, or Raft stopped for good).
+//!
+//! Raft stops for good when its storage fails (openraft treats every storage error as fatal:
+//! a full disk under the Raft log is the common one). The node then keeps proxying with the
+//! configuration it has, says why it is not ready (`/readyz`), and waits until its data dir
+//! takes writes again; then it shuts down like on SIGTERM and exits with an error, for its
+//! supervisor to restart it: a new process reopens the stores and rejoins the cluster. A node
+//! that stayed up with Raft stopped would never rejoin by itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -79,6 +86,13 @@ pub enum StartError {
     /// The secret keys cannot be loaded, or do not open what the state holds.
     #[error("secrets: {0}")]
     Secrets(String),
+    /// Raft stopped on an error (a storage failure, e.g. a full disk); the node exited once
+    /// its data dir took writes again, so that a restart rejoins the cluster.
+    #[error(
+        "raft stopped: {0}; the data dir takes writes again: exiting so that a restart \
+         rejoins the cluster"
+    )]
+    RaftStopped(String),
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -401,7 +415,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         tracing::info!("not part of a cluster yet: run `konnectctl cluster init` once the nodes of --peers are up");
     }
 
-    wait_for_signal().await;
+    let raft_stopped = tokio::select! {
+        _ = wait_for_signal() => None,
+        stopped = wait_until_raft_stopped(&raft, &settings.data_dir) => Some(stopped),
+    };
     tracing::info!("shutting down: draining proxied requests");
     // Proxy first: stop accepting, let in-flight requests finish, then stop the control plane.
     let _ = proxy_stop_tx.send(true);
@@ -412,7 +429,61 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     let _ = shutdown_tx.send(true);
     let _ = tokio::join!(peer_task, admin_task, status_task);
     let _ = raft.shutdown().await;
-    Ok(())
+    match raft_stopped {
+        Some(error) => Err(StartError::RaftStopped(error)),
+        None => Ok(()),
+    }
+}
+
+/// How often a node whose Raft stopped checks whether its data dir takes writes again.
+const WRITABLE_PROBE_EVERY: Duration = Duration::from_secs(1);
+/// What a probe writes (and fsyncs, and removes): room for a few Raft log commits.
+const WRITABLE_PROBE_BYTES: usize = 1 << 20;
+
+/// Returns once Raft has stopped on an error and `data_dir` takes writes again; the error.
+/// Logs the stop once, saying what the node does meanwhile.
+async fn wait_until_raft_stopped(raft: &Raft, data_dir: &std::path::Path) -> String {
+    let mut watch = raft.metrics();
+    let error = loop {
+        if let Err(fatal) = &watch.borrow_and_update().running_state {
+            break fatal.to_string();
+        }
+        if watch.changed().await.is_err() {
+            break "the Raft core is gone".to_string();
+        }
+    };
+    tracing::error!(
+        %error,
+        data_dir = %data_dir.display(),
+        "Raft stopped: this node keeps proxying with the configuration it has, but takes no \
+         part in the cluster and is not ready; once its data dir takes writes again it exits \
+         so that its supervisor restarts it and it rejoins"
+    );
+    metrics::gauge!("konnect_raft_stopped").set(1.0);
+    let probe = data_dir.join(".writable-probe");
+    loop {
+        let path = probe.clone();
+        let writable = tokio::task::spawn_blocking(move || write_probe(&path))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+        if writable {
+            tracing::error!(data_dir = %data_dir.display(), "the data dir takes writes again: exiting so that a restart rejoins the cluster");
+            return error;
+        }
+        tokio::time::sleep(WRITABLE_PROBE_EVERY).await;
+    }
+}
+
+/// Writes, fsyncs and removes `path`: whether the filesystem takes writes.
+fn write_probe(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let result = std::fs::File::create(path).and_then(|mut f| {
+        f.write_all(&vec![0u8; WRITABLE_PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(path);
+    result
 }
 
 /// Tokens on a plain admin port, and Raft traffic on a plain peer port, travel in clear

@@ -22,6 +22,11 @@ pub fn not_ready_reason(node: &NodeHandle) -> Option<String> {
         return Some("waiting for `konnectctl cluster init` (or to be added to a cluster)".into());
     }
     let m = node.raft.metrics().borrow().clone();
+    if let Err(fatal) = &m.running_state {
+        return Some(format!(
+            "Raft stopped: {fatal}; the node exits once its data dir takes writes again"
+        ));
+    }
     if m.current_leader.is_none() {
         return Some("no leader known".into());
     }

@@ -297,3 +297,145 @@ async fn a_leader_without_its_quorum_refuses_writes_instead_of_hanging() {
         .await
         .expect("write once the followers are back");
 }
+
+/// A follower whose data dir fills up stops its Raft (openraft treats a failed log write as
+/// fatal). It must not linger as a member that never rejoins: it keeps running and says why
+/// it is not ready while the disk is full, then, once the disk takes writes again, exits with
+/// an error for its supervisor to restart it, and the restarted node catches up. Regression:
+/// it used to stay up with Raft stopped for good, ready to no one and never rejoining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_fills_up_exits_once_it_has_room_again_and_rejoins() {
+    let mut cluster = Cluster::start_initialised(3, &[]).await;
+    let leader = cluster.leader().await;
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    // Move the victim's data onto a small disk of its own, while it is down.
+    cluster.node(victim).kill9();
+    let data_dir = cluster.node(victim).data_dir.clone();
+    let moved = data_dir.with_extension("moved");
+    std::fs::rename(&data_dir, &moved).unwrap();
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+        .arg(&data_dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a small tmpfs for the data dir needs root (CI runs as root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(data_dir.clone());
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(moved.join("."))
+        .arg(&data_dir)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    cluster.node(victim).start();
+    let client = cluster.client_of(leader);
+    client
+        .apply(vec![service("before-full", 9000)], vec![])
+        .await
+        .expect("write before the disk fills");
+
+    // Fill the disk to the last byte; writes go on through the leader.
+    let filler = data_dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&[0u8]).is_ok() {}
+    }
+    let status_addr = cluster.node(victim).status.clone();
+    let mut i = 0u16;
+    let writer = &client;
+    let reason = wait_for(
+        "the full follower to say Raft stopped",
+        Duration::from_secs(20),
+        || {
+            i += 1;
+            let (client, addr) = (writer, status_addr.clone());
+            async move {
+                client
+                    .apply(vec![service(&format!("while-full-{i}"), 9001)], vec![])
+                    .await
+                    .expect("the others stay writable");
+                let r = http("GET", &addr, "/readyz", &[], "").await;
+                let body = String::from_utf8_lossy(&r.body).to_string();
+                (r.status == 503 && body.contains("Raft stopped")).then_some(body)
+            }
+        },
+    )
+    .await;
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert!(
+        cluster
+            .node(victim)
+            .log()
+            .contains("Raft stopped: this node keeps proxying"),
+        "{}",
+        cluster.node(victim).log()
+    );
+    assert!(
+        cluster.node(victim).is_running(),
+        "a full disk is no reason to exit: the node keeps proxying"
+    );
+    // Its admin API sends clients elsewhere (a client with several endpoints moves on).
+    let refused = cluster
+        .client_of(victim)
+        .apply(vec![service("through-the-full-node", 9003)], vec![])
+        .await
+        .expect_err("a node whose Raft stopped takes no writes");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    assert!(
+        refused.to_string().contains("try another node"),
+        "{refused}"
+    );
+
+    // Room again: it exits by itself, saying why, with an error status.
+    std::fs::remove_file(&filler).unwrap();
+    let status = cluster
+        .node(victim)
+        .exited_within(Duration::from_secs(20))
+        .await
+        .expect("the node exits once its disk takes writes again");
+    assert!(!status.success(), "{status}");
+    let log = cluster.node(victim).log();
+    assert!(
+        log.contains("exiting so that a restart rejoins the cluster"),
+        "{log}"
+    );
+
+    // Restarted (as a supervisor would), it has every write, the ones made while it was out
+    // included.
+    cluster.node(victim).start();
+    client
+        .apply(vec![service("after-full", 9002)], vec![])
+        .await
+        .expect("write after the disk is freed");
+    let local = &cluster.client_of(victim);
+    wait_for(
+        "the restarted follower to catch up",
+        Duration::from_secs(20),
+        || async move {
+            let listed = local.list("Service", "", false).await.ok()?;
+            let names: std::collections::BTreeSet<_> =
+                listed.items.iter().map(|r| r.name.clone()).collect();
+            let every = ["before-full", "while-full-1", "after-full"]
+                .iter()
+                .all(|n| names.contains(*n));
+            every.then_some(())
+        },
+    )
+    .await;
+}

@@ -249,6 +249,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await;
         match result {
             Ok(()) => {
+                // Durable, not yet acknowledged (failpoints.rs).
+                crate::failpoints::crash_point!("raft::append_after_write_before_ack");
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }

@@ -47,7 +47,7 @@ impl ProposeError {
             }
             ProposeError::Rejected(_) => tonic::Status::failed_precondition(self.to_string()),
             ProposeError::MembershipBusy => tonic::Status::aborted(self.to_string()),
-            ProposeError::Fatal(_) => tonic::Status::internal(self.to_string()),
+            ProposeError::Fatal(_) => tonic::Status::unavailable(self.to_string()),
         }
     }
 

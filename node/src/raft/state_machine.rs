@@ -73,14 +73,7 @@ impl StateMachine {
             op: "create snapshot dir",
             message: format!("{}: {e}", dir.display()),
         })?;
-        // Leftovers of an interrupted build or transfer.
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                if e.path().extension().is_some_and(|x| x == "tmp") {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        finish_or_remove_leftovers(&store, &dir)?;
         let reader = StateReader::new(store.clone());
         let applied = reader.applied_revision()?;
         let (applied_tx, applied_rx) = watch::channel(applied);
@@ -117,6 +110,51 @@ fn applied_state_of(
             .map(|m| stored_membership_from_pb(&m))
             .unwrap_or_default(),
     ))
+}
+
+/// Deals with the `*.tmp` files a crash left in the snapshot directory. Each is removed
+/// (an interrupted build or transfer: the state and log it came from are intact), except the
+/// copy of an installed snapshot whose state was committed before the crash came (`install`
+/// fsyncs the copy, commits the state, then renames): the state is that snapshot's, and
+/// openraft purges the log up to it at start, so that copy must become `current.snap`.
+/// Removing it left the entries between the previous snapshot and the installed one in
+/// neither the log nor a snapshot: openraft refused to start (`purge_upto <=
+/// snapshot_last_log_id`), and the node never came back (found by the chaos scenario
+/// `crash-mid-install`).
+fn finish_or_remove_leftovers(store: &Store, dir: &Path) -> Result<(), StoreError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let applied = applied_state_of(store)?.0.map(|l| l.index);
+    let current = read_header(&dir.join(CURRENT))
+        .ok()
+        .and_then(|h| h.last_log_id.map(|l| l.index));
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "tmp") {
+            continue;
+        }
+        let installed_state = e.file_name().to_string_lossy().starts_with("install-")
+            && read_header(&path)
+                .ok()
+                .and_then(|h| h.last_log_id.map(|l| l.index))
+                .is_some_and(|index| Some(index) == applied && Some(index) > current);
+        if installed_state {
+            tracing::info!(
+                snapshot = %path.display(),
+                index = ?applied,
+                "finishing the install of a snapshot interrupted by a crash"
+            );
+            std::fs::rename(&path, dir.join(CURRENT)).map_err(|e| StoreError {
+                op: "finish snapshot install",
+                message: format!("{}: {e}", path.display()),
+            })?;
+            sync_dir(dir);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
 }
 
 // === snapshot files ===
@@ -202,6 +240,8 @@ impl Shared {
                 return Ok(());
             }
         }
+        // The new snapshot is complete and fsync'd beside the current one (failpoints.rs).
+        crate::failpoints::crash_point!("raft::snapshot_before_rename");
         std::fs::rename(file, &current)?;
         sync_dir(&self.dir);
         Ok(())
@@ -338,6 +378,8 @@ impl Shared {
         copy.sync_all().map_err(io)?;
         drop(copy);
         txn.commit().map_err(|e| e.to_string())?;
+        // The state is the snapshot's, its copy complete beside the current one (failpoints.rs).
+        crate::failpoints::crash_point!("raft::install_before_rename");
         self.publish(&copy_path, meta.last_log_id.map(|l| l.index))
             .map_err(io)
     }
@@ -526,5 +568,99 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: header_meta(&header),
             snapshot: Box::new(file),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_id(index: u64) -> pb::LogId {
+        pb::LogId {
+            term: 1,
+            leader_node_id: 1,
+            index,
+        }
+    }
+
+    /// A snapshot file holding only a header at `index`.
+    fn snapshot_file(path: &Path, index: u64) {
+        let mut f = std::fs::File::create(path).unwrap();
+        let header = pb::SnapshotHeader {
+            format: SNAPSHOT_FORMAT,
+            last_log_id: Some(log_id(index)),
+            last_membership: Some(Default::default()),
+            snapshot_id: format!("1-{index}"),
+        };
+        write_record(
+            &mut f,
+            &pb::SnapshotRecord {
+                record: Some(pb::snapshot_record::Record::Header(header)),
+            },
+        )
+        .unwrap();
+    }
+
+    fn set_applied(store: &Store, index: u64) {
+        let mut txn = store.write().unwrap();
+        txn.put(SM_META, KEY_LAST_APPLIED, &log_id(index).encode_to_vec())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn current_index(dir: &Path) -> Option<u64> {
+        read_header(&dir.join("snapshots").join(CURRENT))
+            .unwrap()
+            .last_log_id
+            .map(|l| l.index)
+    }
+
+    fn tmp_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("snapshots"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
+            .count()
+    }
+
+    /// A crash after an install committed the snapshot's state but before its copy replaced
+    /// the current snapshot: the restart finishes the install, so the current snapshot
+    /// covers what the state holds (and what openraft purges from the log at start).
+    #[test]
+    fn a_crash_between_an_installs_commit_and_its_rename_is_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sm, _, _) = StateMachine::open(dir.path()).unwrap();
+        set_applied(&sm.shared.store, 90);
+        sm.shared.build().unwrap();
+        // The install of a snapshot at 271: state committed, copy complete, no rename.
+        set_applied(&sm.shared.store, 271);
+        let snapshots = dir.path().join("snapshots");
+        snapshot_file(&snapshots.join("install-1-271-5.tmp"), 271);
+        // A build interrupted at the same time goes.
+        snapshot_file(&snapshots.join("1-100-7.tmp"), 100);
+        drop(sm);
+
+        let (_sm, _, _) = StateMachine::open(dir.path()).unwrap();
+        assert_eq!(current_index(dir.path()), Some(271));
+        assert_eq!(tmp_files(dir.path()), 0);
+    }
+
+    /// An install that crashed before its state was committed left a copy the state does not
+    /// match: it is removed, and the previous snapshot stays current.
+    #[test]
+    fn an_install_that_crashed_before_its_commit_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sm, _, _) = StateMachine::open(dir.path()).unwrap();
+        set_applied(&sm.shared.store, 90);
+        sm.shared.build().unwrap();
+        snapshot_file(
+            &dir.path().join("snapshots").join("install-1-271-5.tmp"),
+            271,
+        );
+        drop(sm);
+
+        let (_sm, _, _) = StateMachine::open(dir.path()).unwrap();
+        assert_eq!(current_index(dir.path()), Some(90));
+        assert_eq!(tmp_files(dir.path()), 0);
     }
 }
