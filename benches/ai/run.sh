@@ -65,7 +65,8 @@
 #   LITELLM_VENV=/var/tmp/litellm-venv   where LiteLLM is installed (made if missing)
 #   LITELLM_PIP='litellm[proxy]'         what pip installs there
 #   PROFILE=0              1: afterwards, `perf record -g` konnect for 5 s under the throughput
-#                          load (JSON) and print the top of `perf report --no-children`
+#                          load (the largest of CONNECTIONS, the first of MODES) and print the
+#                          top of `perf report --no-children`
 #   BENCH_TMP=/var/tmp     where the work directory is made
 #   KEEP=0                 1 keeps the work directory (configs, logs, data)
 #   SKIP_BUILD=0           1 uses the binaries already in target/release
@@ -365,9 +366,12 @@ fi
 # --- profile (PROFILE=1) ---
 
 if [ "$PROFILE" = 1 ] && has_target konnect; then
-    say "profiling konnect for 5 s under ${CONNECTIONS##* } connections (json)"
+    profile_mode=${MODES%% *}
+    profile_stream=()
+    [ "$profile_mode" = stream ] && profile_stream=(--stream)
+    say "profiling konnect for 5 s under ${CONNECTIONS##* } connections ($profile_mode)"
     taskset -c "$LOAD_CPU" "$bin/ai-bench" load --url "$(url_of konnect)" --key "$konnect_key" \
-        --model gpt-bench --connections "${CONNECTIONS##* }" --duration-secs 8 --warmup-secs 1 \
+        --model gpt-bench "${profile_stream[@]}" --connections "${CONNECTIONS##* }" --duration-secs 8 --warmup-secs 1 \
         >"$work/profile-load.txt" 2>>"$work/logs/load.log" &
     prof_load=$!
     pids+=("$prof_load")
