@@ -314,6 +314,212 @@ async fn a_failing_target_falls_back_to_the_next_and_the_record_names_who_served
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_begins_with_an_error_falls_back_to_the_next_target() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![
+            (
+                "shaky-openai",
+                json!({"targets": [
+                {"provider": "openai", "model": "error-first-gpt"},
+                {"provider": "openai", "model": "gpt-4o-mini"}]}),
+            ),
+            (
+                "shaky-anthropic",
+                json!({"targets": [
+                {"provider": "anthropic", "model": "error-first-claude"},
+                {"provider": "anthropic", "model": "claude-sonnet-4-5"}]}),
+            ),
+            (
+                "shaky-gemini",
+                json!({"targets": [
+                {"provider": "google", "model": "error-first-gemini"},
+                {"provider": "openai", "model": "gpt-4o-mini"}]}),
+            ),
+            ("broken", one_target("openai", "error-first-gpt")),
+        ],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+
+    // OpenAI's `{"error": ...}` as the first chunk, and Gemini's: the next target answers, and
+    // the caller sees only its stream.
+    for model in ["shaky-openai", "shaky-gemini"] {
+        let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+            &format!(r#"{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}"#)).await;
+        assert_eq!(r.status, 200, "{model}: {:?}", r.body);
+        let data = sse_data(&r.body);
+        assert_eq!(
+            streamed_text(&data),
+            "Hello from gpt-4o-mini",
+            "{model}: {data:?}"
+        );
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{model}");
+        assert!(
+            !data.iter().any(|d| d.contains("\"error\"")),
+            "{model}: {data:?}"
+        );
+        let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+        assert_eq!(rec["provider"], "openai", "{model}");
+        assert_eq!(rec["provider_model"], "gpt-4o-mini", "{model}");
+        assert_eq!(
+            (rec["attempts"].as_u64(), rec["outcome"].as_str()),
+            (Some(2), Some("ok")),
+            "{model}"
+        );
+    }
+
+    // Anthropic's `event: error` first, in the Anthropic format.
+    let r = http("POST", &proxy, "/v1/messages", &auth,
+        r#"{"model": "shaky-anthropic", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert!(body.contains("event: message_stop"), "{body}");
+    assert!(!body.contains("event: error"), "{body}");
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(rec["provider_model"], "claude-sonnet-4-5");
+    assert_eq!(rec["attempts"], 2);
+
+    // No target left: a 502 in the caller's format, nothing of the error stream, an error record.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "broken", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(r.json()["error"]["code"], "provider_unavailable");
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (rec["status"].as_u64(), rec["outcome"].as_str()),
+        (Some(502), Some("error"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_errs_after_its_first_event_reaches_the_caller_and_is_recorded_as_an_error() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![
+            // The second target is never asked: part of the answer has gone out already.
+            (
+                "gemini-late",
+                json!({"targets": [
+                {"provider": "google", "model": "error-later-gemini"},
+                {"provider": "openai", "model": "gpt-4o-mini"}]}),
+            ),
+            ("openai-late", one_target("openai", "error-later-gpt")),
+        ],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    for (model, provider) in [("gemini-late", "google"), ("openai-late", "openai")] {
+        let r = http("POST", &proxy, "/v1/chat/completions", &auth,
+            &format!(r#"{{"model": "{model}", "stream": true, "stream_options": {{"include_usage": true}}, "messages": [{{"role": "user", "content": "Hi"}}]}}"#)).await;
+        assert_eq!(r.status, 200, "{model}: {:?}", r.body);
+        let data = sse_data(&r.body);
+        assert_eq!(streamed_text(&data), "Hello", "{model}: {data:?}");
+        // The error chunk is the last thing the caller gets: no [DONE] after it.
+        let last = data.last().cloned().unwrap_or_default();
+        assert!(last.contains("\"error\""), "{model}: {data:?}");
+        let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+        assert_eq!(rec["provider"], provider, "{model}");
+        assert_eq!(
+            (
+                rec["status"].as_u64(),
+                rec["outcome"].as_str(),
+                rec["attempts"].as_u64()
+            ),
+            (Some(502), Some("error"), Some(1)),
+            "{model}: {rec}"
+        );
+    }
+    assert!(
+        !mock.seen().iter().any(|s| s.body["model"] == "gpt-4o-mini"),
+        "no fallback once the caller got part of the answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_first_target_cannot_take_goes_to_the_next_one_that_can() {
+    let mock = MockLlm::start().await;
+    let (cluster, proxy, key) = gateway(
+        &mock,
+        vec![
+            (
+                "versatile",
+                json!({"targets": [
+                {"provider": "anthropic", "model": "claude-sonnet-4-5"},
+                {"provider": "openai", "model": "gpt-4o-mini"}]}),
+            ),
+            ("claude-only", one_target("anthropic", "claude-sonnet-4-5")),
+        ],
+    )
+    .await;
+    let (h, v) = bearer(&key);
+    let auth = [(h, v.as_str())];
+    // Anthropic gives one choice only (`n` is refused in translation); OpenAI takes `n`.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "versatile", "n": 2, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Hello from gpt-4o-mini"
+    );
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(rec["provider"], "openai");
+    assert_eq!(
+        (rec["attempts"].as_u64(), rec["outcome"].as_str()),
+        (Some(1), Some("ok"))
+    );
+    assert!(
+        !mock.seen().iter().any(|s| s.path.ends_with("/v1/messages")),
+        "nothing was sent to the provider that cannot take the request"
+    );
+
+    // No target can take it: the translation's own error, a 400 naming the parameter.
+    let r = http(
+        "POST",
+        &proxy,
+        "/v1/chat/completions",
+        &auth,
+        r#"{"model": "claude-only", "n": 2, "messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let error = r.json()["error"].clone();
+    assert_eq!(error["param"], "n", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("single choice"),
+        "{error}"
+    );
+    let rec = usage_record(&cluster, r.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        (
+            rec["status"].as_u64(),
+            rec["outcome"].as_str(),
+            rec["attempts"].as_u64()
+        ),
+        (Some(400), Some("error"), Some(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_callers_reach_anthropic_models_in_their_own_format_streamed() {
     let mock = MockLlm::start().await;
     let (cluster, proxy, key) = gateway(

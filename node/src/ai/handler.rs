@@ -4,13 +4,18 @@
 //! A call names a Model; its targets are tried in order (`fallback`) or starting from one
 //! drawn by weight (`weighted`): a connection failure, a timeout, a 429 or a 5xx moves on to
 //! the next (after `retries` more tries on the same target), as long as nothing has reached
-//! the caller. Any other answer of the provider goes back to the caller, in the caller's
-//! format. Every call ends in one usage record.
+//! the caller; so does a stream answered 200 whose first event is an error (or that breaks
+//! before its first event), since nothing of it has gone to the caller yet. A target whose
+//! provider cannot take the request (a parameter its API has no translation for) is skipped
+//! without a call; when no target could even be sent the request, the first such error is the
+//! answer. Any other answer of the provider goes back to the caller, in the caller's format.
+//! Every call ends in one usage record, naming the provider that answered.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -788,6 +793,9 @@ async fn call(
     let reservation = reserve_quotas(ctx, config, req, endpoint, &model, model_name, &body).await?;
     let timeout = model.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
     let mut failure: Option<(StatusCode, String)> = None;
+    // The first target's request that could not be translated for its provider, kept for the
+    // answer in case no target can be sent the call at all.
+    let mut untranslatable: Option<AiError> = None;
     for target in target_order(model_name, &model, ctx) {
         let Some(provider) = config.providers.get(&target.provider) else {
             failure = Some((
@@ -810,9 +818,15 @@ async fn call(
             ));
             continue;
         }
-        let upstream_body = Bytes::from(
-            provider_body(config, endpoint, provider, target, &model, &body, stream)?.to_string(),
-        );
+        let upstream_body =
+            match provider_body(config, endpoint, provider, target, &model, &body, stream) {
+                Ok(translated) => Bytes::from(translated.to_string()),
+                Err(e) => {
+                    // Another target, of another provider type, may take it.
+                    untranslatable.get_or_insert(e);
+                    continue;
+                }
+            };
         for _ in 0..=model.retries {
             record.attempts += 1;
             let request = provider_request(
@@ -895,6 +909,46 @@ async fn call(
             let answer_id = format!("chatcmpl-{}", req.request_id);
             let created = crate::clock::unix_ms() / 1000;
             if stream {
+                // The first event is read before anything goes to the caller: an error there
+                // (or a stream that breaks or stays silent before it) is a failure of this
+                // target like a 5xx, and the next try or target follows.
+                let (parts, provider_body_stream) = answer.into_parts();
+                let mut events = stream::provider_events(
+                    provider_body_stream,
+                    provider.spec.kind == ProviderType::Bedrock,
+                );
+                let first = match tokio::time::timeout(timeout, events.next()).await {
+                    Err(_) => Err((
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("{}: no stream event within {timeout:?}", provider.name),
+                    )),
+                    Ok(Some(Err(e))) => Err((
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "{}: the stream broke before its first event: {e}",
+                            provider.name
+                        ),
+                    )),
+                    Ok(Some(Ok(event))) => match stream::error_event(&event) {
+                        Some((status, message)) => Err((
+                            status,
+                            format!(
+                                "{}: the stream began with an error: {message}",
+                                provider.name
+                            ),
+                        )),
+                        None => Ok(Some(event)),
+                    },
+                    Ok(None) => Ok(None),
+                };
+                let first = match first {
+                    Ok(first) => first,
+                    Err(refused) => {
+                        penalty();
+                        failure = Some(refused);
+                        continue;
+                    }
+                };
                 let kind = match (endpoint, api) {
                     (Endpoint::Chat(ApiFormat::Anthropic), ProviderApi::Anthropic) => {
                         StreamKind::Anthropic
@@ -952,7 +1006,9 @@ async fn call(
                         tokenizer: tokenizer(provider),
                         reservation,
                     },
-                    answer,
+                    parts.status,
+                    first,
+                    events,
                 ));
             }
             // A 200 whose body cannot be read or translated still ends in a record: the
@@ -1099,6 +1155,17 @@ async fn call(
                     .insert("x-cache", HeaderValue::from_static("MISS"));
             }
             return Ok(resp);
+        }
+    }
+    if record.attempts == 0 {
+        if let Some(e) = untranslatable {
+            // No target could be sent the call: the first target's reason is the answer.
+            record.status = e.status().as_u16();
+            record.outcome = "error";
+            record.latency_ms = started.elapsed().as_millis() as u64;
+            let _ = ctx.usage.record(record).await;
+            reservation.settle(Spent::default());
+            return Err(e);
         }
     }
     let (status, detail) = failure.unwrap_or((StatusCode::BAD_GATEWAY, "no target".into()));

@@ -18,7 +18,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::Response;
+use hyper::{Response, StatusCode};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -55,27 +55,18 @@ pub enum StreamKind {
     AnthropicFromBedrock(Box<(BedrockStreamToChat, anthropic::ChatStreamToMessages)>),
 }
 
-impl StreamKind {
-    fn is_bedrock(&self) -> bool {
-        matches!(
-            self,
-            StreamKind::OpenAiFromBedrock(_) | StreamKind::AnthropicFromBedrock(_)
-        )
-    }
-}
-
 /// One event of a provider's stream: a server-sent event, or a Bedrock event-stream message.
-enum ProviderEvent {
+pub enum ProviderEvent {
     Sse(Event),
     Bedrock(StreamMessage),
 }
 
+/// A provider's stream as events.
+pub type ProviderEvents = BoxStream<'static, Result<ProviderEvent, String>>;
+
 /// The provider's events as they arrive: SSE, or (Bedrock) AWS event-stream frames. An error
 /// is a stream that broke (a transport error, a malformed event, a frame failing its CRC).
-fn provider_events(
-    body: Incoming,
-    bedrock: bool,
-) -> BoxStream<'static, Result<ProviderEvent, String>> {
+pub fn provider_events(body: Incoming, bedrock: bool) -> ProviderEvents {
     if !bedrock {
         return body
             .into_data_stream()
@@ -110,6 +101,63 @@ fn provider_events(
     .boxed()
 }
 
+/// When `event` is a provider's error rather than part of an answer: OpenAI's and Gemini's
+/// `{"error": ...}` data, Anthropic's `event: error`, a Bedrock exception message. Gives the
+/// status the failure stands for (429 for a rate limit or exhausted quota, else 502, as for a
+/// provider's 5xx) and the provider's message.
+pub fn error_event(event: &ProviderEvent) -> Option<(StatusCode, String)> {
+    let (error, named) = match event {
+        ProviderEvent::Sse(event) => {
+            // Most events are answer chunks: only those that can be errors are parsed.
+            if event.event != "error" && !event.data.contains("\"error\"") {
+                return None;
+            }
+            let data = serde_json::from_str::<Value>(&event.data).ok();
+            let error = data
+                .as_ref()
+                .and_then(|d| d.get("error"))
+                .filter(|e| !e.is_null())
+                .cloned();
+            if event.event != "error" && error.is_none() {
+                return None;
+            }
+            (error.unwrap_or(Value::Null), None)
+        }
+        ProviderEvent::Bedrock(StreamMessage::Exception { name, payload }) => {
+            let body = serde_json::from_slice::<Value>(payload).unwrap_or(Value::Null);
+            (body, Some(name.clone()))
+        }
+        ProviderEvent::Bedrock(StreamMessage::Event { .. }) => return None,
+    };
+    // OpenAI: {type, code, message}; Anthropic: {type, message}; Gemini: {code, status,
+    // message}; Bedrock: the exception's name and {message}.
+    let words = [
+        error["type"].as_str(),
+        error["code"].as_str(),
+        error["status"].as_str(),
+        named.as_deref(),
+    ];
+    let rate_limited = error["code"].as_u64() == Some(429)
+        || words.into_iter().flatten().any(|w| {
+            let w = w.to_ascii_lowercase();
+            w.contains("rate_limit")
+                || w.contains("resource_exhausted")
+                || w.contains("throttl")
+                || w.contains("quota")
+        });
+    let status = if rate_limited {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    let message = error["message"]
+        .as_str()
+        .or(named.as_deref())
+        .unwrap_or("an error event")
+        .to_string();
+    Some((status, message))
+}
+
 /// What the stream task needs to finish the call's record.
 pub struct StreamJob {
     pub ctx: Arc<AiContext>,
@@ -136,16 +184,22 @@ struct Seen {
     text: String,
 }
 
-/// The caller's response: the provider's status and content type, and a body fed by a task.
-pub fn respond(job: StreamJob, provider: Response<Incoming>) -> Response<ProxyBody> {
-    let (parts, body) = provider.into_parts();
+/// The caller's response: the provider's status, and a body fed by a task from the provider's
+/// events: `first` (already read, to see that it was not an error) and the rest.
+pub fn respond(
+    job: StreamJob,
+    status: StatusCode,
+    first: Option<ProviderEvent>,
+    events: ProviderEvents,
+) -> Response<ProxyBody> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
-    tokio::spawn(pump(job, body, tx));
+    let events = futures::stream::iter(first.map(Ok)).chain(events).boxed();
+    tokio::spawn(pump(job, events, tx));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    *resp.status_mut() = parts.status;
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/event-stream"),
@@ -159,15 +213,17 @@ pub fn respond(job: StreamJob, provider: Response<Incoming>) -> Response<ProxyBo
 
 async fn pump(
     mut job: StreamJob,
-    body: Incoming,
+    mut events: ProviderEvents,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
 ) {
-    let mut events = provider_events(body, job.kind.is_bedrock());
     let mut seen = Seen::default();
     let mut done_marker = false;
     // Anthropic's closing event, passed through from the provider after the record.
     let mut held_stop: Vec<Bytes> = Vec::new();
     let mut complete = false;
+    // The status of the provider's error event, when one came: the call failed, whatever
+    // followed it.
+    let mut provider_error: Option<StatusCode> = None;
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(STREAM_IDLE, events.next()) => next,
@@ -180,9 +236,10 @@ async fn pump(
             // Bedrock's is complete when it ends after messageStop.
             Ok(None) => {
                 match &job.kind {
-                    StreamKind::OpenAiFromGemini(_) => {
-                        complete = true;
-                        done_marker = true;
+                    StreamKind::OpenAiFromGemini(t) => {
+                        // Complete by ending, unless an error chunk ended the answer first.
+                        complete = t.provider_error().is_none();
+                        done_marker = complete;
                     }
                     StreamKind::OpenAiFromBedrock(t) => {
                         complete = t.completed();
@@ -209,6 +266,9 @@ async fn pump(
                     .latencies
                     .observe(p, m, job.attempt_started.elapsed());
             }
+        }
+        if provider_error.is_none() {
+            provider_error = error_event(&event).map(|(status, _)| status);
         }
         let event = match (event, &mut job.kind) {
             (ProviderEvent::Sse(event), _) => event,
@@ -388,6 +448,10 @@ async fn pump(
         .price
         .map_or(0, |p| cost_micros(&p, input, record.cached_tokens, output));
     record.outcome = if complete { "ok" } else { "cut" };
+    if let Some(status) = provider_error {
+        record.outcome = "error";
+        record.status = status.as_u16();
+    }
     std::mem::replace(&mut job.reservation, Reservation::none()).settle(Spent {
         micros: record.cost_micros,
         tokens: input + output,
@@ -584,6 +648,69 @@ mod tests {
         assert!(
             s.contains("\"content\":\"!\"") && !s.contains("usage"),
             "{s}"
+        );
+    }
+
+    fn sse(name: &str, data: &str) -> ProviderEvent {
+        ProviderEvent::Sse(Event {
+            event: name.into(),
+            data: data.into(),
+            id: String::new(),
+            retry: None,
+        })
+    }
+
+    #[test]
+    fn error_events_are_told_from_answer_chunks_and_rate_limits_from_other_errors() {
+        let openai = sse(
+            "",
+            r#"{"error":{"message":"The server had an error","type":"server_error","code":null}}"#,
+        );
+        assert_eq!(
+            error_event(&openai),
+            Some((StatusCode::BAD_GATEWAY, "The server had an error".into()))
+        );
+        let limited = sse(
+            "",
+            r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(
+            error_event(&limited).map(|e| e.0),
+            Some(StatusCode::TOO_MANY_REQUESTS)
+        );
+        let anthropic = sse(
+            "error",
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(
+            error_event(&anthropic),
+            Some((StatusCode::BAD_GATEWAY, "Overloaded".into()))
+        );
+        let gemini = sse(
+            "",
+            r#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#,
+        );
+        assert_eq!(
+            error_event(&gemini).map(|e| e.0),
+            Some(StatusCode::TOO_MANY_REQUESTS)
+        );
+        let bedrock = ProviderEvent::Bedrock(StreamMessage::Exception {
+            name: "throttlingException".into(),
+            payload: Bytes::from_static(br#"{"message":"Too many requests"}"#),
+        });
+        assert_eq!(
+            error_event(&bedrock),
+            Some((StatusCode::TOO_MANY_REQUESTS, "Too many requests".into()))
+        );
+        // An answer that talks about errors is an answer.
+        let chunk = sse(
+            "",
+            r#"{"choices":[{"index":0,"delta":{"content":"an \"error\": field"}}],"error":null}"#,
+        );
+        assert_eq!(error_event(&chunk), None);
+        assert_eq!(
+            error_event(&sse("message_start", r#"{"type":"message_start"}"#)),
+            None
         );
     }
 

@@ -16,6 +16,9 @@
 //! - `flaky-N-*`: answers 503 to the first N requests for that model;
 //! - a request with `tools`: calls the first tool with `{"city": "Paris"}`;
 //! - `corrupt-*` (Bedrock streams): the second text frame fails its CRC;
+//! - `error-first-*` (OpenAI, Anthropic and Gemini streams): a 200 whose first and only event
+//!   is the provider's error (OpenAI/Gemini `{"error": ...}` data, Anthropic `event: error`);
+//! - `error-later-*` (the same streams): a first text event "Hello", then that error;
 //! - anything else: answers "Hello from <model>" with fixed token counts
 //!   (OpenAI: 11 prompt, 7 completion; Anthropic: 13 input, 5 output; Gemini: 17 and 9;
 //!   Bedrock: 15 input + 4 read from cache, 8 output).
@@ -252,6 +255,15 @@ async fn serve(
                    "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
         );
     }
+    let streamed = stream || matches!(&gemini_method, Some((_, m)) if m == "streamGenerateContent");
+    if streamed && (model.starts_with("error-first-") || model.starts_with("error-later-")) {
+        let api = match (&gemini_method, anthropic) {
+            (Some(_), _) => "gemini",
+            (None, true) => "anthropic",
+            (None, false) => "openai",
+        };
+        return error_stream(api, &model, model.starts_with("error-later-"));
+    }
     if let Some((_, method)) = gemini_method {
         let tool = body["tools"][0]["functionDeclarations"][0]["name"].as_str();
         return gemini_answer(&model, &method, tool, hold);
@@ -267,6 +279,44 @@ async fn serve(
             hold,
         )
     }
+}
+
+/// A 200 stream in the provider's format that carries an error event: first, or after one
+/// text event.
+fn error_stream(api: &str, model: &str, text_first: bool) -> Response<BoxBody> {
+    let (text, error) = match api {
+        "anthropic" => (
+            [
+                format!("event: message_start\ndata: {}\n\n", json!({"type": "message_start",
+                    "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                    "content": [], "stop_reason": null, "usage": {"input_tokens": 13, "output_tokens": 1}}})),
+                format!("event: content_block_delta\ndata: {}\n\n", json!({"type": "content_block_delta",
+                    "index": 0, "delta": {"type": "text_delta", "text": "Hello"}})),
+            ]
+            .concat(),
+            format!("event: error\ndata: {}\n\n", json!({"type": "error",
+                "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+        ),
+        "gemini" => (
+            format!("data: {}\r\n\r\n", json!({"candidates": [{"index": 0,
+                "content": {"role": "model", "parts": [{"text": "Hello"}]}}]})),
+            format!("data: {}\r\n\r\n", json!({"error": {"code": 500,
+                "message": "Internal error encountered.", "status": "INTERNAL"}})),
+        ),
+        _ => (
+            format!("data: {}\n\n", json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+                "created": 1, "model": model, "choices": [{"index": 0,
+                "delta": {"role": "assistant", "content": "Hello"}, "finish_reason": null}]})),
+            format!("data: {}\n\n", json!({"error": {"message": "The server had an error while processing your request.",
+                "type": "server_error", "param": null, "code": null}})),
+        ),
+    };
+    let events = if text_first {
+        vec![text, error]
+    } else {
+        vec![error]
+    };
+    sse_response(events, None)
 }
 
 fn anthropic_answer(
