@@ -416,14 +416,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     let needs = "needs network namespaces (root, `ip` and `nft`): cut-off nodes must keep \
                  serving their clients, which the loopback stand-in (a pause) cannot show";
     if options.mode == ModeRequest::Loopback {
-        outcome.mode = Some(ModeKind::Loopback);
-        outcome.problems.push(format!(
-            "{} {needs}; --mode loopback was asked",
-            scenario.name
-        ));
-        outcome.details = outcome.problems.join("; ");
-        outcome.elapsed = started.elapsed();
-        return outcome;
+        return scenario::refuse_loopback(scenario, outcome, needs, started);
     }
     let mut cluster = match Cluster::start_initialised(options.nodes, options.mode).await {
         Ok(c) => c,
@@ -449,21 +442,7 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     } else if let Err(e) = drive(&mut cluster, options, &mut outcome).await {
         outcome.problems.push(format!("{e:#}"));
     }
-    if let Err(e) = cluster.check_no_crash() {
-        outcome.problems.push(format!("{e:#}"));
-    }
-    outcome.passed = outcome.problems.is_empty();
-    if !outcome.passed {
-        outcome.details = if outcome.details.is_empty() {
-            outcome.problems.join("; ")
-        } else {
-            format!("{}; {}", outcome.problems.join("; "), outcome.details)
-        };
-        scenario::report_failure(&mut cluster, options, &mut outcome, plan);
-    }
-    drop(cluster);
-    outcome.elapsed = started.elapsed();
-    outcome
+    scenario::conclude(cluster, options, outcome, plan, started)
 }
 
 /// An admin call tried through one node while it is cut off.

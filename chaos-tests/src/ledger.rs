@@ -600,14 +600,7 @@ pub async fn run(scenario: Scenario, fault: LedgerFault, options: &RunOptions) -
         _ => crate::cluster::ClusterOptions::default(),
     };
     if options.mode == ModeRequest::Loopback {
-        outcome.mode = Some(ModeKind::Loopback);
-        outcome.problems.push(format!(
-            "{} {needs}; --mode loopback was asked",
-            scenario.name
-        ));
-        outcome.details = outcome.problems.join("; ");
-        outcome.elapsed = started.elapsed();
-        return outcome;
+        return scenario::refuse_loopback(scenario, outcome, needs, started);
     }
     let mut cluster = match Cluster::start_initialised_with(
         options.nodes,
@@ -639,21 +632,7 @@ pub async fn run(scenario: Scenario, fault: LedgerFault, options: &RunOptions) -
     } else if let Err(e) = drive(&mut cluster, fault, options, &mut outcome).await {
         outcome.problems.push(format!("{e:#}"));
     }
-    if let Err(e) = cluster.check_no_crash() {
-        outcome.problems.push(format!("{e:#}"));
-    }
-    outcome.passed = outcome.problems.is_empty();
-    if !outcome.passed {
-        outcome.details = if outcome.details.is_empty() {
-            outcome.problems.join("; ")
-        } else {
-            format!("{}; {}", outcome.problems.join("; "), outcome.details)
-        };
-        scenario::report_failure(&mut cluster, options, &mut outcome, &plan_text);
-    }
-    drop(cluster);
-    outcome.elapsed = started.elapsed();
-    outcome
+    scenario::conclude(cluster, options, outcome, &plan_text, started)
 }
 
 /// What the fault did, for the check and the report.

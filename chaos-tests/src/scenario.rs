@@ -379,6 +379,19 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     if let Err(e) = result {
         outcome.problems.push(format!("{e:#}"));
     }
+    conclude(cluster, options, outcome, &plan, started)
+}
+
+/// The end every run shares: a node that died by itself is a problem, then the verdict, the
+/// report of a failed run (`report_failure`: schedule, replay command, kept data dirs) and the
+/// time taken.
+pub fn conclude(
+    mut cluster: Cluster,
+    options: &RunOptions,
+    mut outcome: Outcome,
+    plan: &str,
+    started: Instant,
+) -> Outcome {
     if let Err(e) = cluster.check_no_crash() {
         outcome.problems.push(format!("{e:#}"));
     }
@@ -389,9 +402,27 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
         } else {
             format!("{}; {}", outcome.problems.join("; "), outcome.details)
         };
-        report_failure(&mut cluster, options, &mut outcome, &plan);
+        report_failure(&mut cluster, options, &mut outcome, plan);
     }
     drop(cluster);
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
+/// The outcome of a run that needs network namespaces when `--mode loopback` was asked:
+/// failed, saying why (`needs`).
+pub fn refuse_loopback(
+    scenario: Scenario,
+    mut outcome: Outcome,
+    needs: &str,
+    started: Instant,
+) -> Outcome {
+    outcome.mode = Some(ModeKind::Loopback);
+    outcome.problems.push(format!(
+        "{} {needs}; --mode loopback was asked",
+        scenario.name
+    ));
+    outcome.details = outcome.problems.join("; ");
     outcome.elapsed = started.elapsed();
     outcome
 }

@@ -215,21 +215,7 @@ pub async fn run(scenario: Scenario, which: ZoneRun, options: &RunOptions) -> Ou
     if let Err(e) = result {
         outcome.problems.push(format!("{e:#}"));
     }
-    if let Err(e) = cluster.check_no_crash() {
-        outcome.problems.push(format!("{e:#}"));
-    }
-    outcome.passed = outcome.problems.is_empty();
-    if !outcome.passed {
-        outcome.details = if outcome.details.is_empty() {
-            outcome.problems.join("; ")
-        } else {
-            format!("{}; {}", outcome.problems.join("; "), outcome.details)
-        };
-        scenario::report_failure(&mut cluster, options, &mut outcome, &plan_text);
-    }
-    drop(cluster);
-    outcome.elapsed = started.elapsed();
-    outcome
+    scenario::conclude(cluster, options, outcome, &plan_text, started)
 }
 
 /// Latency proxies on every node's peer port, between every two zones.
