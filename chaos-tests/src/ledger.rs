@@ -657,12 +657,7 @@ async fn drive(
     let topology = cluster
         .topology()
         .ok_or_else(|| anyhow!("netns mode without a topology"))?;
-    let sources: HashMap<IpAddr, usize> = topology
-        .nodes()
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (IpAddr::V4(n.ip), i))
-        .collect();
+    let sources = topology.node_index_by_ip();
     let provider = FakeProvider::start(IpAddr::V4(topology.host_ip()), sources).await?;
     let n = cluster.len();
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;

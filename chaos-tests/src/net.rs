@@ -145,6 +145,16 @@ impl Topology {
         &self.nodes
     }
 
+    /// Each node's index by its address: how a server on the bridge tells which node a
+    /// connection comes from.
+    pub fn node_index_by_ip(&self) -> std::collections::HashMap<std::net::IpAddr, usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (std::net::IpAddr::V4(n.ip), i))
+            .collect()
+    }
+
     /// The root namespace's address on the bridge (where the test's clients come from).
     pub fn host_ip(&self) -> Ipv4Addr {
         self.host_ip
