@@ -149,6 +149,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     let keyring = Arc::new(load_keyring(&settings.secret_keys)?);
     let log_store = LogStore::open(&data_dir.join("raft-log.redb")).map_err(store_err)?;
     let (state_machine, reader, applied) = StateMachine::open(&data_dir).map_err(store_err)?;
+    let log_store = log_store.with_snapshot_floor(state_machine.snapshot_floor());
     // Refuse to serve a configuration whose secrets this node cannot open.
     let plaintext = crate::state::check_stored_secrets(&reader, &keyring)
         .map_err(|e| StartError::Secrets(e.to_string()))?;

@@ -3,9 +3,17 @@
 //! Invariant: `append` reports an entry flushed to openraft only after the write transaction
 //! holding it has committed with fsync, so an acknowledged entry survives kill -9 and power loss.
 //! Entries are stored as `konnect.state.v1.Entry` protobuf, keyed by big-endian log index.
+//!
+//! Invariant: the log is never purged past the durable current snapshot (`SnapshotFloor`).
+//! openraft 0.9 asks a follower to purge up to a snapshot it is still installing; a crash in
+//! between left entries in neither the log nor a snapshot (found by the chaos scenario
+//! `crash-before-snapshot`). A purge beyond the floor stops at it; the next purge (after the
+//! next snapshot) takes the rest.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use konnect_proto::state::v1 as pb;
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -32,13 +40,40 @@ type Entry = openraft::Entry<TypeConfig>;
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+    /// Set by the node (`StateMachine::snapshot_floor`); `None` purges as asked (the store
+    /// test suite, which has no state machine of ours).
+    floor: Option<SnapshotFloor>,
+}
+
+/// The last log index the durable current snapshot covers, published by the state machine
+/// after `current.snap` is renamed into place, read by the log store before it purges.
+#[derive(Clone, Default)]
+pub struct SnapshotFloor(Arc<AtomicU64>);
+
+impl SnapshotFloor {
+    /// `None` while there is no snapshot on disk.
+    pub fn get(&self) -> Option<u64> {
+        self.0.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    pub fn set(&self, index: Option<u64>) {
+        let value = index.map_or(0, |i| i.saturating_add(1));
+        self.0.fetch_max(value, Ordering::AcqRel);
+    }
 }
 
 impl LogStore {
     pub fn open(path: &std::path::Path) -> Result<LogStore, crate::store::StoreError> {
         Ok(LogStore {
             store: Store::open(path, TABLES)?,
+            floor: None,
         })
+    }
+
+    /// Purges stop at what the durable snapshot covers (module invariant).
+    pub fn with_snapshot_floor(mut self, floor: SnapshotFloor) -> LogStore {
+        self.floor = Some(floor);
+        self
     }
 
     /// Runs blocking store work off the async runtime's worker threads.
@@ -272,15 +307,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let floor = self.floor.as_ref().map(SnapshotFloor::get);
         self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |store| {
+            let upto = match floor {
+                None => log_id,
+                Some(durable) => {
+                    let Some(durable) = durable.filter(|&d| d > 0) else {
+                        return Ok(()); // no snapshot on disk yet: keep everything
+                    };
+                    if durable >= log_id.index {
+                        log_id
+                    } else {
+                        // Only through the entry the snapshot covers; its log id is its own.
+                        let txn = store.read().map_err(|e| e.to_string())?;
+                        let Some(bytes) =
+                            txn.get(LOG, &u64_key(durable)).map_err(|e| e.to_string())?
+                        else {
+                            return Ok(()); // already purged that far
+                        };
+                        let e = pb::Entry::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+                        entry_from_pb(e).map_err(|e| e.to_string())?.log_id
+                    }
+                }
+            };
             let mut txn = store.write().map_err(|e| e.to_string())?;
-            txn.put(
-                META,
-                KEY_LAST_PURGED,
-                &log_id_to_pb(&log_id).encode_to_vec(),
-            )
-            .map_err(|e| e.to_string())?;
-            txn.delete_range(LOG, ..=&u64_key(log_id.index)[..])
+            txn.put(META, KEY_LAST_PURGED, &log_id_to_pb(&upto).encode_to_vec())
+                .map_err(|e| e.to_string())?;
+            txn.delete_range(LOG, ..=&u64_key(upto.index)[..])
                 .map_err(|e| e.to_string())?;
             txn.commit().map_err(|e| e.to_string())
         })
@@ -338,5 +391,44 @@ mod tests {
             100
         );
         assert_eq!(log.limited_get_log_entries(50, 60).await.unwrap().len(), 10);
+    }
+
+    fn log_id(index: u64) -> LogId {
+        openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// What is left after `purge(upto)` with the durable snapshot at `snapshot`: (first index
+    /// still in the log, last purged index).
+    async fn purge_with_floor(snapshot: Option<u64>, upto: u64) -> (Option<u64>, Option<u64>) {
+        let (_d, log) = store_with(20, 10);
+        let floor = SnapshotFloor::default();
+        floor.set(snapshot);
+        let mut log = log.with_snapshot_floor(floor);
+        log.purge(log_id(upto)).await.unwrap();
+        let first = log
+            .try_get_log_entries(0..=20)
+            .await
+            .unwrap()
+            .first()
+            .map(|e| e.log_id.index);
+        let state = log.get_log_state().await.unwrap();
+        (first, state.last_purged_log_id.map(|l| l.index))
+    }
+
+    #[tokio::test]
+    async fn the_log_is_never_purged_past_the_durable_snapshot() {
+        // The snapshot covers more than asked: purged as asked.
+        assert_eq!(purge_with_floor(Some(15), 8).await, (Some(9), Some(8)));
+        // openraft asks past the snapshot (a follower still installing one): stop at it.
+        assert_eq!(purge_with_floor(Some(5), 8).await, (Some(6), Some(5)));
+        // No snapshot on disk yet: nothing goes.
+        assert_eq!(purge_with_floor(None, 8).await, (Some(1), None));
+        // Without a floor (the store suite): as asked.
+        let (_d, mut log) = store_with(20, 10);
+        log.purge(log_id(8)).await.unwrap();
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_purged_log_id,
+            Some(log_id(8))
+        );
     }
 }

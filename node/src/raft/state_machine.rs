@@ -29,6 +29,7 @@ use super::codec::{
     log_id_to_pb, opt_log_id_from_pb, snapshot_meta_from_pb, snapshot_meta_to_pb,
     stored_membership_from_pb, stored_membership_to_pb,
 };
+use super::log_store::SnapshotFloor;
 use super::state::*;
 use super::{storage_err, LogId, NodeId, NodeMeta, StorageError, TypeConfig};
 use crate::store::{Store, StoreError};
@@ -49,6 +50,8 @@ struct Shared {
     dir: PathBuf,
     /// Serialises replacing `current.snap`, so an older build never overwrites a newer install.
     publish: Arc<Mutex<()>>,
+    /// What `current.snap` covers, for the log store: it purges no further (log_store.rs).
+    floor: SnapshotFloor,
 }
 
 pub struct StateMachine {
@@ -74,6 +77,12 @@ impl StateMachine {
             message: format!("{}: {e}", dir.display()),
         })?;
         finish_or_remove_leftovers(&store, &dir)?;
+        let floor = SnapshotFloor::default();
+        floor.set(
+            read_header(&dir.join(CURRENT))
+                .ok()
+                .and_then(|h| h.last_log_id.map(|l| l.index)),
+        );
         let reader = StateReader::new(store.clone());
         let applied = reader.applied_revision()?;
         let (applied_tx, applied_rx) = watch::channel(applied);
@@ -84,11 +93,17 @@ impl StateMachine {
                 store,
                 dir,
                 publish: Arc::new(Mutex::new(())),
+                floor,
             },
             applied_tx,
             receiving: None,
         };
         Ok((sm, reader, applied_rx))
+    }
+
+    /// What the durable snapshot covers, for `LogStore::with_snapshot_floor`.
+    pub fn snapshot_floor(&self) -> SnapshotFloor {
+        self.shared.floor.clone()
     }
 }
 
@@ -244,6 +259,7 @@ impl Shared {
         crate::failpoints::crash_point!("raft::snapshot_before_rename");
         std::fs::rename(file, &current)?;
         sync_dir(&self.dir);
+        self.floor.set(index);
         Ok(())
     }
 
