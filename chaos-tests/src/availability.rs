@@ -34,7 +34,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{Cluster, ModeKind, ModeRequest};
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::limits::resource;
 use crate::scenario::{self, Outcome, RunOptions, Scenario};
 use crate::workload::Stop;
@@ -405,7 +405,7 @@ fn spawn_clients(
 /// the reason).
 pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     let started = Instant::now();
-    let mut outcome = Outcome::new(scenario, options);
+    let outcome = Outcome::new(scenario, options);
     let plan = "cut every node off from every other; try a write on each; kill -9 one node \
                 (seeded) and restart it, still cut off; heal; write through every node and \
                 add a route that every node must serve";
@@ -415,34 +415,17 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     );
     let needs = "needs network namespaces (root, `ip` and `nft`): cut-off nodes must keep \
                  serving their clients, which the loopback stand-in (a pause) cannot show";
-    if options.mode == ModeRequest::Loopback {
-        return scenario::refuse_loopback(scenario, outcome, needs, started);
-    }
-    let mut cluster = match Cluster::start_initialised(options.nodes, options.mode).await {
-        Ok(c) => c,
-        Err(e) => {
-            outcome
-                .problems
-                .push(format!("cluster did not start: {e:#}"));
-            outcome.details = outcome.problems.join("; ");
-            outcome.elapsed = started.elapsed();
-            return outcome;
-        }
-    };
-    outcome.mode = Some(cluster.mode);
-    if cluster.mode != ModeKind::Netns {
-        outcome.problems.push(format!(
-            "{} {needs}; namespaces are unavailable here: {}",
-            scenario.name,
-            cluster
-                .fallback_reason
-                .as_deref()
-                .unwrap_or("unknown reason")
-        ));
-    } else if let Err(e) = drive(&mut cluster, options, &mut outcome).await {
-        outcome.problems.push(format!("{e:#}"));
-    }
-    scenario::conclude(cluster, options, outcome, plan, started)
+    scenario::run_in_namespaces(
+        scenario,
+        options,
+        &ClusterOptions::default(),
+        outcome,
+        needs,
+        plan,
+        started,
+        async |cluster: &mut Cluster, outcome: &mut Outcome| drive(cluster, options, outcome).await,
+    )
+    .await
 }
 
 /// An admin call tried through one node while it is cut off.

@@ -39,7 +39,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{Cluster, ModeKind, ModeRequest};
+use crate::cluster::Cluster;
 use crate::limits::{resource, unix_ms};
 use crate::scenario::{self, Outcome, RunOptions, Scenario};
 use crate::workload::Stop;
@@ -574,7 +574,7 @@ impl LedgerFault {
 /// failure (a FAIL with the reason).
 pub async fn run(scenario: Scenario, fault: LedgerFault, options: &RunOptions) -> Outcome {
     let started = Instant::now();
-    let mut outcome = Outcome::new(scenario, options);
+    let outcome = Outcome::new(scenario, options);
     let plan_text = fault.plan_text();
     eprintln!(
         "chaos: scenario={} seed={} nodes={} plan: {plan_text}; {CALL_MICROS} micro-USD a call",
@@ -599,40 +599,19 @@ pub async fn run(scenario: Scenario, fault: LedgerFault, options: &RunOptions) -
         },
         _ => crate::cluster::ClusterOptions::default(),
     };
-    if options.mode == ModeRequest::Loopback {
-        return scenario::refuse_loopback(scenario, outcome, needs, started);
-    }
-    let mut cluster = match Cluster::start_initialised_with(
-        options.nodes,
-        options.mode,
+    scenario::run_in_namespaces(
+        scenario,
+        options,
         &cluster_options,
+        outcome,
+        needs,
+        &plan_text,
+        started,
+        async |cluster: &mut Cluster, outcome: &mut Outcome| {
+            drive(cluster, fault, options, outcome).await
+        },
     )
     .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            outcome
-                .problems
-                .push(format!("cluster did not start: {e:#}"));
-            outcome.details = outcome.problems.join("; ");
-            outcome.elapsed = started.elapsed();
-            return outcome;
-        }
-    };
-    outcome.mode = Some(cluster.mode);
-    if cluster.mode != ModeKind::Netns {
-        outcome.problems.push(format!(
-            "{} {needs}; namespaces are unavailable here: {}",
-            scenario.name,
-            cluster
-                .fallback_reason
-                .as_deref()
-                .unwrap_or("unknown reason")
-        ));
-    } else if let Err(e) = drive(&mut cluster, fault, options, &mut outcome).await {
-        outcome.problems.push(format!("{e:#}"));
-    }
-    scenario::conclude(cluster, options, outcome, &plan_text, started)
 }
 
 /// What the fault did, for the check and the report.

@@ -32,7 +32,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
-use crate::cluster::{Cluster, ModeKind, ModeRequest};
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::scenario::{self, Outcome, RunOptions, Scenario};
 use crate::workload::Stop;
 use check::{Arrival, Plan, Policy};
@@ -404,7 +404,7 @@ pub fn spawn_clients(
 /// the reason).
 pub async fn run_partition(scenario: Scenario, options: &RunOptions) -> Outcome {
     let started = Instant::now();
-    let mut outcome = Outcome::new(scenario, options);
+    let outcome = Outcome::new(scenario, options);
     let plan_text = "isolate one follower (seeded) from the other nodes until two whole windows \
                      past quorum-loss detection, heal, one more window once settled";
     eprintln!(
@@ -417,34 +417,17 @@ pub async fn run_partition(scenario: Scenario, options: &RunOptions) -> Outcome 
     let needs = "needs network namespaces (root, `ip` and `nft`): the isolated node must keep \
                  serving its clients while cut off from its peers, which the loopback stand-in \
                  (a pause) cannot show";
-    if options.mode == ModeRequest::Loopback {
-        return scenario::refuse_loopback(scenario, outcome, needs, started);
-    }
-    let mut cluster = match Cluster::start_initialised(options.nodes, options.mode).await {
-        Ok(c) => c,
-        Err(e) => {
-            outcome
-                .problems
-                .push(format!("cluster did not start: {e:#}"));
-            outcome.details = outcome.problems.join("; ");
-            outcome.elapsed = started.elapsed();
-            return outcome;
-        }
-    };
-    outcome.mode = Some(cluster.mode);
-    if cluster.mode != ModeKind::Netns {
-        outcome.problems.push(format!(
-            "{} {needs}; namespaces are unavailable here: {}",
-            scenario.name,
-            cluster
-                .fallback_reason
-                .as_deref()
-                .unwrap_or("unknown reason")
-        ));
-    } else if let Err(e) = drive(&mut cluster, options, &mut outcome).await {
-        outcome.problems.push(format!("{e:#}"));
-    }
-    scenario::conclude(cluster, options, outcome, plan_text, started)
+    scenario::run_in_namespaces(
+        scenario,
+        options,
+        &ClusterOptions::default(),
+        outcome,
+        needs,
+        plan_text,
+        started,
+        async |cluster: &mut Cluster, outcome: &mut Outcome| drive(cluster, options, outcome).await,
+    )
+    .await
 }
 
 /// The run: upstream, resources, warm-up, clients; at a quarter into a window, cut a follower

@@ -409,22 +409,53 @@ pub fn conclude(
     outcome
 }
 
-/// The outcome of a run that needs network namespaces when `--mode loopback` was asked:
-/// failed, saying why (`needs`).
-pub fn refuse_loopback(
+/// A run that needs network namespaces, from start to verdict: refused when `--mode loopback`
+/// was asked (`needs` says why), the cluster started and formed with `cluster_options`, a
+/// problem when it fell back to loopback anyway, else `drive`; then `conclude`.
+// The run's own parts (scenario, options, plan, start time) and the three things that differ
+// between the runs (cluster options, why namespaces, the drive): bundling them would only move
+// the list elsewhere.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_in_namespaces(
     scenario: Scenario,
+    options: &RunOptions,
+    cluster_options: &ClusterOptions,
     mut outcome: Outcome,
     needs: &str,
+    plan: &str,
     started: Instant,
+    drive: impl AsyncFnOnce(&mut Cluster, &mut Outcome) -> Result<()>,
 ) -> Outcome {
-    outcome.mode = Some(ModeKind::Loopback);
-    outcome.problems.push(format!(
-        "{} {needs}; --mode loopback was asked",
-        scenario.name
-    ));
-    outcome.details = outcome.problems.join("; ");
-    outcome.elapsed = started.elapsed();
-    outcome
+    let fail = |mut outcome: Outcome, problem: String| {
+        outcome.problems.push(problem);
+        outcome.details = outcome.problems.join("; ");
+        outcome.elapsed = started.elapsed();
+        outcome
+    };
+    if options.mode == ModeRequest::Loopback {
+        outcome.mode = Some(ModeKind::Loopback);
+        let problem = format!("{} {needs}; --mode loopback was asked", scenario.name);
+        return fail(outcome, problem);
+    }
+    let mut cluster =
+        match Cluster::start_initialised_with(options.nodes, options.mode, cluster_options).await {
+            Ok(c) => c,
+            Err(e) => return fail(outcome, format!("cluster did not start: {e:#}")),
+        };
+    outcome.mode = Some(cluster.mode);
+    if cluster.mode != ModeKind::Netns {
+        outcome.problems.push(format!(
+            "{} {needs}; namespaces are unavailable here: {}",
+            scenario.name,
+            cluster
+                .fallback_reason
+                .as_deref()
+                .unwrap_or("unknown reason")
+        ));
+    } else if let Err(e) = drive(&mut cluster, &mut outcome).await {
+        outcome.problems.push(format!("{e:#}"));
+    }
+    conclude(cluster, options, outcome, plan, started)
 }
 
 /// Prints what a failed run needs for its diagnosis (the schedule, the faults as injected,
