@@ -1157,26 +1157,22 @@ async fn call(
             return Ok(resp);
         }
     }
-    if record.attempts == 0 {
-        if let Some(e) = untranslatable {
-            // No target could be sent the call: the first target's reason is the answer.
-            record.status = e.status().as_u16();
-            record.outcome = "error";
-            record.latency_ms = started.elapsed().as_millis() as u64;
-            let _ = ctx.usage.record(record).await;
-            reservation.settle(Spent::default());
-            return Err(e);
+    let error = match untranslatable {
+        // No target could be sent the call: the first target's reason is the answer.
+        Some(e) if record.attempts == 0 => e,
+        _ => {
+            let (status, detail) = failure.unwrap_or((StatusCode::BAD_GATEWAY, "no target".into()));
+            AiError::ProvidersUnavailable {
+                model: model_name.to_string(),
+                status,
+                detail,
+            }
         }
-    }
-    let (status, detail) = failure.unwrap_or((StatusCode::BAD_GATEWAY, "no target".into()));
-    record.status = status.as_u16();
+    };
+    record.status = error.status().as_u16();
     record.outcome = "error";
     record.latency_ms = started.elapsed().as_millis() as u64;
     let _ = ctx.usage.record(record).await;
     reservation.settle(Spent::default());
-    Err(AiError::ProvidersUnavailable {
-        model: model_name.to_string(),
-        status,
-        detail,
-    })
+    Err(error)
 }
