@@ -57,7 +57,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             });
-    if has(&hyper::header::CONNECTION) {
+    // `Connection: keep-alive` (or close), the usual value, names nothing more to remove.
+    let names_others = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close")
+    };
+    if has(&hyper::header::CONNECTION)
+        && headers
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(names_others)
+    {
         let named: Vec<HeaderName> = headers
             .get_all(hyper::header::CONNECTION)
             .iter()
