@@ -18,6 +18,7 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod jwt;
+pub mod pool;
 pub mod ratelimit;
 pub mod redact;
 pub mod route_metrics;
@@ -45,7 +46,8 @@ use tokio::sync::watch;
 
 use access_log::{AccessEntry, AccessLog};
 use body::{full, MeteredBody, ProxyBody};
-use error::GatewayError;
+use error::{error_chain, GatewayError};
+use pool::SendError;
 use route_metrics::RouteMetrics;
 use upstream::{InFlightGuard, Upstream};
 
@@ -815,9 +817,10 @@ impl Gateway {
         if let Some(t) = &route.spec.response {
             t.apply(&mut rparts.headers);
         }
-        // The target's request slot (in-flight count) is held until the body is done.
-        let body = MeteredBody::new(rbody, upstream.spec.timeouts.idle.0, move |_, _| {
-            drop(in_flight)
+        // The target's request slot (in-flight count) and its connection are held until the
+        // body is done.
+        let body = MeteredBody::new(rbody, upstream.spec.timeouts.idle.0, move |_, complete| {
+            in_flight.finish(complete)
         });
         let resp = Response::from_parts(rparts, BodyExt::boxed(body));
         let resp = match (&route.cache, cache_ticket) {
@@ -1161,7 +1164,14 @@ async fn forward(
     } else {
         1
     };
-    let mut tried = Vec::new();
+    let retries_after_sending = spec
+        .retries
+        .on
+        .iter()
+        .any(|on| *on != RetryOn::ConnectFailure);
+    // Targets already tried, kept on the stack: at most 11 attempts (`retries.count` <= 10).
+    let mut tried = [usize::MAX; 11];
+    let mut tried_len = 0;
     let mut last_error = GatewayError::NoHealthyTarget;
     for attempt in 1..=max_attempts {
         if attempt > 1 {
@@ -1171,7 +1181,10 @@ async fn forward(
         // another request may take the last slot between the two, so pick again a few times.
         let mut picked = None;
         for _ in 0..=upstream.targets.len() {
-            let Some(i) = upstream.balancer.pick(upstream.as_ref(), hash_key, &tried) else {
+            let Some(i) = upstream
+                .balancer
+                .pick(upstream.as_ref(), hash_key, &tried[..tried_len])
+            else {
                 break;
             };
             if let Some(guard) = InFlightGuard::try_new(upstream.clone(), i) {
@@ -1179,7 +1192,7 @@ async fn forward(
                 break;
             }
         }
-        let Some((i, _in_flight)) = picked else {
+        let Some((i, mut in_flight)) = picked else {
             return Err(if upstream.spec.pool.max_requests_per_target.is_some() {
                 GatewayError::UpstreamBusy {
                     service: upstream.name.clone(),
@@ -1188,7 +1201,10 @@ async fn forward(
                 GatewayError::NoHealthyTarget
             });
         };
-        tried.push(i);
+        if let Some(slot) = tried.get_mut(tried_len) {
+            *slot = i;
+            tried_len += 1;
+        }
         let target = &upstream.targets[i];
         entry.upstream = Some(target.display.clone());
         entry.attempts = attempt;
@@ -1199,9 +1215,9 @@ async fn forward(
             (None, None) => return Err(GatewayError::Internal("request body already sent".into())),
         };
         let mut uri = String::with_capacity(
-            target.origin.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+            target.uri_prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
         );
-        uri.push_str(&target.origin);
+        uri.push_str(&target.uri_prefix);
         uri.push_str(path);
         if let Some(q) = query {
             uri.push('?');
@@ -1219,12 +1235,13 @@ async fn forward(
             })
             .body(body)
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
-        // The last attempt takes the headers; only one that may be followed by another
-        // copies them.
-        *req.headers_mut() = if attempt == max_attempts {
-            std::mem::take(&mut parts.headers)
-        } else {
+        // The request takes the headers unless another attempt may follow one that reached
+        // the upstream: a connect failure gives the unsent request back (below), so only
+        // retries on resets, timeouts or 5xx answers need a copy.
+        *req.headers_mut() = if attempt < max_attempts && retries_after_sending {
             parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
         };
         req.headers_mut().insert(HOST, target.host_header.clone());
 
@@ -1233,17 +1250,26 @@ async fn forward(
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
-        let outcome = match tokio::time::timeout(wait, upstream.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(AttemptError::Connect(error_chain(&e))),
+        let exchange = upstream.pool.send(i, &target.connect_to, req);
+        let outcome = match tokio::time::timeout(wait, exchange).await {
+            Ok(Ok((resp, connection))) => {
+                in_flight.connection = connection;
+                Ok(resp)
+            }
+            Ok(Err(SendError::Connect { detail, request })) => {
+                if parts.headers.is_empty() {
+                    parts.headers = request.into_parts().0.headers;
+                }
+                Err(AttemptError::Connect(detail))
+            }
             // The client stalled while its body streamed to the upstream: not the upstream's
             // failure, and nothing to retry.
-            Ok(Err(e)) if caused_by_stalled_body(&e) => {
+            Ok(Err(SendError::Request(e))) if caused_by_stalled_body(&e) => {
                 return Err(GatewayError::RequestBodyTimeout {
                     idle: spec.timeouts.idle.0,
                 })
             }
-            Ok(Err(e)) => Err(AttemptError::Reset(error_chain(&e))),
+            Ok(Err(SendError::Request(e))) => Err(AttemptError::Reset(error_chain(&e))),
             Err(_) => Err(AttemptError::Timeout),
         };
         entry.upstream_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
@@ -1262,7 +1288,7 @@ async fn forward(
                     && spec.retries.on.contains(&RetryOn::Status5xx)
                     && deadline.is_none_or(|d| Instant::now() < d);
                 if !more {
-                    return Ok((resp, _in_flight));
+                    return Ok((resp, in_flight));
                 }
                 metrics::counter!("konnect_proxy_retries_total", "service" => upstream.name.clone()).increment(1);
                 continue;
@@ -1303,17 +1329,6 @@ async fn forward(
         }
     }
     Err(last_error)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -7,6 +7,19 @@ use hyper::{Response, StatusCode};
 
 use super::body::{full, ProxyBody};
 
+/// An error and its causes on one line (`outer: inner: root`), for logs: hyper's and the
+/// connectors' errors say the useful part (refused, reset, certificate) only in their sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("bad request: {0}")]

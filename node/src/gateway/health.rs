@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
+use super::error::error_chain;
 use crate::resources::duration::{secs, Dur};
 use crate::resources::service::{TargetUrl, UpstreamProtocol, UpstreamTls};
 use crate::resources::SpecError;
@@ -359,15 +360,4 @@ async fn probe(
 fn target_label(t: &TargetUrl) -> String {
     let scheme = if t.https { "https" } else { "http" };
     format!("{scheme}://{}{}", t.authority(), t.base_path)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

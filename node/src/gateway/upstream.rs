@@ -1,5 +1,5 @@
-//! A Service at run time: its targets with their health, the load balancer, and a pooled
-//! HTTP client. Lives across config snapshots while the Service's revision is unchanged, so
+//! A Service at run time: its targets with their health, the load balancer, and their
+//! connection pool. Lives across config snapshots while the Service's revision is unchanged, so
 //! connection pools, in-flight counts and ejections survive unrelated config changes.
 //!
 //! Passive health (outlier ejection): `consecutive_failures` connect failures, resets,
@@ -10,22 +10,22 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balancer::{Balancer, InFlight, TargetView};
-use super::body::ProxyBody;
 use super::circuit::CircuitBreaker;
 use super::health::{spawn_active_checks, HealthState, ProbeTransport};
+use super::pool::{ConnPool, Http1Connection};
 use crate::resources::service::{HashOn, ServiceSpec, TargetUrl, UpstreamProtocol};
-
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
 
 pub struct Target {
     pub url: TargetUrl,
-    /// `scheme://authority/base-path`: what every forwarded URI starts with.
-    pub origin: String,
+    /// What every forwarded URI starts with: the base path for HTTP/1.1 (origin form),
+    /// `scheme://authority/base-path` for HTTP/2.
+    pub uri_prefix: String,
+    /// `scheme://authority`: where connections go.
+    pub connect_to: Uri,
     /// The Host header sent to this target (its authority, port included).
     pub host_header: hyper::header::HeaderValue,
     /// The URL as configured, for logs and metrics.
@@ -44,7 +44,7 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     pub balancer: Balancer,
     pub hash_on: Option<HashOn>,
-    pub client: HttpClient,
+    pub pool: ConnPool,
     /// Present when the Service configures a circuit breaker.
     pub circuit: Option<CircuitBreaker>,
     /// Present when the Service configures active health checks; only this `Arc` keeps the
@@ -74,12 +74,15 @@ impl Upstream {
                     t.url
                 )
             })?;
+            let origin = format!("{}://{authority}", if url.https { "https" } else { "http" });
+            let connect_to = Uri::try_from(origin.as_str())
+                .map_err(|e| format!("invalid URL {:?}: {e}", t.url))?;
             targets.push(Target {
-                origin: format!(
-                    "{}://{authority}{}",
-                    if url.https { "https" } else { "http" },
-                    url.base_path
-                ),
+                uri_prefix: match spec.protocol {
+                    UpstreamProtocol::Http1 => url.base_path.clone(),
+                    UpstreamProtocol::Http2 => format!("{origin}{}", url.base_path),
+                },
+                connect_to,
                 host_header,
                 url,
                 display: t.url.clone(),
@@ -104,12 +107,13 @@ impl Upstream {
         connector.enforce_http(false);
         let connector =
             super::upstream_tls::connector(connector, spec.tls.as_ref(), spec.protocol)?;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(spec.pool.idle_timeout.0)
-            .pool_max_idle_per_host(spec.pool.max_idle_per_target)
-            .http2_only(spec.protocol == UpstreamProtocol::Http2)
-            .build(connector);
+        let pool = ConnPool::new(
+            connector,
+            spec.protocol,
+            targets.len(),
+            spec.pool.max_idle_per_target,
+            spec.pool.idle_timeout.0,
+        );
         let circuit = spec
             .circuit_breaker
             .clone()
@@ -141,7 +145,7 @@ impl Upstream {
             targets,
             balancer,
             hash_on,
-            client,
+            pool,
             epoch: Instant::now(),
         })
     }
@@ -198,10 +202,14 @@ impl TargetView for Upstream {
     }
 }
 
-/// Counts a request in flight on a target for as long as it lives.
+/// Counts a request in flight on a target for as long as it lives, and holds the HTTP/1.1
+/// connection its response is read from.
 pub struct InFlightGuard {
     upstream: Arc<Upstream>,
     index: usize,
+    /// Goes back to the pool when the response body was read to its end (`finish`), and is
+    /// closed otherwise: unread bytes would be taken for the next response.
+    pub connection: Option<Http1Connection>,
 }
 
 impl InFlightGuard {
@@ -210,7 +218,19 @@ impl InFlightGuard {
             .in_flight
             .0
             .fetch_add(1, Ordering::Relaxed);
-        InFlightGuard { upstream, index }
+        InFlightGuard {
+            upstream,
+            index,
+            connection: None,
+        }
+    }
+
+    /// The response is over: `body_complete` when its body was read to the end, so the
+    /// connection may serve the next request.
+    pub fn finish(mut self, body_complete: bool) {
+        if let (true, Some(c)) = (body_complete, self.connection.take()) {
+            self.upstream.pool.put_back(self.index, c);
+        }
     }
 
     /// Counts the request in, unless the target is at `pool.max_requests_per_target`: the
@@ -225,7 +245,11 @@ impl InFlightGuard {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        Some(InFlightGuard { upstream, index })
+        Some(InFlightGuard {
+            upstream,
+            index,
+            connection: None,
+        })
     }
 }
 

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
 use super::keys::KeySet;
+use crate::gateway::error::error_chain;
 use crate::gateway::upstream_tls;
 use crate::resources::jwt_provider::check_http_url;
 use crate::resources::service::UpstreamProtocol;
@@ -173,15 +174,4 @@ fn for_log(uri: &Uri) -> String {
         uri.authority().map_or("", |a| a.as_str()),
         uri.path()
     )
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

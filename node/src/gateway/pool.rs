@@ -1,0 +1,284 @@
+//! Connections to a Service's targets, kept open for reuse: the proxy's own pool on hyper's
+//! connection-level client (`hyper::client::conn`).
+//!
+//! Why not hyper-util's pooled `Client`: for every request it hashes a pool key (scheme and
+//! authority) with SipHash, looks it up under a lock, boxes several futures and, when a
+//! response body is still streaming, spawns a task only to wait until the connection is free
+//! again. Under callgrind that was 16% of the proxy's instructions per request
+//! (benches/README.md). Here connections are indexed by target, a request takes the most
+//! recently used idle one, and it goes back when the response body has been read to its end.
+//!
+//! Invariants:
+//! - An HTTP/1.1 connection is in one place at a time: its target's idle list, or the one
+//!   request using it (held with the target's in-flight slot, `upstream::InFlightGuard`). It
+//!   goes back only when the response body was read to the end; a body left unread makes
+//!   hyper close the connection, so the next response can never start inside the last one.
+//! - A request that a reused connection refused before writing anything (the upstream closed
+//!   it while idle) is sent on another connection: it never reached the upstream, so sending
+//!   it again is safe whatever the method.
+//! - HTTP/2: one multiplexed connection per target, shared by all requests, replaced once it
+//!   closes.
+//! - At most `pool.max_idle_per_target` idle connections are kept per target, each for at most
+//!   `pool.idle_timeout` (checked when taken, and by a sweeper task so unused ones close).
+
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response, Uri};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use super::body::ProxyBody;
+use super::error::error_chain;
+use crate::resources::service::UpstreamProtocol;
+
+pub type Http1Connection = http1::SendRequest<ProxyBody>;
+type Connector = HttpsConnector<HttpConnector>;
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// Why a request could not be exchanged with a target.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened (TCP, TLS or the HTTP/2 handshake failed); the request
+    /// comes back unsent, for another attempt to reuse.
+    Connect {
+        detail: String,
+        request: Box<Request<ProxyBody>>,
+    },
+    /// The connection failed while the request was sent or the response head awaited.
+    Request(hyper::Error),
+}
+
+/// The connections of one Service, per target (same order as `Upstream::targets`).
+pub struct ConnPool {
+    connector: Connector,
+    protocol: UpstreamProtocol,
+    max_idle: usize,
+    idle_timeout: Duration,
+    targets: Arc<[TargetConns]>,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct TargetConns {
+    /// HTTP/1.1 connections not in use, the most recently used last.
+    idle: Mutex<Vec<IdleConnection>>,
+    /// The shared HTTP/2 connection.
+    shared: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+}
+
+struct IdleConnection {
+    connection: Http1Connection,
+    since: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here can leave a list half-changed, so a panic elsewhere does not poison it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Drop for ConnPool {
+    fn drop(&mut self) {
+        if let Some(t) = self.sweeper.take() {
+            t.abort();
+        }
+    }
+}
+
+impl ConnPool {
+    /// A pool for `targets` targets. Outside a Tokio runtime (unit tests) there is no sweeper;
+    /// idle connections then expire only when next taken.
+    pub fn new(
+        connector: Connector,
+        protocol: UpstreamProtocol,
+        targets: usize,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> ConnPool {
+        let targets: Arc<[TargetConns]> = (0..targets).map(|_| TargetConns::default()).collect();
+        let sweeper = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|rt| rt.spawn(sweep_idle(Arc::downgrade(&targets), idle_timeout)));
+        ConnPool {
+            connector,
+            protocol,
+            max_idle,
+            idle_timeout,
+            targets,
+            sweeper,
+        }
+    }
+
+    /// Sends `req` (its URI in origin form for HTTP/1.1, absolute for HTTP/2) to the target
+    /// `target`, reachable at `origin` (`scheme://authority`). With HTTP/1.1 the connection
+    /// comes back with the response: give it to [`ConnPool::put_back`] once the body has
+    /// been read to its end, or drop it.
+    pub async fn send(
+        &self,
+        target: usize,
+        origin: &Uri,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Option<Http1Connection>), SendError> {
+        let conns = &self.targets[target];
+        loop {
+            let (result, reused) = match self.protocol {
+                UpstreamProtocol::Http1 => {
+                    let (mut connection, reused) = match self.take_idle(conns) {
+                        Some(c) => (c, true),
+                        None => match self.connect_http1(origin).await {
+                            Ok(c) => (c, false),
+                            Err(detail) => return Err(not_connected(detail, req)),
+                        },
+                    };
+                    // A connection just opened is ready once its task has run; a reused one
+                    // is ready at once, or closed.
+                    if let Err(e) = connection.ready().await {
+                        if reused {
+                            continue;
+                        }
+                        return Err(not_connected(error_chain(&e), req));
+                    }
+                    match connection.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, Some(connection))),
+                        Err(e) => (e, reused),
+                    }
+                }
+                UpstreamProtocol::Http2 => {
+                    let (mut connection, reused) = match self.shared_http2(conns) {
+                        Some(c) => (c, true),
+                        None => match self.connect_http2(conns, origin).await {
+                            Ok(c) => (c, false),
+                            Err(detail) => return Err(not_connected(detail, req)),
+                        },
+                    };
+                    match connection.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, None)),
+                        Err(e) => {
+                            if reused {
+                                // Refused streams or a GOAWAY: the next request connects anew.
+                                lock(&conns.shared).take();
+                            }
+                            (e, reused)
+                        }
+                    }
+                }
+            };
+            let mut error = result;
+            match error.take_message() {
+                // Never written: safe to send on another connection (each retry here takes
+                // a different idle connection, then a new one, so this ends).
+                Some(unsent) if reused => req = unsent,
+                _ => return Err(SendError::Request(error.into_error())),
+            }
+        }
+    }
+
+    /// Keeps an HTTP/1.1 connection whose last response was read to its end for the next
+    /// request to `target`, unless it closed or the target already has enough idle ones.
+    pub fn put_back(&self, target: usize, connection: Http1Connection) {
+        if connection.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.targets[target].idle);
+        if idle.len() < self.max_idle {
+            idle.push(IdleConnection {
+                connection,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    fn take_idle(&self, conns: &TargetConns) -> Option<Http1Connection> {
+        let mut idle = lock(&conns.idle);
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() >= self.idle_timeout {
+                // The rest were idle even longer.
+                idle.clear();
+                return None;
+            }
+            if !c.connection.is_closed() {
+                return Some(c.connection);
+            }
+        }
+        None
+    }
+
+    fn shared_http2(&self, conns: &TargetConns) -> Option<http2::SendRequest<ProxyBody>> {
+        let shared = lock(&conns.shared);
+        shared.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
+    /// A new connection to `origin`, or why there is none.
+    async fn open(&self, origin: &Uri) -> Result<Io, String> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| error_chain(&*e))?;
+        connector
+            .call(origin.clone())
+            .await
+            .map_err(|e| error_chain(&*e))
+    }
+
+    async fn connect_http1(&self, origin: &Uri) -> Result<Http1Connection, String> {
+        let io = self.open(origin).await?;
+        let (connection, driver) = http1::handshake(io).await.map_err(|e| error_chain(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.with_upgrades().await {
+                tracing::debug!(error = %error_chain(&e), "upstream connection ended with an error");
+            }
+        });
+        Ok(connection)
+    }
+
+    async fn connect_http2(
+        &self,
+        conns: &TargetConns,
+        origin: &Uri,
+    ) -> Result<http2::SendRequest<ProxyBody>, String> {
+        let io = self.open(origin).await?;
+        let (mut connection, driver) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(error = %error_chain(&e), "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        connection.ready().await.map_err(|e| error_chain(&e))?;
+        // Concurrent first requests may each open one; the last stays shared, the others
+        // close when their requests end.
+        *lock(&conns.shared) = Some(connection.clone());
+        Ok(connection)
+    }
+}
+
+fn not_connected(detail: String, request: Request<ProxyBody>) -> SendError {
+    SendError::Connect {
+        detail,
+        request: Box::new(request),
+    }
+}
+
+/// Closes idle connections older than `idle_timeout` (dropping the last handle of an idle
+/// HTTP/1.1 connection closes it), until the pool is gone.
+async fn sweep_idle(targets: Weak<[TargetConns]>, idle_timeout: Duration) {
+    let period = (idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(targets) = targets.upgrade() else {
+            return;
+        };
+        for t in targets.iter() {
+            lock(&t.idle).retain(|c| c.since.elapsed() < idle_timeout && !c.connection.is_closed());
+        }
+    }
+}
