@@ -26,6 +26,7 @@ pub mod router;
 pub mod tls;
 pub mod transform;
 pub mod upstream;
+pub mod upstream_h1;
 pub mod upstream_tls;
 
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -46,10 +47,11 @@ use tokio::sync::watch;
 
 use access_log::{AccessEntry, AccessLog};
 use body::{full, MeteredBody, ProxyBody};
-use error::{error_chain, GatewayError};
+use error::GatewayError;
 use pool::SendError;
 use route_metrics::RouteMetrics;
 use upstream::{InFlightGuard, Upstream};
+use upstream_h1::UpstreamBody;
 
 use crate::resources::route::VersionSource;
 use crate::resources::service::{HashOn, RetryOn, UpstreamProtocol};
@@ -893,18 +895,6 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Active<T> {
     }
 }
 
-/// Whether an upstream request failed because the client's body stalled (`limit_body`).
-fn caused_by_stalled_body(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if c.is::<body::IdleTimeout>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
-}
-
 /// A client address as text in a buffer on the stack: the `ip` key of a limit, made without
 /// a heap allocation on every request.
 pub struct IpText {
@@ -977,7 +967,7 @@ pub fn ratelimit_headers(headers: &mut hyper::HeaderMap, v: &ratelimit::Verdict)
 /// until either closes. The target counts as in flight for the whole session.
 fn splice_upgrade(
     client_upgrade: hyper::upgrade::OnUpgrade,
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpstreamBody>,
     protocol: HeaderValue,
     guard: (InFlightGuard, Vec<concurrency::InFlightPlace>),
     idle: Option<Duration>,
@@ -1023,6 +1013,12 @@ fn splice_upgrade(
     headers::restore_upgrade(&mut parts.headers, protocol);
     headers::add_via(&mut parts.headers);
     Response::from_parts(parts, body::empty())
+}
+
+/// Whether `target` can be written as an HTTP/1.1 request-target: no spaces or control
+/// characters (a rewritten path is checked here, since our codec writes it as it is).
+fn is_request_target(target: &str) -> bool {
+    target.starts_with('/') && target.bytes().all(|b| b > b' ' && b != 0x7f)
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -1152,7 +1148,7 @@ async fn forward(
     hash_key: Option<&[u8]>,
     retries_allowed: bool,
     entry: &mut AccessEntry,
-) -> Result<(Response<Incoming>, InFlightGuard), GatewayError> {
+) -> Result<(Response<UpstreamBody>, InFlightGuard), GatewayError> {
     let spec = &upstream.spec;
     let deadline = spec.timeouts.total.map(|t| Instant::now() + t.0);
     let (replay, mut streaming) = match body {
@@ -1209,11 +1205,6 @@ async fn forward(
         entry.upstream = Some(target.display.clone());
         entry.attempts = attempt;
 
-        let body = match (&replay, streaming.take()) {
-            (Some(b), _) => full(b.clone()),
-            (None, Some(s)) => s,
-            (None, None) => return Err(GatewayError::Internal("request body already sent".into())),
-        };
         let mut uri = String::with_capacity(
             target.uri_prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
         );
@@ -1223,53 +1214,97 @@ async fn forward(
             uri.push('?');
             uri.push_str(q);
         }
-        // From the String itself: no copy of the text.
-        let uri = Uri::try_from(uri)
-            .map_err(|e| GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
-        let mut req = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .version(match spec.protocol {
-                UpstreamProtocol::Http1 => hyper::Version::HTTP_11,
-                UpstreamProtocol::Http2 => hyper::Version::HTTP_2,
-            })
-            .body(body)
-            .map_err(|e| GatewayError::Internal(e.to_string()))?;
         // The request takes the headers unless another attempt may follow one that reached
-        // the upstream: a connect failure gives the unsent request back (below), so only
-        // retries on resets, timeouts or 5xx answers need a copy.
-        *req.headers_mut() = if attempt < max_attempts && retries_after_sending {
+        // the upstream: a connect failure gives the unsent request's headers back (below), so
+        // only retries on resets, timeouts or 5xx answers need a copy.
+        let mut headers = if attempt < max_attempts && retries_after_sending {
             parts.headers.clone()
         } else {
             std::mem::take(&mut parts.headers)
         };
-        req.headers_mut().insert(HOST, target.host_header.clone());
+        headers.insert(HOST, target.host_header.clone());
+        // A body in memory to an HTTP/1.1 target (the common case) goes through our own
+        // codec in this task; a streamed body, an upgrade or HTTP/2 through hyper.
+        let own_codec = match &replay {
+            Some(body) if upstream.pool.takes_buffered() && !headers.contains_key(UPGRADE) => {
+                if !is_request_target(&uri) {
+                    return Err(GatewayError::BadRequest(
+                        "cannot build the upstream URI: it contains spaces or control characters"
+                            .into(),
+                    ));
+                }
+                Some(upstream_h1::BufferedRequest {
+                    method: parts.method.clone(),
+                    target: std::mem::take(&mut uri),
+                    headers: std::mem::take(&mut headers),
+                    body: body.clone(),
+                })
+            }
+            _ => None,
+        };
+        let by_hyper = match own_codec {
+            Some(_) => None,
+            None => {
+                let body = match (&replay, streaming.take()) {
+                    (Some(b), _) => full(b.clone()),
+                    (None, Some(s)) => s,
+                    (None, None) => {
+                        return Err(GatewayError::Internal("request body already sent".into()))
+                    }
+                };
+                // From the String itself: no copy of the text.
+                let uri = Uri::try_from(std::mem::take(&mut uri)).map_err(|e| {
+                    GatewayError::BadRequest(format!("cannot build the upstream URI: {e}"))
+                })?;
+                let mut req = Request::builder()
+                    .method(parts.method.clone())
+                    .uri(uri)
+                    .version(match spec.protocol {
+                        UpstreamProtocol::Http1 => hyper::Version::HTTP_11,
+                        UpstreamProtocol::Http2 => hyper::Version::HTTP_2,
+                    })
+                    .body(body)
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                *req.headers_mut() = std::mem::take(&mut headers);
+                Some(req)
+            }
+        };
 
         let sent = Instant::now();
         let mut wait = spec.timeouts.read.0;
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
-        let exchange = upstream.pool.send(i, &target.connect_to, req);
+        let exchange = async {
+            match (own_codec, by_hyper) {
+                (Some(req), _) => upstream
+                    .pool
+                    .exchange(i, &target.connect_to, req)
+                    .await
+                    .map(|resp| (resp, None)),
+                (None, Some(req)) => upstream.pool.send(i, &target.connect_to, req).await,
+                (None, None) => Err(SendError::Failed("no request to send".into())),
+            }
+        };
         let outcome = match tokio::time::timeout(wait, exchange).await {
             Ok(Ok((resp, connection))) => {
                 in_flight.connection = connection;
                 Ok(resp)
             }
-            Ok(Err(SendError::Connect { detail, request })) => {
+            Ok(Err(SendError::Connect { detail, headers })) => {
                 if parts.headers.is_empty() {
-                    parts.headers = request.into_parts().0.headers;
+                    parts.headers = headers;
                 }
                 Err(AttemptError::Connect(detail))
             }
             // The client stalled while its body streamed to the upstream: not the upstream's
             // failure, and nothing to retry.
-            Ok(Err(SendError::Request(e))) if caused_by_stalled_body(&e) => {
+            Ok(Err(SendError::BodyStalled)) => {
                 return Err(GatewayError::RequestBodyTimeout {
                     idle: spec.timeouts.idle.0,
                 })
             }
-            Ok(Err(SendError::Request(e))) => Err(AttemptError::Reset(error_chain(&e))),
+            Ok(Err(SendError::Failed(detail))) => Err(AttemptError::Reset(detail)),
             Err(_) => Err(AttemptError::Timeout),
         };
         entry.upstream_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);

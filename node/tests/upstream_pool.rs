@@ -13,8 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-/// An HTTP/1.1 upstream written on the socket: `/big` answers 4 MiB, anything else `ok`.
-/// Every connection is kept alive until the proxy closes it.
+/// An HTTP/1.1 upstream written on the socket, answering each path with fixed bytes
+/// ([`reply`]); it keeps a connection open until the proxy closes it, unless the reply says
+/// to close.
 struct RawUpstream {
     port: u16,
     accepted: Arc<AtomicU64>,
@@ -49,16 +50,8 @@ impl RawUpstream {
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         buf.drain(..end + 4);
-                        let body: Vec<u8> = if head.starts_with("GET /big ") {
-                            vec![b'x'; 4 << 20]
-                        } else {
-                            b"ok".to_vec()
-                        };
-                        let reply =
-                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-                        if stream.write_all(reply.as_bytes()).await.is_err()
-                            || stream.write_all(&body).await.is_err()
-                        {
+                        let (bytes, close) = reply(&head);
+                        if stream.write_all(&bytes).await.is_err() || close {
                             break;
                         }
                     }
@@ -78,6 +71,50 @@ impl RawUpstream {
 
     fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// The bytes sent for a request head, and whether the connection closes after them.
+fn reply(head: &str) -> (Vec<u8>, bool) {
+    let (method, path) = {
+        let mut words = head.split(' ');
+        (words.next().unwrap_or(""), words.next().unwrap_or(""))
+    };
+    let ok = |body: &[u8]| {
+        let mut out =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        if method != "HEAD" {
+            out.extend_from_slice(body);
+        }
+        out
+    };
+    match path {
+        "/big" => (ok(&vec![b'x'; 4 << 20]), false),
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\ntrailer: t\r\n\r\n".to_vec(),
+            false,
+        ),
+        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil close".to_vec(), true),
+        "/continue" => {
+            let mut out = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+            out.extend(ok(b"after 100"));
+            (out, false)
+        }
+        "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false),
+        // Both framings: the chunked one counts, and the connection is not trusted again.
+        "/both" => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n4\r\nboth\r\n0\r\n\r\n".to_vec(),
+            false,
+        ),
+        // A second response nobody asked for, right behind the first.
+        "/smuggle" => {
+            let mut out = ok(b"first");
+            out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled");
+            (out, false)
+        }
+        "/invalid" => (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), true),
+        "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort".to_vec(), true),
+        _ => (ok(b"ok"), false),
     }
 }
 
@@ -179,4 +216,97 @@ async fn idle_upstream_connections_close_after_the_idle_timeout() {
             up.accepted()
         )
     });
+}
+
+/// `method path` through the proxy on a connection of its own: (status, body), or None when
+/// the proxy broke the response off.
+async fn exchange(proxy: &str, method: &str, path: &str) -> Option<(u16, Vec<u8>)> {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nhost: gateway.test\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("the proxy answered within 10 s")
+        .ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.get(9..12)?.parse().ok()?;
+    let head = head.to_ascii_lowercase();
+    let body = if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut rest = body;
+        loop {
+            let (size, after) = rest.split_once("\r\n")?;
+            let size = usize::from_str_radix(size, 16).ok()?;
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(after.get(..size)?.as_bytes());
+            rest = after.get(size + 2..)?;
+        }
+        out
+    } else {
+        let declared = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse::<usize>().ok());
+        if declared.is_some_and(|n| n != body.len()) && method != "HEAD" {
+            return None;
+        }
+        body.as_bytes().to_vec()
+    };
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_responses_are_framed_by_http_1_1_rules_and_never_bleed_into_the_next() {
+    let up = RawUpstream::start().await;
+    let (_c, proxy) = gateway_to(&up, json!({})).await;
+    // (method, path, the answer the client gets: status and body, or None when cut off)
+    type Case<'a> = (&'a str, &'a str, Option<(u16, &'a [u8])>);
+    let cases: [Case; 8] = [
+        ("GET", "/chunked", Some((200, b"hello world"))),
+        ("GET", "/until-close", Some((200, b"until close"))),
+        ("GET", "/continue", Some((200, b"after 100"))),
+        ("GET", "/no-content", Some((204, b""))),
+        ("HEAD", "/ok", Some((200, b""))),
+        ("GET", "/both", Some((200, b"both"))),
+        ("GET", "/smuggle", Some((200, b"first"))),
+        // Cut off mid-body: the client must not get a complete-looking answer.
+        ("GET", "/short", None),
+    ];
+    for (method, path, want) in cases {
+        let got = exchange(&proxy, method, path).await;
+        assert_eq!(got, want.map(|(s, b)| (s, b.to_vec())), "{method} {path}");
+        // Whatever came before, the next request gets its own answer.
+        assert_eq!(
+            exchange(&proxy, "GET", "/ok").await,
+            Some((200, b"ok".to_vec())),
+            "the request after {method} {path}"
+        );
+    }
+    let invalid = exchange(&proxy, "GET", "/invalid").await;
+    assert_eq!(invalid.map(|(s, _)| s), Some(502));
+    // A response framed both ways leaves its connection unused afterwards: /both takes the
+    // idle connection /ok left, and the next request needs a new one.
+    assert_eq!(
+        exchange(&proxy, "GET", "/ok").await,
+        Some((200, b"ok".to_vec()))
+    );
+    let before = up.accepted();
+    assert_eq!(
+        exchange(&proxy, "GET", "/both").await,
+        Some((200, b"both".to_vec()))
+    );
+    assert_eq!(
+        exchange(&proxy, "GET", "/ok").await,
+        Some((200, b"ok".to_vec()))
+    );
+    assert_eq!(
+        up.accepted(),
+        before + 1,
+        "the connection after /both was reused"
+    );
 }

@@ -1,5 +1,7 @@
-//! Connections to a Service's targets, kept open for reuse: the proxy's own pool on hyper's
-//! connection-level client (`hyper::client::conn`).
+//! Connections to a Service's targets, kept open for reuse. Requests whose body is in memory
+//! go to HTTP/1.1 targets through our own codec (`upstream_h1.rs`) on pooled sockets; requests
+//! that stream a body or ask for an upgrade, and all HTTP/2, go through hyper's
+//! connection-level client (`hyper::client::conn`), pooled here too.
 //!
 //! Why not hyper-util's pooled `Client`: for every request it hashes a pool key (scheme and
 //! authority) with SipHash, looks it up under a lock, boxes several futures and, when a
@@ -10,9 +12,11 @@
 //!
 //! Invariants:
 //! - An HTTP/1.1 connection is in one place at a time: its target's idle list, or the one
-//!   request using it (held with the target's in-flight slot, `upstream::InFlightGuard`). It
-//!   goes back only when the response body was read to the end; a body left unread makes
-//!   hyper close the connection, so the next response can never start inside the last one.
+//!   request using it (ours: inside the response body; hyper's: with the target's in-flight
+//!   slot, `upstream::InFlightGuard`). It goes back only when the response body was read to
+//!   the end; otherwise it is closed, so the next response can never start inside the last.
+//! - An idle socket of ours is checked before reuse (closed by the target, or bytes nobody
+//!   asked for: it is dropped), without waiting.
 //! - A request that a reused connection refused before writing anything (the upstream closed
 //!   it while idle) is sent on another connection: it never reached the upstream, so sending
 //!   it again is safe whatever the method.
@@ -25,56 +29,63 @@ use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper::{Request, Response, Uri};
+use hyper::{HeaderMap, Request, Response, Uri};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::body::ProxyBody;
+use super::body::{IdleTimeout, ProxyBody};
 use super::error::error_chain;
+use super::upstream_h1::{self, BufferedRequest, ExchangeError, UpstreamBody};
 use crate::resources::service::UpstreamProtocol;
 
 pub type Http1Connection = http1::SendRequest<ProxyBody>;
 type Connector = HttpsConnector<HttpConnector>;
-type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+pub type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 /// Why a request could not be exchanged with a target.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be opened (TCP, TLS or the HTTP/2 handshake failed); the request
-    /// comes back unsent, for another attempt to reuse.
-    Connect {
-        detail: String,
-        request: Box<Request<ProxyBody>>,
-    },
-    /// The connection failed while the request was sent or the response head awaited.
-    Request(hyper::Error),
+    /// No connection could be opened (TCP, TLS or the HTTP/2 handshake failed). Nothing was
+    /// sent; the request's headers come back for another attempt to reuse.
+    Connect { detail: String, headers: HeaderMap },
+    /// The client stalled while its body streamed to the target (`timeouts.idle`): not the
+    /// target's failure.
+    BodyStalled,
+    /// The exchange failed once connected: reset, closed early, or an invalid response.
+    Failed(String),
 }
 
 /// The connections of one Service, per target (same order as `Upstream::targets`).
 pub struct ConnPool {
     connector: Connector,
     protocol: UpstreamProtocol,
+    shared: Arc<PoolShared>,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What responses still being read need to give their connection back.
+pub struct PoolShared {
+    targets: Vec<TargetConns>,
     max_idle: usize,
     idle_timeout: Duration,
-    targets: Arc<[TargetConns]>,
-    sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Default)]
 struct TargetConns {
-    /// HTTP/1.1 connections not in use, the most recently used last.
-    idle: Mutex<Vec<IdleConnection>>,
+    /// Our own HTTP/1.1 connections not in use, the most recently used last.
+    idle_own: Mutex<Vec<Idle<upstream_h1::Connection>>>,
+    /// hyper's HTTP/1.1 connections not in use, the most recently used last.
+    idle: Mutex<Vec<Idle<Http1Connection>>>,
     /// The shared HTTP/2 connection.
     shared: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
-struct IdleConnection {
-    connection: Http1Connection,
+struct Idle<C> {
+    connection: C,
     since: Instant,
 }
 
@@ -101,31 +112,100 @@ impl ConnPool {
         max_idle: usize,
         idle_timeout: Duration,
     ) -> ConnPool {
-        let targets: Arc<[TargetConns]> = (0..targets).map(|_| TargetConns::default()).collect();
+        let shared = Arc::new(PoolShared {
+            targets: (0..targets).map(|_| TargetConns::default()).collect(),
+            max_idle,
+            idle_timeout,
+        });
         let sweeper = tokio::runtime::Handle::try_current()
             .ok()
-            .map(|rt| rt.spawn(sweep_idle(Arc::downgrade(&targets), idle_timeout)));
+            .map(|rt| rt.spawn(sweep_idle(Arc::downgrade(&shared))));
         ConnPool {
             connector,
             protocol,
-            max_idle,
-            idle_timeout,
-            targets,
+            shared,
             sweeper,
         }
     }
 
+    /// Whether [`ConnPool::exchange`] can carry requests to these targets (HTTP/1.1 ones).
+    pub fn takes_buffered(&self) -> bool {
+        self.protocol == UpstreamProtocol::Http1
+    }
+
+    /// Sends a request whose body is in memory to `target` (at `origin`) with our own
+    /// HTTP/1.1 codec, on an idle connection of ours or a new one. The connection goes back
+    /// to the pool when the response body has been read to its end.
+    pub async fn exchange(
+        &self,
+        target: usize,
+        origin: &Uri,
+        req: BufferedRequest,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let conn = match self.take_idle_own(target) {
+            Some(c) => c,
+            None => match self.open(origin).await {
+                Ok(io) => upstream_h1::Connection::new(io),
+                Err(detail) => {
+                    return Err(SendError::Connect {
+                        detail,
+                        headers: req.headers,
+                    })
+                }
+            },
+        };
+        match conn.exchange(req, self.shared.clone(), target).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::Own)),
+            Err(ExchangeError::Io(e)) => Err(SendError::Failed(format!("connection error: {e}"))),
+            Err(e) => Err(SendError::Failed(e.to_string())),
+        }
+    }
+
+    fn take_idle_own(&self, target: usize) -> Option<upstream_h1::Connection> {
+        let mut idle = lock(&self.shared.targets[target].idle_own);
+        while let Some(mut c) = idle.pop() {
+            if c.since.elapsed() >= self.shared.idle_timeout {
+                // The rest were idle even longer.
+                idle.clear();
+                return None;
+            }
+            if c.connection.is_usable() {
+                return Some(c.connection);
+            }
+        }
+        None
+    }
+
     /// Sends `req` (its URI in origin form for HTTP/1.1, absolute for HTTP/2) to the target
-    /// `target`, reachable at `origin` (`scheme://authority`). With HTTP/1.1 the connection
-    /// comes back with the response: give it to [`ConnPool::put_back`] once the body has
-    /// been read to its end, or drop it.
+    /// `target`, reachable at `origin` (`scheme://authority`), with hyper. With HTTP/1.1 the
+    /// connection comes back with the response: give it to [`ConnPool::put_back`] once the
+    /// body has been read to its end, or drop it.
     pub async fn send(
         &self,
         target: usize,
         origin: &Uri,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<UpstreamBody>, Option<Http1Connection>), SendError> {
+        match self.send_with_hyper(target, origin, req).await {
+            Ok((resp, conn)) => Ok((resp.map(UpstreamBody::Hyper), conn)),
+            Err(HyperSendError::Connect(detail, req)) => Err(SendError::Connect {
+                detail,
+                headers: req.into_parts().0.headers,
+            }),
+            Err(HyperSendError::Request(e)) if caused_by_stalled_body(&e) => {
+                Err(SendError::BodyStalled)
+            }
+            Err(HyperSendError::Request(e)) => Err(SendError::Failed(error_chain(&e))),
+        }
+    }
+
+    async fn send_with_hyper(
+        &self,
+        target: usize,
+        origin: &Uri,
         mut req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Option<Http1Connection>), SendError> {
-        let conns = &self.targets[target];
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Http1Connection>), HyperSendError> {
+        let conns = &self.shared.targets[target];
         loop {
             let (result, reused) = match self.protocol {
                 UpstreamProtocol::Http1 => {
@@ -133,7 +213,9 @@ impl ConnPool {
                         Some(c) => (c, true),
                         None => match self.connect_http1(origin).await {
                             Ok(c) => (c, false),
-                            Err(detail) => return Err(not_connected(detail, req)),
+                            Err(detail) => {
+                                return Err(HyperSendError::Connect(detail, Box::new(req)))
+                            }
                         },
                     };
                     // A connection just opened is ready once its task has run; a reused one
@@ -142,7 +224,7 @@ impl ConnPool {
                         if reused {
                             continue;
                         }
-                        return Err(not_connected(error_chain(&e), req));
+                        return Err(HyperSendError::Connect(error_chain(&e), Box::new(req)));
                     }
                     match connection.try_send_request(req).await {
                         Ok(resp) => return Ok((resp, Some(connection))),
@@ -154,7 +236,9 @@ impl ConnPool {
                         Some(c) => (c, true),
                         None => match self.connect_http2(conns, origin).await {
                             Ok(c) => (c, false),
-                            Err(detail) => return Err(not_connected(detail, req)),
+                            Err(detail) => {
+                                return Err(HyperSendError::Connect(detail, Box::new(req)))
+                            }
                         },
                     };
                     match connection.try_send_request(req).await {
@@ -174,7 +258,7 @@ impl ConnPool {
                 // Never written: safe to send on another connection (each retry here takes
                 // a different idle connection, then a new one, so this ends).
                 Some(unsent) if reused => req = unsent,
-                _ => return Err(SendError::Request(error.into_error())),
+                _ => return Err(HyperSendError::Request(error.into_error())),
             }
         }
     }
@@ -185,9 +269,9 @@ impl ConnPool {
         if connection.is_closed() {
             return;
         }
-        let mut idle = lock(&self.targets[target].idle);
-        if idle.len() < self.max_idle {
-            idle.push(IdleConnection {
+        let mut idle = lock(&self.shared.targets[target].idle);
+        if idle.len() < self.shared.max_idle {
+            idle.push(Idle {
                 connection,
                 since: Instant::now(),
             });
@@ -197,7 +281,7 @@ impl ConnPool {
     fn take_idle(&self, conns: &TargetConns) -> Option<Http1Connection> {
         let mut idle = lock(&conns.idle);
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() >= self.idle_timeout {
+            if c.since.elapsed() >= self.shared.idle_timeout {
                 // The rest were idle even longer.
                 idle.clear();
                 return None;
@@ -261,24 +345,57 @@ impl ConnPool {
     }
 }
 
-fn not_connected(detail: String, request: Request<ProxyBody>) -> SendError {
-    SendError::Connect {
-        detail,
-        request: Box::new(request),
+impl PoolShared {
+    /// Keeps one of our HTTP/1.1 connections whose last response was read to its end (and
+    /// found reusable by `upstream_h1`) for the next request to `target`, unless the target
+    /// already has enough idle ones.
+    pub fn put_back_h1(&self, target: usize, connection: upstream_h1::Connection) {
+        let mut idle = lock(&self.targets[target].idle_own);
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                connection,
+                since: Instant::now(),
+            });
+        }
     }
 }
 
-/// Closes idle connections older than `idle_timeout` (dropping the last handle of an idle
-/// HTTP/1.1 connection closes it), until the pool is gone.
-async fn sweep_idle(targets: Weak<[TargetConns]>, idle_timeout: Duration) {
+/// hyper's side of a failed send.
+enum HyperSendError {
+    /// Not connected; the request is unsent.
+    Connect(String, Box<Request<ProxyBody>>),
+    Request(hyper::Error),
+}
+
+/// Whether the request body's idle timeout (the client stalled) is what ended the exchange.
+fn caused_by_stalled_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<IdleTimeout>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Closes idle connections older than `idle_timeout` (dropping an idle socket, or the last
+/// handle of an idle hyper connection, closes it) and ones the target closed, until the pool
+/// is gone.
+async fn sweep_idle(shared: Weak<PoolShared>) {
+    let Some(idle_timeout) = shared.upgrade().map(|s| s.idle_timeout) else {
+        return;
+    };
     let period = (idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
     loop {
         tokio::time::sleep(period).await;
-        let Some(targets) = targets.upgrade() else {
+        let Some(shared) = shared.upgrade() else {
             return;
         };
-        for t in targets.iter() {
+        for t in &shared.targets {
             lock(&t.idle).retain(|c| c.since.elapsed() < idle_timeout && !c.connection.is_closed());
+            lock(&t.idle_own)
+                .retain_mut(|c| c.since.elapsed() < idle_timeout && c.connection.is_usable());
         }
     }
 }

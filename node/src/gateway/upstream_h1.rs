@@ -1,0 +1,756 @@
+//! HTTP/1.1 to a target, our own codec, for the common exchange: a request whose body is
+//! already in memory (every GET, and the small bodies the gateway buffers for retries) on a
+//! pooled connection, read back in the request's own task.
+//!
+//! Why not hyper's client here: it drives each connection from a task of its own and passes
+//! every request and response across channels between the two tasks; with its parsing and
+//! encoding that was 30% of the proxy's instructions per request (benches/README.md). Requests
+//! that stream their body, ask for a protocol upgrade or go to HTTP/2 targets still use hyper
+//! (`pool.rs`), which also handles a response that arrives while the body is still being sent.
+//!
+//! What this side enforces (RFC 9112), since a confused framing here would let one response
+//! spill into the next:
+//! - The request is framed only by the Content-Length written here (any incoming
+//!   Content-Length or Transfer-Encoding header is dropped first).
+//! - Response heads are parsed by `httparse` (no obs-fold, no bare CR), at most
+//!   [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] headers; 1xx heads are skipped.
+//! - Body framing: none for HEAD, 1xx, 204 and 304; else Transfer-Encoding ending in chunked
+//!   (any Content-Length then ignored and removed); else one Content-Length (differing values
+//!   are an invalid response); else until the upstream closes.
+//! - A connection goes back to the pool only when the whole body was read, nothing else
+//!   arrived after it, the response was HTTP/1.1 without `Connection: close`, and its framing
+//!   was unambiguous. Anything else closes it.
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::{HeaderMap, Method, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+use super::body::BoxError;
+use super::pool::{Io, PoolShared};
+
+/// The largest response head accepted from a target.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most header fields accepted in a response head.
+pub const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (size, extensions) in a chunked body.
+const MAX_CHUNK_LINE: usize = 4096;
+/// How much is read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An open HTTP/1.1 connection to a target with nothing in flight.
+pub struct Connection {
+    /// Boxed: a TLS stream is about a kilobyte, and the connection moves in and out of the
+    /// pool and into each response body.
+    io: Box<TokioIo<Io>>,
+    /// Bytes read but not yet consumed; empty whenever the connection is idle.
+    buf: BytesMut,
+}
+
+/// A request whose body is in memory, ready to be written.
+pub struct BufferedRequest {
+    pub method: Method,
+    /// Origin form: path and query.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Connection {
+    pub fn new(io: Io) -> Connection {
+        Connection {
+            io: Box::new(TokioIo::new(io)),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection is still usable: the target has neither closed it nor sent
+    /// anything unasked. Never waits (a readiness check, a syscall only when the socket
+    /// became readable).
+    pub fn is_usable(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(
+            Pin::new(&mut *self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    /// Writes the request and reads the response head. The body is read as the caller polls
+    /// the response's [`ResponseBody`], which gives the connection back to `pool` (for
+    /// `target`) when it may be reused.
+    pub async fn exchange(
+        mut self,
+        req: BufferedRequest,
+        pool: Arc<PoolShared>,
+        target: usize,
+    ) -> Result<Response<ResponseBody>, ExchangeError> {
+        let head_only = req.method == Method::HEAD;
+        self.write_request(req).await?;
+        loop {
+            let head = self.read_head().await?;
+            // Informational answers (100 Continue, 103 Early Hints) precede the real one.
+            if head.status.is_informational() {
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(ExchangeError::Invalid(
+                        "101 Switching Protocols to a request that asked for no upgrade".into(),
+                    ));
+                }
+                continue;
+            }
+            return self.into_response(head, head_only, pool, target);
+        }
+    }
+
+    async fn write_request(&mut self, req: BufferedRequest) -> Result<(), ExchangeError> {
+        let mut out = Vec::with_capacity(256 + req.target.len() + req.body.len().min(16 * 1024));
+        out.extend_from_slice(req.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(req.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &req.headers {
+            // The body here is framed by its length alone.
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !req.body.is_empty() || method_has_body(&req.method) {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let separate_body = req.body.len() > 16 * 1024;
+        if !separate_body {
+            out.extend_from_slice(&req.body);
+        }
+        self.io.write_all(&out).await.map_err(ExchangeError::Io)?;
+        if separate_body {
+            self.io
+                .write_all(&req.body)
+                .await
+                .map_err(ExchangeError::Io)?;
+        }
+        Ok(())
+    }
+
+    /// Reads more from the socket into `buf`; 0 at the end of the stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| poll_fill(&mut self.io, &mut self.buf, cx)).await
+    }
+
+    async fn read_head(&mut self) -> Result<Head, ExchangeError> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse_head(&mut self.buf)? {
+                    return Ok(head);
+                }
+                if self.buf.len() > MAX_HEAD_BYTES {
+                    return Err(ExchangeError::Invalid(format!(
+                        "the response head is larger than {MAX_HEAD_BYTES} bytes"
+                    )));
+                }
+            }
+            let had = self.buf.len();
+            if self.fill().await.map_err(ExchangeError::Io)? == 0 {
+                return Err(if had == 0 {
+                    ExchangeError::ClosedBeforeResponse
+                } else {
+                    ExchangeError::Invalid("the connection closed inside the response head".into())
+                });
+            }
+        }
+    }
+
+    fn into_response(
+        self,
+        mut head: Head,
+        head_only: bool,
+        pool: Arc<PoolShared>,
+        target: usize,
+    ) -> Result<Response<ResponseBody>, ExchangeError> {
+        let mut reusable =
+            head.version == Version::HTTP_11 && !has_token(&head.headers, &CONNECTION, "close");
+        let status = head.status;
+        let framing = if head_only
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Length(0)
+        } else if head.headers.contains_key(TRANSFER_ENCODING) {
+            if head.headers.contains_key(CONTENT_LENGTH) {
+                // Both: the length is ignored, and the connection not trusted afterwards.
+                head.headers.remove(CONTENT_LENGTH);
+                reusable = false;
+            }
+            if last_coding_is_chunked(&head.headers) {
+                Framing::Chunked(Chunked::Size)
+            } else {
+                Framing::UntilClose
+            }
+        } else if let Some(len) = content_length(&head.headers)? {
+            Framing::Length(len)
+        } else {
+            Framing::UntilClose
+        };
+        if matches!(framing, Framing::UntilClose) {
+            reusable = false;
+        }
+        let mut body = ResponseBody {
+            conn: Some(self),
+            framing,
+            reusable,
+            pool,
+            target,
+        };
+        body.release_if_done();
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+}
+
+/// Why an exchange failed after the connection was open.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// Writing or reading failed (reset, broken pipe).
+    Io(io::Error),
+    /// The target closed the connection before any byte of a response.
+    ClosedBeforeResponse,
+    /// The target's answer is not valid HTTP/1.1.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::Io(e) => write!(f, "connection error: {e}"),
+            ExchangeError::ClosedBeforeResponse => {
+                f.write_str("the connection closed before a response")
+            }
+            ExchangeError::Invalid(why) => write!(f, "invalid response: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ExchangeError {}
+
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Parses a complete head off the front of `buf`, or None when more bytes are needed.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
+    // Neither array is initialised up front: zeroing them cost more than the parse.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ExchangeError::Invalid(format!(
+                "more than {MAX_HEADERS} header fields"
+            )))
+        }
+        Err(e) => return Err(ExchangeError::Invalid(e.to_string())),
+    };
+    let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
+        .map_err(|_| ExchangeError::Invalid("status code out of range".into()))?;
+    let version = if parsed.version == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    // Header values are slices of the one buffer holding the head: no copy each.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [const { MaybeUninit::<[usize; 4]>::uninit() }; MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        span.write([
+            name,
+            name + field.name.len(),
+            value,
+            value + field.value.len(),
+        ]);
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for span in &spans[..count] {
+        // SAFETY: the loop above wrote the first `count` spans (one per parsed header).
+        let [ns, ne, vs, ve] = unsafe { span.assume_init() };
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| ExchangeError::Invalid("invalid header name".into()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| ExchangeError::Invalid(format!("invalid value for header {name}")))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ExchangeError> {
+    let mut found: Option<u64> = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        // `Content-Length: 5, 5` is allowed when every value agrees.
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            let n = parse_decimal(part).ok_or_else(|| {
+                ExchangeError::Invalid(format!("invalid Content-Length {value:?}"))
+            })?;
+            if found.is_some_and(|f| f != n) {
+                return Err(ExchangeError::Invalid(
+                    "Content-Length values that differ".into(),
+                ));
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Methods whose requests carry a body by definition: an empty one is sent as
+/// `content-length: 0` (some servers refuse a POST without a length).
+fn method_has_body(m: &Method) -> bool {
+    matches!(*m, Method::POST | Method::PUT | Method::PATCH)
+}
+
+fn poll_fill(
+    io: &mut Box<TokioIo<Io>>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    let spare = buf.spare_capacity_mut();
+    let mut read = ReadBuf::uninit(spare);
+    match Pin::new(&mut **io).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            let n = read.filled().len();
+            // SAFETY: `ReadBuf` initialised and filled these `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunked),
+    /// Everything until the target closes.
+    UntilClose,
+    /// The body is over.
+    Done,
+}
+
+#[derive(Clone, Copy)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk: this many data bytes left, then CRLF.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one (trailers are dropped).
+    Trailers,
+}
+
+/// A response body read from the target's connection as the client takes it.
+pub struct ResponseBody {
+    conn: Option<Connection>,
+    framing: Framing,
+    reusable: bool,
+    pool: Arc<PoolShared>,
+    target: usize,
+}
+
+impl ResponseBody {
+    /// Once the body is complete: the connection back to the pool when it may serve another
+    /// request, else closed.
+    fn release_if_done(&mut self) {
+        if matches!(self.framing, Framing::Length(0)) {
+            self.framing = Framing::Done;
+        }
+        if !matches!(self.framing, Framing::Done) {
+            return;
+        }
+        if let Some(conn) = self.conn.take() {
+            // Bytes after the end of the body were not asked for: do not reuse.
+            if self.reusable && conn.buf.is_empty() {
+                self.pool.put_back_h1(self.target, conn);
+            }
+        }
+    }
+
+    fn fail(&mut self, why: impl Into<String>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.framing = Framing::Done;
+        Poll::Ready(Some(Err(why.into().into())))
+    }
+
+    /// Reads more bytes; an error frame when the connection ends early.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, String>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Err("the connection is gone".into()));
+        };
+        match poll_fill(&mut conn.io, &mut conn.buf, cx) {
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(format!("reading the response body: {e}"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    this.release_if_done();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    let buffered = this.conn.as_ref().map_or(0, |c| c.buf.len());
+                    if buffered == 0 {
+                        match this.poll_more(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Err(e)) => return this.fail(e),
+                            Poll::Ready(Ok(0)) => {
+                                return this.fail(format!(
+                                    "the target closed the connection with {left} body bytes still to come"
+                                ))
+                            }
+                            Poll::Ready(Ok(_)) => continue,
+                        }
+                    }
+                    let take = (buffered as u64).min(left) as usize;
+                    let data = this.conn.as_mut().map(|c| c.buf.split_to(take).freeze());
+                    this.framing = Framing::Length(left - take as u64);
+                    this.release_if_done();
+                    return Poll::Ready(data.map(|d| Ok(Frame::data(d))));
+                }
+                Framing::UntilClose if this.conn.as_ref().is_some_and(|c| !c.buf.is_empty()) => {
+                    let data = this.conn.as_mut().map(|c| c.buf.split().freeze());
+                    return Poll::Ready(data.map(|d| Ok(Frame::data(d))));
+                }
+                Framing::UntilClose => match this.poll_more(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return this.fail(e),
+                    Poll::Ready(Ok(0)) => {
+                        this.framing = Framing::Done;
+                        this.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        let data = this.conn.as_mut().map(|c| c.buf.split().freeze());
+                        return Poll::Ready(data.map(|d| Ok(Frame::data(d))));
+                    }
+                },
+                Framing::Chunked(state) => {
+                    let step = match this.conn.as_mut() {
+                        Some(conn) => chunk_step(&mut conn.buf, state),
+                        None => return this.fail("the connection is gone"),
+                    };
+                    match step {
+                        Ok(ChunkStep::Data(data, next)) => {
+                            this.framing = Framing::Chunked(next);
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Ok(ChunkStep::Next(next)) => this.framing = Framing::Chunked(next),
+                        Ok(ChunkStep::End) => {
+                            this.framing = Framing::Done;
+                            this.release_if_done();
+                            return Poll::Ready(None);
+                        }
+                        Ok(ChunkStep::NeedMore) => match this.poll_more(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Err(e)) => return this.fail(e),
+                            Poll::Ready(Ok(0)) => {
+                                return this
+                                    .fail("the target closed the connection inside a chunked body")
+                            }
+                            Poll::Ready(Ok(_)) => {}
+                        },
+                        Err(why) => return this.fail(format!("invalid chunked body: {why}")),
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+enum ChunkStep {
+    /// Data to pass on, and the state after it.
+    Data(Bytes, Chunked),
+    /// Framing consumed; go on in this state.
+    Next(Chunked),
+    /// The last chunk and the trailers are read.
+    End,
+    /// The buffer ends before the next step.
+    NeedMore,
+}
+
+/// One step of decoding a chunked body from the front of `buf`.
+fn chunk_step(buf: &mut BytesMut, state: Chunked) -> Result<ChunkStep, String> {
+    match state {
+        Chunked::Size => {
+            let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
+                return Ok(ChunkStep::NeedMore);
+            };
+            // chunk-size [ ; extensions ]: the extensions are ignored.
+            let size = line
+                .split(|b| *b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+                return Err(format!(
+                    "chunk size {:?} is not hexadecimal",
+                    String::from_utf8_lossy(size)
+                ));
+            }
+            let n = size.iter().fold(0u64, |n, d| {
+                n * 16 + u64::from((*d as char).to_digit(16).unwrap_or(0))
+            });
+            Ok(ChunkStep::Next(if n == 0 {
+                Chunked::Trailers
+            } else {
+                Chunked::Data(n)
+            }))
+        }
+        Chunked::Data(left) => {
+            if buf.is_empty() {
+                return Ok(ChunkStep::NeedMore);
+            }
+            let take = (buf.len() as u64).min(left) as usize;
+            let data = buf.split_to(take).freeze();
+            let next = if take as u64 == left {
+                Chunked::DataEnd
+            } else {
+                Chunked::Data(left - take as u64)
+            };
+            Ok(ChunkStep::Data(data, next))
+        }
+        Chunked::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(ChunkStep::NeedMore);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err("chunk data is not followed by CRLF".into());
+            }
+            buf.advance(2);
+            Ok(ChunkStep::Next(Chunked::Size))
+        }
+        Chunked::Trailers => {
+            let Some(line) = take_line(buf, MAX_HEAD_BYTES)? else {
+                return Ok(ChunkStep::NeedMore);
+            };
+            Ok(if line.is_empty() {
+                ChunkStep::End
+            } else {
+                ChunkStep::Next(Chunked::Trailers)
+            })
+        }
+    }
+}
+
+/// Takes one CRLF-terminated line off `buf` (without the CRLF), None when it is not all
+/// there yet. A bare LF or a line longer than `max` is an error.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, String> {
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(end) => {
+            if end == 0 || buf[end - 1] != b'\r' {
+                return Err("line not ended by CRLF".into());
+            }
+            let line = buf.split_to(end + 1).freeze();
+            Ok(Some(line.slice(..end - 1)))
+        }
+        None if buf.len() > max => Err(format!("line longer than {max} bytes")),
+        None => Ok(None),
+    }
+}
+
+/// A response from either client: ours, or hyper's for the exchanges it still does.
+pub enum UpstreamBody {
+    Own(ResponseBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Own(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Own(b) => b.is_end_stream(),
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Own(b) => b.size_hint(),
+            UpstreamBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(wire: &[u8]) -> Result<Vec<u8>, String> {
+        let mut buf = BytesMut::from(wire);
+        let mut state = Chunked::Size;
+        let mut out = Vec::new();
+        loop {
+            match chunk_step(&mut buf, state)? {
+                ChunkStep::Data(d, next) => {
+                    out.extend_from_slice(&d);
+                    state = next;
+                }
+                ChunkStep::Next(next) => state = next,
+                ChunkStep::End => return Ok(out),
+                ChunkStep::NeedMore => return Err("incomplete".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        assert_eq!(
+            decode(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n").unwrap(),
+            b"hello world"
+        );
+        assert_eq!(decode(b"0\r\n\r\n").unwrap(), b"");
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors_not_guesses() {
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"10000000000000000\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                decode(wire).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn response_heads_parse_into_slices_of_one_buffer() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\nx-a: c\r\n\r\nokNEXT"[..],
+        );
+        let head = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(content_length(&head.headers).unwrap(), Some(2));
+        assert_eq!(&buf[..], b"okNEXT");
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
+        assert!(parse_head(&mut partial).unwrap().is_none());
+        let mut folded = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\n\r\n"[..]);
+        assert!(parse_head(&mut folded).is_err());
+    }
+
+    #[test]
+    fn content_lengths_must_agree_and_be_decimal() {
+        let mut h = HeaderMap::new();
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
+        assert_eq!(content_length(&h).unwrap(), Some(5));
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
+        assert!(content_length(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("+5"));
+        assert!(content_length(&h).is_err());
+    }
+}
