@@ -739,6 +739,8 @@ async fn active_health_checks_keep_traffic_off_a_dead_target() {
         },
     )
     .await;
+    // The health checker can report before the proxy serves the route (seen: 404 here).
+    until_routed(&proxy, "/").await;
     for _ in 0..20 {
         assert_eq!(http("GET", &proxy, "/", &[], "").await.status, 200);
     }
