@@ -1128,6 +1128,14 @@ fn hash_key(on: &HashOn, headers: &hyper::HeaderMap, client: SocketAddr) -> Vec<
     }
 }
 
+/// One attempt's request, for the client that carries it (`pool.rs`).
+enum Outgoing {
+    /// A body in memory to an HTTP/1.1 target: our own codec.
+    Own(upstream_h1::BufferedRequest),
+    /// A streamed body, an upgrade, or HTTP/2: hyper.
+    Hyper(Request<ProxyBody>),
+}
+
 /// Why one attempt failed, in the terms of `retries.on`.
 enum AttemptError {
     Connect(String),
@@ -1225,7 +1233,7 @@ async fn forward(
         headers.insert(HOST, target.host_header.clone());
         // A body in memory to an HTTP/1.1 target (the common case) goes through our own
         // codec in this task; a streamed body, an upgrade or HTTP/2 through hyper.
-        let own_codec = match &replay {
+        let outgoing = match &replay {
             Some(body) if upstream.pool.takes_buffered() && !headers.contains_key(UPGRADE) => {
                 if !is_request_target(&uri) {
                     return Err(GatewayError::BadRequest(
@@ -1233,18 +1241,14 @@ async fn forward(
                             .into(),
                     ));
                 }
-                Some(upstream_h1::BufferedRequest {
+                Outgoing::Own(upstream_h1::BufferedRequest {
                     method: parts.method.clone(),
                     target: std::mem::take(&mut uri),
                     headers: std::mem::take(&mut headers),
                     body: body.clone(),
                 })
             }
-            _ => None,
-        };
-        let by_hyper = match own_codec {
-            Some(_) => None,
-            None => {
+            _ => {
                 let body = match (&replay, streaming.take()) {
                     (Some(b), _) => full(b.clone()),
                     (None, Some(s)) => s,
@@ -1266,7 +1270,7 @@ async fn forward(
                     .body(body)
                     .map_err(|e| GatewayError::Internal(e.to_string()))?;
                 *req.headers_mut() = std::mem::take(&mut headers);
-                Some(req)
+                Outgoing::Hyper(req)
             }
         };
 
@@ -1276,14 +1280,13 @@ async fn forward(
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
         let exchange = async {
-            match (own_codec, by_hyper) {
-                (Some(req), _) => upstream
+            match outgoing {
+                Outgoing::Own(req) => upstream
                     .pool
                     .exchange(i, &target.connect_to, req)
                     .await
                     .map(|resp| (resp, None)),
-                (None, Some(req)) => upstream.pool.send(i, &target.connect_to, req).await,
-                (None, None) => Err(SendError::Failed("no request to send".into())),
+                Outgoing::Hyper(req) => upstream.pool.send(i, &target.connect_to, req).await,
             }
         };
         let outcome = match tokio::time::timeout(wait, exchange).await {

@@ -39,7 +39,7 @@ use tower_service::Service;
 
 use super::body::{IdleTimeout, ProxyBody};
 use super::error::error_chain;
-use super::upstream_h1::{self, BufferedRequest, ExchangeError, UpstreamBody};
+use super::upstream_h1::{self, BufferedRequest, UpstreamBody};
 use crate::resources::service::UpstreamProtocol;
 
 pub type Http1Connection = http1::SendRequest<ProxyBody>;
@@ -156,7 +156,6 @@ impl ConnPool {
         };
         match conn.exchange(req, self.shared.clone(), target).await {
             Ok(resp) => Ok(resp.map(UpstreamBody::Own)),
-            Err(ExchangeError::Io(e)) => Err(SendError::Failed(format!("connection error: {e}"))),
             Err(e) => Err(SendError::Failed(e.to_string())),
         }
     }
