@@ -17,7 +17,9 @@
 # TOP=N (default 25) also konnect's N functions with the most instructions (exclusive).
 #
 # Settings: DURATION=10, WARMUP=3, CONNECTIONS=8, TOP=25, BENCH_TMP=/var/tmp, KEEP=0 (1 keeps
-# the callgrind files: open them with callgrind_annotate or kcachegrind), SKIP_BUILD=0.
+# the callgrind files: open them with callgrind_annotate or kcachegrind), SKIP_BUILD=0,
+# ROUTES=10 (more loads /r10.. up to that many routes into konnect, 1,000 per apply, all to the
+# same Service, before the load: the cost of a large route table per request).
 # Needs valgrind, nginx and wrk (installed with apt-get when missing, as root).
 set -euo pipefail
 
@@ -29,6 +31,7 @@ LOAD_CPU=${LOAD_CPU:-0}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 KEEP=${KEEP:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
+ROUTES=${ROUTES:-10}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -107,6 +110,17 @@ for _ in $(seq 60); do
     ctl apply -f "$work/routes.yaml" >>"$work/logs/konnectctl.log" 2>&1 && break
     sleep 1
 done
+first=10 # /r1 ... /r9 and / exist
+while [ "$first" -lt "$ROUTES" ]; do
+    last=$((first + 999))
+    [ "$last" -lt "$ROUTES" ] || last=$((ROUTES - 1))
+    for i in $(seq "$first" "$last"); do
+        printf -- '---\nkind: Route\nname: r%d\nspec: {paths: ["/r%d"], service: up}\n' "$i" "$i"
+    done >"$work/routes-batch.yaml"
+    ctl apply -f "$work/routes-batch.yaml" >>"$work/logs/konnectctl.log" 2>&1 ||
+        die "konnectctl apply of routes r$first-r$last failed (under valgrind)"
+    first=$((last + 1))
+done
 
 ready() { # port pid what: until the proxy answers /r5 with 200
     for _ in $(seq 600); do
@@ -138,11 +152,11 @@ measure() {
 
 read -r _ n_ins n_req n_file < <(measure nginx "$nginx_port" "$nginx_pid")
 read -r _ k_ins n_kreq k_file < <(measure konnect "$k_proxy" "$k_pid")
-python3 - "$n_ins" "$n_req" "$k_ins" "$n_kreq" <<'PY'
+ROUTES="$ROUTES" CONNECTIONS="$CONNECTIONS" python3 - "$n_ins" "$n_req" "$k_ins" "$n_kreq" <<'PY'
 import sys
 n_ins, n_req, k_ins, k_req = map(int, sys.argv[1:])
 n, k = n_ins / n_req, k_ins / k_req
-print(f"user-space instructions per proxied request (callgrind; wrk -c{__import__('os').environ.get('CONNECTIONS','8')})")
+print(f"user-space instructions per proxied request (callgrind; wrk -c{__import__('os').environ.get('CONNECTIONS','8')}; konnect with {__import__('os').environ.get('ROUTES','10')} routes)")
 print(f"  nginx    {n:>10,.0f}   ({n_ins:,} over {n_req:,} requests)")
 print(f"  konnect  {k:>10,.0f}   ({k_ins:,} over {k_req:,} requests)")
 print(f"  konnect/nginx {k / n:.2f}")
