@@ -39,6 +39,7 @@ impl RawUpstream {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
+                    let mut served = 0;
                     loop {
                         let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
                         let Some(end) = head_end else {
@@ -50,7 +51,8 @@ impl RawUpstream {
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         buf.drain(..end + 4);
-                        let (bytes, close) = reply(&head);
+                        let (bytes, close) = reply(&head, served);
+                        served += 1;
                         if stream.write_all(&bytes).await.is_err() || close {
                             break;
                         }
@@ -74,8 +76,9 @@ impl RawUpstream {
     }
 }
 
-/// The bytes sent for a request head, and whether the connection closes after them.
-fn reply(head: &str) -> (Vec<u8>, bool) {
+/// The bytes sent for a request head (the connection's `served`-th request, from 0), and
+/// whether the connection closes after them.
+fn reply(head: &str, served: usize) -> (Vec<u8>, bool) {
     let (method, path) = {
         let mut words = head.split(' ');
         (words.next().unwrap_or(""), words.next().unwrap_or(""))
@@ -114,6 +117,9 @@ fn reply(head: &str) -> (Vec<u8>, bool) {
         }
         "/invalid" => (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), true),
         "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort".to_vec(), true),
+        // A connection kept idle, then closed unanswered as a request arrives on it: what a
+        // target's keep-alive timeout looks like when it strikes just as the proxy reuses it.
+        "/drop-reused" if served > 0 => (Vec::new(), true),
         _ => (ok(b"ok"), false),
     }
 }
@@ -308,5 +314,34 @@ async fn upstream_responses_are_framed_by_http_1_1_rules_and_never_bleed_into_th
         up.accepted(),
         before + 1,
         "the connection after /both was reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_on_a_connection_the_target_closes_is_sent_again_once() {
+    let up = RawUpstream::start().await;
+    let (_c, proxy) = gateway_to(&up, json!({})).await;
+    // The proxy's idle connection has served the readiness probes; the target drops it
+    // unanswered, and the GET goes again on a new connection.
+    assert_eq!(
+        exchange(&proxy, "GET", "/drop-reused").await,
+        Some((200, b"ok".to_vec()))
+    );
+    // A POST may have been acted on: it is not sent twice (retries.on is connect_failure).
+    assert_eq!(
+        exchange(&proxy, "GET", "/ok").await,
+        Some((200, b"ok".to_vec()))
+    );
+    let before = up.accepted();
+    assert_eq!(
+        exchange(&proxy, "POST", "/drop-reused")
+            .await
+            .map(|(s, _)| s),
+        Some(502)
+    );
+    assert_eq!(
+        up.accepted(),
+        before,
+        "the POST went out on a second connection"
     );
 }

@@ -19,7 +19,9 @@
 //!   asked for: it is dropped), without waiting.
 //! - A request that a reused connection refused before writing anything (the upstream closed
 //!   it while idle) is sent on another connection: it never reached the upstream, so sending
-//!   it again is safe whatever the method.
+//!   it again is safe whatever the method. On our own connections the closing is seen only
+//!   after the write (no byte of a response came back): then only an idempotent request is
+//!   sent again, once.
 //! - HTTP/2: one multiplexed connection per target, shared by all requests, replaced once it
 //!   closes.
 //! - At most `pool.max_idle_per_target` idle connections are kept per target, each for at most
@@ -39,7 +41,7 @@ use tower_service::Service;
 
 use super::body::{IdleTimeout, ProxyBody};
 use super::error::error_chain;
-use super::upstream_h1::{self, BufferedRequest, UpstreamBody};
+use super::upstream_h1::{self, BufferedRequest, ExchangeError, UpstreamBody};
 use crate::resources::service::UpstreamProtocol;
 
 pub type Http1Connection = http1::SendRequest<ProxyBody>;
@@ -142,10 +144,10 @@ impl ConnPool {
         origin: &Uri,
         req: BufferedRequest,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let conn = match self.take_idle_own(target) {
-            Some(c) => c,
+        let (conn, reused) = match self.take_idle_own(target) {
+            Some(c) => (c, true),
             None => match self.open(origin).await {
-                Ok(io) => upstream_h1::Connection::new(io),
+                Ok(io) => (upstream_h1::Connection::new(io), false),
                 Err(detail) => {
                     return Err(SendError::Connect {
                         detail,
@@ -154,10 +156,31 @@ impl ConnPool {
                 }
             },
         };
-        match conn.exchange(req, self.shared.clone(), target).await {
-            Ok(resp) => Ok(resp.map(UpstreamBody::Own)),
-            Err(e) => Err(SendError::Failed(e.to_string())),
-        }
+        let req = req.encode();
+        let first = conn.exchange(&req, self.shared.clone(), target).await;
+        let result = match first {
+            // The target closed a connection it had kept idle just as the request went out
+            // (it read nothing, or dropped it unanswered): an idempotent request goes again,
+            // once, on a new connection.
+            Err(ExchangeError::ClosedBeforeResponse) if reused && req.resendable => {
+                match self.open(origin).await {
+                    Ok(io) => {
+                        upstream_h1::Connection::new(io)
+                            .exchange(&req, self.shared.clone(), target)
+                            .await
+                    }
+                    Err(detail) => {
+                        return Err(SendError::Failed(format!(
+                            "a reused connection closed before a response, and a new one failed: {detail}"
+                        )))
+                    }
+                }
+            }
+            other => other,
+        };
+        result
+            .map(|resp| resp.map(UpstreamBody::Own))
+            .map_err(|e| SendError::Failed(e.to_string()))
     }
 
     fn take_idle_own(&self, target: usize) -> Option<upstream_h1::Connection> {

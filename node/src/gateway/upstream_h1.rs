@@ -91,12 +91,17 @@ impl Connection {
     /// `target`) when it may be reused.
     pub async fn exchange(
         mut self,
-        req: BufferedRequest,
+        req: &EncodedRequest,
         pool: Arc<PoolShared>,
         target: usize,
     ) -> Result<Response<ResponseBody>, ExchangeError> {
-        let head_only = req.method == Method::HEAD;
-        self.write_request(req).await?;
+        self.io
+            .write_all(&req.wire)
+            .await
+            .map_err(ExchangeError::Io)?;
+        if let Some(body) = &req.large_body {
+            self.io.write_all(body).await.map_err(ExchangeError::Io)?;
+        }
         loop {
             let head = self.read_head().await?;
             // Informational answers (100 Continue, 103 Early Hints) precede the real one.
@@ -108,44 +113,8 @@ impl Connection {
                 }
                 continue;
             }
-            return self.into_response(head, head_only, pool, target);
+            return self.into_response(head, req.head_only, pool, target);
         }
-    }
-
-    async fn write_request(&mut self, req: BufferedRequest) -> Result<(), ExchangeError> {
-        let mut out = Vec::with_capacity(256 + req.target.len() + req.body.len().min(16 * 1024));
-        out.extend_from_slice(req.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(req.target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &req.headers {
-            // The body here is framed by its length alone.
-            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !req.body.is_empty() || method_has_body(&req.method) {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        let separate_body = req.body.len() > 16 * 1024;
-        if !separate_body {
-            out.extend_from_slice(&req.body);
-        }
-        self.io.write_all(&out).await.map_err(ExchangeError::Io)?;
-        if separate_body {
-            self.io
-                .write_all(&req.body)
-                .await
-                .map_err(ExchangeError::Io)?;
-        }
-        Ok(())
     }
 
     /// Reads more from the socket into `buf`; 0 at the end of the stream.
@@ -223,6 +192,59 @@ impl Connection {
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
         Ok(resp)
+    }
+}
+
+/// A request as it goes on the wire, kept until its response head arrives so that it can be
+/// written again on another connection.
+pub struct EncodedRequest {
+    /// The head, and the body when small.
+    wire: Vec<u8>,
+    /// A body too large to copy behind the head, written after it.
+    large_body: Option<Bytes>,
+    head_only: bool,
+    /// Idempotent (RFC 9110 9.2.2): safe to send again when a reused connection closed
+    /// before any byte of a response.
+    pub resendable: bool,
+}
+
+impl BufferedRequest {
+    /// The request in HTTP/1.1 wire form, framed by its Content-Length alone.
+    pub fn encode(self) -> EncodedRequest {
+        let req = self;
+        let mut out = Vec::with_capacity(256 + req.target.len() + req.body.len().min(16 * 1024));
+        out.extend_from_slice(req.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(req.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &req.headers {
+            // The body here is framed by its length alone.
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !req.body.is_empty() || method_has_body(&req.method) {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let large_body = if req.body.len() > 16 * 1024 {
+            Some(req.body)
+        } else {
+            out.extend_from_slice(&req.body);
+            None
+        };
+        EncodedRequest {
+            wire: out,
+            large_body,
+            head_only: req.method == Method::HEAD,
+            resendable: super::is_idempotent(&req.method),
+        }
     }
 }
 
