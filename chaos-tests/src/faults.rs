@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
 use crate::cluster::{self, Cluster, ClusterOptions};
-use crate::limits::{resource, Upstream};
+use crate::limits::{service_and_route, Upstream};
 use crate::net::{self, Resource};
 use crate::scenario::{Outcome, RunOptions};
 use crate::workload::{Clock, Stop};
@@ -551,21 +551,7 @@ async fn full_disk(
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     cluster
         .client_of(leader)?
-        .apply(
-            vec![
-                resource(
-                    "Service",
-                    PROBE_ROUTE,
-                    serde_json::json!({"targets": [{"url": upstream.url()}]}),
-                ),
-                resource(
-                    "Route",
-                    PROBE_ROUTE,
-                    serde_json::json!({"paths": [format!("/{PROBE_ROUTE}")], "service": PROBE_ROUTE}),
-                ),
-            ],
-            vec![],
-        )
+        .apply(service_and_route(PROBE_ROUTE, &upstream.url()), vec![])
         .await
         .context("apply the probe's Service and Route")?;
     let proxy = cluster.nodes[FULL_NODE].proxy_addr.clone();

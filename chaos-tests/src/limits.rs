@@ -211,6 +211,22 @@ pub(crate) fn resource(kind: &str, name: &str, spec: serde_json::Value) -> Resou
     }
 }
 
+/// A Service `name` for `upstream_url` and a Route `/<name>` to it.
+pub(crate) fn service_and_route(name: &str, upstream_url: &str) -> Vec<ResourceInput> {
+    vec![
+        resource(
+            "Service",
+            name,
+            serde_json::json!({"targets": [{"url": upstream_url}]}),
+        ),
+        resource(
+            "Route",
+            name,
+            serde_json::json!({"paths": [format!("/{name}")], "service": name}),
+        ),
+    ]
+}
+
 /// The Service `limited` (the upstream), and per policy a Route `/<route>` and a strict
 /// RateLimit of the same name: `LIMIT` per window, one bucket per route.
 pub fn resources(upstream_url: &str) -> Vec<ResourceInput> {

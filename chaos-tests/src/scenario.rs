@@ -572,22 +572,18 @@ async fn drive(
     }
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    history
-        .extend(workload::final_register_reads(cluster, options.registers, clock, deadline).await?);
-    workload::write_register_history(
-        &cluster.dir().join("register-history.txt"),
+    let (registers, set) = workload::final_checks(
+        cluster,
+        options.registers,
+        clock,
+        deadline,
         &initial,
-        &history,
-    );
-    let registers = workload::check_registers(&initial, &history);
-    phase("registers read through every node");
-    let set = workload::check_set(cluster, &records, deadline).await?;
-    phase("set listed through every node");
-    outcome.problems.extend(registers.problems.iter().cloned());
-    outcome
-        .problems
-        .extend(registers.conflicts_that_took_effect.iter().cloned());
-    outcome.problems.extend(set.problems.iter().cloned());
+        history,
+        &records,
+        &mut outcome.problems,
+    )
+    .await?;
+    phase("registers read and set listed through every node");
     let clock_faults = schedule
         .steps
         .iter()

@@ -544,6 +544,35 @@ pub struct SetReport {
     pub problems: Vec<String>,
 }
 
+/// The end of a run's correctness checks: a last read of every register through every node,
+/// the register history written to `register-history.txt` in the cluster's directory, the
+/// registers checked for linearizability and the set for lost or phantom creates. Every
+/// problem found is added to `problems`; the reports come back for the outcome's lines.
+#[allow(clippy::too_many_arguments)]
+pub async fn final_checks(
+    cluster: &Cluster,
+    keys: usize,
+    clock: Clock,
+    deadline: Instant,
+    initial: &[RegisterState],
+    mut history: Vec<RegisterOp>,
+    records: &[SetRecord],
+    problems: &mut Vec<String>,
+) -> Result<(RegisterReport, SetReport)> {
+    history.extend(final_register_reads(cluster, keys, clock, deadline).await?);
+    write_register_history(
+        &cluster.dir().join("register-history.txt"),
+        initial,
+        &history,
+    );
+    let registers = check_registers(initial, &history);
+    let set = check_set(cluster, records, deadline).await?;
+    problems.extend(registers.problems.iter().cloned());
+    problems.extend(registers.conflicts_that_took_effect.iter().cloned());
+    problems.extend(set.problems.iter().cloned());
+    Ok((registers, set))
+}
+
 /// Lists the set through every node (consistent) and compares with what clients did.
 pub async fn check_set(
     cluster: &Cluster,

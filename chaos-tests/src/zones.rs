@@ -33,7 +33,7 @@ use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
 use crate::cluster::{Cluster, ClusterSpec, ModeKind, ModeRequest, RaftTiming};
-use crate::limits::{self, resource};
+use crate::limits::{self, service_and_route};
 use crate::linearizability::{Operation, RegisterInput, RegisterOutput};
 use crate::scenario::{self, Outcome, RunOptions, Scenario};
 use crate::wan::{LinkShape, Wan};
@@ -460,18 +460,7 @@ async fn drive(
     cluster
         .client_of(leader)?
         .apply(
-            vec![
-                resource(
-                    "Service",
-                    ROUTE,
-                    serde_json::json!({"targets": [{"url": format!("http://{}", upstream.addr)}]}),
-                ),
-                resource(
-                    "Route",
-                    ROUTE,
-                    serde_json::json!({"paths": [format!("/{ROUTE}")], "service": ROUTE}),
-                ),
-            ],
+            service_and_route(ROUTE, &format!("http://{}", upstream.addr)),
             vec![],
         )
         .await
@@ -615,21 +604,17 @@ async fn drive(
     }
 
     let deadline = Instant::now() + WAIT;
-    let mut history = seen.history.clone();
-    history
-        .extend(workload::final_register_reads(cluster, options.registers, clock, deadline).await?);
-    workload::write_register_history(
-        &cluster.dir().join("register-history.txt"),
+    let (registers, set) = workload::final_checks(
+        cluster,
+        options.registers,
+        clock,
+        deadline,
         &initial,
-        &history,
-    );
-    let registers = workload::check_registers(&initial, &history);
-    let set = workload::check_set(cluster, &seen.records, deadline).await?;
-    outcome.problems.extend(registers.problems.iter().cloned());
-    outcome
-        .problems
-        .extend(registers.conflicts_that_took_effect.iter().cloned());
-    outcome.problems.extend(set.problems.iter().cloned());
+        seen.history.clone(),
+        &seen.records,
+        &mut outcome.problems,
+    )
+    .await?;
 
     let mut failures = seen.notes.failures.clone();
     for r in &seen.records {
