@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod redact;
 pub mod route_metrics;
 pub mod router;
+pub mod server_h1;
 pub mod tls;
 pub mod transform;
 pub mod upstream;
@@ -36,7 +37,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -46,7 +46,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use access_log::{AccessEntry, AccessLog};
-use body::{full, MeteredBody, ProxyBody};
+use body::{full, MeteredBody, ProxyBody, RequestBody};
 use error::GatewayError;
 use pool::SendError;
 use route_metrics::RouteMetrics;
@@ -112,7 +112,7 @@ impl Gateway {
         snapshot: &GatewaySnapshot,
         route: &crate::state::RouteEntry,
         path: &str,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         caller: Option<&auth::Caller>,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let limit = route.spec.max_body_bytes.unwrap_or(AI_MAX_BODY_BYTES);
@@ -303,7 +303,9 @@ impl Gateway {
             .timer(TokioTimer::new())
             .max_header_list_size(self.settings.max_header_bytes as u32);
         let builder = Arc::new(builder);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let drain = Arc::new(server_h1::Drain::default());
+        // Every connection's task holds a sender: all have ended when `recv` sees none left.
+        let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         loop {
             let (stream, client) = tokio::select! {
                 r = listener.accept() => match r {
@@ -318,65 +320,113 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let gw = self.clone();
             let builder = builder.clone();
-            let watcher = graceful.watcher();
+            let signal = drain.signal();
+            let open = open.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let svc = |client_cert: Option<Arc<auth::ClientCert>>| {
-                    let gw = gw.clone();
-                    let is_tls = tls.is_some();
-                    hyper::service::service_fn(move |req| {
-                        let gw = gw.clone();
-                        let cert = client_cert.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                gw.handle(req, client, is_tls, cert).await,
-                            )
-                        }
-                    })
+                let _open = open;
+                let Some(acceptor) = tls else {
+                    return gw
+                        .serve_connection(stream, client, false, None, &builder, signal)
+                        .await;
                 };
-                match tls.clone() {
-                    None => {
-                        let svc = svc(None);
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                        let _ = watcher.watch(conn).await;
+                let handshake =
+                    tokio::time::timeout(gw.settings.header_read_timeout, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %client, error = %e, "TLS handshake failed");
+                        return;
                     }
-                    Some(acceptor) => {
-                        let handshake = tokio::time::timeout(
-                            gw.settings.header_read_timeout,
-                            acceptor.accept(stream),
-                        );
-                        let stream = match handshake.await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(client = %client, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                        // Verified by rustls against --proxy-client-ca when one is set.
-                        let client_cert = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(|leaf| auth::ClientCert::from_der(leaf))
-                            .map(Arc::new);
-                        let svc = svc(client_cert);
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                        let _ = watcher.watch(conn).await;
-                    }
+                    Err(_) => return,
+                };
+                // Verified by rustls against --proxy-client-ca when one is set.
+                let client_cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| auth::ClientCert::from_der(leaf))
+                    .map(Arc::new);
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    gw.serve_with_hyper(stream, client, true, client_cert, &builder, signal)
+                        .await;
+                } else {
+                    gw.serve_connection(stream, client, true, client_cert, &builder, signal)
+                        .await;
                 }
             });
         }
         drop(listener);
+        drain.start();
+        drop(open);
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("proxy drained"),
+            _ = all_closed.recv() => tracing::info!("proxy drained"),
             _ = tokio::time::sleep(self.settings.drain_timeout) => {
                 tracing::warn!(timeout = ?self.settings.drain_timeout, "proxy drain timed out; closing remaining connections");
             }
         }
+    }
+
+    /// Serves one client connection: HTTP/1.1 requests without a body through our own codec
+    /// (`server_h1.rs`), and the rest of the connection through hyper from the first request
+    /// that codec does not take.
+    async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        client: SocketAddr,
+        tls: bool,
+        client_cert: Option<Arc<auth::ClientCert>>,
+        builder: &auto::Builder<TokioExecutor>,
+        mut drain: server_h1::DrainSignal,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = server_h1::Limits {
+            header_read_timeout: self.settings.header_read_timeout,
+            max_head_bytes: self.settings.max_header_bytes.max(8192),
+        };
+        let served = server_h1::serve(io, limits, &mut drain, |req| {
+            self.clone().handle(req, client, tls, client_cert.clone())
+        })
+        .await;
+        if let server_h1::Served::Handoff(io) = served {
+            self.serve_with_hyper(io, client, tls, client_cert, builder, drain)
+                .await;
+        }
+    }
+
+    /// Serves a connection with hyper (HTTP/2, upgrades, request bodies), finishing it
+    /// gracefully when the node drains.
+    async fn serve_with_hyper<I>(
+        self: Arc<Self>,
+        io: I,
+        client: SocketAddr,
+        tls: bool,
+        client_cert: Option<Arc<auth::ClientCert>>,
+        builder: &auto::Builder<TokioExecutor>,
+        mut drain: server_h1::DrainSignal,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let gw = self.clone();
+            let cert = client_cert.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    gw.handle(req.map(RequestBody::Hyper), client, tls, cert)
+                        .await,
+                )
+            }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = &mut drain => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
     }
 
     fn client_ip(&self, peer: std::net::IpAddr, headers: &hyper::HeaderMap) -> std::net::IpAddr {
@@ -388,7 +438,7 @@ impl Gateway {
 
     async fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         client: SocketAddr,
         tls: bool,
         client_cert: Option<Arc<auth::ClientCert>>,
@@ -485,17 +535,18 @@ impl Gateway {
     async fn proxy(
         &self,
         snapshot: &GatewaySnapshot,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         client: SocketAddr,
         tls: bool,
         client_cert: Option<&auth::ClientCert>,
         entry: &mut AccessEntry,
         places: &mut Vec<concurrency::InFlightPlace>,
     ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
-        // Phase: normalize. (Framing is settled by hyper's parser per RFC 9112: with both
-        // Transfer-Encoding and Content-Length, chunked wins and Content-Length is removed;
-        // conflicting Content-Length values are refused with 400. The upstream request is
-        // re-framed by our client, so no ambiguous framing is ever forwarded.)
+        // Phase: normalize. (A request with a body reaches here through hyper, whose parser
+        // settles its framing per RFC 9112: with both Transfer-Encoding and Content-Length,
+        // chunked wins and Content-Length is removed; conflicting Content-Length values are
+        // refused with 400. The upstream request is re-framed by our client, so no ambiguous
+        // framing is ever forwarded.)
         let head_bytes = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri().authority().map_or(0, |a| a.as_str().len())
             + req
@@ -1052,7 +1103,7 @@ enum ForwardBody {
 
 async fn limit_body(
     parts: &hyper::http::request::Parts,
-    incoming: Incoming,
+    incoming: RequestBody,
     limit: Option<u64>,
     want_replay: bool,
     read_whole: bool,

@@ -122,3 +122,39 @@ impl<B: Body, F: FnOnce(u64, bool)> Drop for MeteredBody<B, F> {
         self.finish(complete);
     }
 }
+
+/// A client's request body: none (our own HTTP/1.1 server codec takes only requests without
+/// one, `server_h1.rs`), or hyper's (HTTP/2, and HTTP/1.1 requests that carry a body).
+pub enum RequestBody {
+    Empty,
+    Hyper(hyper::body::Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Hyper(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Hyper(incoming) => incoming.size_hint(),
+        }
+    }
+}

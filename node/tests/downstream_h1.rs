@@ -1,0 +1,338 @@
+//! End to end: how the proxy serves HTTP/1.1 clients (its own codec, node/src/gateway/
+//! server_h1.rs, and the hand-over to hyper), seen from a client written on the socket:
+//! keep-alive, pipelining, framing, hanging up, idle connections.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::upstream::Upstream;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn gateway_to(target: &str, extra: &[&str]) -> (Cluster, String) {
+    let cluster = Cluster::start_initialised(1, extra).await;
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource("Service", "web", json!({"targets": [{"url": target}]})),
+                route("web", "/", "web"),
+            ],
+            vec![],
+        )
+        .await
+        .expect("apply");
+    let proxy = cluster.proxy_addr(1).await;
+    wait_for("the route to be live", Duration::from_secs(10), || async {
+        (http("GET", &proxy, "/live", &[], "").await.status != 404).then_some(())
+    })
+    .await;
+    (cluster, proxy)
+}
+
+/// One response read off a connection.
+struct Answer {
+    status: u16,
+    /// The head, lower-cased.
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Reads the next response to a `method` request from `s`, `buf` holding what was read
+/// beyond the previous one. Fails the test on a close or a stall.
+async fn next_answer(s: &mut TcpStream, buf: &mut Vec<u8>, method: &str) -> Answer {
+    async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "the proxy closed mid-answer: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        fill(s, buf).await;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    buf.drain(..end + 4);
+    let status: u16 = head[9..12].parse().unwrap();
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::trim)
+            .map(str::to_owned)
+    };
+    let mut body = Vec::new();
+    if method == "HEAD" || status == 204 || status == 304 {
+        // No body.
+    } else if let Some(n) = field("content-length") {
+        let n: usize = n.parse().unwrap();
+        while buf.len() < n {
+            fill(s, buf).await;
+        }
+        body = buf.drain(..n).collect();
+    } else {
+        assert_eq!(
+            field("transfer-encoding").as_deref(),
+            Some("chunked"),
+            "{head}"
+        );
+        loop {
+            let line = loop {
+                if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break at;
+                }
+                fill(s, buf).await;
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&buf[..line]).unwrap(), 16)
+                .expect("chunk size");
+            while buf.len() < line + 2 + size + 2 {
+                fill(s, buf).await;
+            }
+            body.extend_from_slice(&buf[line + 2..line + 2 + size]);
+            buf.drain(..line + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    Answer { status, head, body }
+}
+
+fn echoed_path(answer: &Answer) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).expect("an echo");
+    v["path"].as_str().unwrap_or_default().to_string()
+}
+
+/// Whether the proxy closes `s` (reads to the end) within `within`.
+async fn closes(s: &mut TcpStream, within: Duration) -> bool {
+    let mut rest = Vec::new();
+    matches!(
+        tokio::time::timeout(within, s.read_to_end(&mut rest)).await,
+        Ok(Ok(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_close_is_honoured() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_to(&up.url(), &[]).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    // Three requests in one write; the last asks to close.
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut paths = Vec::new();
+    for _ in 0..3 {
+        let a = next_answer(&mut s, &mut buf, "GET").await;
+        assert_eq!(a.status, 200, "{}", a.head);
+        assert!(a.head.contains("\r\ndate: "), "no date: {}", a.head);
+        paths.push(echoed_path(&a));
+    }
+    assert_eq!(paths, ["/a", "/b", "/c"]);
+    assert!(
+        closes(&mut s, Duration::from_secs(10)).await,
+        "the connection stayed open after Connection: close"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_body_mid_connection_is_served_and_so_is_the_next() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_to(&up.url(), &[]).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed_path(&next_answer(&mut s, &mut buf, "GET").await),
+        "/first"
+    );
+    // A body (hyper's part from here on), pipelined with the request behind it.
+    s.write_all(b"POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let second = next_answer(&mut s, &mut buf, "POST").await;
+    assert_eq!(
+        (second.status, echoed_path(&second)),
+        (200, "/second".into())
+    );
+    let third = next_answer(&mut s, &mut buf, "GET").await;
+    assert_eq!((third.status, echoed_path(&third)), (200, "/third".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_and_no_content_answers_carry_no_body_and_the_connection_goes_on() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_to(&up.url(), &[]).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /status/204 HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = next_answer(&mut s, &mut buf, "HEAD").await;
+    assert_eq!(head.status, 200, "{}", head.head);
+    let none = next_answer(&mut s, &mut buf, "GET").await;
+    assert_eq!(none.status, 204, "{}", none.head);
+    assert!(!none.head.contains("content-length"), "{}", none.head);
+    assert!(!none.head.contains("transfer-encoding"), "{}", none.head);
+    // Had either carried a body, it would be read here as the next head.
+    let after = next_answer(&mut s, &mut buf, "GET").await;
+    assert_eq!((after.status, echoed_path(&after)), (200, "/after".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_of_unknown_length_is_sent_chunked_and_the_connection_goes_on() {
+    // A target that answers until it closes: the proxy cannot know the length up front.
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut c, _) = target.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the target closes")
+                    .await;
+            });
+        }
+    });
+    let (_c, proxy) = gateway_to(&format!("http://127.0.0.1:{port}"), &[]).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let a = next_answer(&mut s, &mut buf, "GET").await;
+        assert!(a.head.contains("transfer-encoding: chunked"), "{}", a.head);
+        assert_eq!(a.body, b"until the target closes");
+    }
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_cancels_its_request_upstream() {
+    // A target that never answers, and notices when the proxy gives up on it.
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (gone_tx, mut gone) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut c, _) = target.accept().await.unwrap();
+            let (seen_tx, gone_tx) = (seen_tx.clone(), gone_tx.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let line = String::from_utf8_lossy(&head)
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .to_string();
+                        if line.contains("/hang") {
+                            let _ = seen_tx.send(line);
+                        } else {
+                            let _ = c
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                            head.clear();
+                            continue;
+                        }
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let _ = gone_tx.send(line);
+            });
+        }
+    });
+    let (_c, proxy) = gateway_to(&format!("http://127.0.0.1:{port}"), &[]).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    s.write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let arrived = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await;
+    assert!(arrived.is_ok(), "the request never reached the target");
+    drop(s);
+    let dropped = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match gone.recv().await {
+                Some(line) if line.contains("/hang") => return,
+                Some(_) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        dropped.is_ok(),
+        "the proxy kept waiting on the target after its client hung up"
+    );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let up = Upstream::start("u").await;
+    let (_c, proxy) = gateway_to(&up.url(), &["--header-read-timeout-ms", "300"]).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /once HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(next_answer(&mut s, &mut buf, "GET").await.status, 200);
+    assert!(
+        closes(&mut s, Duration::from_secs(10)).await,
+        "an idle client connection was kept open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_answers_are_framed_and_dated() {
+    let cluster = Cluster::start_initialised(1, &[]).await;
+    let proxy = cluster.proxy_addr(1).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let a = next_answer(&mut s, &mut buf, "GET").await;
+        assert_eq!(a.status, 404, "{}", a.head);
+        assert!(a.head.contains("\r\ndate: "), "{}", a.head);
+        assert!(a.head.contains("\r\ncontent-length: "), "{}", a.head);
+        let v: serde_json::Value = serde_json::from_slice(&a.body).expect("JSON");
+        assert!(v.to_string().contains("/nowhere"), "{v}");
+    }
+}
