@@ -5,7 +5,6 @@ use std::net::IpAddr;
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
-use rand::RngCore;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `keep-alive` and
 /// `proxy-connection`), as names built at compile time.
@@ -35,19 +34,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // names compare as small integers); most messages carry none, or only `Connection`.
     let mut present = 0u16;
     for k in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+        if let Some(i) = hop_by_hop_index(k) {
             present |= 1 << i;
         }
     }
     if present == 0 {
         return;
     }
-    let has = |name: &HeaderName| {
-        HOP_BY_HOP
-            .iter()
-            .position(|h| h == name)
-            .is_some_and(|i| present & (1 << i) != 0)
-    };
+    let has = |name: &HeaderName| hop_by_hop_index(name).is_some_and(|i| present & (1 << i) != 0);
     let wants_trailers = has(&hyper::header::TE)
         && headers
             .get_all(hyper::header::TE)
@@ -94,6 +88,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     if wants_trailers {
         headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Where `name` is in [`HOP_BY_HOP`]. Most fields are none of them, and their length alone
+/// (a field compare each otherwise, on every message both ways) rules them out.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let name = name.as_str();
+    match name.len() {
+        2 | 7 | 10 | 16..=19 => HOP_BY_HOP.iter().position(|h| h.as_str() == name),
+        _ => None,
     }
 }
 
@@ -192,16 +196,34 @@ pub fn set_forwarded(
 
 /// Appends this proxy to Via.
 pub fn add_via(headers: &mut HeaderMap) {
-    let via = match headers
-        .get(hyper::header::VIA)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {VIA_VALUE}")).ok(),
-        None => Some(HeaderValue::from_static(VIA_VALUE)),
-    };
-    if let Some(v) = via {
-        headers.insert(hyper::header::VIA, v);
+    // One lookup for both cases: most messages arrive without a Via.
+    match headers.entry(hyper::header::VIA) {
+        hyper::header::Entry::Vacant(e) => {
+            e.insert(HeaderValue::from_static(VIA_VALUE));
+        }
+        hyper::header::Entry::Occupied(mut e) => {
+            if let Some(v) = e
+                .get()
+                .to_str()
+                .ok()
+                .and_then(|prior| HeaderValue::from_str(&format!("{prior}, {VIA_VALUE}")).ok())
+            {
+                e.insert(v);
+            }
+        }
     }
+}
+
+/// Fills `out` with random bytes for ids (X-Request-Id, trace and span ids), from a fast
+/// generator per thread seeded by the OS. They must not collide, and need not be secret:
+/// W3C Trace Context asks for random trace ids, not unpredictable ones.
+fn random_id_bytes(out: &mut [u8]) {
+    use rand::{RngCore, SeedableRng};
+    thread_local! {
+        static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::rngs::SmallRng::from_os_rng());
+    }
+    IDS.with_borrow_mut(|rng| rng.fill_bytes(out));
 }
 
 /// Lower-case hex of `raw` into `out` (twice as long).
@@ -228,7 +250,7 @@ pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
         }
     }
     let mut raw = [0u8; 16];
-    rand::rng().fill_bytes(&mut raw);
+    random_id_bytes(&mut raw);
     let mut text = [0u8; 32];
     hex_into(&raw, &mut text);
     let id = HeaderValue::from_bytes(&text).expect("hex is a valid header value");
@@ -240,9 +262,8 @@ pub fn request_id(headers: &mut HeaderMap) -> HeaderValue {
 pub fn propagate_traceparent(headers: &mut HeaderMap) {
     // `00-<trace id: 32>-<parent: 16>-<flags: 2>`, 55 bytes, built on the stack.
     let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    let mut rng = rand::rng();
     let mut span = [0u8; 8];
-    rng.fill_bytes(&mut span);
+    random_id_bytes(&mut span);
     hex_into(&span, &mut value[36..52]);
     let incoming = headers
         .get(&TRACEPARENT)
@@ -255,7 +276,7 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
         }
         None => {
             let mut trace = [0u8; 16];
-            rng.fill_bytes(&mut trace);
+            random_id_bytes(&mut trace);
             hex_into(&trace, &mut value[3..35]);
         }
     }

@@ -235,29 +235,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
     ) -> io::Result<bool> {
         let (parts, mut body) = resp.into_parts();
         let status = parts.status;
-        let closing = has_close(&parts.headers);
-        let keep_alive = keep_alive && !closing;
         // 1xx and 204 have no length at all; HEAD and 304 keep the one they were given.
         let lengthless = status.is_informational() || status == StatusCode::NO_CONTENT;
         let bodiless = lengthless || asked.head || status == StatusCode::NOT_MODIFIED;
-        let declared = match parts.headers.get(CONTENT_LENGTH) {
-            Some(v) if !lengthless => Some(parse_decimal(v.as_bytes()).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "invalid response Content-Length",
-                )
-            })?),
-            _ => None,
-        };
-        let mut framing = if bodiless {
-            Framing::Nothing
-        } else if let Some(n) = declared {
-            Framing::Length(n)
-        } else if let Some(n) = body.size_hint().exact() {
-            Framing::Length(n)
-        } else {
-            Framing::Chunked
-        };
 
         let out = &mut self.wbuf;
         out.clear();
@@ -266,28 +246,56 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
+        // One pass writes the fields and notes those that decide the framing.
+        let (mut declared, mut closing, mut dated) = (None, false, false);
         for (name, value) in &parts.headers {
-            // The framing is ours alone.
-            if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && lengthless) {
+            if name == CONTENT_LENGTH {
+                if lengthless {
+                    continue;
+                }
+                let n = parse_decimal(value.as_bytes()).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "invalid response Content-Length",
+                    )
+                })?;
+                if declared.is_some_and(|d| d != n) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "response Content-Lengths that differ",
+                    ));
+                }
+                declared = Some(n);
+            } else if name == TRANSFER_ENCODING {
+                // The framing is ours alone.
                 continue;
+            } else if name == CONNECTION {
+                closing |= has_token(value.as_bytes(), b"close");
+            } else if name == DATE {
+                dated = true;
             }
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        match framing {
-            Framing::Length(n) if declared.is_none() => {
-                put_field(
-                    out,
-                    b"content-length",
-                    itoa::Buffer::new().format(n).as_bytes(),
-                );
-            }
-            Framing::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
-            _ => {}
-        }
+        let keep_alive = keep_alive && !closing;
+        let mut framing = if bodiless {
+            Framing::Nothing
+        } else if let Some(n) = declared {
+            Framing::Length(n)
+        } else if let Some(n) = body.size_hint().exact() {
+            put_field(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
+            Framing::Length(n)
+        } else {
+            put_field(out, b"transfer-encoding", b"chunked");
+            Framing::Chunked
+        };
         if !keep_alive && !closing {
             put_field(out, b"connection", b"close");
         }
-        if !parts.headers.contains_key(DATE) {
+        if !dated {
             put_date(out);
         }
         out.extend_from_slice(b"\r\n");
@@ -531,13 +539,6 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-fn has_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"close"))
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {
