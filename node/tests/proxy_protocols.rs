@@ -26,6 +26,19 @@ async fn tls_connect(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     Vec<u8>,
 )> {
+    tls_connect_offering(addr, sni, trusted, &[b"h2", b"http/1.1"]).await
+}
+
+/// [`tls_connect`] offering the ALPN protocols `alpn`.
+async fn tls_connect_offering(
+    addr: &str,
+    sni: &str,
+    trusted: &[&str],
+    alpn: &[&[u8]],
+) -> Option<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+)> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for pem in trusted {
@@ -40,7 +53,7 @@ async fn tls_connect(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
@@ -127,6 +140,61 @@ async fn tls_serves_each_sni_name_its_certificate_and_speaks_h2_by_alpn() {
         .await
         .expect("TLS handshake for b.example.com");
     assert_eq!(presented_b, der(&cert_b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_over_tls_and_http_1_1_arrive_event_by_event() {
+    use http_body_util::BodyExt;
+    let up = Upstream::start("u").await;
+    let tls_addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let cluster = Cluster::start_initialised(1, &["--proxy-tls-addr", &tls_addr]).await;
+    let (cert, key) = self_signed("sse.example.com");
+    cluster
+        .client_of(1)
+        .apply(
+            vec![
+                resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+                resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
+                resource(
+                    "Certificate",
+                    "sse",
+                    json!({"cert_pem": cert, "key_pem": key, "snis": ["sse.example.com"]}),
+                ),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (stream, _) = wait_for(
+        "the certificate to be served",
+        Duration::from_secs(10),
+        || async {
+            tls_connect_offering(&tls_addr, "sse.example.com", &[&cert], &[b"http/1.1"]).await
+        },
+    )
+    .await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/sse")
+        .header("host", "sse.example.com")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first event arrives while the upstream is still open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+    up.release_sse();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "data: second\n\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,8 +303,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         let mut trailers = None;
         if !matches!(framing, Framing::Nothing) {
             // hyper stops polling a body once it says it has ended; so does this loop.
+            // Bytes a TLS stream may still hold after a write: flushed before waiting on the
+            // body, so that each event of a stream reaches the client as it comes.
+            let mut unflushed = false;
             while !body.is_end_stream() {
-                let flush_first = !self.wbuf.is_empty();
+                let flush_first = unflushed || !self.wbuf.is_empty();
                 let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
                     Poll::Pending if flush_first => Poll::Ready(Step::Flush),
                     Poll::Pending => Poll::Pending,
@@ -314,7 +317,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 let frame = match step {
                     Step::Flush => {
                         self.io.write_all(&self.wbuf).await?;
+                        self.io.flush().await?;
                         self.wbuf.clear();
+                        unflushed = false;
                         continue;
                     }
                     Step::Frame(None) => break,
@@ -323,6 +328,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                         // What was sent cannot be completed: close so the client sees that.
                         tracing::debug!(error = %e, "response body failed mid-way; closing the client connection");
                         self.io.write_all(&self.wbuf).await?;
+                        self.io.flush().await?;
                         return Ok(false);
                     }
                 };
@@ -362,6 +368,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                     self.io.write_all(&self.wbuf).await?;
                     self.wbuf.clear();
                     self.io.write_all(&data).await?;
+                    unflushed = true;
                 }
                 if matches!(framing, Framing::Chunked) {
                     self.wbuf.extend_from_slice(b"\r\n");
@@ -369,11 +376,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 if overran {
                     tracing::debug!("response body longer than its Content-Length; closing the client connection");
                     self.io.write_all(&self.wbuf).await?;
+                    self.io.flush().await?;
                     return Ok(false);
                 }
                 if self.wbuf.len() >= COALESCE_BYTES {
                     self.io.write_all(&self.wbuf).await?;
                     self.wbuf.clear();
+                    unflushed = true;
                 }
             }
         }
@@ -392,6 +401,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await?;
         }
+        // A no-op on TCP; a TLS stream sends what it still holds.
+        self.io.flush().await?;
         if !complete {
             tracing::debug!(
                 "response body shorter than its Content-Length; closing the client connection"
