@@ -212,7 +212,19 @@ impl BufferedRequest {
     /// The request in HTTP/1.1 wire form, framed by its Content-Length alone.
     pub fn encode(self) -> EncodedRequest {
         let req = self;
-        let mut out = Vec::with_capacity(256 + req.target.len() + req.body.len().min(16 * 1024));
+        // Sized exactly up front: growing the buffer mid-way cost more than this pass.
+        let fields: usize = req
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let mut out = Vec::with_capacity(
+            req.method.as_str().len()
+                + req.target.len()
+                + fields
+                + 64
+                + req.body.len().min(16 * 1024),
+        );
         out.extend_from_slice(req.method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(req.target.as_bytes());
@@ -320,7 +332,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
         ]);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds to a response (Via, X-Request-Id) without growing.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for span in &spans[..count] {
         // SAFETY: the loop above wrote the first `count` spans (one per parsed header).
         let [ns, ne, vs, ve] = unsafe { span.assume_init() };
