@@ -326,9 +326,12 @@ impl Gateway {
             tokio::spawn(async move {
                 let _open = open;
                 let Some(acceptor) = tls else {
-                    return gw
-                        .serve_connection(stream, client, false, None, &builder, signal)
-                        .await;
+                    let peer = Peer {
+                        addr: client,
+                        tls: false,
+                        cert: None,
+                    };
+                    return gw.serve_connection(stream, peer, &builder, signal).await;
                 };
                 let handshake =
                     tokio::time::timeout(gw.settings.header_read_timeout, acceptor.accept(stream));
@@ -341,19 +344,22 @@ impl Gateway {
                     Err(_) => return,
                 };
                 // Verified by rustls against --proxy-client-ca when one is set.
-                let client_cert = stream
+                let cert = stream
                     .get_ref()
                     .1
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .and_then(|leaf| auth::ClientCert::from_der(leaf))
                     .map(Arc::new);
+                let peer = Peer {
+                    addr: client,
+                    tls: true,
+                    cert,
+                };
                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    gw.serve_with_hyper(stream, client, true, client_cert, &builder, signal)
-                        .await;
+                    gw.serve_with_hyper(stream, peer, &builder, signal).await;
                 } else {
-                    gw.serve_connection(stream, client, true, client_cert, &builder, signal)
-                        .await;
+                    gw.serve_connection(stream, peer, &builder, signal).await;
                 }
             });
         }
@@ -374,9 +380,7 @@ impl Gateway {
     async fn serve_connection<I>(
         self: Arc<Self>,
         io: I,
-        client: SocketAddr,
-        tls: bool,
-        client_cert: Option<Arc<auth::ClientCert>>,
+        peer: Peer,
         builder: &auto::Builder<TokioExecutor>,
         mut drain: server_h1::DrainSignal,
     ) where
@@ -387,12 +391,12 @@ impl Gateway {
             max_head_bytes: self.settings.max_header_bytes.max(8192),
         };
         let served = server_h1::serve(io, limits, &mut drain, |req| {
-            self.clone().handle(req, client, tls, client_cert.clone())
+            self.clone()
+                .handle(req, peer.addr, peer.tls, peer.cert.clone())
         })
         .await;
         if let server_h1::Served::Handoff(io) = served {
-            self.serve_with_hyper(io, client, tls, client_cert, builder, drain)
-                .await;
+            self.serve_with_hyper(io, peer, builder, drain).await;
         }
     }
 
@@ -401,9 +405,7 @@ impl Gateway {
     async fn serve_with_hyper<I>(
         self: Arc<Self>,
         io: I,
-        client: SocketAddr,
-        tls: bool,
-        client_cert: Option<Arc<auth::ClientCert>>,
+        peer: Peer,
         builder: &auto::Builder<TokioExecutor>,
         mut drain: server_h1::DrainSignal,
     ) where
@@ -411,10 +413,10 @@ impl Gateway {
     {
         let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let gw = self.clone();
-            let cert = client_cert.clone();
+            let (addr, tls, cert) = (peer.addr, peer.tls, peer.cert.clone());
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    gw.handle(req.map(RequestBody::Hyper), client, tls, cert)
+                    gw.handle(req.map(RequestBody::Hyper), addr, tls, cert)
                         .await,
                 )
             }
@@ -886,6 +888,15 @@ impl Gateway {
         }
         Ok((resp, upstream.spec.timeouts.idle.0))
     }
+}
+
+/// Who is at the other end of a client connection.
+struct Peer {
+    addr: SocketAddr,
+    /// Whether the connection came in on the TLS listener.
+    tls: bool,
+    /// The client's certificate, verified against `--proxy-client-ca` when one is set.
+    cert: Option<Arc<auth::ClientCert>>,
 }
 
 /// An upgraded connection's half that notes when bytes last went through it (ms after

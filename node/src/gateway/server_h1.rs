@@ -240,12 +240,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         let bodiless = lengthless || asked.head || status == StatusCode::NOT_MODIFIED;
 
         let out = &mut self.wbuf;
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_status_line(out, status);
         // One pass writes the fields and notes those that decide the framing.
         let (mut declared, mut closing, mut dated) = (None, false, false);
         for (name, value) in &parts.headers {
@@ -414,12 +409,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
     /// Answers a head this codec refuses, then closes.
     async fn refuse(&mut self, status: StatusCode) {
         let out = &mut self.wbuf;
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
+        put_status_line(out, status);
+        out.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n");
         put_date(out);
         out.extend_from_slice(b"\r\n");
         let _ = self.io.write_all(&self.wbuf).await;
@@ -558,6 +549,16 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
         return None;
     }
     Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Starts `out` afresh with the status line.
+fn put_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
