@@ -349,7 +349,6 @@ async fn proxy_headers_are_set_and_client_supplied_ones_not_trusted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_reach_the_client_before_the_upstream_finishes() {
-    use http_body_util::BodyExt;
     let up = Upstream::start("u").await;
     let (_c, proxy) = gateway_with(
         vec![
@@ -361,25 +360,7 @@ async fn server_sent_events_reach_the_client_before_the_upstream_finishes() {
     .await;
     until_routed(&proxy, "/sse/ready").await;
     let stream = tokio::net::TcpStream::connect(&proxy).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get("/sse")
-        .header("host", "x")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let mut body = sender.send_request(req).await.unwrap().into_body();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
-        .await
-        .expect("the first event arrives while the upstream is still open")
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
-    up.release_sse();
-    let rest = body.collect().await.unwrap().to_bytes();
-    assert_eq!(rest, "data: second\n\n");
+    up.check_sse_through(stream, "x").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,37 +63,42 @@ async fn tls_connect_offering(
     Some((stream, presented))
 }
 
+/// One node with a TLS listener, routing everything to `up`, with a Certificate per
+/// `(sni, cert_pem, key_pem)`; returns the node and the TLS listener's address.
+async fn tls_gateway(up: &Upstream, certs: &[(&str, &str, &str)]) -> (Cluster, String) {
+    let tls_addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let cluster = Cluster::start_initialised(1, &["--proxy-tls-addr", &tls_addr]).await;
+    let mut resources = vec![
+        resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
+        resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
+    ];
+    for (sni, cert, key) in certs {
+        let name = sni.split('.').next().unwrap_or(sni);
+        resources.push(resource(
+            "Certificate",
+            name,
+            json!({"cert_pem": cert, "key_pem": key, "snis": [sni]}),
+        ));
+    }
+    cluster.client_of(1).apply(resources, vec![]).await.unwrap();
+    (cluster, tls_addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_each_sni_name_its_certificate_and_speaks_h2_by_alpn() {
     use http_body_util::BodyExt;
     use rustls_pki_types::pem::PemObject;
     let up = Upstream::start("u").await;
-    let tls_port = free_ports(1)[0];
-    let tls_addr = format!("127.0.0.1:{tls_port}");
-    let cluster = Cluster::start_initialised(1, &["--proxy-tls-addr", &tls_addr]).await;
     let (cert_a, key_a) = self_signed("a.example.com");
     let (cert_b, key_b) = self_signed("b.example.com");
-    cluster
-        .client_of(1)
-        .apply(
-            vec![
-                resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
-                resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
-                resource(
-                    "Certificate",
-                    "a",
-                    json!({"cert_pem": cert_a, "key_pem": key_a, "snis": ["a.example.com"]}),
-                ),
-                resource(
-                    "Certificate",
-                    "b",
-                    json!({"cert_pem": cert_b, "key_pem": key_b, "snis": ["b.example.com"]}),
-                ),
-            ],
-            vec![],
-        )
-        .await
-        .unwrap();
+    let (cluster, tls_addr) = tls_gateway(
+        &up,
+        &[
+            ("a.example.com", &cert_a, &key_a),
+            ("b.example.com", &cert_b, &key_b),
+        ],
+    )
+    .await;
 
     // The key never comes back from the admin API.
     let stored = cluster
@@ -144,27 +149,9 @@ async fn tls_serves_each_sni_name_its_certificate_and_speaks_h2_by_alpn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_over_tls_and_http_1_1_arrive_event_by_event() {
-    use http_body_util::BodyExt;
     let up = Upstream::start("u").await;
-    let tls_addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let cluster = Cluster::start_initialised(1, &["--proxy-tls-addr", &tls_addr]).await;
     let (cert, key) = self_signed("sse.example.com");
-    cluster
-        .client_of(1)
-        .apply(
-            vec![
-                resource("Service", "web", json!({"targets": [{"url": up.url()}]})),
-                resource("Route", "web", json!({"paths": ["/"], "service": "web"})),
-                resource(
-                    "Certificate",
-                    "sse",
-                    json!({"cert_pem": cert, "key_pem": key, "snis": ["sse.example.com"]}),
-                ),
-            ],
-            vec![],
-        )
-        .await
-        .unwrap();
+    let (_cluster, tls_addr) = tls_gateway(&up, &[("sse.example.com", &cert, &key)]).await;
     let (stream, _) = wait_for(
         "the certificate to be served",
         Duration::from_secs(10),
@@ -174,27 +161,7 @@ async fn server_sent_events_over_tls_and_http_1_1_arrive_event_by_event() {
     )
     .await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get("/sse")
-        .header("host", "sse.example.com")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
-        .await
-        .expect("the first event arrives while the upstream is still open")
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
-    up.release_sse();
-    let rest = body.collect().await.unwrap().to_bytes();
-    assert_eq!(rest, "data: second\n\n");
+    up.check_sse_through(stream, "sse.example.com").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,34 @@ impl Upstream {
         self.sse_release.notify_one();
     }
 
+    /// Asks for `/sse` over `io` (a connection to the proxy, HTTP/1.1) and checks that the
+    /// first event arrives while this upstream still holds the second back.
+    pub async fn check_sse_through<I>(&self, io: I, host: &str)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/sse")
+            .header("host", host)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the first event arrives while the upstream is still open")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+        self.release_sse();
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "data: second\n\n");
+    }
+
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
     }
