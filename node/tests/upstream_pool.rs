@@ -115,6 +115,12 @@ fn reply(head: &str, served: usize) -> (Vec<u8>, bool) {
             out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled");
             (out, false)
         }
+        // Trailer fields after the last chunk: one to pass on, and framing, routing and
+        // connection fields that have no place in trailers (RFC 9110 6.5.1).
+        "/trailers" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n7\r\nchecked\r\n0\r\nX-Checksum: abc\r\nContent-Length: 5\r\nConnection: x\r\nTransfer-Encoding: chunked\r\nHost: elsewhere\r\n\r\n".to_vec(),
+            false,
+        ),
         "/invalid" => (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), true),
         "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort".to_vec(), true),
         // A connection kept idle, then closed unanswered as a request arrives on it: what a
@@ -343,5 +349,46 @@ async fn an_idempotent_request_on_a_connection_the_target_closes_is_sent_again_o
         up.accepted(),
         before,
         "the POST went out on a second connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_after_a_chunked_upstream_body_reach_an_http2_client() {
+    use http_body_util::BodyExt;
+    let up = RawUpstream::start().await;
+    let (_c, proxy) = gateway_to(&up, json!({})).await;
+    // HTTP/2 with prior knowledge (h2c): the downstream side that always carries trailers.
+    let stream = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let before = up.accepted();
+    for _ in 0..2 {
+        let req = hyper::Request::get("http://gateway.test/trailers")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .expect("the body within 10 s")
+            .expect("the whole body, trailers included");
+        let trailers = body.trailers().cloned();
+        assert_eq!(&body.to_bytes()[..], b"checked");
+        // Only the checksum: the framing, routing and connection fields are not trailers.
+        let mut want = hyper::HeaderMap::new();
+        want.insert("x-checksum", "abc".parse().unwrap());
+        assert_eq!(trailers, Some(want));
+    }
+    // Read to its end, trailers included, the upstream connection served both (it is the
+    // one the readiness probes left idle).
+    assert_eq!(
+        up.accepted(),
+        before,
+        "a new upstream connection per response"
     );
 }

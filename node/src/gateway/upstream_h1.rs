@@ -17,6 +17,11 @@
 //! - Body framing: none for HEAD, 1xx, 204 and 304; else Transfer-Encoding ending in chunked
 //!   (any Content-Length then ignored and removed); else one Content-Length (differing values
 //!   are an invalid response); else until the upstream closes.
+//! - Chunked trailer fields are parsed like a head (`httparse`, at most [`MAX_HEAD_BYTES`]
+//!   and [`MAX_HEADERS`] fields, CRLF line ends; anything else makes the body fail) and
+//!   passed on as the body's trailers frame, as hyper does, without the fields that only a
+//!   head may carry (framing, routing, authentication, connection-specific: see
+//!   `allowed_in_trailers`).
 //! - A connection goes back to the pool only when the whole body was read, nothing else
 //!   arrived after it, the response was HTTP/1.1 without `Connection: close`, and its framing
 //!   was unambiguous. Anything else closes it.
@@ -427,8 +432,9 @@ enum Chunked {
     Data(u64),
     /// Expecting the CRLF after a chunk's data.
     DataEnd,
-    /// After the last chunk: trailer lines until an empty one (trailers are dropped).
-    Trailers,
+    /// After the last chunk: the trailer section, up to an empty line; `scanned` bytes of the
+    /// buffer are known not to hold its end yet.
+    Trailers { scanned: usize },
 }
 
 /// A response body read from the target's connection as the client takes it.
@@ -541,19 +547,22 @@ impl Body for ResponseBody {
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
                         Ok(ChunkStep::Next(next)) => this.framing = Framing::Chunked(next),
-                        Ok(ChunkStep::End) => {
+                        Ok(ChunkStep::End(trailers)) => {
                             this.framing = Framing::Done;
                             this.release_if_done();
-                            return Poll::Ready(None);
+                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                         }
-                        Ok(ChunkStep::NeedMore) => match this.poll_more(cx) {
-                            Poll::Pending => return Poll::Pending,
+                        Ok(ChunkStep::NeedMore(resume)) => match this.poll_more(cx) {
+                            Poll::Pending => {
+                                this.framing = Framing::Chunked(resume);
+                                return Poll::Pending;
+                            }
                             Poll::Ready(Err(e)) => return this.fail(e),
                             Poll::Ready(Ok(0)) => {
                                 return this
                                     .fail("the target closed the connection inside a chunked body")
                             }
-                            Poll::Ready(Ok(_)) => {}
+                            Poll::Ready(Ok(_)) => this.framing = Framing::Chunked(resume),
                         },
                         Err(why) => return this.fail(format!("invalid chunked body: {why}")),
                     }
@@ -580,10 +589,10 @@ enum ChunkStep {
     Data(Bytes, Chunked),
     /// Framing consumed; go on in this state.
     Next(Chunked),
-    /// The last chunk and the trailers are read.
-    End,
-    /// The buffer ends before the next step.
-    NeedMore,
+    /// The last chunk and the trailer section are read; the trailer fields to pass on, if any.
+    End(Option<HeaderMap>),
+    /// The buffer ends before the next step; go on in this state once there is more.
+    NeedMore(Chunked),
 }
 
 /// One step of decoding a chunked body from the front of `buf`.
@@ -591,7 +600,7 @@ fn chunk_step(buf: &mut BytesMut, state: Chunked) -> Result<ChunkStep, String> {
     match state {
         Chunked::Size => {
             let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
-                return Ok(ChunkStep::NeedMore);
+                return Ok(ChunkStep::NeedMore(state));
             };
             // chunk-size [ ; extensions ]: the extensions are ignored.
             let size = line
@@ -609,14 +618,14 @@ fn chunk_step(buf: &mut BytesMut, state: Chunked) -> Result<ChunkStep, String> {
                 n * 16 + u64::from((*d as char).to_digit(16).unwrap_or(0))
             });
             Ok(ChunkStep::Next(if n == 0 {
-                Chunked::Trailers
+                Chunked::Trailers { scanned: 0 }
             } else {
                 Chunked::Data(n)
             }))
         }
         Chunked::Data(left) => {
             if buf.is_empty() {
-                return Ok(ChunkStep::NeedMore);
+                return Ok(ChunkStep::NeedMore(state));
             }
             let take = (buf.len() as u64).min(left) as usize;
             let data = buf.split_to(take).freeze();
@@ -629,7 +638,7 @@ fn chunk_step(buf: &mut BytesMut, state: Chunked) -> Result<ChunkStep, String> {
         }
         Chunked::DataEnd => {
             if buf.len() < 2 {
-                return Ok(ChunkStep::NeedMore);
+                return Ok(ChunkStep::NeedMore(state));
             }
             if &buf[..2] != b"\r\n" {
                 return Err("chunk data is not followed by CRLF".into());
@@ -637,17 +646,103 @@ fn chunk_step(buf: &mut BytesMut, state: Chunked) -> Result<ChunkStep, String> {
             buf.advance(2);
             Ok(ChunkStep::Next(Chunked::Size))
         }
-        Chunked::Trailers => {
-            let Some(line) = take_line(buf, MAX_HEAD_BYTES)? else {
-                return Ok(ChunkStep::NeedMore);
+        Chunked::Trailers { scanned } => {
+            // Usually no trailers: the section is just its closing empty line.
+            if buf.len() < 2 {
+                return Ok(ChunkStep::NeedMore(state));
+            }
+            if &buf[..2] == b"\r\n" {
+                buf.advance(2);
+                return Ok(ChunkStep::End(None));
+            }
+            // Else field lines, then the empty line: the section ends at the first CRLFCRLF.
+            let from = scanned.saturating_sub(3);
+            let Some(at) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") else {
+                if buf.len() > MAX_HEAD_BYTES {
+                    return Err(format!(
+                        "the trailer section is larger than {MAX_HEAD_BYTES} bytes"
+                    ));
+                }
+                return Ok(ChunkStep::NeedMore(Chunked::Trailers {
+                    scanned: buf.len(),
+                }));
             };
-            Ok(if line.is_empty() {
-                ChunkStep::End
-            } else {
-                ChunkStep::Next(Chunked::Trailers)
-            })
+            let end = from + at + 4;
+            if end > MAX_HEAD_BYTES {
+                return Err(format!(
+                    "the trailer section is larger than {MAX_HEAD_BYTES} bytes"
+                ));
+            }
+            let section = buf.split_to(end);
+            let trailers = parse_trailers(&section)?;
+            Ok(ChunkStep::End((!trailers.is_empty()).then_some(trailers)))
         }
     }
+}
+
+/// The trailer fields of a complete trailer section (field lines and the empty line after
+/// them), without those that may not be trailers. Parsed like a head: `httparse` (no obs-fold,
+/// no bare CR), at most [`MAX_HEADERS`] fields; a bare LF is refused too.
+fn parse_trailers(section: &[u8]) -> Result<HeaderMap, String> {
+    if section
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || section[i - 1] != b'\r'))
+    {
+        return Err("trailer line not ended by CRLF".into());
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let fields = match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((len, fields))) if len == section.len() => fields,
+        Ok(_) => return Err("malformed trailer section".into()),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(format!("more than {MAX_HEADERS} trailer fields"))
+        }
+        Err(e) => return Err(format!("invalid trailer section: {e}")),
+    };
+    let mut trailers = HeaderMap::new();
+    for field in fields.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| format!("invalid trailer field name {:?}", field.name))?;
+        if !allowed_in_trailers(&name) {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| format!("invalid value for trailer field {name}"))?;
+        trailers.append(name, value);
+    }
+    Ok(trailers)
+}
+
+/// Whether a field may come as a trailer. Dropped: those that frame, route or authenticate
+/// the message, control its handling or describe its content, which the head alone settles
+/// (RFC 9110 6.5.1; the fields hyper's HTTP/1.1 server refuses to send as trailers), and the
+/// hop-by-hop ones (HTTP/2 refuses those outright).
+fn allowed_in_trailers(name: &HeaderName) -> bool {
+    use hyper::header::{
+        AUTHORIZATION, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_RANGE, CONTENT_TYPE, HOST,
+        MAX_FORWARDS, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, UPGRADE,
+    };
+    !matches!(
+        *name,
+        CONTENT_LENGTH
+            | TRANSFER_ENCODING
+            | TRAILER
+            | TE
+            | CONNECTION
+            | UPGRADE
+            | HOST
+            | AUTHORIZATION
+            | PROXY_AUTHENTICATE
+            | PROXY_AUTHORIZATION
+            | CACHE_CONTROL
+            | CONTENT_ENCODING
+            | CONTENT_RANGE
+            | CONTENT_TYPE
+            | MAX_FORWARDS
+            | SET_COOKIE
+    ) && name != "keep-alive"
+        && name != "proxy-connection"
 }
 
 /// Takes one CRLF-terminated line off `buf` (without the CRLF), None when it is not all
@@ -705,8 +800,10 @@ impl Body for UpstreamBody {
 mod tests {
     use super::*;
 
-    fn decode(wire: &[u8]) -> Result<Vec<u8>, String> {
-        let mut buf = BytesMut::from(wire);
+    /// The body and trailers of a chunked body, fed `step` bytes at a time.
+    fn decode_in_steps(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), String> {
+        let mut buf = BytesMut::new();
+        let mut pending = wire.chunks(step);
         let mut state = Chunked::Size;
         let mut out = Vec::new();
         loop {
@@ -716,10 +813,17 @@ mod tests {
                     state = next;
                 }
                 ChunkStep::Next(next) => state = next,
-                ChunkStep::End => return Ok(out),
-                ChunkStep::NeedMore => return Err("incomplete".into()),
+                ChunkStep::End(trailers) => return Ok((out, trailers)),
+                ChunkStep::NeedMore(resume) => {
+                    state = resume;
+                    buf.extend_from_slice(pending.next().ok_or("incomplete")?);
+                }
             }
         }
+    }
+
+    fn decode(wire: &[u8]) -> Result<Vec<u8>, String> {
+        decode_in_steps(wire, wire.len().max(1)).map(|(body, _)| body)
     }
 
     #[test]
@@ -729,6 +833,58 @@ mod tests {
             b"hello world"
         );
         assert_eq!(decode(b"0\r\n\r\n").unwrap(), b"");
+    }
+
+    #[test]
+    fn trailer_fields_come_after_the_data_whatever_the_reads() {
+        let wire = b"4\r\ndata\r\n0\r\nX-Checksum: abc\r\nx-more: 1\r\nX-Checksum: def\r\n\r\n";
+        // Every split of the section across reads finds the same end.
+        for step in 1..=wire.len() {
+            let (body, trailers) = decode_in_steps(wire, step).unwrap();
+            assert_eq!(body, b"data");
+            let trailers = trailers.expect("trailers");
+            let sums: Vec<_> = trailers.get_all("x-checksum").iter().collect();
+            assert_eq!(sums, ["abc", "def"]);
+            assert_eq!(trailers["x-more"], "1");
+        }
+        assert_eq!(decode_in_steps(b"0\r\n\r\n", 1).unwrap().1, None);
+    }
+
+    #[test]
+    fn trailer_fields_that_only_a_head_may_carry_are_dropped() {
+        let wire = b"0\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nHost: x\r\nTrailer: a\r\nKeep-Alive: 1\r\nSet-Cookie: a=b\r\nX-Kept: yes\r\n\r\n";
+        let trailers = decode_in_steps(wire, wire.len()).unwrap().1.unwrap();
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["x-kept"], "yes");
+        // Nothing left but dropped fields: no trailers at all.
+        let wire = b"0\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(decode_in_steps(wire, wire.len()).unwrap().1, None);
+    }
+
+    #[test]
+    fn malformed_or_oversized_trailer_sections_are_errors() {
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let many = format!("0\r\n{many}\r\n");
+        let huge = format!("0\r\nx-big: {}\r\n\r\n", "v".repeat(MAX_HEAD_BYTES));
+        let endless = format!("0\r\nx-big: {}", "v".repeat(MAX_HEAD_BYTES + 1));
+        for wire in [
+            &b"0\r\nno colon\r\n\r\n"[..],
+            b"0\r\nx-a: 1\r\n folded\r\n\r\n",
+            b"0\r\nx-a: 1\nx-b: 2\r\n\r\n",
+            b"0\r\nx-a: b\rc\r\n\r\n",
+            b"0\r\nx a: 1\r\n\r\n",
+            many.as_bytes(),
+            huge.as_bytes(),
+        ] {
+            assert!(
+                decode(wire).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        // Too long without an end: refused before the whole of it arrived.
+        let err = decode_in_steps(endless.as_bytes(), 1024).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
     }
 
     #[test]
