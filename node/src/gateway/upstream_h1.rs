@@ -6,7 +6,7 @@
 //! every request and response across channels between the two tasks; with its parsing and
 //! encoding that was 30% of the proxy's instructions per request (benches/README.md). Requests
 //! that stream their body, ask for a protocol upgrade or go to HTTP/2 targets still use hyper
-//! (`pool.rs`), which also handles a response that arrives while the body is still being sent.
+//! (`pool.rs`).
 //!
 //! What this side enforces (RFC 9112), since a confused framing here would let one response
 //! spill into the next:
@@ -22,9 +22,15 @@
 //!   passed on as the body's trailers frame, as hyper does, without the fields that only a
 //!   head may carry (framing, routing, authentication, connection-specific: see
 //!   `allowed_in_trailers`).
-//! - A connection goes back to the pool only when the whole body was read, nothing else
-//!   arrived after it, the response was HTTP/1.1 without `Connection: close`, and its framing
-//!   was unambiguous. Anything else closes it.
+//! - A response that arrives while the request is still being written (the target refuses
+//!   an upload on sight of its head: 413, 401) is delivered, as with hyper: while the socket
+//!   takes no more of the request, the target's answer is read; the rest of the request is
+//!   then written alongside the response body as far as the target takes it. When writing
+//!   fails (the target answered and reset the connection), a response already received is
+//!   still delivered. A request that fits the socket at once costs one write and no read.
+//! - A connection goes back to the pool only when the whole request was written and the
+//!   whole body read, nothing else arrived after it, the response was HTTP/1.1 without
+//!   `Connection: close`, and its framing was unambiguous. Anything else closes it.
 
 use std::future::poll_fn;
 use std::io;
@@ -38,7 +44,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::BoxError;
 use super::pool::{Io, PoolShared};
@@ -94,31 +100,107 @@ impl Connection {
     /// Writes the request and reads the response head. The body is read as the caller polls
     /// the response's [`ResponseBody`], which gives the connection back to `pool` (for
     /// `target`) when it may be reused.
+    ///
+    /// While the target takes no more of the request, its answer is watched for: a final
+    /// response that comes before the whole request was written (a 413 or 401 refusing the
+    /// upload) is returned at once, and the rest of the request is written alongside the
+    /// response body while the target takes it. When writing fails (the target answered and
+    /// reset the connection), a response already received is still returned.
     pub async fn exchange(
         mut self,
         req: &EncodedRequest,
         pool: Arc<PoolShared>,
         target: usize,
     ) -> Result<Response<ResponseBody>, ExchangeError> {
-        self.io
-            .write_all(&req.wire)
-            .await
-            .map_err(ExchangeError::Io)?;
-        if let Some(body) = &req.large_body {
-            self.io.write_all(body).await.map_err(ExchangeError::Io)?;
+        let mut written = 0;
+        let sent = poll_fn(|cx| self.poll_send(req, &mut written, cx)).await?;
+        let (head, unsent) = match sent {
+            Sent::All => (self.read_final_head().await?, None),
+            Sent::Answered(head) => (head, Some(req.unsent_from(written))),
+            // The target's side ended: the head read says how (nothing, or part of a head).
+            Sent::ReadEnded => (self.read_final_head().await?, Some(Bytes::new())),
+            Sent::Failed(write_error) => match self.read_final_head().await {
+                // Whatever happens next, the request was cut short: nothing more is written
+                // and the connection is not reused.
+                Ok(head) => (head, Some(Bytes::new())),
+                Err(ExchangeError::Invalid(why)) => return Err(ExchangeError::Invalid(why)),
+                Err(_) => return Err(ExchangeError::Io(write_error)),
+            },
+        };
+        self.into_response(head, req.head_only, unsent, pool, target)
+    }
+
+    /// Writes the request from byte `written` on; whenever the socket takes no more for now,
+    /// reads what the target sent meanwhile, and ends early on a final response head. In the
+    /// common case (the socket takes the request at once) this is one write and a flush.
+    fn poll_send(
+        &mut self,
+        req: &EncodedRequest,
+        written: &mut usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Sent, ExchangeError>> {
+        loop {
+            let rest = req.unsent_slice(*written);
+            let step = if rest.is_empty() {
+                // A TLS stream may hold the last records back until flushed.
+                match Pin::new(&mut *self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(Sent::All)),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            } else {
+                match Pin::new(&mut *self.io).poll_write(cx, rest) {
+                    Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        *written += n;
+                        continue;
+                    }
+                    other => other.map_ok(|_| ()),
+                }
+            };
+            match step {
+                Poll::Ready(Err(e)) => return Poll::Ready(Ok(Sent::Failed(e))),
+                Poll::Ready(Ok(())) => continue,
+                // The target takes no more for now: it may have answered already.
+                Poll::Pending => return self.poll_early_answer(cx),
+            }
         }
+    }
+
+    /// What the target sent while the request was still going out: Pending until a final
+    /// response head (1xx ones are skipped) or the end of its side of the connection.
+    fn poll_early_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Sent, ExchangeError>> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = parse_head(&mut self.buf)? {
+                    if head.status.is_informational() {
+                        check_informational(&head)?;
+                        continue;
+                    }
+                    return Poll::Ready(Ok(Sent::Answered(head)));
+                }
+                if self.buf.len() > MAX_HEAD_BYTES {
+                    return Poll::Ready(Err(head_too_large()));
+                }
+            }
+            match poll_fill(&mut self.io, &mut self.buf, cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Sent::ReadEnded)),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Reads response heads until a final one: informational answers (100 Continue, 103
+    /// Early Hints) precede the real one.
+    async fn read_final_head(&mut self) -> Result<Head, ExchangeError> {
         loop {
             let head = self.read_head().await?;
-            // Informational answers (100 Continue, 103 Early Hints) precede the real one.
-            if head.status.is_informational() {
-                if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(ExchangeError::Invalid(
-                        "101 Switching Protocols to a request that asked for no upgrade".into(),
-                    ));
-                }
-                continue;
+            if !head.status.is_informational() {
+                return Ok(head);
             }
-            return self.into_response(head, req.head_only, pool, target);
+            check_informational(&head)?;
         }
     }
 
@@ -134,9 +216,7 @@ impl Connection {
                     return Ok(head);
                 }
                 if self.buf.len() > MAX_HEAD_BYTES {
-                    return Err(ExchangeError::Invalid(format!(
-                        "the response head is larger than {MAX_HEAD_BYTES} bytes"
-                    )));
+                    return Err(head_too_large());
                 }
             }
             let had = self.buf.len();
@@ -150,15 +230,20 @@ impl Connection {
         }
     }
 
+    /// The response around its head. `unsent`: what is left of a request the target answered
+    /// before taking all of it (empty when nothing more can be written); the connection is
+    /// then closed after the response.
     fn into_response(
         self,
         mut head: Head,
         head_only: bool,
+        unsent: Option<Bytes>,
         pool: Arc<PoolShared>,
         target: usize,
     ) -> Result<Response<ResponseBody>, ExchangeError> {
-        let mut reusable =
-            head.version == Version::HTTP_11 && !has_token(&head.headers, &CONNECTION, "close");
+        let mut reusable = unsent.is_none()
+            && head.version == Version::HTTP_11
+            && !has_token(&head.headers, &CONNECTION, "close");
         let status = head.status;
         let framing = if head_only
             || status == StatusCode::NO_CONTENT
@@ -186,6 +271,7 @@ impl Connection {
         }
         let mut body = ResponseBody {
             conn: Some(self),
+            unsent: unsent.filter(|rest| !rest.is_empty()),
             framing,
             reusable,
             pool,
@@ -200,6 +286,34 @@ impl Connection {
     }
 }
 
+/// How writing a request ended.
+enum Sent {
+    /// All of it, flushed.
+    All,
+    /// The target's final response head came before the whole request was written.
+    Answered(Head),
+    /// The target's side of the connection ended before its answer was complete.
+    ReadEnded,
+    /// Writing failed; the target may still have answered before that.
+    Failed(io::Error),
+}
+
+fn head_too_large() -> ExchangeError {
+    ExchangeError::Invalid(format!(
+        "the response head is larger than {MAX_HEAD_BYTES} bytes"
+    ))
+}
+
+/// Informational answers are skipped, except a switch of protocols nobody asked for.
+fn check_informational(head: &Head) -> Result<(), ExchangeError> {
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ExchangeError::Invalid(
+            "101 Switching Protocols to a request that asked for no upgrade".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A request as it goes on the wire, kept until its response head arrives so that it can be
 /// written again on another connection.
 pub struct EncodedRequest {
@@ -211,6 +325,38 @@ pub struct EncodedRequest {
     /// Idempotent (RFC 9110 9.2.2): safe to send again when a reused connection closed
     /// before any byte of a response.
     pub resendable: bool,
+}
+
+impl EncodedRequest {
+    /// The bytes from `written` on that are still to be written (head and small body first,
+    /// then a large body), as one slice of either.
+    fn unsent_slice(&self, written: usize) -> &[u8] {
+        match written.checked_sub(self.wire.len()) {
+            None => &self.wire[written..],
+            Some(into_body) => self
+                .large_body
+                .as_ref()
+                .map_or(&[][..], |b| b.get(into_body..).unwrap_or_default()),
+        }
+    }
+
+    /// Everything from `written` on, in one buffer: what is left to write after an early
+    /// answer (rare, so a copy of the head's part is fine).
+    fn unsent_from(&self, written: usize) -> Bytes {
+        match written.checked_sub(self.wire.len()) {
+            None => {
+                let mut rest = BytesMut::from(&self.wire[written..]);
+                if let Some(body) = &self.large_body {
+                    rest.extend_from_slice(body);
+                }
+                rest.freeze()
+            }
+            Some(into_body) => self
+                .large_body
+                .as_ref()
+                .map_or_else(Bytes::new, |b| b.slice(into_body.min(b.len())..)),
+        }
+    }
 }
 
 impl BufferedRequest {
@@ -414,6 +560,20 @@ fn poll_fill(
     }
 }
 
+/// Writes as much of `rest` as the socket takes now; true once the writing is over: all of
+/// it written and flushed, or failed (the target answered already; what it does with a
+/// request cut short is its business, and the connection is not reused).
+fn write_some(io: &mut Box<TokioIo<Io>>, rest: &mut Bytes, cx: &mut Context<'_>) -> bool {
+    while !rest.is_empty() {
+        match Pin::new(&mut **io).poll_write(cx, rest) {
+            Poll::Ready(Ok(n)) if n > 0 => rest.advance(n),
+            Poll::Ready(_) => return true,
+            Poll::Pending => return false,
+        }
+    }
+    !matches!(Pin::new(&mut **io).poll_flush(cx), Poll::Pending)
+}
+
 enum Framing {
     /// This many bytes are left.
     Length(u64),
@@ -440,6 +600,9 @@ enum Chunked {
 /// A response body read from the target's connection as the client takes it.
 pub struct ResponseBody {
     conn: Option<Connection>,
+    /// The rest of a request the target answered before taking all of it, written whenever
+    /// the body waits for the target (it may want the rest before it sends more).
+    unsent: Option<Bytes>,
     framing: Framing,
     reusable: bool,
     pool: Arc<PoolShared>,
@@ -475,6 +638,11 @@ impl ResponseBody {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(Err("the connection is gone".into()));
         };
+        if let Some(rest) = self.unsent.as_mut() {
+            if write_some(&mut conn.io, rest, cx) {
+                self.unsent = None;
+            }
+        }
         match poll_fill(&mut conn.io, &mut conn.buf, cx) {
             Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(format!("reading the response body: {e}"))),
