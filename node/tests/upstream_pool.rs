@@ -1,5 +1,7 @@
-//! End to end: how the proxy keeps its connections to upstream targets, seen from a raw TCP
-//! upstream that counts the connections it accepts and notices when one closes.
+//! End to end: how the proxy talks HTTP/1.1 to upstream targets (response framing, trailers,
+//! answers that come while a request body is still going out) and keeps its connections to
+//! them, seen from a raw TCP upstream that counts the connections it accepts and notices when
+//! one closes.
 
 mod support;
 
@@ -51,10 +53,13 @@ impl RawUpstream {
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         buf.drain(..end + 4);
-                        let (bytes, close) = reply(&head, served);
+                        let (bytes, then) = reply(&head, served);
                         served += 1;
-                        if stream.write_all(&bytes).await.is_err() || close {
+                        if stream.write_all(&bytes).await.is_err() || then == Then::Close {
                             break;
+                        }
+                        if then == Then::Hold {
+                            std::future::pending::<()>().await;
                         }
                     }
                     c.fetch_add(1, Ordering::SeqCst);
@@ -76,9 +81,20 @@ impl RawUpstream {
     }
 }
 
+/// What the upstream does with a connection after a reply.
+#[derive(PartialEq)]
+enum Then {
+    /// Reads the next request.
+    Serve,
+    /// Closes it (resetting it when a request body is still unread).
+    Close,
+    /// Keeps it open without reading another byte, until the test ends.
+    Hold,
+}
+
 /// The bytes sent for a request head (the connection's `served`-th request, from 0), and
-/// whether the connection closes after them.
-fn reply(head: &str, served: usize) -> (Vec<u8>, bool) {
+/// what happens to the connection after them.
+fn reply(head: &str, served: usize) -> (Vec<u8>, Then) {
     let (method, path) = {
         let mut words = head.split(' ');
         (words.next().unwrap_or(""), words.next().unwrap_or(""))
@@ -92,35 +108,53 @@ fn reply(head: &str, served: usize) -> (Vec<u8>, bool) {
         out
     };
     match path {
-        "/big" => (ok(&vec![b'x'; 4 << 20]), false),
+        "/big" => (ok(&vec![b'x'; 4 << 20]), Then::Serve),
         "/chunked" => (
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\ntrailer: t\r\n\r\n".to_vec(),
-            false,
+            Then::Serve,
         ),
-        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil close".to_vec(), true),
+        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil close".to_vec(), Then::Close),
         "/continue" => {
             let mut out = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
             out.extend(ok(b"after 100"));
-            (out, false)
+            (out, Then::Serve)
         }
-        "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false),
+        "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), Then::Serve),
         // Both framings: the chunked one counts, and the connection is not trusted again.
         "/both" => (
             b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n4\r\nboth\r\n0\r\n\r\n".to_vec(),
-            false,
+            Then::Serve,
         ),
         // A second response nobody asked for, right behind the first.
         "/smuggle" => {
             let mut out = ok(b"first");
             out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled");
-            (out, false)
+            (out, Then::Serve)
         }
-        "/invalid" => (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), true),
-        "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort".to_vec(), true),
+        // Trailer fields after the last chunk: one to pass on, and framing, routing and
+        // connection fields that have no place in trailers (RFC 9110 6.5.1).
+        "/trailers" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n7\r\nchecked\r\n0\r\nX-Checksum: abc\r\nContent-Length: 5\r\nConnection: x\r\nTransfer-Encoding: chunked\r\nHost: elsewhere\r\n\r\n".to_vec(),
+            Then::Serve,
+        ),
+        // An upload refused on sight of its head: the answer goes out, and the connection
+        // closes with the body unread (the kernel then resets it).
+        "/upload" => (
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!".to_vec(),
+            Then::Close,
+        ),
+        // The same refusal, and then the target neither reads nor closes: only a proxy that
+        // watches for the answer while it writes sees it.
+        "/upload/held" => (
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 5\r\n\r\nwho?!".to_vec(),
+            Then::Hold,
+        ),
+        "/invalid" => (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n".to_vec(), Then::Close),
+        "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort".to_vec(), Then::Close),
         // A connection kept idle, then closed unanswered as a request arrives on it: what a
         // target's keep-alive timeout looks like when it strikes just as the proxy reuses it.
-        "/drop-reused" if served > 0 => (Vec::new(), true),
-        _ => (ok(b"ok"), false),
+        "/drop-reused" if served > 0 => (Vec::new(), Then::Close),
+        _ => (ok(b"ok"), Then::Serve),
     }
 }
 
@@ -130,6 +164,12 @@ impl Drop for RawUpstream {
     }
 }
 
+/// The `/upload` route's body limit.
+const UPLOAD_LIMIT: usize = 32 << 20;
+
+/// A gateway with one Service for `up` (its `pool` settings) and two Routes: `/` for
+/// everything, and `/upload`, whose body limit makes request bodies of unknown length be read
+/// whole before they are sent (to the target through the proxy's own HTTP/1.1 codec).
 async fn gateway_to(up: &RawUpstream, pool: serde_json::Value) -> (Cluster, String) {
     let cluster = Cluster::start_initialised(1, &[]).await;
     cluster
@@ -142,6 +182,11 @@ async fn gateway_to(up: &RawUpstream, pool: serde_json::Value) -> (Cluster, Stri
                     json!({"targets": [{"url": format!("http://127.0.0.1:{}", up.port)}], "pool": pool}),
                 ),
                 route("raw", "/", "raw"),
+                resource(
+                    "Route",
+                    "upload",
+                    json!({"paths": ["/upload"], "service": "raw", "max_body_bytes": UPLOAD_LIMIT}),
+                ),
             ],
             vec![],
         )
@@ -343,5 +388,101 @@ async fn an_idempotent_request_on_a_connection_the_target_closes_is_sent_again_o
         up.accepted(),
         before,
         "the POST went out on a second connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_after_a_chunked_upstream_body_reach_an_http2_client() {
+    use http_body_util::BodyExt;
+    let up = RawUpstream::start().await;
+    let (_c, proxy) = gateway_to(&up, json!({})).await;
+    // HTTP/2 with prior knowledge (h2c): the downstream side that always carries trailers.
+    let stream = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let before = up.accepted();
+    for _ in 0..2 {
+        let req = hyper::Request::get("http://gateway.test/trailers")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .expect("the body within 10 s")
+            .expect("the whole body, trailers included");
+        let trailers = body.trailers().cloned();
+        assert_eq!(&body.to_bytes()[..], b"checked");
+        // Only the checksum: the framing, routing and connection fields are not trailers.
+        let mut want = hyper::HeaderMap::new();
+        want.insert("x-checksum", "abc".parse().unwrap());
+        assert_eq!(trailers, Some(want));
+    }
+    // Read to its end, trailers included, the upstream connection served both (it is the
+    // one the readiness probes left idle).
+    assert_eq!(
+        up.accepted(),
+        before,
+        "a new upstream connection per response"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_refuses_an_upload_mid_body_has_its_answer_delivered() {
+    let up = RawUpstream::start().await;
+    let (_c, proxy) = gateway_to(&up, json!({})).await;
+    // 16 MiB of unknown length, read whole by the proxy (the route's limit) and sent as one
+    // buffered body: far more than the sockets between the proxy and the target hold, so the
+    // target's answer arrives while the proxy is still writing it.
+    let body_len = 16 << 20;
+    assert!(body_len < UPLOAD_LIMIT);
+    // The target answers on sight of the head, then closes (and so resets the connection),
+    // or holds it without reading on.
+    for (path, answer) in [
+        ("/upload", "HTTP/1.1 413 Payload Too Large"),
+        ("/upload/held", "HTTP/1.1 401 Unauthorized"),
+    ] {
+        let stream = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nhost: gateway.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{body_len:x}\r\n"
+            );
+            wr.write_all(head.as_bytes()).await?;
+            wr.write_all(&vec![b'u'; body_len]).await?;
+            wr.write_all(b"\r\n0\r\n\r\n").await?;
+            Ok::<_, std::io::Error>(wr)
+        });
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut raw))
+            .await
+            .expect("the proxy answered within 30 s")
+            .expect("the answer");
+        writer
+            .await
+            .unwrap()
+            .expect("the proxy read the whole body");
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            text.starts_with(answer),
+            "{path}: the client got {:?}, not the target's {answer:?}",
+            text.lines().next()
+        );
+        let body = if path == "/upload" {
+            "too big!"
+        } else {
+            "who?!"
+        };
+        assert!(text.ends_with(&format!("\r\n\r\n{body}")), "{text:?}");
+    }
+    // Whatever state those connections were left in, they serve nothing more.
+    assert_eq!(
+        exchange(&proxy, "GET", "/ok").await,
+        Some((200, b"ok".to_vec()))
     );
 }
