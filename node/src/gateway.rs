@@ -15,6 +15,7 @@ pub mod cache;
 pub mod circuit;
 pub mod concurrency;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod jwt;

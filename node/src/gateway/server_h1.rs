@@ -48,6 +48,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{ProxyBody, RequestBody};
+use super::h1::{lists_token, parse_decimal};
 
 /// The most header fields accepted in a request head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -248,7 +249,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 if lengthless {
                     continue;
                 }
-                let n = parse_decimal(value.as_bytes()).ok_or_else(|| {
+                let n = parse_decimal(value.as_bytes().trim_ascii()).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         "invalid response Content-Length",
@@ -265,7 +266,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 // The framing is ours alone.
                 continue;
             } else if name == CONNECTION {
-                closing |= has_token(value.as_bytes(), b"close");
+                closing |= lists_token(value.as_bytes(), b"close");
             } else if name == DATE {
                 dated = true;
             }
@@ -501,8 +502,8 @@ fn parse_request(buf: &[u8]) -> Parse {
             17 if is("transfer-encoding") => return Parse::NotOurs,
             7 if is("upgrade") => return Parse::NotOurs,
             6 if is("expect") => return Parse::NotOurs,
-            10 if is("connection") => asked.keep_alive &= !has_token(value, b"close"),
-            2 if is("te") => asked.trailers |= has_token(value, b"trailers"),
+            10 if is("connection") => asked.keep_alive &= !lists_token(value, b"close"),
+            2 if is("te") => asked.trailers |= lists_token(value, b"trailers"),
             _ => {}
         }
     }
@@ -535,20 +536,6 @@ fn parse_request(buf: &[u8]) -> Parse {
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     Parse::Complete(len, req, asked)
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    let s = s.trim_ascii();
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Starts `out` afresh with the status line.
@@ -606,20 +593,7 @@ fn poll_fill<I: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
-    }
-    let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
-    match Pin::new(io).poll_read(cx, &mut read) {
-        Poll::Ready(Ok(())) => {
-            let n = read.filled().len();
-            // SAFETY: `ReadBuf` initialised and filled these `n` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            Poll::Ready(Ok(n))
-        }
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => Poll::Pending,
-    }
+    super::h1::poll_fill(io, buf, READ_CHUNK, cx)
 }
 
 /// A connection handed to hyper with the bytes this codec already read put back in front.

@@ -47,6 +47,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::BoxError;
+use super::h1::{lists_token, parse_decimal};
 use super::pool::{Io, PoolShared};
 
 /// The largest response head accepted from a target.
@@ -548,13 +549,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ExchangeError> {
     Ok(found)
 }
 
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
 fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
     headers
         .get_all(TRANSFER_ENCODING)
@@ -565,11 +559,10 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
 }
 
 fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| lists_token(v.as_bytes(), token.as_bytes()))
 }
 
 /// Methods whose requests carry a body by definition: an empty one is sent as
@@ -583,21 +576,7 @@ fn poll_fill(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
-    }
-    let spare = buf.spare_capacity_mut();
-    let mut read = ReadBuf::uninit(spare);
-    match Pin::new(&mut **io).poll_read(cx, &mut read) {
-        Poll::Ready(Ok(())) => {
-            let n = read.filled().len();
-            // SAFETY: `ReadBuf` initialised and filled these `n` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            Poll::Ready(Ok(n))
-        }
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => Poll::Pending,
-    }
+    super::h1::poll_fill(&mut **io, buf, READ_CHUNK, cx)
 }
 
 /// Writes as much of `rest` as the socket takes now; true once the writing is over: all of
