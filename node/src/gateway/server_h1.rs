@@ -5,7 +5,7 @@
 //!
 //! Why not hyper's server for these: its HTTP/1 connection (dispatcher, per-request timer,
 //! body channel, encoder) was a third of the proxy's instructions per request
-//! (benches/README.md, "Where the time goes").
+//! (benches/README.md, "Instructions per request").
 //!
 //! Everything else goes to hyper for the rest of the connection ([`Served::Handoff`], the
 //! bytes already read put back in front): a request with a body (a Content-Length other than
