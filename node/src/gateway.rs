@@ -305,8 +305,6 @@ impl Gateway {
             .max_header_list_size(self.settings.max_header_bytes as u32);
         let builder = Arc::new(builder);
         let drain = Arc::new(server_h1::Drain::default());
-        // Every connection's task holds a sender: all have ended when `recv` sees none left.
-        let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         loop {
             let (stream, client) = tokio::select! {
                 r = listener.accept() => match r {
@@ -321,11 +319,10 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let gw = self.clone();
             let builder = builder.clone();
+            // Held by the connection's task to its end: the drain waits for the last one.
             let signal = drain.signal();
-            let open = open.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let _open = open;
                 let Some(acceptor) = tls else {
                     let peer = Peer {
                         addr: client,
@@ -366,9 +363,8 @@ impl Gateway {
         }
         drop(listener);
         drain.start();
-        drop(open);
         tokio::select! {
-            _ = all_closed.recv() => tracing::info!("proxy drained"),
+            () = drain.all_closed() => tracing::info!("proxy drained"),
             _ = tokio::time::sleep(self.settings.drain_timeout) => {
                 tracing::warn!(timeout = ?self.settings.drain_timeout, "proxy drain timed out; closing remaining connections");
             }

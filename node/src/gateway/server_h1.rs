@@ -44,7 +44,7 @@ use hyper::body::Body;
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
 use super::body::{ProxyBody, RequestBody};
@@ -649,25 +649,40 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewound<I> {
     }
 }
 
-/// Tells every open client connection to finish, on shutdown. Each connection registers
-/// once and waits on a signal of its own: polling it on every request takes no lock shared
-/// with other connections (a `watch` channel's would).
+/// Tells every open client connection to finish, on shutdown, and knows when the last one
+/// has. Each connection registers once and waits on a signal of its own: polling it on every
+/// request takes no lock shared with other connections (a `watch` channel's would).
 #[derive(Default)]
 pub struct Drain {
     draining: AtomicBool,
     next_id: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    connections: Mutex<Connections>,
+    /// Woken when the last connection's signal is dropped.
+    all_closed: Notify,
+}
+
+#[derive(Default)]
+struct Connections {
+    /// The signals not yet sent, by connection.
+    waiting: HashMap<u64, oneshot::Sender<()>>,
+    /// Connections whose [`DrainSignal`] is alive (their task holds it to its end).
+    open: usize,
 }
 
 impl Drain {
-    /// A signal for one connection.
+    fn connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A signal for one connection, held by its task until the connection ends.
     pub fn signal(self: &Arc<Self>) -> DrainSignal {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut connections = self.connections();
+        connections.open += 1;
         // Checked under the lock `start` takes, so no connection misses the signal.
         if !self.draining.load(Ordering::Relaxed) {
-            waiting.insert(id, tx);
+            connections.waiting.insert(id, tx);
         }
         DrainSignal {
             rx,
@@ -678,10 +693,24 @@ impl Drain {
 
     /// Signals every connection, and every one registered from now on.
     pub fn start(&self) {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut connections = self.connections();
         self.draining.store(true, Ordering::Relaxed);
-        for (_, tx) in waiting.drain() {
+        for (_, tx) in connections.waiting.drain() {
             let _ = tx.send(());
+        }
+    }
+
+    /// Returns once no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let woken = self.all_closed.notified();
+            let mut woken = std::pin::pin!(woken);
+            // Registered before looking, so a close in between is not missed.
+            woken.as_mut().enable();
+            if self.connections().open == 0 {
+                return;
+            }
+            woken.await;
         }
     }
 }
@@ -710,8 +739,12 @@ impl Future for DrainSignal {
 
 impl Drop for DrainSignal {
     fn drop(&mut self) {
-        let mut waiting = self.drain.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        waiting.remove(&self.id);
+        let mut connections = self.drain.connections();
+        connections.waiting.remove(&self.id);
+        connections.open -= 1;
+        if connections.open == 0 {
+            self.drain.all_closed.notify_waiters();
+        }
     }
 }
 
@@ -785,6 +818,34 @@ mod tests {
             Parse::Partial
         ));
         assert!(matches!(parse_request(b"PRI * HTTP/2"), Parse::Partial));
+    }
+
+    #[tokio::test]
+    async fn the_drain_signals_every_connection_and_ends_with_the_last() {
+        let drain = Arc::new(Drain::default());
+        let (mut first, second) = (drain.signal(), drain.signal());
+        drain.start();
+        (&mut first).await;
+        assert!(first.is_draining());
+        // One opened during the drain is told at once.
+        let late = drain.signal();
+        late.await;
+        let mut closed = std::pin::pin!(drain.all_closed());
+        assert!(
+            poll_once(closed.as_mut()).is_pending(),
+            "two still open"
+        );
+        drop(first);
+        assert!(
+            poll_once(closed.as_mut()).is_pending(),
+            "one still open"
+        );
+        drop(second);
+        closed.await;
+    }
+
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(std::task::Waker::noop()))
     }
 
     #[test]
