@@ -444,7 +444,10 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
-        let request_id = headers::request_id(req.headers_mut());
+        let headers::RequestId {
+            id: request_id,
+            made: made_request_id,
+        } = headers::request_id(req.headers_mut());
         // The descriptive fields cost allocations and a clock read: only when a log is kept.
         let mut entry = if self.access_log.is_enabled() {
             AccessEntry {
@@ -468,6 +471,7 @@ impl Gateway {
                 client,
                 tls,
                 client_cert.as_deref(),
+                made_request_id.then(|| request_id.clone()),
                 &mut entry,
                 &mut places,
             )
@@ -538,6 +542,7 @@ impl Gateway {
         client: SocketAddr,
         tls: bool,
         client_cert: Option<&auth::ClientCert>,
+        made_request_id: Option<HeaderValue>,
         entry: &mut AccessEntry,
         places: &mut Vec<concurrency::InFlightPlace>,
     ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
@@ -558,7 +563,10 @@ impl Gateway {
                 limit: self.settings.max_header_bytes,
             });
         }
-        let path = router::normalize_path(req.uri().path())
+        // The path borrows this copy (a reference count: the URI's text is shared), so the
+        // request can still be taken apart while the path is in use.
+        let uri = req.uri().clone();
+        let path = router::normalize_path(uri.path())
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         let logged = self.access_log.is_enabled();
         if logged {
@@ -578,7 +586,7 @@ impl Gateway {
             })
             .ok_or_else(|| GatewayError::NoRoute {
                 host: host.clone().unwrap_or_default(),
-                path: path.clone(),
+                path: path.to_string(),
             })?;
         let route = &snapshot.routes[found.rule_index];
         entry.route_metrics = Some(route.metrics.clone());
@@ -638,6 +646,9 @@ impl Gateway {
         let upstream = match &route.upstream {
             Some(u) => u.clone(),
             None => {
+                if let Some(id) = made_request_id {
+                    req.headers_mut().insert(headers::X_REQUEST_ID, id);
+                }
                 let prefix = found.matched_prefix_len.min(path.len());
                 let mut resp = self
                     .serve_ai(snapshot, route, &path[prefix..], req, caller.as_ref())
@@ -655,7 +666,7 @@ impl Gateway {
             Some(cache) => {
                 let mut key = match req.uri().query() {
                     Some(q) => format!("{path}?{q}"),
-                    None => path.clone(),
+                    None => path.to_string(),
                 };
                 if let Some(c) = &caller {
                     key = format!("{}\0{key}", c.consumer.name);
@@ -759,15 +770,24 @@ impl Gateway {
         };
         let client_trusted = headers::is_trusted(client.ip(), &self.settings.trusted_proxies);
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::set_forwarded(
+        let added = headers::UpstreamFields::prepare(
             &mut parts.headers,
             client.ip(),
             client_trusted,
             host.as_deref(),
             if tls { "https" } else { "http" },
+            made_request_id,
         );
-        headers::add_via(&mut parts.headers);
-        headers::propagate_traceparent(&mut parts.headers);
+        // A transformation, or a hash on a header, sees the request as the target will: the
+        // added fields in the map. Otherwise they go straight into the head our client writes.
+        let added = if route.spec.request.is_some()
+            || matches!(upstream.hash_on, Some(HashOn::Header(_)))
+        {
+            added.insert_into(&mut parts.headers);
+            None
+        } else {
+            Some(added)
+        };
         if let Some(v) = &route.spec.api_version {
             if let (Ok(name), Ok(value)) = (
                 hyper::header::HeaderName::from_bytes(v.header.as_bytes()),
@@ -818,6 +838,7 @@ impl Gateway {
         let result = forward(
             &upstream,
             &mut parts,
+            added.as_ref(),
             &forwarded_path,
             forwarded_query.as_deref(),
             body,
@@ -1188,9 +1209,9 @@ fn hash_key(on: &HashOn, headers: &hyper::HeaderMap, client: SocketAddr) -> Vec<
 }
 
 /// One attempt's request, for the client that carries it (`pool.rs`).
-enum Outgoing {
+enum Outgoing<'a> {
     /// A body in memory to an HTTP/1.1 target: our own codec.
-    Own(upstream_h1::BufferedRequest),
+    Own(upstream_h1::BufferedRequest<'a>),
     /// A streamed body, an upgrade, or HTTP/2: hyper.
     Hyper(Request<ProxyBody>),
 }
@@ -1209,6 +1230,7 @@ enum AttemptError {
 async fn forward(
     upstream: &Arc<Upstream>,
     parts: &mut hyper::http::request::Parts,
+    added: Option<&headers::UpstreamFields<'_>>,
     path: &str,
     query: Option<&str>,
     body: ForwardBody,
@@ -1289,7 +1311,6 @@ async fn forward(
         } else {
             std::mem::take(&mut parts.headers)
         };
-        headers.insert(HOST, target.host_header.clone());
         // A body in memory to an HTTP/1.1 target (the common case) goes through our own
         // codec in this task; a streamed body, an upgrade or HTTP/2 through hyper.
         let outgoing = match &replay {
@@ -1303,7 +1324,9 @@ async fn forward(
                 Outgoing::Own(upstream_h1::BufferedRequest {
                     method: parts.method.clone(),
                     target: std::mem::take(&mut uri),
+                    host: target.host_header.clone(),
                     headers: std::mem::take(&mut headers),
+                    added,
                     body: body.clone(),
                 })
             }
@@ -1328,6 +1351,10 @@ async fn forward(
                     })
                     .body(body)
                     .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                headers.insert(HOST, target.host_header.clone());
+                if let Some(added) = added {
+                    added.insert_into(&mut headers);
+                }
                 *req.headers_mut() = std::mem::take(&mut headers);
                 Outgoing::Hyper(req)
             }

@@ -307,6 +307,12 @@ async fn proxy_headers_are_set_and_client_supplied_ones_not_trusted() {
                 "web",
                 json!({"paths": ["/api"], "strip_prefix": true, "service": "web"}),
             ),
+            resource(
+                "Route",
+                "changed",
+                json!({"paths": ["/changed"], "service": "web",
+                       "request": {"headers": {"set": {"x-forwarded-proto": "changed"}}}}),
+            ),
         ],
         &[],
     )
@@ -344,7 +350,35 @@ async fn proxy_headers_are_set_and_client_supplied_ones_not_trusted() {
         "header named by Connection must not be forwarded"
     );
     assert!(h["traceparent"].as_str().unwrap().starts_with("00-"));
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["host"], up.addr.to_string(), "the target's own Host");
+    assert_eq!(echo["repeated"], json!([]), "each field once");
     assert_eq!(r.headers["x-request-id"], "req-123");
+
+    // Without an id of the client's, the target and the client see the one the proxy made:
+    // with a body in memory (our HTTP/1.1 client), a streamed one (hyper), and on a route
+    // whose request transformation sees (and may change) the proxy's fields.
+    for (method, path, body) in [
+        ("GET", "/api/a", ""),
+        ("POST", "/api/b", "a streamed body"),
+        ("GET", "/changed/c", ""),
+    ] {
+        let r = http(method, &proxy, path, &[("via", "1.0 edge")], body).await;
+        assert_eq!(r.status, 200, "{method} {path}");
+        let echo = r.json();
+        let h = &echo["headers"];
+        let id = r.headers["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 32, "{method} {path}");
+        assert_eq!(h["x-request-id"], id, "{method} {path}");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{method} {path}");
+        assert_eq!(h["via"], "1.0 edge, 1.1 konnect", "{method} {path}");
+        assert_eq!(h["traceparent"].as_str().unwrap().len(), 55);
+        assert_eq!(echo["repeated"], json!([]), "{method} {path}");
+        assert_eq!(echo["body_len"], body.len());
+        if path.starts_with("/changed") {
+            assert_eq!(h["x-forwarded-proto"], "changed", "the transformation wins");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

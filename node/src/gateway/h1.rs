@@ -47,6 +47,15 @@ pub fn lists_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Whether every token of the comma-separated field value `value` is one of `tokens` (any
+/// case; empty list elements are allowed, as RFC 9110 section 5.6.1 says).
+pub fn lists_only(value: &[u8], tokens: &[&[u8]]) -> bool {
+    value.split(|b| *b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || tokens.iter().any(|k| t.eq_ignore_ascii_case(k))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +77,12 @@ mod tests {
     fn tokens_are_found_in_lists_in_any_case() {
         assert!(lists_token(b"keep-alive, Close", b"close"));
         assert!(!lists_token(b"closed", b"close"));
+        assert!(lists_only(b"Keep-Alive", &[b"keep-alive", b"close"]));
+        assert!(lists_only(
+            b"close, ,keep-alive",
+            &[b"keep-alive", b"close"]
+        ));
+        assert!(!lists_only(b"close, x-secret", &[b"keep-alive", b"close"]));
+        assert!(!lists_only(b"upgrade", &[b"keep-alive", b"close"]));
     }
 }

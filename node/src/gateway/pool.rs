@@ -142,7 +142,7 @@ impl ConnPool {
         &self,
         target: usize,
         origin: &Uri,
-        req: BufferedRequest,
+        req: BufferedRequest<'_>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let (conn, reused) = match self.take_idle_own(target) {
             Some(c) => (c, true),

@@ -225,15 +225,19 @@ pub enum PathError {
 /// - control characters, `%00`, malformed escapes and paths not starting with `/` (including
 ///   `*`) are refused; the empty path is `/`.
 ///
-/// The result is a fixed point: normalising it again returns it unchanged.
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+/// The result is a fixed point: normalising it again returns it unchanged. A path already in
+/// normal form (most are) is returned as it is, without a copy.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let Some(after_root) = raw.strip_prefix('/') else {
         return if raw.is_empty() {
-            Ok("/".to_owned())
+            Ok(Cow::Borrowed("/"))
         } else {
             Err(PathError::NotAbsolute)
         };
     };
+    if is_normal(after_root) {
+        return Ok(Cow::Borrowed(raw));
+    }
     // `normalized` holds "/seg1/seg2" with no trailing slash ("" for the root); segments never
     // contain '/' because encoded slashes are refused, so `..` can pop back to the last '/'.
     let mut normalized = String::with_capacity(raw.len());
@@ -259,7 +263,27 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if normalized.is_empty() || ends_with_slash {
         normalized.push('/');
     }
-    Ok(normalized)
+    Ok(Cow::Owned(normalized))
+}
+
+/// Whether a path (after its leading `/`) is already what [`normalize_path`] would make of
+/// it: only characters kept as they are, no escapes, no empty segment but a trailing one,
+/// and no `.` or `..` segment.
+fn is_normal(after_root: &str) -> bool {
+    let bytes = after_root.as_bytes();
+    let mut segment_start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        if byte == b'/' {
+            if matches!(&bytes[segment_start..i], b"" | b"." | b"..") {
+                return false;
+            }
+            segment_start = i + 1;
+        } else if !(is_unreserved(byte) || is_path_sub_delimiter(byte)) {
+            return false;
+        }
+    }
+    // The last segment may be empty (a trailing `/`, or the root itself).
+    !matches!(&bytes[segment_start..], b"." | b"..")
 }
 
 /// Appends one path segment (between two `/`) in normal form to `out`.
@@ -747,7 +771,9 @@ fn compile_path(rule: &RouteRule, pattern: &PathPattern) -> Result<CompiledPath,
             if !p.starts_with('/') {
                 return Err(invalid(kind, p, "must start with '/'".to_owned()));
             }
-            let normalized = normalize_path(p).map_err(|e| invalid(kind, p, e.to_string()))?;
+            let normalized = normalize_path(p)
+                .map_err(|e| invalid(kind, p, e.to_string()))?
+                .into_owned();
             Ok(match pattern {
                 PathPattern::Prefix(_) => CompiledPath::Prefix(normalized),
                 _ => CompiledPath::Exact(normalized),

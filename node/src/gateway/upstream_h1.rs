@@ -41,13 +41,14 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::BoxError;
-use super::h1::{lists_token, parse_decimal};
+use super::h1::{lists_only, lists_token, parse_decimal};
+use super::headers::UpstreamFields;
 use super::pool::{Io, PoolShared};
 
 /// The largest response head accepted from a target.
@@ -69,11 +70,15 @@ pub struct Connection {
 }
 
 /// A request whose body is in memory, ready to be written.
-pub struct BufferedRequest {
+pub struct BufferedRequest<'a> {
     pub method: Method,
     /// Origin form: path and query.
     pub target: String,
+    /// The Host field, written first; a Host in `headers` is not written.
+    pub host: HeaderValue,
     pub headers: HeaderMap,
+    /// The proxy's own fields, written after `headers`.
+    pub added: Option<&'a UpstreamFields<'a>>,
     pub body: Bytes,
 }
 
@@ -268,17 +273,15 @@ impl Connection {
         pool: Arc<PoolShared>,
         target: usize,
     ) -> Result<Response<ResponseBody>, ExchangeError> {
-        let mut reusable = unsent.is_none()
-            && head.version == Version::HTTP_11
-            && !has_token(&head.headers, &CONNECTION, "close");
+        let mut reusable = unsent.is_none() && head.version == Version::HTTP_11 && !head.close;
         let status = head.status;
         let framing = if head_only
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::Length(0)
-        } else if head.headers.contains_key(TRANSFER_ENCODING) {
-            if head.headers.contains_key(CONTENT_LENGTH) {
+        } else if head.transfer_encoding {
+            if !matches!(head.content_length, Ok(None)) {
                 // Both: the length is ignored, and the connection not trusted afterwards.
                 head.headers.remove(CONTENT_LENGTH);
                 reusable = false;
@@ -288,7 +291,7 @@ impl Connection {
             } else {
                 Framing::UntilClose
             }
-        } else if let Some(len) = content_length(&head.headers)? {
+        } else if let Some(len) = head.content_length.map_err(ExchangeError::Invalid)? {
             Framing::Length(len)
         } else {
             Framing::UntilClose
@@ -387,7 +390,7 @@ impl EncodedRequest {
     }
 }
 
-impl BufferedRequest {
+impl BufferedRequest<'_> {
     /// The request in HTTP/1.1 wire form, framed by its Content-Length alone.
     pub fn encode(self) -> EncodedRequest {
         let req = self;
@@ -400,23 +403,30 @@ impl BufferedRequest {
         let mut out = Vec::with_capacity(
             req.method.as_str().len()
                 + req.target.len()
+                + req.host.len()
                 + fields
+                + req.added.map_or(0, UpstreamFields::wire_len)
                 + 64
                 + req.body.len().min(16 * 1024),
         );
         out.extend_from_slice(req.method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(req.target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(req.host.as_bytes());
+        out.extend_from_slice(b"\r\n");
         for (name, value) in &req.headers {
-            // The body here is framed by its length alone.
-            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            // The body here is framed by its length alone; Host is the target's, above.
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == HOST {
                 continue;
             }
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
+        }
+        if let Some(added) = req.added {
+            added.write(&mut out);
         }
         if !req.body.is_empty() || method_has_body(&req.method) {
             out.extend_from_slice(b"content-length: ");
@@ -467,7 +477,15 @@ impl std::error::Error for ExchangeError {}
 struct Head {
     status: StatusCode,
     version: Version,
+    /// Without `Connection` when it only said keep-alive or close, and without `Keep-Alive`:
+    /// both concern this connection alone, and the flags below say what they meant.
     headers: HeaderMap,
+    /// `Connection: close`: the target closes the connection after this response.
+    close: bool,
+    /// A Transfer-Encoding field is present.
+    transfer_encoding: bool,
+    /// The Content-Length, when one is given (every value agreeing), or why it is invalid.
+    content_length: Result<Option<u64>, String>,
 }
 
 /// Parses a complete head off the front of `buf`, or None when more bytes are needed.
@@ -499,16 +517,40 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     // Header values are slices of the one buffer holding the head: no copy each.
     let base = buf.as_ptr() as usize;
     let mut spans = [const { MaybeUninit::<[usize; 4]>::uninit() }; MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+    let mut count = 0;
+    let mut close = false;
+    let mut transfer_encoding = false;
+    let mut content_length = Ok(None);
+    for field in parsed.headers.iter() {
+        let name = field.name.as_bytes();
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        match name.len() {
+            10 if is("connection") => {
+                close |= lists_token(field.value, b"close");
+                if lists_only(field.value, &[b"keep-alive", b"close"]) {
+                    continue;
+                }
+            }
+            10 if is("keep-alive") => continue,
+            14 if is("content-length") => {
+                if let Ok(found) = &mut content_length {
+                    if let Err(why) = add_content_length(found, field.value) {
+                        content_length = Err(why);
+                    }
+                }
+            }
+            17 if is("transfer-encoding") => transfer_encoding = true,
+            _ => {}
+        }
         let name = field.name.as_ptr() as usize - base;
         let value = field.value.as_ptr() as usize - base;
-        span.write([
+        spans[count].write([
             name,
             name + field.name.len(),
             value,
             value + field.value.len(),
         ]);
+        count += 1;
     }
     let head = buf.split_to(len).freeze();
     // Room for what the proxy adds to a response (Via, X-Request-Id) without growing.
@@ -518,33 +560,44 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
         let [ns, ne, vs, ve] = unsafe { span.assume_init() };
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| ExchangeError::Invalid("invalid header name".into()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| ExchangeError::Invalid(format!("invalid value for header {name}")))?;
+        // SAFETY: httparse accepted the value, so it holds only HTAB, SP, visible ASCII and
+        // obs-text bytes: exactly what a HeaderValue allows (hyper relies on the same).
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(vs..ve)) };
         headers.append(name, value);
     }
     Ok(Some(Head {
         status,
         version,
         headers,
+        close,
+        transfer_encoding,
+        content_length,
     }))
 }
 
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ExchangeError> {
-    let mut found: Option<u64> = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        // `Content-Length: 5, 5` is allowed when every value agrees.
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            let n = parse_decimal(part).ok_or_else(|| {
-                ExchangeError::Invalid(format!("invalid Content-Length {value:?}"))
-            })?;
-            if found.is_some_and(|f| f != n) {
-                return Err(ExchangeError::Invalid(
-                    "Content-Length values that differ".into(),
-                ));
-            }
-            found = Some(n);
+/// Adds one Content-Length field's value to what `found` holds: `Content-Length: 5, 5`, or
+/// the field twice, is allowed when every value agrees.
+fn add_content_length(found: &mut Option<u64>, value: &[u8]) -> Result<(), String> {
+    for part in value.split(|b| *b == b',') {
+        let n = parse_decimal(part.trim_ascii()).ok_or_else(|| {
+            format!(
+                "invalid Content-Length {:?}",
+                String::from_utf8_lossy(value)
+            )
+        })?;
+        if found.is_some_and(|f| f != n) {
+            return Err("Content-Length values that differ".into());
         }
+        *found = Some(n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
+    let mut found = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        add_content_length(&mut found, value.as_bytes())?;
     }
     Ok(found)
 }
@@ -556,13 +609,6 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
         .next_back()
         .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
         .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .any(|v| lists_token(v.as_bytes(), token.as_bytes()))
 }
 
 /// Methods whose requests carry a body by definition: an empty one is sent as

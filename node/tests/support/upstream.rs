@@ -1,6 +1,7 @@
 //! A programmable upstream for proxy tests (upstreams are outside konnect, so a test server
 //! stands in for them). Paths:
-//! - `/...` default: 200 with a JSON echo of method, path, query and headers, plus `X-Served-By`;
+//! - `/...` default: 200 with a JSON echo of method, path, query, headers (and the names that
+//!   came more than once), plus `X-Served-By`;
 //! - `/status/N`: answers status N;
 //! - `/slow/MS`: waits MS milliseconds, then answers 200;
 //! - `/flaky/K`: answers 503 to the first K requests on this server, then 200;
@@ -206,6 +207,14 @@ async fn serve(
                     )
                 })
                 .collect();
+            // Names that came more than once (`headers` keeps only the last value of each).
+            let mut repeated: Vec<String> = req
+                .headers()
+                .keys()
+                .filter(|k| req.headers().get_all(*k).iter().count() > 1)
+                .map(|k| k.to_string())
+                .collect();
+            repeated.dedup();
             let body = req
                 .into_body()
                 .collect()
@@ -214,7 +223,7 @@ async fn serve(
                 .unwrap_or_default();
             let echo = serde_json::json!({
                 "method": method, "path": path, "query": query, "headers": headers,
-                "body_len": body.len(), "served_by": name,
+                "repeated": repeated, "body_len": body.len(), "served_by": name,
             });
             full(200, serde_json::to_vec(&echo).unwrap(), name)
         }
