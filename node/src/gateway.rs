@@ -31,6 +31,7 @@ pub mod upstream;
 pub mod upstream_h1;
 pub mod upstream_tls;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -455,7 +456,9 @@ impl Gateway {
                 request_id: request_id.to_str().unwrap_or_default().to_string(),
                 client_ip: client.ip().to_string(),
                 method: req.method().to_string(),
-                host: request_host(&req).unwrap_or_default(),
+                host: request_host(req.headers().get(HOST), req.uri())
+                    .map(Cow::into_owned)
+                    .unwrap_or_default(),
                 path: snapshot.redactor.text(req.uri().path()).into_owned(),
                 query: req.uri().query().map(|q| snapshot.redactor.query(q)),
                 ..Default::default()
@@ -572,7 +575,9 @@ impl Gateway {
         if logged {
             entry.path = snapshot.redactor.text(&path).into_owned();
         }
-        let host = request_host(&req);
+        // Borrows a copy of the field (a reference count), like the path.
+        let host_field = req.headers().get(HOST).cloned();
+        let host = request_host(host_field.as_ref(), &uri);
 
         // Phase: match_route.
         let found = snapshot
@@ -585,7 +590,7 @@ impl Gateway {
                 headers: req.headers(),
             })
             .ok_or_else(|| GatewayError::NoRoute {
-                host: host.clone().unwrap_or_default(),
+                host: host.as_deref().unwrap_or_default().to_owned(),
                 path: path.to_string(),
             })?;
         let route = &snapshot.routes[found.rule_index];
@@ -1109,10 +1114,10 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// Host from the Host header (HTTP/1.1) or the URI authority (HTTP/2), without the port.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
+fn request_host<'a>(field: Option<&'a HeaderValue>, uri: &'a Uri) -> Option<Cow<'a, str>> {
+    let raw = match field.and_then(|h| h.to_str().ok()) {
         Some(h) => h,
-        None => req.uri().authority()?.as_str(),
+        None => uri.authority()?.as_str(),
     };
     let host = if raw.starts_with('[') {
         // `[v6]:port` keeps its brackets.
@@ -1120,7 +1125,11 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
-    Some(host.to_ascii_lowercase())
+    // Most clients send it in lower case already: then no copy.
+    Some(match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(host.to_ascii_lowercase()),
+        false => Cow::Borrowed(host),
+    })
 }
 
 /// The request body as it will be forwarded: checked against the route's limit, and
@@ -1480,7 +1489,7 @@ mod tests {
     fn request_host_is_the_lower_case_name_without_the_port() {
         let host = |h: &str| {
             let req = Request::builder().header(HOST, h).body(()).unwrap();
-            request_host(&req)
+            request_host(req.headers().get(HOST), req.uri())
         };
         assert_eq!(
             host("API.Example.com:8080").as_deref(),
@@ -1493,9 +1502,12 @@ mod tests {
             .uri("https://Api.Example.com:443/x")
             .body(())
             .unwrap();
-        assert_eq!(request_host(&h2).as_deref(), Some("api.example.com"));
+        assert_eq!(
+            request_host(h2.headers().get(HOST), h2.uri()).as_deref(),
+            Some("api.example.com")
+        );
         let none = Request::builder().uri("/x").body(()).unwrap();
-        assert_eq!(request_host(&none), None);
+        assert_eq!(request_host(none.headers().get(HOST), none.uri()), None);
     }
 
     #[test]

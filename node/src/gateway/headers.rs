@@ -277,49 +277,73 @@ impl<'a> UpstreamFields<'a> {
         }
     }
 
-    /// Each field as its name and value, in the order they are written.
-    fn each(&self, mut field: impl FnMut(&HeaderName, &[u8], &[u8])) {
+    /// Each field in the order they are written: its name, the name as written (`name: `),
+    /// and its value in one or two parts.
+    fn each(&self, mut field: impl FnMut(&HeaderName, &'static [u8], &[u8], &[u8])) {
         match &self.forwarded_for {
-            ForwardedFor::Client(ip) => field(&X_FORWARDED_FOR, ip.as_str().as_bytes(), b""),
-            ForwardedFor::Extended(v) => field(&X_FORWARDED_FOR, v.as_bytes(), b""),
+            ForwardedFor::Client(ip) => field(
+                &X_FORWARDED_FOR,
+                b"x-forwarded-for: ",
+                ip.as_str().as_bytes(),
+                b"",
+            ),
+            ForwardedFor::Extended(v) => {
+                field(&X_FORWARDED_FOR, b"x-forwarded-for: ", v.as_bytes(), b"")
+            }
         }
         if let Some(proto) = self.proto {
-            field(&X_FORWARDED_PROTO, proto.as_bytes(), b"");
+            field(
+                &X_FORWARDED_PROTO,
+                b"x-forwarded-proto: ",
+                proto.as_bytes(),
+                b"",
+            );
         }
         if let Some(host) = self.host {
-            field(&X_FORWARDED_HOST, host.as_bytes(), b"");
+            field(
+                &X_FORWARDED_HOST,
+                b"x-forwarded-host: ",
+                host.as_bytes(),
+                b"",
+            );
         }
         match &self.prior_via {
-            Some(prior) => field(&hyper::header::VIA, prior.as_bytes(), VIA_APPENDED),
-            None => field(&hyper::header::VIA, VIA_VALUE.as_bytes(), b""),
+            Some(prior) => field(
+                &hyper::header::VIA,
+                b"via: ",
+                prior.as_bytes(),
+                VIA_APPENDED,
+            ),
+            None => field(&hyper::header::VIA, b"via: ", VIA_VALUE.as_bytes(), b""),
         }
-        field(&TRACEPARENT, &self.traceparent, b"");
+        field(&TRACEPARENT, b"traceparent: ", &self.traceparent, b"");
         if let Some(id) = &self.request_id {
-            field(&X_REQUEST_ID, id.as_bytes(), b"");
+            field(&X_REQUEST_ID, b"x-request-id: ", id.as_bytes(), b"");
         }
     }
 
     /// How many bytes [`UpstreamFields::write`] adds.
     pub fn wire_len(&self) -> usize {
         let mut len = 0;
-        self.each(|name, value, more| len += name.as_str().len() + value.len() + more.len() + 4);
+        self.each(|_, prefix, value, more| len += prefix.len() + value.len() + more.len() + 2);
         len
     }
 
     /// Appends the fields to an HTTP/1.1 head being written.
     pub fn write(&self, out: &mut Vec<u8>) {
-        self.each(|name, value, more| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
+        self.each(|_, prefix, value, more| {
+            out.extend_from_slice(prefix);
             out.extend_from_slice(value);
-            out.extend_from_slice(more);
+            if !more.is_empty() {
+                out.extend_from_slice(more);
+            }
             out.extend_from_slice(b"\r\n");
         });
     }
 
     /// Sets the fields in a header map.
     pub fn insert_into(&self, headers: &mut HeaderMap) {
-        self.each(|name, value, more| {
+        self.each(|name, _, value, more| {
             let value = match more.is_empty() {
                 true => HeaderValue::from_bytes(value),
                 false => HeaderValue::from_bytes(&[value, more].concat()),

@@ -526,6 +526,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         match name.len() {
             10 if is("connection") => {
+                // The usual value first, without splitting a list.
+                if field.value.eq_ignore_ascii_case(b"keep-alive") {
+                    continue;
+                }
                 close |= lists_token(field.value, b"close");
                 if lists_only(field.value, &[b"keep-alive", b"close"]) {
                     continue;
