@@ -466,7 +466,7 @@ impl Gateway {
         } else {
             AccessEntry::default()
         };
-        let mut places = Vec::new();
+        let mut held = Held::default();
         let result = self
             .proxy(
                 &snapshot,
@@ -476,7 +476,7 @@ impl Gateway {
                 client_cert.as_deref(),
                 made_request_id.then(|| request_id.clone()),
                 &mut entry,
-                &mut places,
+                &mut held,
             )
             .await;
         let (mut resp, idle) = match result {
@@ -521,8 +521,8 @@ impl Gateway {
         let log = self.access_log.clone();
         let (parts, body) = resp.into_parts();
         let metered = MeteredBody::new(body, idle, move |bytes, complete| {
-            // The request leaves its concurrency limits when its body is done.
-            drop(places);
+            // The request leaves its target and its concurrency limits when its body is done.
+            held.release(complete);
             entry.bytes_sent = bytes;
             entry.complete = complete;
             match &route_metrics {
@@ -547,7 +547,7 @@ impl Gateway {
         client_cert: Option<&auth::ClientCert>,
         made_request_id: Option<HeaderValue>,
         entry: &mut AccessEntry,
-        places: &mut Vec<concurrency::InFlightPlace>,
+        held: &mut Held,
     ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
         // Phase: normalize. (A request with a body reaches here through hyper, whose parser
         // settles its framing per RFC 9112: with both Transfer-Encoding and Content-Length,
@@ -638,7 +638,7 @@ impl Gateway {
                 caller.as_ref(),
                 client,
                 req.headers(),
-                places,
+                &mut held.places,
             )?;
         }
 
@@ -880,7 +880,7 @@ impl Gateway {
                         client_upgrade,
                         resp,
                         protocol,
-                        (in_flight, std::mem::take(places)),
+                        (in_flight, std::mem::take(&mut held.places)),
                         upstream.spec.timeouts.upgraded_idle.as_ref().map(|d| d.0),
                     ),
                     upstream.spec.timeouts.idle.0,
@@ -896,11 +896,9 @@ impl Gateway {
             t.apply(&mut rparts.headers);
         }
         // The target's request slot (in-flight count) and its connection are held until the
-        // body is done.
-        let body = MeteredBody::new(rbody, upstream.spec.timeouts.idle.0, move |_, complete| {
-            in_flight.finish(complete)
-        });
-        let resp = Response::from_parts(rparts, BodyExt::boxed(body));
+        // body is done: `handle` meters the body (one layer for both).
+        held.target = Some(in_flight);
+        let resp = Response::from_parts(rparts, BodyExt::boxed(rbody));
         let resp = match (&route.cache, cache_ticket) {
             (Some(cache), Some(ticket)) => cache.store(ticket, resp),
             _ => resp,
@@ -910,6 +908,24 @@ impl Gateway {
             ratelimit_headers(resp.headers_mut(), v);
         }
         Ok((resp, upstream.spec.timeouts.idle.0))
+    }
+}
+
+/// What a request holds until its response body is done (or dropped).
+#[derive(Default)]
+struct Held {
+    /// Places in the concurrency limits that count it.
+    places: Vec<concurrency::InFlightPlace>,
+    /// Its target's request slot, and the connection its response is read from.
+    target: Option<InFlightGuard>,
+}
+
+impl Held {
+    /// Gives everything back: the connection to its pool when `body_complete`.
+    fn release(self, body_complete: bool) {
+        if let Some(target) = self.target {
+            target.finish(body_complete);
+        }
     }
 }
 
