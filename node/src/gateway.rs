@@ -452,6 +452,7 @@ impl Gateway {
         // The descriptive fields cost allocations and a clock read: only when a log is kept.
         let mut entry = if self.access_log.is_enabled() {
             AccessEntry {
+                kept: true,
                 ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 request_id: request_id.to_str().unwrap_or_default().to_string(),
                 client_ip: client.ip().to_string(),
@@ -1316,7 +1317,9 @@ async fn forward(
             tried_len += 1;
         }
         let target = &upstream.targets[i];
-        entry.upstream = Some(target.display.clone());
+        if entry.kept {
+            entry.upstream = Some(target.display.clone());
+        }
         entry.attempts = attempt;
 
         let mut uri = String::with_capacity(
@@ -1385,7 +1388,8 @@ async fn forward(
             }
         };
 
-        let sent = Instant::now();
+        // Timed for the log alone.
+        let sent = entry.kept.then(Instant::now);
         let mut wait = spec.timeouts.read.0;
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
@@ -1421,7 +1425,9 @@ async fn forward(
             Ok(Err(SendError::Failed(detail))) => Err(AttemptError::Reset(detail)),
             Err(_) => Err(AttemptError::Timeout),
         };
-        entry.upstream_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+        if let Some(sent) = sent {
+            entry.upstream_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+        }
         let (retry_on, err) = match outcome {
             Ok(resp) => {
                 let status = resp.status();

@@ -42,6 +42,10 @@ pub struct AccessEntry {
     /// filled only when it is.
     #[serde(skip)]
     pub route_metrics: Option<std::sync::Arc<super::route_metrics::RouteMetrics>>,
+    /// Whether this entry will be written (a log is kept): the descriptive fields, which
+    /// cost allocations and clock reads, are filled only then.
+    #[serde(skip)]
+    pub kept: bool,
 }
 
 /// Where access log lines go.
