@@ -1390,26 +1390,31 @@ async fn forward(
 
         // Timed for the log alone.
         let sent = entry.kept.then(Instant::now);
-        let mut wait = spec.timeouts.read.0;
+        // The read timeout (within the total one) bounds the attempt up to the response head.
+        let mut wait_until = Instant::now() + spec.timeouts.read.0;
         if let Some(d) = deadline {
-            wait = wait.min(d.saturating_duration_since(Instant::now()));
+            wait_until = wait_until.min(d);
         }
-        let exchange = async {
-            match outgoing {
-                Outgoing::Own(req) => upstream
-                    .pool
-                    .exchange(i, &target.connect_to, req)
-                    .await
-                    .map(|resp| (resp, None)),
-                Outgoing::Hyper(req) => upstream.pool.send(i, &target.connect_to, req).await,
-            }
+        let sending = match outgoing {
+            // Our client keeps the deadline with the connection's own timer.
+            Outgoing::Own(req) => upstream
+                .pool
+                .exchange(i, &target.connect_to, req, wait_until)
+                .await
+                .map(|resp| (resp, None)),
+            Outgoing::Hyper(req) => tokio::time::timeout_at(
+                wait_until.into(),
+                upstream.pool.send(i, &target.connect_to, req),
+            )
+            .await
+            .unwrap_or(Err(SendError::TimedOut)),
         };
-        let outcome = match tokio::time::timeout(wait, exchange).await {
-            Ok(Ok((resp, connection))) => {
+        let outcome = match sending {
+            Ok((resp, connection)) => {
                 in_flight.connection = connection;
                 Ok(resp)
             }
-            Ok(Err(SendError::Connect { detail, headers })) => {
+            Err(SendError::Connect { detail, headers }) => {
                 if parts.headers.is_empty() {
                     parts.headers = headers;
                 }
@@ -1417,13 +1422,13 @@ async fn forward(
             }
             // The client stalled while its body streamed to the upstream: not the upstream's
             // failure, and nothing to retry.
-            Ok(Err(SendError::BodyStalled)) => {
+            Err(SendError::BodyStalled) => {
                 return Err(GatewayError::RequestBodyTimeout {
                     idle: spec.timeouts.idle.0,
                 })
             }
-            Ok(Err(SendError::Failed(detail))) => Err(AttemptError::Reset(detail)),
-            Err(_) => Err(AttemptError::Timeout),
+            Err(SendError::Failed(detail)) => Err(AttemptError::Reset(detail)),
+            Err(SendError::TimedOut) => Err(AttemptError::Timeout),
         };
         if let Some(sent) = sent {
             entry.upstream_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);

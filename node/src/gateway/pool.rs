@@ -59,6 +59,9 @@ pub enum SendError {
     BodyStalled,
     /// The exchange failed once connected: reset, closed early, or an invalid response.
     Failed(String),
+    /// No response head before the attempt's deadline (`timeouts.read`, within
+    /// `timeouts.total`).
+    TimedOut,
 }
 
 /// The connections of one Service, per target (same order as `Upstream::targets`).
@@ -138,15 +141,18 @@ impl ConnPool {
     /// Sends a request whose body is in memory to `target` (at `origin`) with our own
     /// HTTP/1.1 codec, on an idle connection of ours or a new one. The connection goes back
     /// to the pool when the response body has been read to its end.
+    ///
+    /// Everything up to the response head must be done by `deadline`, connecting included.
     pub async fn exchange(
         &self,
         target: usize,
         origin: &Uri,
         req: BufferedRequest<'_>,
+        deadline: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let (conn, reused) = match self.take_idle_own(target) {
             Some(c) => (c, true),
-            None => match self.open(origin).await {
+            None => match self.open_by(origin, deadline).await? {
                 Ok(io) => (upstream_h1::Connection::new(io), false),
                 Err(detail) => {
                     return Err(SendError::Connect {
@@ -157,16 +163,18 @@ impl ConnPool {
             },
         };
         let req = req.encode();
-        let first = conn.exchange(&req, self.shared.clone(), target).await;
+        let first = conn
+            .exchange(&req, deadline, self.shared.clone(), target)
+            .await;
         let result = match first {
             // The target closed a connection it had kept idle just as the request went out
             // (it read nothing, or dropped it unanswered): an idempotent request goes again,
             // once, on a new connection.
             Err(ExchangeError::ClosedBeforeResponse) if reused && req.resendable => {
-                match self.open(origin).await {
+                match self.open_by(origin, deadline).await? {
                     Ok(io) => {
                         upstream_h1::Connection::new(io)
-                            .exchange(&req, self.shared.clone(), target)
+                            .exchange(&req, deadline, self.shared.clone(), target)
                             .await
                     }
                     Err(detail) => {
@@ -180,7 +188,21 @@ impl ConnPool {
         };
         result
             .map(|resp| resp.map(UpstreamBody::Own))
-            .map_err(|e| SendError::Failed(e.to_string()))
+            .map_err(|e| match e {
+                ExchangeError::TimedOut => SendError::TimedOut,
+                e => SendError::Failed(e.to_string()),
+            })
+    }
+
+    /// Opens a connection, unless `deadline` passes first.
+    async fn open_by(
+        &self,
+        origin: &Uri,
+        deadline: Instant,
+    ) -> Result<Result<Io, String>, SendError> {
+        tokio::time::timeout_at(deadline.into(), self.open(origin))
+            .await
+            .map_err(|_| SendError::TimedOut)
     }
 
     fn take_idle_own(&self, target: usize) -> Option<upstream_h1::Connection> {

@@ -67,6 +67,11 @@ pub struct Connection {
     io: Box<TokioIo<Io>>,
     /// Bytes read but not yet consumed; empty whenever the connection is idle.
     buf: BytesMut,
+    /// The deadline of the exchange under way, made on the first and moved on by each next
+    /// one: a later deadline only updates the registered timer (one atomic step), where a
+    /// timer per request cost a registration and a removal under the timer wheel's lock.
+    /// Between exchanges it may still go off once, waking a task that then finds nothing.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// A request whose body is in memory, ready to be written.
@@ -87,6 +92,7 @@ impl Connection {
         Connection {
             io: Box::new(TokioIo::new(io)),
             buf: BytesMut::new(),
+            timer: None,
         }
     }
 
@@ -112,14 +118,26 @@ impl Connection {
     /// upload) is returned at once, and the rest of the request is written alongside the
     /// response body while the target takes it. When writing fails (the target answered and
     /// reset the connection), a response already received is still returned.
+    ///
+    /// Everything up to the final response head must be done by `deadline`, or the exchange
+    /// fails with [`ExchangeError::TimedOut`].
     pub async fn exchange(
         mut self,
         req: &EncodedRequest,
+        deadline: std::time::Instant,
         pool: Arc<PoolShared>,
         target: usize,
     ) -> Result<Response<ResponseBody>, ExchangeError> {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(deadline.into()),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline.into()))),
+        }
         let mut written = 0;
-        let sent = poll_fn(|cx| self.poll_send(req, &mut written, cx)).await?;
+        let sent = poll_fn(|cx| match self.poll_send(req, &mut written, cx) {
+            Poll::Pending => self.poll_timed_out(cx),
+            ready => ready,
+        })
+        .await?;
         if !matches!(sent, Sent::All) {
             // Rare; boxed so that it adds nothing to the common case's future.
             return Box::pin(self.finish_cut_short(sent, req, written, pool, target)).await;
@@ -161,7 +179,7 @@ impl Connection {
                     // Nothing came back from a target that stopped taking the request: that
                     // failure is the news.
                     (Sent::Failed(write_error), Err(e))
-                        if !matches!(e, ExchangeError::Invalid(_)) =>
+                        if !matches!(e, ExchangeError::Invalid(_) | ExchangeError::TimedOut) =>
                     {
                         return Err(ExchangeError::Io(write_error))
                     }
@@ -237,8 +255,24 @@ impl Connection {
     }
 
     /// Reads more from the socket into `buf`; 0 at the end of the stream.
-    async fn fill(&mut self) -> io::Result<usize> {
-        poll_fn(|cx| poll_fill(&mut self.io, &mut self.buf, cx)).await
+    async fn fill(&mut self) -> Result<usize, ExchangeError> {
+        poll_fn(|cx| match poll_fill(&mut self.io, &mut self.buf, cx) {
+            Poll::Pending => self.poll_timed_out(cx),
+            ready => ready.map_err(ExchangeError::Io),
+        })
+        .await
+    }
+
+    /// Ready with [`ExchangeError::TimedOut`] once the exchange's deadline has passed.
+    fn poll_timed_out<T>(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, ExchangeError>> {
+        match self
+            .timer
+            .as_mut()
+            .map(|t| std::future::Future::poll(t.as_mut(), cx))
+        {
+            Some(Poll::Ready(())) => Poll::Ready(Err(ExchangeError::TimedOut)),
+            _ => Poll::Pending,
+        }
     }
 
     async fn read_head(&mut self) -> Result<Head, ExchangeError> {
@@ -252,7 +286,7 @@ impl Connection {
                 }
             }
             let had = self.buf.len();
-            if self.fill().await.map_err(ExchangeError::Io)? == 0 {
+            if self.fill().await? == 0 {
                 return Err(if had == 0 {
                     ExchangeError::ClosedBeforeResponse
                 } else {
@@ -458,6 +492,8 @@ pub enum ExchangeError {
     ClosedBeforeResponse,
     /// The target's answer is not valid HTTP/1.1.
     Invalid(String),
+    /// No final response head by the exchange's deadline.
+    TimedOut,
 }
 
 impl std::fmt::Display for ExchangeError {
@@ -468,6 +504,7 @@ impl std::fmt::Display for ExchangeError {
                 f.write_str("the connection closed before a response")
             }
             ExchangeError::Invalid(why) => write!(f, "invalid response: {why}"),
+            ExchangeError::TimedOut => f.write_str("no response before the deadline"),
         }
     }
 }
