@@ -89,16 +89,25 @@ fn main() -> std::process::ExitCode {
             if !armed.is_empty() {
                 tracing::warn!(points = %armed.join(";"), "crash points armed (FAILPOINTS)");
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            // With one core to run on (a container's CPU limit, `taskset`), one thread does
+            // everything, as the multi-thread scheduler would with its one worker, but without
+            // its machinery for handing work between threads (a quarter of the proxy's
+            // scheduling cost per request, benches/README.md).
+            let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+            let mut builder = match one_core {
+                true => tokio::runtime::Builder::new_current_thread(),
+                false => tokio::runtime::Builder::new_multi_thread(),
+            };
+            let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
                     return std::process::ExitCode::FAILURE;
                 }
             };
+            if one_core {
+                tracing::info!("one core available: the async runtime runs on one thread");
+            }
             match runtime.block_on(konnect::node::run(settings)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {

@@ -399,8 +399,27 @@ async fn server_sent_events_reach_the_client_before_the_upstream_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_change_on_one_node_takes_effect_on_all_and_removal_gives_404_everywhere() {
-    let up = Upstream::start("u").await;
     let cluster = Cluster::start_initialised(3, &[]).await;
+    config_change_takes_effect_everywhere(&cluster).await;
+}
+
+/// Nodes with one core run their whole async runtime on one thread: Raft, the admin API and
+/// the proxy still work, and the node says so in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_nodes_with_one_core_each_serves_and_replicates() {
+    let cluster = Cluster::start_initialised_on_one_core(3, &[]).await;
+    for n in &cluster.nodes {
+        assert!(
+            n.log().contains("the async runtime runs on one thread"),
+            "node {} did not choose the one-thread runtime",
+            n.id
+        );
+    }
+    config_change_takes_effect_everywhere(&cluster).await;
+}
+
+async fn config_change_takes_effect_everywhere(cluster: &Cluster) {
+    let up = Upstream::start("u").await;
     let client = cluster.client_of(2);
     client
         .apply(

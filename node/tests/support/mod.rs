@@ -111,6 +111,8 @@ pub struct NodeProc {
     /// `--log` filter.
     pub log_filter: String,
     child: Option<Child>,
+    /// Runs the node on these CPUs only (`taskset -c`), as a container's CPU limit would.
+    pub cpus: Option<String>,
 }
 
 /// The key file shared by every node under `root`, made with one fresh key on first use.
@@ -155,6 +157,7 @@ impl NodeProc {
             secret_key_file: Some(cluster_key_file(root)),
             log_filter: "warn,konnect=info,openraft=warn".into(),
             child: None,
+            cpus: None,
         }
     }
 
@@ -179,7 +182,15 @@ impl NodeProc {
             .append(true)
             .open(&self.log_path)
             .expect("open node log");
-        let mut cmd = Command::new(KONNECT);
+        let mut cmd = match &self.cpus {
+            // taskset execs konnect in its place: the child's pid is the node's.
+            Some(cpus) => {
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", cpus, KONNECT]);
+                cmd
+            }
+            None => Command::new(KONNECT),
+        };
         cmd.arg("serve")
             .args(["--node-id", &self.id.to_string()])
             .args(["--zone", &self.zone])
@@ -345,16 +356,21 @@ pub const ZONES: [&str; 4] = ["az-a", "az-b", "az-c", "az-d"];
 impl Cluster {
     /// Starts `n` nodes that share one `--peers` list (not yet initialised).
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_with(n, extra, false)
+        Cluster::start_with(n, extra, false, None)
+    }
+
+    /// `start` with each node on CPU 0 alone, then initialised through node 1.
+    pub async fn start_initialised_on_one_core(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::initialise(Cluster::start_with(n, extra, false, Some("0"))).await
     }
 
     /// Like `start`, with admin TLS and peer mTLS on every node, from certificates made by
     /// `konnect certs init` in the cluster's directory.
     pub fn start_tls(n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_with(n, extra, true)
+        Cluster::start_with(n, extra, true, None)
     }
 
-    fn start_with(n: usize, extra: &[&str], tls: bool) -> Cluster {
+    fn start_with(n: usize, extra: &[&str], tls: bool, cpus: Option<&str>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = tls.then(|| Certs::init(&dir.path().join("certs"), n));
         let ports: Vec<Vec<u16>> = free_ports(3 * n).chunks(3).map(|c| c.to_vec()).collect();
@@ -376,6 +392,7 @@ impl Cluster {
             if let Some(certs) = &certs {
                 node = node.with_tls(certs, id);
             }
+            node.cpus = cpus.map(str::to_owned);
             node.start();
             nodes.push(node);
         }
