@@ -16,6 +16,9 @@
 # and divides the instructions by the requests wrk completed. Prints both and the ratio; with
 # TOP=N (default 25) also konnect's N functions with the most instructions (exclusive).
 #
+# konnect runs on one core (`taskset -c PROXY_CPU`), as in run.sh, so its runtime is the
+# one-thread one it picks when one core is available.
+#
 # Settings: DURATION=10, WARMUP=3, CONNECTIONS=8, TOP=25, BENCH_TMP=/var/tmp, KEEP=0 (1 keeps
 # the callgrind files: open them with callgrind_annotate or kcachegrind), SKIP_BUILD=0,
 # ROUTES=10 (more loads /r10.. up to that many routes into konnect, 1,000 per apply, all to the
@@ -28,6 +31,7 @@ WARMUP=${WARMUP:-3}
 CONNECTIONS=${CONNECTIONS:-8}
 TOP=${TOP:-25}
 LOAD_CPU=${LOAD_CPU:-0}
+PROXY_CPU=${PROXY_CPU:-1}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 KEEP=${KEEP:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -85,7 +89,7 @@ pids+=("$nginx_pid")
 
 # --- konnect, under callgrind ---
 konnect_key_file "$bin/konnect" "$work/secret.key"
-valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.konnect.%p" \
+taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.konnect.%p" \
     "$bin/konnect" serve --dev --data-dir "$work/konnect" --secret-key-file "$work/secret.key" \
     --peer-addr "127.0.0.1:$k_peer" --admin-addr "127.0.0.1:$k_admin" \
     --status-addr "127.0.0.1:$k_status" --proxy-addr "127.0.0.1:$k_proxy" \
