@@ -60,6 +60,11 @@ impl Balancer {
         tried: &[usize],
     ) -> Option<usize> {
         let open = |i: usize| self.weights[i] > 0 && view.has_capacity(i);
+        // One target (a Service in front of one address, often): every pass below comes to
+        // the same answer, without the round-robin state's lock.
+        if self.weights.len() == 1 {
+            return open(0).then_some(0);
+        }
         let usable = |i: usize, strict: bool| {
             open(i) && !tried.contains(&i) && (!strict || view.available(i))
         };
@@ -184,6 +189,22 @@ mod tests {
             counts[b.pick(&AllUp, None, &[]).unwrap()] += 1;
         }
         assert_eq!(counts, [300, 100, 0]);
+    }
+
+    #[test]
+    fn a_lone_target_is_picked_unless_its_weight_is_zero() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::ConsistentHash,
+        ] {
+            let b = Balancer::new(algorithm, vec![100], &[]);
+            // Down, or tried already: still the only answer there is, as with several.
+            assert_eq!(b.pick(&AllUp, Some(b"k"), &[]), Some(0));
+            assert_eq!(b.pick(&Down(0), None, &[0]), Some(0));
+            let none = Balancer::new(algorithm, vec![0], &[]);
+            assert_eq!(none.pick(&AllUp, None, &[]), None);
+        }
     }
 
     #[test]
