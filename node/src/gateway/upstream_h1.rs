@@ -50,8 +50,6 @@ use super::body::BoxError;
 use super::h1::{lists_only, lists_token, parse_decimal};
 use super::headers::UpstreamFields;
 use super::pool::{Io, PoolShared};
-use hyper_rustls::MaybeHttpsStream;
-use tokio::net::TcpStream;
 
 /// The largest response head accepted from a target.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -64,7 +62,9 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// An open HTTP/1.1 connection to a target with nothing in flight.
 pub struct Connection {
-    io: Stream,
+    /// Boxed: a TLS stream is about a kilobyte, and the connection moves in and out of the
+    /// pool and into each response body.
+    io: Box<TokioIo<Io>>,
     /// Bytes read but not yet consumed; empty whenever the connection is idle.
     buf: BytesMut,
     /// The deadline of the exchange under way, made on the first and moved on by each next
@@ -90,7 +90,7 @@ pub struct BufferedRequest<'a> {
 impl Connection {
     pub fn new(io: Io) -> Connection {
         Connection {
-            io: Stream::new(io),
+            io: Box::new(TokioIo::new(io)),
             buf: BytesMut::new(),
             timer: None,
         }
@@ -104,7 +104,7 @@ impl Connection {
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Pin::new(&mut *self.io).poll_read(&mut cx, &mut probe),
             Poll::Pending
         )
     }
@@ -205,13 +205,13 @@ impl Connection {
             let rest = req.unsent_slice(*written);
             let step = if rest.is_empty() {
                 // A TLS stream may hold the last records back until flushed.
-                match Pin::new(&mut self.io).poll_flush(cx) {
+                match Pin::new(&mut *self.io).poll_flush(cx) {
                     Poll::Ready(Ok(())) => return Poll::Ready(Ok(Sent::All)),
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                     Poll::Pending => Poll::Pending,
                 }
             } else {
-                match Pin::new(&mut self.io).poll_write(cx, rest) {
+                match Pin::new(&mut *self.io).poll_write(cx, rest) {
                     Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         *written += n;
@@ -658,82 +658,26 @@ fn method_has_body(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PUT | Method::PATCH)
 }
 
-fn poll_fill(io: &mut Stream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    super::h1::poll_fill(io, buf, READ_CHUNK, cx)
-}
-
-/// A connection's byte stream. The pool's connector hands out hyper's I/O types (a TCP
-/// stream wrapped for hyper, maybe inside TLS); a plain TCP stream is unwrapped here, since
-/// going through the two adapters (tokio to hyper and back) cost a few hundred instructions
-/// on every read and write.
-enum Stream {
-    Tcp(TcpStream),
-    /// Boxed: a TLS stream is about a kilobyte, and the connection moves in and out of the
-    /// pool and into each response body.
-    Other(Box<TokioIo<Io>>),
-}
-
-impl Stream {
-    fn new(io: Io) -> Stream {
-        match io {
-            MaybeHttpsStream::Http(tcp) => Stream::Tcp(tcp.into_inner()),
-            other => Stream::Other(Box::new(TokioIo::new(other))),
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Stream::Other(io) => Pin::new(&mut **io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(tcp) => Pin::new(tcp).poll_write(cx, data),
-            Stream::Other(io) => Pin::new(&mut **io).poll_write(cx, data),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
-            Stream::Other(io) => Pin::new(&mut **io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Stream::Other(io) => Pin::new(&mut **io).poll_shutdown(cx),
-        }
-    }
+fn poll_fill(
+    io: &mut Box<TokioIo<Io>>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    super::h1::poll_fill(&mut **io, buf, READ_CHUNK, cx)
 }
 
 /// Writes as much of `rest` as the socket takes now; true once the writing is over: all of
 /// it written and flushed, or failed (the target answered already; what it does with a
 /// request cut short is its business, and the connection is not reused).
-fn write_some(io: &mut Stream, rest: &mut Bytes, cx: &mut Context<'_>) -> bool {
+fn write_some(io: &mut Box<TokioIo<Io>>, rest: &mut Bytes, cx: &mut Context<'_>) -> bool {
     while !rest.is_empty() {
-        match Pin::new(&mut *io).poll_write(cx, rest) {
+        match Pin::new(&mut **io).poll_write(cx, rest) {
             Poll::Ready(Ok(n)) if n > 0 => rest.advance(n),
             Poll::Ready(_) => return true,
             Poll::Pending => return false,
         }
     }
-    !matches!(Pin::new(&mut *io).poll_flush(cx), Poll::Pending)
+    !matches!(Pin::new(&mut **io).poll_flush(cx), Poll::Pending)
 }
 
 enum Framing {
