@@ -634,15 +634,6 @@ fn add_content_length(found: &mut Option<u64>, value: &[u8]) -> Result<(), Strin
     Ok(())
 }
 
-#[cfg(test)]
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
-    let mut found = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        add_content_length(&mut found, value.as_bytes())?;
-    }
-    Ok(found)
-}
-
 fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
     headers
         .get_all(TRANSFER_ENCODING)
@@ -1076,6 +1067,15 @@ impl Body for UpstreamBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Content-Length of a whole header map, as `parse_head` works it out field by field.
+    fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
+        let mut found = None;
+        for value in headers.get_all(CONTENT_LENGTH) {
+            add_content_length(&mut found, value.as_bytes())?;
+        }
+        Ok(found)
+    }
 
     /// The body and trailers of a chunked body, fed `step` bytes at a time.
     fn decode_in_steps(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), String> {
