@@ -863,7 +863,7 @@ auth: konnect-key = route /key with auth {key: true}, x-api-key; konnect-jwt = r
 each figure: median [min-max] of $ROUNDS rounds of $DURATION s, path $req_path (/key$req_path, /jwt$req_path); CPU = user+sys of the proxy's processes (of the upstream for direct) / requests, and the sys part (median);
 up conns = connections the upstream accepted during the run (median), i.e. new connections the proxy (or wrk) opened
 other ms/s = CPU time per second that other processes used on the proxy's core (core $PROXY_CPU) during the run: 0 on a quiet machine
-konnect idle CPU (included in its CPU per request): $k_idle ms/s; threads at the end: $k_thread_names (1 runtime worker, the rest blocking pool)
+konnect idle CPU (included in its CPU per request): $k_idle ms/s; threads at the end: $k_thread_names (on one core the runtime runs on the main thread, \`konnect\`; tokio-rt-worker are its blocking pool)
 $load_note
 EOF
 if [ "$LIMITS" = 1 ]; then
