@@ -413,10 +413,11 @@ impl Gateway {
             let gw = self.clone();
             let (addr, tls, cert) = (peer.addr, peer.tls, peer.cert.clone());
             async move {
-                Ok::<_, std::convert::Infallible>(
-                    gw.handle(req.map(RequestBody::Hyper), addr, tls, cert)
-                        .await,
-                )
+                let (mut resp, fields) = gw
+                    .handle(req.map(RequestBody::Hyper), addr, tls, cert)
+                    .await;
+                fields.insert_into(resp.headers_mut());
+                Ok::<_, std::convert::Infallible>(resp)
             }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -442,7 +443,7 @@ impl Gateway {
         client: SocketAddr,
         tls: bool,
         client_cert: Option<Arc<auth::ClientCert>>,
-    ) -> Response<ProxyBody> {
+    ) -> (Response<ProxyBody>, headers::ResponseFields) {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
         let headers::RequestId {
@@ -480,8 +481,8 @@ impl Gateway {
                 &mut held,
             )
             .await;
-        let (mut resp, idle) = match result {
-            Ok(r) => r,
+        let (mut resp, idle, via) = match result {
+            Ok(p) => (p.resp, p.idle, p.via),
             Err(e) => {
                 entry.error = Some(match e.log_detail() {
                     Some(d) => format!("{}: {d}", e.code()),
@@ -494,10 +495,12 @@ impl Gateway {
                 (
                     e.into_response(request_id.to_str().unwrap_or_default()),
                     Duration::from_secs(60),
+                    false,
                 )
             }
         };
-        resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+        // Ours replaces a target's; it is added with Via, outside the map.
+        resp.headers_mut().remove(headers::X_REQUEST_ID);
         entry.status = resp.status().as_u16();
         let elapsed = started.elapsed();
         entry.latency_ms = elapsed.as_secs_f64() * 1000.0;
@@ -533,7 +536,10 @@ impl Gateway {
             }
             log.record(entry);
         });
-        Response::from_parts(parts, BodyExt::boxed(metered))
+        (
+            Response::from_parts(parts, BodyExt::boxed(metered)),
+            headers::ResponseFields::new(request_id, via),
+        )
     }
 
     // The request's parts and what it carries out (log entry, held places) are separate
@@ -549,7 +555,7 @@ impl Gateway {
         made_request_id: Option<HeaderValue>,
         entry: &mut AccessEntry,
         held: &mut Held,
-    ) -> Result<(Response<ProxyBody>, Duration), GatewayError> {
+    ) -> Result<Proxied, GatewayError> {
         // Phase: normalize. (A request with a body reaches here through hyper, whose parser
         // settles its framing per RFC 9112: with both Transfer-Encoding and Content-Length,
         // chunked wins and Content-Length is removed; conflicting Content-Length values are
@@ -662,7 +668,11 @@ impl Gateway {
                 if let Some(v) = &limited {
                     ratelimit_headers(resp.headers_mut(), v);
                 }
-                return Ok((resp, AI_IDLE_TIMEOUT));
+                return Ok(Proxied {
+                    resp,
+                    idle: AI_IDLE_TIMEOUT,
+                    via: false,
+                });
             }
         };
 
@@ -688,7 +698,12 @@ impl Gateway {
                         if let Some(v) = &limited {
                             ratelimit_headers(resp.headers_mut(), v);
                         }
-                        return Ok((resp, upstream.spec.timeouts.idle.0));
+                        // The stored copy has this hop in its Via already.
+                        return Ok(Proxied {
+                            resp,
+                            idle: upstream.spec.timeouts.idle.0,
+                            via: false,
+                        });
                     }
                     cache::Lookup::Miss(t) => {
                         entry.cache = Some("miss");
@@ -876,23 +891,32 @@ impl Gateway {
         // A switched protocol: splice the two upgraded connections together.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade) {
-                return Ok((
-                    splice_upgrade(
+                return Ok(Proxied {
+                    resp: splice_upgrade(
                         client_upgrade,
                         resp,
                         protocol,
                         (in_flight, std::mem::take(&mut held.places)),
                         upstream.spec.timeouts.upgraded_idle.as_ref().map(|d| d.0),
                     ),
-                    upstream.spec.timeouts.idle.0,
-                ));
+                    idle: upstream.spec.timeouts.idle.0,
+                    via: false,
+                });
             }
         }
 
         // Phase: prepare_response.
         let (mut rparts, rbody) = resp.into_parts();
         headers::remove_hop_by_hop(&mut rparts.headers);
-        headers::add_via(&mut rparts.headers);
+        // This hop goes into the map when something reads the response's fields after this
+        // (its transformation, the cache) or a Via is there to extend; otherwise the server
+        // writes it with the response (`ResponseFields`), which costs less than inserting it.
+        let via_outside = route.spec.response.is_none()
+            && route.cache.is_none()
+            && !rparts.headers.contains_key(hyper::header::VIA);
+        if !via_outside {
+            headers::add_via(&mut rparts.headers);
+        }
         if let Some(t) = &route.spec.response {
             t.apply(&mut rparts.headers);
         }
@@ -908,8 +932,21 @@ impl Gateway {
         if let Some(v) = &limited {
             ratelimit_headers(resp.headers_mut(), v);
         }
-        Ok((resp, upstream.spec.timeouts.idle.0))
+        Ok(Proxied {
+            resp,
+            idle: upstream.spec.timeouts.idle.0,
+            via: via_outside,
+        })
     }
+}
+
+/// A response from `proxy`, and what `handle` still has to do for it.
+struct Proxied {
+    resp: Response<ProxyBody>,
+    /// The longest pause allowed between its body's chunks.
+    idle: Duration,
+    /// This hop is still to be added to its Via, outside the header map.
+    via: bool,
 }
 
 /// What a request holds until its response body is done (or dropped).

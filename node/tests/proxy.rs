@@ -379,6 +379,37 @@ async fn proxy_headers_are_set_and_client_supplied_ones_not_trusted() {
             assert_eq!(h["x-forwarded-proto"], "changed", "the transformation wins");
         }
     }
+
+    // Every response has this hop in Via and one X-Request-Id, ours, whatever the target
+    // sent: through our server codec (GET) and through hyper (a request with a body).
+    for (method, body) in [("GET", ""), ("POST", "a body")] {
+        for (respond, via) in [
+            (vec![], "1.1 konnect"),
+            (
+                vec![("x-respond-via", "1.1 origin")],
+                "1.1 origin, 1.1 konnect",
+            ),
+            (vec![("x-respond-request-id", "theirs")], "1.1 konnect"),
+        ] {
+            let r = http(method, &proxy, "/api/r", &respond, body).await;
+            let what = format!("{method} {respond:?}");
+            assert_eq!(r.status, 200, "{what}");
+            let vias: Vec<_> = r
+                .headers
+                .get_all("via")
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(vias.join(", "), via, "{what}");
+            let ids: Vec<_> = r.headers.get_all("x-request-id").iter().collect();
+            assert_eq!(ids.len(), 1, "{what}");
+            assert_eq!(
+                ids[0],
+                r.json()["headers"]["x-request-id"].as_str().unwrap(),
+                "{what}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

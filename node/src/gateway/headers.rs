@@ -356,6 +356,42 @@ impl<'a> UpstreamFields<'a> {
     }
 }
 
+/// The fields this proxy adds to every response it gives: X-Request-Id, and this hop in Via
+/// when `proxy` left that to the end. The server codec writes them after the response's own
+/// fields (inserting them into the map, only to write them out, cost more than the writing);
+/// hyper's responses get them in the map ([`ResponseFields::insert_into`]).
+pub struct ResponseFields {
+    request_id: HeaderValue,
+    via: bool,
+}
+
+impl ResponseFields {
+    /// `via`: this hop is still to be added to Via. The response must not carry an
+    /// X-Request-Id of its own (ours replaces it).
+    pub fn new(request_id: HeaderValue, via: bool) -> ResponseFields {
+        ResponseFields { request_id, via }
+    }
+
+    /// Sets the fields in a response's header map.
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        headers.insert(X_REQUEST_ID, self.request_id);
+        if self.via {
+            add_via(headers);
+        }
+    }
+}
+
+impl super::server_h1::ExtraFields for ResponseFields {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(self.request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if self.via {
+            out.extend_from_slice(b"via: 1.1 konnect\r\n");
+        }
+    }
+}
+
 /// A traceparent for the next hop: the incoming trace (when `incoming` is a valid W3C
 /// traceparent) with a new span id as the parent, or a new trace.
 fn new_traceparent(incoming: Option<HeaderValue>) -> [u8; TRACEPARENT_LEN] {

@@ -80,9 +80,16 @@ pub enum Served<I> {
     Handoff(Rewound<I>),
 }
 
+/// Fields a handler adds to its response outside the header map, written after the map's
+/// own (the proxy's X-Request-Id and Via: inserting them only to write them out cost more).
+/// They must not decide the framing (no Content-Length, Transfer-Encoding or Connection).
+pub trait ExtraFields {
+    fn write(&self, out: &mut Vec<u8>);
+}
+
 /// Serves HTTP/1.1 requests on `io` with `handle` until the connection closes or a request
 /// needs hyper.
-pub async fn serve<I, H, F>(
+pub async fn serve<I, H, F, X>(
     io: I,
     limits: Limits,
     drain: &mut DrainSignal,
@@ -91,7 +98,8 @@ pub async fn serve<I, H, F>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Request<RequestBody>) -> F,
-    F: Future<Output = Response<ProxyBody>>,
+    F: Future<Output = (Response<ProxyBody>, X)>,
+    X: ExtraFields,
 {
     let mut conn = Conn {
         io,
@@ -120,13 +128,13 @@ where
             Next::Closed => return Served::Closed,
         };
         in_flight.set(Some(handle(req)));
-        let Some(resp) = conn.run(in_flight.as_mut()).await else {
+        let Some((resp, extra)) = conn.run(in_flight.as_mut()).await else {
             return Served::Closed;
         };
         in_flight.set(None);
         let keep_alive = asked.keep_alive && !conn.drain.is_draining();
         if !matches!(
-            conn.write_response(resp, &asked, keep_alive).await,
+            conn.write_response(resp, &extra, &asked, keep_alive).await,
             Ok(true)
         ) {
             let _ = conn.io.shutdown().await;
@@ -231,6 +239,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
     async fn write_response(
         &mut self,
         resp: Response<ProxyBody>,
+        extra: &impl ExtraFields,
         asked: &Asked,
         keep_alive: bool,
     ) -> io::Result<bool> {
@@ -272,6 +281,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             }
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
+        extra.write(out);
         let keep_alive = keep_alive && !closing;
         let mut framing = if bodiless {
             Framing::Nothing

@@ -1,7 +1,8 @@
 //! A programmable upstream for proxy tests (upstreams are outside konnect, so a test server
 //! stands in for them). Paths:
 //! - `/...` default: 200 with a JSON echo of method, path, query, headers (and the names that
-//!   came more than once), plus `X-Served-By`;
+//!   came more than once), plus `X-Served-By`, and the value of a request's `X-Respond-Via`
+//!   or `X-Respond-Request-Id` as the response's `Via` or `X-Request-Id`;
 //! - `/status/N`: answers status N;
 //! - `/slow/MS`: waits MS milliseconds, then answers 200;
 //! - `/flaky/K`: answers 503 to the first K requests on this server, then 200;
@@ -225,7 +226,17 @@ async fn serve(
                 "method": method, "path": path, "query": query, "headers": headers,
                 "repeated": repeated, "body_len": body.len(), "served_by": name,
             });
-            full(200, serde_json::to_vec(&echo).unwrap(), name)
+            let mut resp = full(200, serde_json::to_vec(&echo).unwrap(), name);
+            for (asked, field) in [
+                ("x-respond-via", "via"),
+                ("x-respond-request-id", "x-request-id"),
+            ] {
+                if let Some(v) = headers.get(asked).and_then(|v| v.as_str()) {
+                    resp.headers_mut()
+                        .insert(field, v.parse().expect("a header value"));
+                }
+            }
+            resp
         }
     }
 }
