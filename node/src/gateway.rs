@@ -446,10 +446,9 @@ impl Gateway {
     ) -> (Response<ProxyBody>, headers::ResponseFields) {
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
-        let headers::RequestId {
-            id: request_id,
-            made: made_request_id,
-        } = headers::request_id(req.headers_mut());
+        let request_id = headers::request_id(req.headers_mut());
+        let made_request_id = request_id.made();
+        let request_id = request_id.id;
         // The descriptive fields cost allocations and a clock read: only when a log is kept.
         let mut entry = if self.access_log.is_enabled() {
             AccessEntry {
@@ -476,7 +475,7 @@ impl Gateway {
                 client,
                 tls,
                 client_cert.as_deref(),
-                made_request_id.then(|| request_id.clone()),
+                made_request_id,
                 &mut entry,
                 &mut held,
             )
