@@ -480,8 +480,8 @@ impl Gateway {
                 &mut held,
             )
             .await;
-        let (mut resp, idle, via) = match result {
-            Ok(p) => (p.resp, p.idle, p.via),
+        let (mut resp, idle, via, wire) = match result {
+            Ok(p) => (p.resp, p.idle, p.via, p.wire),
             Err(e) => {
                 entry.error = Some(match e.log_detail() {
                     Some(d) => format!("{}: {d}", e.code()),
@@ -495,10 +495,12 @@ impl Gateway {
                     e.into_response(request_id.to_str().unwrap_or_default()),
                     Duration::from_secs(60),
                     false,
+                    None,
                 )
             }
         };
-        // Ours replaces a target's; it is added with Via, outside the map.
+        // Ours replaces a target's; it is added with Via, outside the map (a target's fields
+        // still in wire form are written without theirs).
         resp.headers_mut().remove(headers::X_REQUEST_ID);
         entry.status = resp.status().as_u16();
         let elapsed = started.elapsed();
@@ -537,7 +539,7 @@ impl Gateway {
         });
         (
             Response::from_parts(parts, BodyExt::boxed(metered)),
-            headers::ResponseFields::new(request_id, via),
+            headers::ResponseFields::new(request_id, via, wire),
         )
     }
 
@@ -671,6 +673,7 @@ impl Gateway {
                     resp,
                     idle: AI_IDLE_TIMEOUT,
                     via: false,
+                    wire: None,
                 });
             }
         };
@@ -702,6 +705,7 @@ impl Gateway {
                             resp,
                             idle: upstream.spec.timeouts.idle.0,
                             via: false,
+                            wire: None,
                         });
                     }
                     cache::Lookup::Miss(t) => {
@@ -900,12 +904,21 @@ impl Gateway {
                     ),
                     idle: upstream.spec.timeouts.idle.0,
                     via: false,
+                    wire: None,
                 });
             }
         }
 
         // Phase: prepare_response.
-        let (mut rparts, rbody) = resp.into_parts();
+        let (mut rparts, mut rbody) = resp.into_parts();
+        // The target's fields, when our client kept them in wire form (nothing hop-by-hop
+        // among them, no Via), go to the client as they are unless something here reads them.
+        let mut wire = rbody.take_wire_fields();
+        if route.spec.response.is_some() || route.cache.is_some() {
+            if let Some(fields) = wire.take() {
+                fields.insert_into(&mut rparts.headers);
+            }
+        }
         headers::remove_hop_by_hop(&mut rparts.headers);
         // This hop goes into the map when something reads the response's fields after this
         // (its transformation, the cache) or a Via is there to extend; otherwise the server
@@ -935,6 +948,7 @@ impl Gateway {
             resp,
             idle: upstream.spec.timeouts.idle.0,
             via: via_outside,
+            wire,
         })
     }
 }
@@ -946,6 +960,8 @@ struct Proxied {
     idle: Duration,
     /// This hop is still to be added to its Via, outside the header map.
     via: bool,
+    /// The target's fields, when they are passed on in wire form (not in `resp`'s map).
+    wire: Option<h1::WireFields>,
 }
 
 /// What a request holds until its response body is done (or dropped).

@@ -336,3 +336,134 @@ async fn the_proxys_own_answers_are_framed_and_dated() {
         assert!(v.to_string().contains("/nowhere"), "{v}");
     }
 }
+
+/// A target on a raw socket that answers every request on a connection with `answer` (its
+/// head, then `hello`): the fields a user's service sends, connection-level ones included.
+async fn raw_target(answer: &'static [u8]) -> (String, tokio::task::JoinHandle<()>) {
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", target.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut c, _) = target.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: its head, then the body its Content-Length announces.
+                    let end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        match c.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let body: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.trim().parse().unwrap());
+                    while buf.len() < end + body {
+                        match c.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + body);
+                    if c.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, server)
+}
+
+/// The values of field `name` in a lower-cased head, in order.
+fn values<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("{name}:");
+    head.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(str::trim)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targets_fields_reach_the_client_once_each_and_its_framing_is_the_proxys() {
+    // Fields a target commonly sends, with the connection's own among them, a Date of its
+    // own, an X-Request-Id of its own and a repeated field.
+    let (url, server) = raw_target(
+        b"HTTP/1.1 200 OK\r\nServer: target/1\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n\
+          Content-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+          X-Request-Id: theirs\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+          Content-Type: text/plain\r\n\r\nhello",
+    )
+    .await;
+    let (_c, proxy) = gateway_to(&url, &[]).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    let mut buf = Vec::new();
+    // Our codec serves the GETs; the POST with a body goes through hyper.
+    for (method, request) in [
+        ("GET", &b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"[..]),
+        (
+            "POST",
+            b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+        ),
+        (
+            "GET",
+            b"GET /c HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine\r\n\r\n",
+        ),
+    ] {
+        s.write_all(request).await.unwrap();
+        let a = next_answer(&mut s, &mut buf, method).await;
+        let head = a.head.as_str();
+        assert_eq!((a.status, &a.body[..]), (200, &b"hello"[..]), "{head}");
+        assert_eq!(values(head, "server"), ["target/1"], "{head}");
+        assert_eq!(
+            values(head, "date"),
+            ["tue, 01 jan 2030 00:00:00 gmt"],
+            "{head}"
+        );
+        assert_eq!(values(head, "content-length"), ["5"], "{head}");
+        assert_eq!(values(head, "content-type"), ["text/plain"], "{head}");
+        assert_eq!(values(head, "set-cookie"), ["a=1", "b=2"], "{head}");
+        assert!(values(head, "keep-alive").is_empty(), "{head}");
+        assert!(values(head, "connection").is_empty(), "{head}");
+        assert!(values(head, "transfer-encoding").is_empty(), "{head}");
+        // Ours, not the target's: the client's own, or one made here.
+        let id = values(head, "x-request-id");
+        assert_eq!(id.len(), 1, "{head}");
+        assert_ne!(id[0], "theirs", "{head}");
+        if request.ends_with(b"mine\r\n\r\n") {
+            assert_eq!(id[0], "mine", "{head}");
+        }
+        assert_eq!(values(head, "via"), ["1.1 konnect"], "{head}");
+    }
+    server.abort();
+
+    // Chunked, with a Content-Length that must be ignored: the client gets the body framed
+    // by the proxy, without either of the target's framing fields.
+    let (url, server) = raw_target(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\
+          X-A: b\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let (_c, proxy) = gateway_to(&url, &[]).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let a = next_answer(&mut s, &mut buf, "GET").await;
+        let head = a.head.as_str();
+        assert_eq!((a.status, &a.body[..]), (200, &b"hello"[..]), "{head}");
+        assert_eq!(values(head, "x-a"), ["b"], "{head}");
+        assert!(values(head, "content-length").is_empty(), "{head}");
+        assert_eq!(values(head, "transfer-encoding"), ["chunked"], "{head}");
+        assert_eq!(values(head, "date").len(), 1, "{head}");
+    }
+    server.abort();
+}

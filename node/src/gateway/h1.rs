@@ -1,12 +1,82 @@
 //! What our two HTTP/1.1 codecs share: the one to targets (`upstream_h1.rs`) and the one for
-//! clients (`server_h1.rs`). Reading into a buffer's spare room, and the small field parsers.
+//! clients (`server_h1.rs`). Reading into a buffer's spare room, a target's response fields
+//! passed on in wire form, and the small field parsers.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, ReadBuf};
+
+/// A target's response fields as they came on the wire, passed on to the client without a
+/// header map: building one (a name lookup and a hashed insert per field) and reading it out
+/// again cost about a tenth of a proxied request's instructions (benches/README.md).
+///
+/// Made by `upstream_h1` only for a response that carries its fields through unchanged (no
+/// Via to extend, no hop-by-hop field beyond the connection's own, not 1xx, 204 or 304, not
+/// to a HEAD request), and only kept so by the gateway when nothing reads them on the way (no
+/// response transformation, no cache): anything else gets them in the map
+/// ([`WireFields::insert_into`]).
+///
+/// Invariant: they never decide the framing. Connection, Keep-Alive, Content-Length and
+/// Transfer-Encoding were left out when the head was read; the client's side frames the body
+/// from its own size.
+pub struct WireFields {
+    /// The response head the fields are slices of.
+    head: Bytes,
+    /// Each field's name start and end, then value start and end, in `head`, in order.
+    spans: Vec<[u32; 4]>,
+    /// One of them is Date.
+    dated: bool,
+}
+
+impl WireFields {
+    /// `spans` index `head` (checked by the caller); `dated`: one of them is Date.
+    pub fn new(head: Bytes, spans: Vec<[u32; 4]>, dated: bool) -> WireFields {
+        WireFields { head, spans, dated }
+    }
+
+    /// One of the fields is Date (the client's side then adds none).
+    pub fn has_date(&self) -> bool {
+        self.dated
+    }
+
+    /// Writes each field as `name: value` and CRLF, in the target's spelling, except those
+    /// named `except` (any case).
+    pub fn write(&self, out: &mut Vec<u8>, except: &[u8]) {
+        for &[ns, ne, vs, ve] in &self.spans {
+            let name = &self.head[ns as usize..ne as usize];
+            if name.len() == except.len() && name.eq_ignore_ascii_case(except) {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&self.head[vs as usize..ve as usize]);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Appends the fields to a header map: for what reads them (a transformation, the cache)
+    /// or writes responses itself (hyper).
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        headers.reserve(self.spans.len());
+        for [ns, ne, vs, ve] in self.spans {
+            // httparse accepted the name: its token characters are the ones HeaderName takes,
+            // so this never skips one.
+            let Ok(name) = HeaderName::from_bytes(&self.head[ns as usize..ne as usize]) else {
+                continue;
+            };
+            // SAFETY: httparse accepted the value, so it holds only HTAB, SP, visible ASCII
+            // and obs-text bytes: exactly what a HeaderValue allows (hyper relies on the same).
+            let value = unsafe {
+                HeaderValue::from_maybe_shared_unchecked(self.head.slice(vs as usize..ve as usize))
+            };
+            headers.append(name, value);
+        }
+    }
+}
 
 /// Reads more from `io` into `buf`, growing it by `chunk` when less than 1 KiB is free; 0 at
 /// the end of the stream.

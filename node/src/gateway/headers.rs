@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use super::h1::WireFields;
+
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `keep-alive` and
 /// `proxy-connection`), as names built at compile time.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -363,17 +365,28 @@ impl<'a> UpstreamFields<'a> {
 pub struct ResponseFields {
     request_id: HeaderValue,
     via: bool,
+    /// The target's own fields, when they came through in wire form: written first, without
+    /// an X-Request-Id of theirs.
+    wire: Option<WireFields>,
 }
 
 impl ResponseFields {
     /// `via`: this hop is still to be added to Via. The response must not carry an
-    /// X-Request-Id of its own (ours replaces it).
-    pub fn new(request_id: HeaderValue, via: bool) -> ResponseFields {
-        ResponseFields { request_id, via }
+    /// X-Request-Id of its own (ours replaces it). `wire`: the target's fields, when the
+    /// response's map does not hold them.
+    pub fn new(request_id: HeaderValue, via: bool, wire: Option<WireFields>) -> ResponseFields {
+        ResponseFields {
+            request_id,
+            via,
+            wire,
+        }
     }
 
     /// Sets the fields in a response's header map.
     pub fn insert_into(self, headers: &mut HeaderMap) {
+        if let Some(wire) = self.wire {
+            wire.insert_into(headers);
+        }
         headers.insert(X_REQUEST_ID, self.request_id);
         if self.via {
             add_via(headers);
@@ -382,7 +395,14 @@ impl ResponseFields {
 }
 
 impl super::server_h1::ExtraFields for ResponseFields {
+    fn has_date(&self) -> bool {
+        self.wire.as_ref().is_some_and(WireFields::has_date)
+    }
+
     fn write(&self, out: &mut Vec<u8>) {
+        if let Some(wire) = &self.wire {
+            wire.write(out, X_REQUEST_ID.as_str().as_bytes());
+        }
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(self.request_id.as_bytes());
         out.extend_from_slice(b"\r\n");

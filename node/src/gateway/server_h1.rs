@@ -85,6 +85,8 @@ pub enum Served<I> {
 /// They must not decide the framing (no Content-Length, Transfer-Encoding or Connection).
 pub trait ExtraFields {
     fn write(&self, out: &mut Vec<u8>);
+    /// One of them is Date (none is then added).
+    fn has_date(&self) -> bool;
 }
 
 /// Serves HTTP/1.1 requests on `io` with `handle` until the connection closes or a request
@@ -301,7 +303,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         if !keep_alive && !closing {
             put_field(out, b"connection", b"close");
         }
-        if !dated {
+        if !dated && !extra.has_date() {
             put_date(out);
         }
         out.extend_from_slice(b"\r\n");

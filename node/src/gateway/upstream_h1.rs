@@ -47,7 +47,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::BoxError;
-use super::h1::{lists_only, lists_token, parse_decimal};
+use super::h1::{lists_only, lists_token, parse_decimal, WireFields};
 use super::headers::UpstreamFields;
 use super::pool::{Io, PoolShared};
 
@@ -143,7 +143,7 @@ impl Connection {
             return Box::pin(self.finish_cut_short(sent, req, written, pool, target)).await;
         }
         loop {
-            let head = self.read_head().await?;
+            let head = self.read_head(!req.head_only).await?;
             // Informational answers (100 Continue, 103 Early Hints) precede the real one.
             if head.status.is_informational() {
                 check_informational(&head)?;
@@ -167,13 +167,13 @@ impl Connection {
         let (head, unsent) = match sent {
             Sent::Answered(head) => (*head, req.unsent_from(written)),
             sent => {
-                let mut read = self.read_head().await;
+                let mut read = self.read_head(!req.head_only).await;
                 while let Ok(head) = &read {
                     if !head.status.is_informational() {
                         break;
                     }
                     check_informational(head)?;
-                    read = self.read_head().await;
+                    read = self.read_head(!req.head_only).await;
                 }
                 match (sent, read) {
                     // Nothing came back from a target that stopped taking the request: that
@@ -224,17 +224,21 @@ impl Connection {
                 Poll::Ready(Err(e)) => return Poll::Ready(Ok(Sent::Failed(e))),
                 Poll::Ready(Ok(())) => continue,
                 // The target takes no more for now: it may have answered already.
-                Poll::Pending => return self.poll_early_answer(cx),
+                Poll::Pending => return self.poll_early_answer(req.head_only, cx),
             }
         }
     }
 
     /// What the target sent while the request was still going out: Pending until a final
     /// response head (1xx ones are skipped) or the end of its side of the connection.
-    fn poll_early_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Sent, ExchangeError>> {
+    fn poll_early_answer(
+        &mut self,
+        head_only: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Sent, ExchangeError>> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = parse_head(&mut self.buf)? {
+                if let Some(head) = parse_head(&mut self.buf, !head_only)? {
                     if head.status.is_informational() {
                         check_informational(&head)?;
                         continue;
@@ -275,10 +279,10 @@ impl Connection {
         }
     }
 
-    async fn read_head(&mut self) -> Result<Head, ExchangeError> {
+    async fn read_head(&mut self, wire: bool) -> Result<Head, ExchangeError> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = parse_head(&mut self.buf)? {
+                if let Some(head) = parse_head(&mut self.buf, wire)? {
                     return Ok(head);
                 }
                 if self.buf.len() > MAX_HEAD_BYTES {
@@ -317,10 +321,12 @@ impl Connection {
         } else if head.transfer_encoding {
             if !matches!(head.content_length, Ok(None)) {
                 // Both: the length is ignored, and the connection not trusted afterwards.
-                head.headers.remove(CONTENT_LENGTH);
+                if let Fields::Map(headers) = &mut head.fields {
+                    headers.remove(CONTENT_LENGTH);
+                }
                 reusable = false;
             }
-            if last_coding_is_chunked(&head.headers) {
+            if head.chunked {
                 Framing::Chunked(Chunked::Size)
             } else {
                 Framing::UntilClose
@@ -333,7 +339,12 @@ impl Connection {
         if matches!(framing, Framing::UntilClose) {
             reusable = false;
         }
+        let (headers, wire) = match head.fields {
+            Fields::Map(headers) => (headers, None),
+            Fields::Wire(wire) => (HeaderMap::new(), Some(wire)),
+        };
         let mut body = ResponseBody {
+            wire,
             conn: Some(self),
             unsent: unsent.filter(|rest| !rest.is_empty()),
             framing,
@@ -345,7 +356,7 @@ impl Connection {
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
         *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
+        *resp.headers_mut() = headers;
         Ok(resp)
     }
 }
@@ -516,17 +527,27 @@ struct Head {
     version: Version,
     /// Without `Connection` when it only said keep-alive or close, and without `Keep-Alive`:
     /// both concern this connection alone, and the flags below say what they meant.
-    headers: HeaderMap,
+    fields: Fields,
     /// `Connection: close`: the target closes the connection after this response.
     close: bool,
     /// A Transfer-Encoding field is present.
     transfer_encoding: bool,
+    /// The last transfer coding listed is chunked.
+    chunked: bool,
     /// The Content-Length, when one is given (every value agreeing), or why it is invalid.
     content_length: Result<Option<u64>, String>,
 }
 
+/// A response's fields: in a header map, or as they came ([`WireFields`]).
+enum Fields {
+    Map(HeaderMap),
+    Wire(WireFields),
+}
+
 /// Parses a complete head off the front of `buf`, or None when more bytes are needed.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
+/// `wire`: its fields may stay in wire form, when the response allows it (see
+/// [`WireFields`]; false for the answer to a HEAD request, whose Content-Length must pass).
+fn parse_head(buf: &mut BytesMut, wire: bool) -> Result<Option<Head>, ExchangeError> {
     // Neither array is initialised up front: zeroing them cost more than the parse.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -557,11 +578,21 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     let mut count = 0;
     let mut close = false;
     let mut transfer_encoding = false;
+    let mut chunked = false;
     let mut content_length = Ok(None);
+    // In wire form: the fields that frame the body (bit i: the i-th span) are left out, and
+    // those that something must act on send the whole head to a map instead.
+    let mut framing = 0u128;
+    let mut wire = wire
+        && !(status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED);
+    let mut dated = false;
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         match name.len() {
+            4 if is("date") => dated = true,
             10 if is("connection") => {
                 // The usual value first, without splitting a list.
                 if field.value.eq_ignore_ascii_case(b"keep-alive") {
@@ -571,16 +602,39 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
                 if lists_only(field.value, &[b"keep-alive", b"close"]) {
                     continue;
                 }
+                // It names fields to remove (`headers::remove_hop_by_hop`).
+                wire = false;
             }
             10 if is("keep-alive") => continue,
             14 if is("content-length") => {
+                framing |= 1 << count;
                 if let Ok(found) = &mut content_length {
                     if let Err(why) = add_content_length(found, field.value) {
                         content_length = Err(why);
                     }
                 }
             }
-            17 if is("transfer-encoding") => transfer_encoding = true,
+            17 if is("transfer-encoding") => {
+                framing |= 1 << count;
+                transfer_encoding = true;
+                chunked = field
+                    .value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            // Via is extended; the other hop-by-hop fields are removed.
+            3 if is("via") => wire = false,
+            2 | 7 | 16 | 18 | 19
+                if is("te")
+                    || is("trailer")
+                    || is("upgrade")
+                    || is("proxy-connection")
+                    || is("proxy-authenticate")
+                    || is("proxy-authorization") =>
+            {
+                wire = false
+            }
             _ => {}
         }
         let name = field.name.as_ptr() as usize - base;
@@ -594,24 +648,39 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
         count += 1;
     }
     let head = buf.split_to(len).freeze();
-    // Room for what the proxy adds to a response (Via, X-Request-Id) without growing.
-    let mut headers = HeaderMap::with_capacity(count + 2);
-    for span in &spans[..count] {
-        // SAFETY: the loop above wrote the first `count` spans (one per parsed header).
-        let [ns, ne, vs, ve] = unsafe { span.assume_init() };
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| ExchangeError::Invalid("invalid header name".into()))?;
-        // SAFETY: httparse accepted the value, so it holds only HTAB, SP, visible ASCII and
-        // obs-text bytes: exactly what a HeaderValue allows (hyper relies on the same).
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(vs..ve)) };
-        headers.append(name, value);
-    }
+    // SAFETY: the loop above wrote the first `count` spans (one per parsed header).
+    let spans = spans[..count]
+        .iter()
+        .map(|span| unsafe { span.assume_init() });
+    let fields = if wire {
+        // Offsets fit: a head is read in bounded steps (MAX_HEAD_BYTES and one read more).
+        let kept = spans
+            .enumerate()
+            .filter(|(i, _)| framing & (1 << i) == 0)
+            .map(|(_, s)| s.map(|offset| offset as u32))
+            .collect();
+        Fields::Wire(WireFields::new(head, kept, dated))
+    } else {
+        // Room for what the proxy adds to a response (Via, X-Request-Id) without growing.
+        let mut headers = HeaderMap::with_capacity(count + 2);
+        for [ns, ne, vs, ve] in spans {
+            let name = HeaderName::from_bytes(&head[ns..ne])
+                .map_err(|_| ExchangeError::Invalid("invalid header name".into()))?;
+            // SAFETY: httparse accepted the value, so it holds only HTAB, SP, visible ASCII
+            // and obs-text bytes: exactly what a HeaderValue allows (hyper relies on the
+            // same).
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(vs..ve)) };
+            headers.append(name, value);
+        }
+        Fields::Map(headers)
+    };
     Ok(Some(Head {
         status,
         version,
-        headers,
+        fields,
         close,
         transfer_encoding,
+        chunked,
         content_length,
     }))
 }
@@ -632,15 +701,6 @@ fn add_content_length(found: &mut Option<u64>, value: &[u8]) -> Result<(), Strin
         *found = Some(n);
     }
     Ok(())
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Methods whose requests carry a body by definition: an empty one is sent as
@@ -696,6 +756,8 @@ enum Chunked {
 
 /// A response body read from the target's connection as the client takes it.
 pub struct ResponseBody {
+    /// The head's fields when they came in wire form (the map is then empty), until taken.
+    wire: Option<WireFields>,
     conn: Option<Connection>,
     /// The rest of a request the target answered before taking all of it, written whenever
     /// the body waits for the target (it may want the rest before it sends more).
@@ -1035,6 +1097,17 @@ pub enum UpstreamBody {
     Hyper(Incoming),
 }
 
+impl UpstreamBody {
+    /// The response's fields when our client kept them in wire form (its header map is then
+    /// empty of them): the caller passes them on or puts them in the map.
+    pub fn take_wire_fields(&mut self) -> Option<WireFields> {
+        match self {
+            UpstreamBody::Own(b) => b.wire.take(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -1186,15 +1259,72 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\nx-a: c\r\n\r\nokNEXT"[..],
         );
-        let head = parse_head(&mut buf).unwrap().unwrap();
+        let head = parse_head(&mut buf, false).unwrap().unwrap();
         assert_eq!(head.status, 200);
-        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
-        assert_eq!(content_length(&head.headers).unwrap(), Some(2));
+        let Fields::Map(headers) = head.fields else {
+            panic!("wire form not asked for")
+        };
+        assert_eq!(headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(content_length(&headers).unwrap(), Some(2));
         assert_eq!(&buf[..], b"okNEXT");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
-        assert!(parse_head(&mut partial).unwrap().is_none());
+        assert!(parse_head(&mut partial, true).unwrap().is_none());
         let mut folded = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\n\r\n"[..]);
-        assert!(parse_head(&mut folded).is_err());
+        assert!(parse_head(&mut folded, true).is_err());
+    }
+
+    /// Parses `head` asking for wire form: the fields as written back out (without
+    /// X-Request-Id) when it was kept, None when they went to a map.
+    fn wire_form(head: &str) -> Option<(String, bool, bool)> {
+        let mut buf = BytesMut::from(head.as_bytes());
+        let head = parse_head(&mut buf, true).unwrap().unwrap();
+        match head.fields {
+            Fields::Map(_) => None,
+            Fields::Wire(w) => {
+                let mut out = Vec::new();
+                w.write(&mut out, b"x-request-id");
+                Some((String::from_utf8(out).unwrap(), w.has_date(), head.chunked))
+            }
+        }
+    }
+
+    #[test]
+    fn fields_stay_in_wire_form_without_those_that_frame_the_body() {
+        let (out, dated, chunked) = wire_form(
+            "HTTP/1.1 200 OK\r\nServer: t\r\nDate: x\r\nContent-Length: 2\r\n\
+             Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Request-Id: theirs\r\n\
+             Content-Type: text/plain\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(out, "Server: t\r\nDate: x\r\nContent-Type: text/plain\r\n");
+        assert!(dated);
+        assert!(!chunked);
+        let (out, dated, chunked) =
+            wire_form("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nX-A: b\r\n\r\n")
+                .unwrap();
+        assert_eq!(out, "X-A: b\r\n");
+        assert!(!dated);
+        assert!(chunked);
+    }
+
+    #[test]
+    fn fields_something_must_act_on_go_to_a_map() {
+        for head in [
+            "HTTP/1.1 200 OK\r\nVia: 1.1 other\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nProxy-Authenticate: Basic\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTrailer: x-sum\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+        ] {
+            assert!(wire_form(head).is_none(), "{head}");
+        }
+        // The answer to a HEAD request keeps its Content-Length: never in wire form.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"[..]);
+        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        assert!(matches!(head.fields, Fields::Map(m) if m.contains_key(CONTENT_LENGTH)));
     }
 
     #[test]
