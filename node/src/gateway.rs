@@ -507,7 +507,7 @@ impl Gateway {
         entry.latency_ms = elapsed.as_secs_f64() * 1000.0;
         // A matched route counts through its own handles; a request without one (no route, or
         // refused before matching) under route "none".
-        let route_metrics = entry.route_metrics.clone();
+        let route_metrics = entry.route_metrics.take();
         match &route_metrics {
             Some(m) => {
                 m.requests(entry.status).increment(1);
@@ -522,20 +522,26 @@ impl Gateway {
             }
         }
 
-        // Log when the body is done (or abandoned), with the bytes actually sent.
-        let log = self.access_log.clone();
+        // Log when the body is done (or abandoned), with the bytes actually sent. The entry
+        // goes with the body only when a log is kept: it is hundreds of bytes, which every
+        // move of the body (into its box, out at the end) would copy.
+        let logged = entry
+            .kept
+            .then(|| (Box::new(entry), self.access_log.clone()));
         let (parts, body) = resp.into_parts();
         let metered = MeteredBody::new(body, idle, move |bytes, complete| {
             // The request leaves its target and its concurrency limits when its body is done.
             held.release(complete);
-            entry.bytes_sent = bytes;
-            entry.complete = complete;
             match &route_metrics {
                 Some(m) => m.bytes_sent().increment(bytes),
                 None => metrics::counter!("konnect_proxy_bytes_sent_total", "route" => "none")
                     .increment(bytes),
             }
-            log.record(entry);
+            if let Some((mut entry, log)) = logged {
+                entry.bytes_sent = bytes;
+                entry.complete = complete;
+                log.record(*entry);
+            }
         });
         (
             Response::from_parts(parts, BodyExt::boxed(metered)),
