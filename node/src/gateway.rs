@@ -327,6 +327,7 @@ impl Gateway {
                 let Some(acceptor) = tls else {
                     let peer = Peer {
                         addr: client,
+                        addr_text: IpText::new(client.ip()),
                         tls: false,
                         cert: None,
                     };
@@ -352,6 +353,7 @@ impl Gateway {
                     .map(Arc::new);
                 let peer = Peer {
                     addr: client,
+                    addr_text: IpText::new(client.ip()),
                     tls: true,
                     cert,
                 };
@@ -389,8 +391,7 @@ impl Gateway {
             max_head_bytes: self.settings.max_header_bytes.max(8192),
         };
         let served = server_h1::serve(io, limits, &mut drain, |req| {
-            self.clone()
-                .handle(req, peer.addr, peer.tls, peer.cert.clone())
+            self.clone().handle(req, peer.clone())
         })
         .await;
         if let server_h1::Served::Handoff(io) = served {
@@ -411,11 +412,9 @@ impl Gateway {
     {
         let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let gw = self.clone();
-            let (addr, tls, cert) = (peer.addr, peer.tls, peer.cert.clone());
+            let peer = peer.clone();
             async move {
-                let (mut resp, fields) = gw
-                    .handle(req.map(RequestBody::Hyper), addr, tls, cert)
-                    .await;
+                let (mut resp, fields) = gw.handle(req.map(RequestBody::Hyper), peer).await;
                 fields.insert_into(resp.headers_mut());
                 Ok::<_, std::convert::Infallible>(resp)
             }
@@ -440,21 +439,19 @@ impl Gateway {
     async fn handle(
         self: Arc<Self>,
         mut req: Request<RequestBody>,
-        client: SocketAddr,
-        tls: bool,
-        client_cert: Option<Arc<auth::ClientCert>>,
+        peer: Peer,
     ) -> (Response<ProxyBody>, headers::ResponseFields) {
+        let client = peer.addr;
         let started = Instant::now();
         let snapshot = self.snapshot.load_full();
         let request_id = headers::request_id(req.headers_mut());
         let made_request_id = request_id.made();
-        let request_id = request_id.id;
         // The descriptive fields cost allocations and a clock read: only when a log is kept.
         let mut entry = if self.access_log.is_enabled() {
             AccessEntry {
                 kept: true,
                 ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                request_id: request_id.to_str().unwrap_or_default().to_string(),
+                request_id: request_id.as_str().to_string(),
                 client_ip: client.ip().to_string(),
                 method: req.method().to_string(),
                 host: request_host(req.headers().get(HOST), req.uri())
@@ -472,9 +469,7 @@ impl Gateway {
             .proxy(
                 &snapshot,
                 req,
-                client,
-                tls,
-                client_cert.as_deref(),
+                &peer,
                 made_request_id,
                 &mut entry,
                 &mut held,
@@ -489,10 +484,10 @@ impl Gateway {
                 });
                 if let (Some(d), false) = (e.log_detail(), e.is_auth_failure()) {
                     let route = entry.route_metrics.as_ref().map_or("none", |m| m.route());
-                    tracing::warn!(request_id = request_id.to_str().unwrap_or_default(), route, error = %d, "{}", e);
+                    tracing::warn!(request_id = request_id.as_str(), route, error = %d, "{}", e);
                 }
                 (
-                    e.into_response(request_id.to_str().unwrap_or_default()),
+                    e.into_response(request_id.as_str()),
                     Duration::from_secs(60),
                     false,
                     None,
@@ -556,13 +551,12 @@ impl Gateway {
         &self,
         snapshot: &GatewaySnapshot,
         mut req: Request<RequestBody>,
-        client: SocketAddr,
-        tls: bool,
-        client_cert: Option<&auth::ClientCert>,
-        made_request_id: Option<HeaderValue>,
+        peer: &Peer,
+        made_request_id: Option<[u8; 32]>,
         entry: &mut AccessEntry,
         held: &mut Held,
     ) -> Result<Proxied, GatewayError> {
+        let (client, tls, client_cert) = (peer.addr, peer.tls, peer.cert.as_deref());
         // Phase: normalize. (A request with a body reaches here through hyper, whose parser
         // settles its framing per RFC 9112: with both Transfer-Encoding and Content-Length,
         // chunked wins and Content-Length is removed; conflicting Content-Length values are
@@ -665,7 +659,7 @@ impl Gateway {
         let upstream = match &route.upstream {
             Some(u) => u.clone(),
             None => {
-                if let Some(id) = made_request_id {
+                if let Some(Ok(id)) = made_request_id.map(|id| HeaderValue::from_bytes(&id)) {
                     req.headers_mut().insert(headers::X_REQUEST_ID, id);
                 }
                 let prefix = found.matched_prefix_len.min(path.len());
@@ -802,7 +796,7 @@ impl Gateway {
         headers::remove_hop_by_hop(&mut parts.headers);
         let added = headers::UpstreamFields::prepare(
             &mut parts.headers,
-            client.ip(),
+            &peer.addr_text,
             client_trusted,
             host.as_deref(),
             if tls { "https" } else { "http" },
@@ -988,9 +982,12 @@ impl Held {
     }
 }
 
-/// Who is at the other end of a client connection.
+/// Who is at the other end of a client connection (each request gets a copy).
+#[derive(Clone)]
 struct Peer {
     addr: SocketAddr,
+    /// `addr`'s IP as text (for X-Forwarded-For), made once per connection.
+    addr_text: IpText,
     /// Whether the connection came in on the TLS listener.
     tls: bool,
     /// The client's certificate, verified against `--proxy-client-ca` when one is set.
@@ -1057,6 +1054,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Active<T> {
 
 /// A client address as text in a buffer on the stack: the `ip` key of a limit, made without
 /// a heap allocation on every request.
+#[derive(Clone, Copy)]
 pub struct IpText {
     buf: [u8; 46],
     len: usize,
@@ -1190,21 +1188,45 @@ fn is_idempotent(m: &Method) -> bool {
 
 /// Host from the Host header (HTTP/1.1) or the URI authority (HTTP/2), without the port.
 fn request_host<'a>(field: Option<&'a HeaderValue>, uri: &'a Uri) -> Option<Cow<'a, str>> {
-    let raw = match field.and_then(|h| h.to_str().ok()) {
-        Some(h) => h,
-        None => uri.authority()?.as_str(),
+    // A Host field that is not text gives way to the URI's authority (always ASCII).
+    let (raw, (end, upper)) = match field.and_then(|h| host_scan(h.as_bytes()).map(|s| (h, s))) {
+        Some((h, scan)) => (h.as_bytes(), scan),
+        None => {
+            let authority = uri.authority()?.as_str().as_bytes();
+            (authority, host_scan(authority)?)
+        }
     };
-    let host = if raw.starts_with('[') {
-        // `[v6]:port` keeps its brackets.
-        raw.find(']').map_or(raw, |end| &raw[..=end])
-    } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
-    };
+    // SAFETY: `host_scan` accepted only ASCII bytes.
+    let host = unsafe { std::str::from_utf8_unchecked(&raw[..end]) };
     // Most clients send it in lower case already: then no copy.
-    Some(match host.bytes().any(|b| b.is_ascii_uppercase()) {
+    Some(match upper {
         true => Cow::Owned(host.to_ascii_lowercase()),
         false => Cow::Borrowed(host),
     })
+}
+
+/// One pass over a Host value: where the host ends (before `:port`; `[v6]:port` keeps its
+/// brackets) and whether it has an upper-case letter; None when it is not text (visible
+/// ASCII, space and tab, as `HeaderValue::to_str` allows).
+fn host_scan(raw: &[u8]) -> Option<(usize, bool)> {
+    let (mut last_colon, mut first_bracket, mut upper) = (None, None, false);
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b':' => last_colon = Some(i),
+            b']' if first_bracket.is_none() => first_bracket = Some(i),
+            b'A'..=b'Z' => upper = true,
+            b'\t' | b' '..=b'~' => {}
+            _ => return None,
+        }
+    }
+    let end = if raw.first() == Some(&b'[') {
+        first_bracket.map_or(raw.len(), |b| b + 1)
+    } else {
+        last_colon.unwrap_or(raw.len())
+    };
+    // Upper case after the end (in the port) does not count.
+    let upper = upper && raw[..end].iter().any(u8::is_ascii_uppercase);
+    Some((end, upper))
 }
 
 /// The request body as it will be forwarded: checked against the route's limit, and
@@ -1593,6 +1615,17 @@ mod tests {
         );
         let none = Request::builder().uri("/x").body(()).unwrap();
         assert_eq!(request_host(none.headers().get(HOST), none.uri()), None);
+        // A Host field that is not text gives way to the URI's authority.
+        let odd = Request::builder()
+            .uri("http://Auth.example:81/x")
+            .header(HOST, HeaderValue::from_bytes(b"h\xe9llo").unwrap())
+            .body(())
+            .unwrap();
+        assert_eq!(
+            request_host(odd.headers().get(HOST), odd.uri()).as_deref(),
+            Some("auth.example")
+        );
+        assert_eq!(host("x.example:ABC").as_deref(), Some("x.example"));
     }
 
     #[test]

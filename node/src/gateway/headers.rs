@@ -107,6 +107,8 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 
 /// The protocol a request asks to switch to (`Upgrade: websocket` with `Connection: upgrade`).
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    // Most requests have no Upgrade: one lookup of a standard name settles it.
+    let protocol = headers.get(hyper::header::UPGRADE)?;
     let connection_upgrade = headers
         .get_all(hyper::header::CONNECTION)
         .iter()
@@ -115,11 +117,7 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         });
-    if connection_upgrade {
-        headers.get(hyper::header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    connection_upgrade.then(|| protocol.clone())
 }
 
 /// Puts back the two headers that carry a protocol upgrade across the proxy.
@@ -181,7 +179,7 @@ pub struct UpstreamFields<'a> {
     /// `00-<trace id>-<this hop's span id>-<flags>`.
     traceparent: [u8; TRACEPARENT_LEN],
     /// Set when the proxy made the request's id (the client sent none, or no sane one).
-    request_id: Option<HeaderValue>,
+    request_id: Option<[u8; 32]>,
 }
 
 enum ForwardedFor {
@@ -207,11 +205,11 @@ impl<'a> UpstreamFields<'a> {
     /// `request_id` is the id the proxy made, if it made one.
     pub fn prepare(
         headers: &mut HeaderMap,
-        client: IpAddr,
+        client: &super::IpText,
         trusted: bool,
         original_host: Option<&'a str>,
         proto: &'static str,
-        request_id: Option<HeaderValue>,
+        request_id: Option<[u8; 32]>,
     ) -> UpstreamFields<'a> {
         // One pass over the few names present (by length first) instead of a lookup per
         // field: most requests carry none of these.
@@ -228,7 +226,7 @@ impl<'a> UpstreamFields<'a> {
         }
         let has = |bit: u8| present & bit != 0;
         let forwarded_for = match has(HAS_FORWARDED_FOR) {
-            false => ForwardedFor::Client(super::IpText::new(client)),
+            false => ForwardedFor::Client(*client),
             true => {
                 let prior = headers.remove(&X_FORWARDED_FOR);
                 let extended = prior
@@ -236,10 +234,10 @@ impl<'a> UpstreamFields<'a> {
                     .as_ref()
                     .and_then(|v| v.to_str().ok())
                     .filter(|p| !p.trim().is_empty())
-                    .and_then(|p| HeaderValue::from_str(&format!("{p}, {client}")).ok());
+                    .and_then(|p| HeaderValue::from_str(&format!("{p}, {}", client.as_str())).ok());
                 match extended {
                     Some(v) => ForwardedFor::Extended(v),
-                    None => ForwardedFor::Client(super::IpText::new(client)),
+                    None => ForwardedFor::Client(*client),
                 }
             }
         };
@@ -320,7 +318,7 @@ impl<'a> UpstreamFields<'a> {
         }
         field(&TRACEPARENT, b"traceparent: ", &self.traceparent, b"");
         if let Some(id) = &self.request_id {
-            field(&X_REQUEST_ID, b"x-request-id: ", id.as_bytes(), b"");
+            field(&X_REQUEST_ID, b"x-request-id: ", id, b"");
         }
     }
 
@@ -363,7 +361,7 @@ impl<'a> UpstreamFields<'a> {
 /// fields (inserting them into the map, only to write them out, cost more than the writing);
 /// hyper's responses get them in the map ([`ResponseFields::insert_into`]).
 pub struct ResponseFields {
-    request_id: HeaderValue,
+    request_id: RequestId,
     via: bool,
     /// The target's own fields, when they came through in wire form: written first, without
     /// an X-Request-Id of theirs.
@@ -374,7 +372,7 @@ impl ResponseFields {
     /// `via`: this hop is still to be added to Via. The response must not carry an
     /// X-Request-Id of its own (ours replaces it). `wire`: the target's fields, when the
     /// response's map does not hold them.
-    pub fn new(request_id: HeaderValue, via: bool, wire: Option<WireFields>) -> ResponseFields {
+    pub fn new(request_id: RequestId, via: bool, wire: Option<WireFields>) -> ResponseFields {
         ResponseFields {
             request_id,
             via,
@@ -387,7 +385,7 @@ impl ResponseFields {
         if let Some(wire) = self.wire {
             wire.insert_into(headers);
         }
-        headers.insert(X_REQUEST_ID, self.request_id);
+        headers.insert(X_REQUEST_ID, self.request_id.to_header_value());
         if self.via {
             add_via(headers);
         }
@@ -479,22 +477,22 @@ fn hex_into(raw: &[u8], out: &mut [u8]) {
 }
 
 /// The request's id: the client's X-Request-Id when it is a sane token, else a new one (32
-/// hex digits). The value is shared, not copied, by the response header and the log.
-///
-/// A new id is returned as `made`, and a client's value that was not sane is taken out of
-/// the map: the new id reaches the target through [`UpstreamFields`].
+/// hex digits). A client's value that was not sane is taken out of the map: a new id reaches
+/// the target through [`UpstreamFields`].
 pub fn request_id(headers: &mut HeaderMap) -> RequestId {
-    if let Some(id) = headers.get(&X_REQUEST_ID) {
+    // A scan of the few names present, by length first, costs less than hashing this one.
+    let given = headers
+        .iter()
+        .find(|(name, _)| name.as_str().len() == 12 && *name == X_REQUEST_ID)
+        .map(|(_, id)| id);
+    if let Some(id) = given {
         let b = id.as_bytes();
         if !b.is_empty()
             && b.len() <= 128
             && b.iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         {
-            return RequestId {
-                id: id.clone(),
-                made: false,
-            };
+            return RequestId::Given(id.clone());
         }
         headers.remove(&X_REQUEST_ID);
     }
@@ -502,22 +500,48 @@ pub fn request_id(headers: &mut HeaderMap) -> RequestId {
     random_id_bytes(&mut raw);
     let mut text = [0u8; 32];
     hex_into(&raw, &mut text);
-    RequestId {
-        id: HeaderValue::from_bytes(&text).expect("hex is a valid header value"),
-        made: true,
-    }
+    RequestId::Made(text)
 }
 
-/// A request's id, and whether this proxy made it (then the request does not carry it yet).
-pub struct RequestId {
-    pub id: HeaderValue,
-    pub made: bool,
+/// A request's id: the client's, or one this proxy made (then the request does not carry it
+/// yet). A made one is kept inline: making it allocates nothing, and the copies that go to
+/// the target and the response are 32 bytes each.
+#[derive(Clone)]
+pub enum RequestId {
+    /// The client's value, a sane token (ASCII).
+    Given(HeaderValue),
+    /// 32 lower-case hex digits.
+    Made([u8; 32]),
 }
 
 impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Given(v) => v.as_bytes(),
+            RequestId::Made(text) => text,
+        }
+    }
+
+    /// The id as text (both kinds are ASCII).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
     /// The id the request lacks, for [`UpstreamFields::prepare`].
-    pub fn made(&self) -> Option<HeaderValue> {
-        self.made.then(|| self.id.clone())
+    pub fn made(&self) -> Option<[u8; 32]> {
+        match self {
+            RequestId::Given(_) => None,
+            RequestId::Made(text) => Some(*text),
+        }
+    }
+
+    pub fn to_header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Given(v) => v.clone(),
+            // Hex digits: always a valid value.
+            RequestId::Made(text) => HeaderValue::from_bytes(text)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        }
     }
 }
 
@@ -552,11 +576,11 @@ mod tests {
         mut h: HeaderMap,
         trusted: bool,
         host: Option<&str>,
-        made_id: Option<HeaderValue>,
+        made_id: Option<[u8; 32]>,
     ) -> HeaderMap {
         let fields = UpstreamFields::prepare(
             &mut h,
-            "10.0.0.9".parse().unwrap(),
+            &crate::gateway::IpText::new("10.0.0.9".parse().unwrap()),
             trusted,
             host,
             "http",
@@ -610,10 +634,10 @@ mod tests {
             HeaderMap::new(),
             false,
             Some("shop.example"),
-            Some(HeaderValue::from_static("abc")),
+            Some(*b"0123456789abcdef0123456789abcdef"),
         );
         assert_eq!(h["x-forwarded-host"], "shop.example");
-        assert_eq!(h[&X_REQUEST_ID], "abc");
+        assert_eq!(h[&X_REQUEST_ID], "0123456789abcdef0123456789abcdef");
     }
 
     #[test]
@@ -661,26 +685,24 @@ mod tests {
     fn request_ids_are_kept_when_sane_and_made_otherwise() {
         let mut h = HeaderMap::new();
         let id = request_id(&mut h);
-        assert!(id.made);
-        let text = id.id.to_str().unwrap();
+        let text = id.as_str();
         assert_eq!(text.len(), 32);
         assert!(text
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        assert_eq!(id.made(), Some(id.id.clone()));
-        assert_ne!(request_id(&mut HeaderMap::new()).id, id.id);
+        assert_eq!(id.made().as_ref().map(|m| &m[..]), Some(text.as_bytes()));
+        assert_eq!(id.to_header_value(), text);
+        assert_ne!(request_id(&mut HeaderMap::new()).as_str(), text);
 
         let mut h = HeaderMap::new();
+        h.insert("x-other", HeaderValue::from_static("1"));
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123.x:y_z"));
         let kept = request_id(&mut h);
-        assert_eq!(
-            (kept.id.to_str().unwrap(), kept.made()),
-            ("abc-123.x:y_z", None)
-        );
+        assert_eq!((kept.as_str(), kept.made()), ("abc-123.x:y_z", None));
         h.insert(X_REQUEST_ID, HeaderValue::from_static("no spaces allowed"));
         let made = request_id(&mut h);
-        assert_eq!(made.id.len(), 32);
-        assert!(made.made);
+        assert_eq!(made.as_str().len(), 32);
+        assert!(made.made().is_some());
         assert!(!h.contains_key(&X_REQUEST_ID));
     }
 

@@ -57,9 +57,6 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Body chunks up to this size are copied behind the head (or the previous chunk) so that
 /// one write sends both; larger ones are written on their own.
 const COALESCE_BYTES: usize = 16 * 1024;
-/// Room in a request's header map for what the proxy adds (X-Forwarded-For/Proto/Host, Via,
-/// X-Request-Id, traceparent) without growing it.
-const ADDED_HEADERS: usize = 8;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Limits from the node's flags.
@@ -533,7 +530,10 @@ fn parse_request(buf: &[u8]) -> Parse {
     let Ok(uri) = Uri::from_maybe_shared(slice(target.as_bytes())) else {
         return Parse::Invalid(StatusCode::BAD_REQUEST);
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_HEADERS);
+    // Room for the request's own fields only: the proxy's own reach our client's requests
+    // outside the map (`headers::UpstreamFields`), and a map twice the size cost more to
+    // make than the rare growth (a transformation adding fields) costs.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Parse::Invalid(StatusCode::BAD_REQUEST);
