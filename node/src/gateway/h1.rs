@@ -120,6 +120,40 @@ pub fn parse_decimal(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// Whether `bytes`, a field name or value from a head httparse accepted, is `lower` in any
+/// case; `lower` is lower-case letters, digits and `-` (checked in debug builds).
+///
+/// Folding with `| 0x20` instead of lower-casing each byte: for bytes a head may hold (no
+/// control characters), the only byte that folds to a lower-case letter is that letter in
+/// either case, and `-` and digits fold only from themselves. Eight bytes at a time: the
+/// per-byte comparison was over a tenth of reading a response head.
+pub fn eq_lower(bytes: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-'));
+    if bytes.len() != lower.len() {
+        return false;
+    }
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let word = |s: &[u8], at: usize| {
+        u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default())
+    };
+    let len = bytes.len();
+    if len >= 8 {
+        let mut at = 0;
+        while at + 8 < len {
+            if word(bytes, at) | FOLD != word(lower, at) {
+                return false;
+            }
+            at += 8;
+        }
+        // The last eight bytes, overlapping the ones before when the length is not a
+        // multiple of eight.
+        return word(bytes, len - 8) | FOLD == word(lower, len - 8);
+    }
+    bytes.iter().zip(lower).all(|(b, l)| b | 0x20 == *l)
+}
+
 /// Whether the comma-separated field value `value` lists `token` (any case).
 pub fn lists_token(value: &[u8], token: &[u8]) -> bool {
     value
@@ -150,6 +184,32 @@ mod tests {
         );
         for bad in [&b""[..], b"+1", b"1 ", b"0x10", b"99999999999999999999"] {
             assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_compare_in_any_case_and_only_to_themselves() {
+        for (bytes, lower, equal) in [
+            (&b"Content-Length"[..], &b"content-length"[..], true),
+            (b"CONTENT-LENGTH", b"content-length", true),
+            (b"content-lengtH", b"content-length", true),
+            (b"content-lengts", b"content-length", false),
+            (b"content_length", b"content-length", false),
+            (b"Content-Lengt", b"content-length", false),
+            (b"Transfer-Encoding", b"transfer-encoding", true),
+            (b"Transfer-Encodinf", b"transfer-encoding", false),
+            (b"Xransfer-Encoding", b"transfer-encoding", false),
+            (b"DATE", b"date", true),
+            (b"dat^", b"date", false),
+            (b"Keep-Alive", b"keep-alive", true),
+            (b"keep-alive ", b"keep-alive", false),
+            (b"12345678", b"12345678", true),
+            (b"", b"", true),
+            (b"te", b"te", true),
+            (b"TE", b"te", true),
+        ] {
+            assert_eq!(eq_lower(bytes, lower), equal, "{bytes:?} {lower:?}");
+            assert_eq!(bytes.eq_ignore_ascii_case(lower), equal, "{bytes:?}");
         }
     }
 

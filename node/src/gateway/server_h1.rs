@@ -48,7 +48,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
 use super::body::{ProxyBody, RequestBody};
-use super::h1::{lists_token, parse_decimal};
+use super::h1::{eq_lower, lists_token, parse_decimal};
 
 /// The most header fields accepted in a request head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -505,7 +505,7 @@ fn parse_request(buf: &[u8]) -> Parse {
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
         let value = field.value;
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        let is = |n: &str| eq_lower(name, n.as_bytes());
         match name.len() {
             14 if is("content-length") && value.trim_ascii() != b"0" => return Parse::NotOurs,
             17 if is("transfer-encoding") => return Parse::NotOurs,

@@ -47,7 +47,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::BoxError;
-use super::h1::{lists_only, lists_token, parse_decimal, WireFields};
+use super::h1::{eq_lower, lists_only, lists_token, parse_decimal, WireFields};
 use super::headers::UpstreamFields;
 use super::pool::{Io, PoolShared};
 
@@ -590,12 +590,12 @@ fn parse_head(buf: &mut BytesMut, wire: bool) -> Result<Option<Head>, ExchangeEr
     let mut dated = false;
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        let is = |n: &str| eq_lower(name, n.as_bytes());
         match name.len() {
             4 if is("date") => dated = true,
             10 if is("connection") => {
                 // The usual value first, without splitting a list.
-                if field.value.eq_ignore_ascii_case(b"keep-alive") {
+                if eq_lower(field.value, b"keep-alive") {
                     continue;
                 }
                 close |= lists_token(field.value, b"close");
