@@ -863,6 +863,9 @@ impl Gateway {
             &upstream,
             &mut parts,
             added.as_ref(),
+            // Nothing here reads the target's fields unless the route transforms or caches
+            // the response.
+            route.spec.response.is_none() && route.cache.is_none(),
             &forwarded_path,
             forwarded_query.as_deref(),
             body,
@@ -911,14 +914,10 @@ impl Gateway {
 
         // Phase: prepare_response.
         let (mut rparts, mut rbody) = resp.into_parts();
-        // The target's fields, when our client kept them in wire form (nothing hop-by-hop
-        // among them, no Via), go to the client as they are unless something here reads them.
-        let mut wire = rbody.take_wire_fields();
-        if route.spec.response.is_some() || route.cache.is_some() {
-            if let Some(fields) = wire.take() {
-                fields.insert_into(&mut rparts.headers);
-            }
-        }
+        // The target's fields, when our client kept them in wire form (asked for above when
+        // the route neither transforms nor caches the response; nothing hop-by-hop among
+        // them, no Via), go to the client as they are.
+        let wire = rbody.take_wire_fields();
         headers::remove_hop_by_hop(&mut rparts.headers);
         // This hop goes into the map when something reads the response's fields after this
         // (its transformation, the cache) or a Via is there to extend; otherwise the server
@@ -1331,12 +1330,14 @@ enum AttemptError {
 
 /// Sends the request to a target, retrying on another target when the failure is listed in
 /// `retries.on` and resending is safe. Returns the response and the request slot it holds on
-/// its target (hold it until the body is done).
+/// its target (hold it until the body is done). `wire_fields`: the caller reads none of the
+/// response's fields, so our client may keep them in wire form (`h1::WireFields`).
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     upstream: &Arc<Upstream>,
     parts: &mut hyper::http::request::Parts,
     added: Option<&headers::UpstreamFields<'_>>,
+    wire_fields: bool,
     path: &str,
     query: Option<&str>,
     body: ForwardBody,
@@ -1436,6 +1437,7 @@ async fn forward(
                     headers: std::mem::take(&mut headers),
                     added,
                     body: body.clone(),
+                    wire_fields,
                 })
             }
             _ => {

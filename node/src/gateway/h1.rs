@@ -14,28 +14,64 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// header map: building one (a name lookup and a hashed insert per field) and reading it out
 /// again cost about a tenth of a proxied request's instructions (benches/README.md).
 ///
-/// Made by `upstream_h1` only for a response that carries its fields through unchanged (no
-/// Via to extend, no hop-by-hop field beyond the connection's own, not 1xx, 204 or 304, not
-/// to a HEAD request), and only kept so by the gateway when nothing reads them on the way (no
-/// response transformation, no cache): anything else gets them in the map
-/// ([`WireFields::insert_into`]).
+/// Made by `upstream_h1` only when the gateway asks for it (the route reads none of the
+/// fields: no response transformation, no cache) and the response allows it: no Via to
+/// extend, no hop-by-hop field beyond the connection's own, not 1xx, 204 or 304, not the
+/// answer to a HEAD, every line ended by CRLF. Anything else gets a header map.
 ///
-/// Invariant: they never decide the framing. Connection, Keep-Alive, Content-Length and
-/// Transfer-Encoding were left out when the head was read; the client's side frames the body
-/// from its own size.
+/// The fields are runs of whole lines of the head, copied as they are. Left out when the
+/// head was read, so never written: Connection, Keep-Alive, Content-Length and
+/// Transfer-Encoding (the client's side frames the body from its own size), and the
+/// target's X-Request-Id (the proxy's replaces it).
 pub struct WireFields {
-    /// The response head the fields are slices of.
+    /// The response head the runs are slices of.
     head: Bytes,
-    /// Each field's name start and end, then value start and end, in `head`, in order.
-    spans: Vec<[u32; 4]>,
-    /// One of them is Date.
+    /// Start and end of each run of lines in `head`; `runs[..count]` are used.
+    runs: [(u32, u32); MAX_RUNS],
+    count: u8,
+    /// One of the fields is Date.
     dated: bool,
 }
 
+/// The most runs of lines a [`WireFields`] holds: each field left out between two kept ones
+/// starts a new run, and a head that needs more goes to a map.
+pub const MAX_RUNS: usize = 3;
+
+/// The runs of lines of a [`WireFields`], gathered line by line.
+#[derive(Default)]
+pub struct Runs {
+    runs: [(u32, u32); MAX_RUNS],
+    count: u8,
+}
+
+impl Runs {
+    /// Adds the line from `start` to `end` (after its CRLF), after those added before it;
+    /// false when that would take more than [`MAX_RUNS`] runs.
+    pub fn push(&mut self, start: usize, end: usize) -> bool {
+        // Offsets fit: a head is read in bounded steps (under a megabyte).
+        let (start, end) = (start as u32, end as u32);
+        let n = usize::from(self.count);
+        if n > 0 && self.runs[n - 1].1 == start {
+            self.runs[n - 1].1 = end;
+        } else if n < MAX_RUNS {
+            self.runs[n] = (start, end);
+            self.count += 1;
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
 impl WireFields {
-    /// `spans` index `head` (checked by the caller); `dated`: one of them is Date.
-    pub fn new(head: Bytes, spans: Vec<[u32; 4]>, dated: bool) -> WireFields {
-        WireFields { head, spans, dated }
+    /// `runs` are of lines of `head`; `dated`: one of them is Date.
+    pub fn new(head: Bytes, runs: Runs, dated: bool) -> WireFields {
+        WireFields {
+            head,
+            runs: runs.runs,
+            count: runs.count,
+            dated,
+        }
     }
 
     /// One of the fields is Date (the client's side then adds none).
@@ -43,37 +79,50 @@ impl WireFields {
         self.dated
     }
 
-    /// Writes each field as `name: value` and CRLF, in the target's spelling, except those
-    /// named `except` (any case).
-    pub fn write(&self, out: &mut Vec<u8>, except: &[u8]) {
-        for &[ns, ne, vs, ve] in &self.spans {
-            let name = &self.head[ns as usize..ne as usize];
-            if name.len() == except.len() && name.eq_ignore_ascii_case(except) {
-                continue;
-            }
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&self.head[vs as usize..ve as usize]);
-            out.extend_from_slice(b"\r\n");
+    fn runs(&self) -> impl Iterator<Item = &[u8]> {
+        self.runs[..usize::from(self.count)]
+            .iter()
+            .map(|&(start, end)| &self.head[start as usize..end as usize])
+    }
+
+    /// Writes the fields' lines as they came (each ends with CRLF).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for run in self.runs() {
+            out.extend_from_slice(run);
         }
     }
 
-    /// Appends the fields to a header map: for what reads them (a transformation, the cache)
-    /// or writes responses itself (hyper).
+    /// Appends the fields to a header map: for hyper, which writes responses itself.
     pub fn insert_into(self, headers: &mut HeaderMap) {
-        headers.reserve(self.spans.len());
-        for [ns, ne, vs, ve] in self.spans {
-            // httparse accepted the name: its token characters are the ones HeaderName takes,
-            // so this never skips one.
-            let Ok(name) = HeaderName::from_bytes(&self.head[ns as usize..ne as usize]) else {
-                continue;
-            };
-            // SAFETY: httparse accepted the value, so it holds only HTAB, SP, visible ASCII
-            // and obs-text bytes: exactly what a HeaderValue allows (hyper relies on the same).
-            let value = unsafe {
-                HeaderValue::from_maybe_shared_unchecked(self.head.slice(vs as usize..ve as usize))
-            };
-            headers.append(name, value);
+        for run in self.runs() {
+            let base = run.as_ptr() as usize - self.head.as_ptr() as usize;
+            let mut at = 0;
+            for line in run.split_inclusive(|b| *b == b'\n') {
+                let start = base + at;
+                at += line.len();
+                // "name:" OWS value OWS CRLF, as httparse accepted it.
+                let Some(colon) = line.iter().position(|b| *b == b':') else {
+                    continue;
+                };
+                let value = &line[colon + 1..line.len() - 2];
+                let lead = value.len() - value.trim_ascii_start().len();
+                let value = value.trim_ascii();
+                // httparse accepted the name: its token characters are the ones HeaderName
+                // takes, so this never skips one.
+                let Ok(name) = HeaderName::from_bytes(&line[..colon]) else {
+                    continue;
+                };
+                let from = start + colon + 1 + lead;
+                // SAFETY: httparse accepted the value, so it holds only HTAB, SP, visible
+                // ASCII and obs-text bytes: exactly what a HeaderValue allows (hyper relies on
+                // the same).
+                let value = unsafe {
+                    HeaderValue::from_maybe_shared_unchecked(
+                        self.head.slice(from..from + value.len()),
+                    )
+                };
+                headers.append(name, value);
+            }
         }
     }
 }
@@ -135,9 +184,8 @@ pub fn eq_lower(bytes: &[u8], lower: &[u8]) -> bool {
         return false;
     }
     const FOLD: u64 = 0x2020_2020_2020_2020;
-    let word = |s: &[u8], at: usize| {
-        u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default())
-    };
+    let word =
+        |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
     let len = bytes.len();
     if len >= 8 {
         let mut at = 0;

@@ -363,8 +363,8 @@ impl<'a> UpstreamFields<'a> {
 pub struct ResponseFields {
     request_id: RequestId,
     via: bool,
-    /// The target's own fields, when they came through in wire form: written first, without
-    /// an X-Request-Id of theirs.
+    /// The target's own fields, when they came through in wire form: written first (they
+    /// hold no X-Request-Id of theirs).
     wire: Option<WireFields>,
 }
 
@@ -399,7 +399,7 @@ impl super::server_h1::ExtraFields for ResponseFields {
 
     fn write(&self, out: &mut Vec<u8>) {
         if let Some(wire) = &self.wire {
-            wire.write(out, X_REQUEST_ID.as_str().as_bytes());
+            wire.write(out);
         }
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(self.request_id.as_bytes());

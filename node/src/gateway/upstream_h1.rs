@@ -47,7 +47,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::BoxError;
-use super::h1::{eq_lower, lists_only, lists_token, parse_decimal, WireFields};
+use super::h1::{eq_lower, lists_only, lists_token, parse_decimal, Runs, WireFields};
 use super::headers::UpstreamFields;
 use super::pool::{Io, PoolShared};
 
@@ -85,6 +85,9 @@ pub struct BufferedRequest<'a> {
     /// The proxy's own fields, written after `headers`.
     pub added: Option<&'a UpstreamFields<'a>>,
     pub body: Bytes,
+    /// The caller reads none of the response's fields: they may stay in wire form
+    /// ([`WireFields`], taken with [`UpstreamBody::take_wire_fields`]).
+    pub wire_fields: bool,
 }
 
 impl Connection {
@@ -143,7 +146,7 @@ impl Connection {
             return Box::pin(self.finish_cut_short(sent, req, written, pool, target)).await;
         }
         loop {
-            let head = self.read_head(!req.head_only).await?;
+            let head = self.read_head(req.wire_fields).await?;
             // Informational answers (100 Continue, 103 Early Hints) precede the real one.
             if head.status.is_informational() {
                 check_informational(&head)?;
@@ -167,13 +170,13 @@ impl Connection {
         let (head, unsent) = match sent {
             Sent::Answered(head) => (*head, req.unsent_from(written)),
             sent => {
-                let mut read = self.read_head(!req.head_only).await;
+                let mut read = self.read_head(req.wire_fields).await;
                 while let Ok(head) = &read {
                     if !head.status.is_informational() {
                         break;
                     }
                     check_informational(head)?;
-                    read = self.read_head(!req.head_only).await;
+                    read = self.read_head(req.wire_fields).await;
                 }
                 match (sent, read) {
                     // Nothing came back from a target that stopped taking the request: that
@@ -224,7 +227,7 @@ impl Connection {
                 Poll::Ready(Err(e)) => return Poll::Ready(Ok(Sent::Failed(e))),
                 Poll::Ready(Ok(())) => continue,
                 // The target takes no more for now: it may have answered already.
-                Poll::Pending => return self.poll_early_answer(req.head_only, cx),
+                Poll::Pending => return self.poll_early_answer(req.wire_fields, cx),
             }
         }
     }
@@ -233,12 +236,12 @@ impl Connection {
     /// response head (1xx ones are skipped) or the end of its side of the connection.
     fn poll_early_answer(
         &mut self,
-        head_only: bool,
+        wire_fields: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Sent, ExchangeError>> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = parse_head(&mut self.buf, !head_only)? {
+                if let Some(head) = parse_head(&mut self.buf, wire_fields)? {
                     if head.status.is_informational() {
                         check_informational(&head)?;
                         continue;
@@ -397,6 +400,9 @@ pub struct EncodedRequest {
     wire: Vec<u8>,
     /// A body too large to copy behind the head, written after it.
     large_body: Option<Bytes>,
+    /// The response's fields may stay in wire form (see [`BufferedRequest::wire_fields`];
+    /// never for a HEAD, whose answer's Content-Length must pass).
+    wire_fields: bool,
     head_only: bool,
     /// Idempotent (RFC 9110 9.2.2): safe to send again when a reused connection closed
     /// before any byte of a response.
@@ -488,6 +494,7 @@ impl BufferedRequest<'_> {
         EncodedRequest {
             wire: out,
             large_body,
+            wire_fields: req.wire_fields && req.method != Method::HEAD,
             head_only: req.method == Method::HEAD,
             resendable: super::is_idempotent(&req.method),
         }
@@ -545,8 +552,8 @@ enum Fields {
 }
 
 /// Parses a complete head off the front of `buf`, or None when more bytes are needed.
-/// `wire`: its fields may stay in wire form, when the response allows it (see
-/// [`WireFields`]; false for the answer to a HEAD request, whose Content-Length must pass).
+/// `wire`: the fields may stay in wire form, when the response allows it (see
+/// [`WireFields`]); else, and when it does not, they go to a header map.
 fn parse_head(buf: &mut BytesMut, wire: bool) -> Result<Option<Head>, ExchangeError> {
     // Neither array is initialised up front: zeroing them cost more than the parse.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -580,9 +587,10 @@ fn parse_head(buf: &mut BytesMut, wire: bool) -> Result<Option<Head>, ExchangeEr
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut content_length = Ok(None);
-    // In wire form: the fields that frame the body (bit i: the i-th span) are left out, and
-    // those that something must act on send the whole head to a map instead.
-    let mut framing = 0u128;
+    // In wire form: the fields that frame the body, and the target's X-Request-Id, are left
+    // out (bit i: the i-th span), and those that something must act on send the whole head
+    // to a map instead.
+    let mut left_out = 0u128;
     let mut wire = wire
         && !(status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -606,8 +614,9 @@ fn parse_head(buf: &mut BytesMut, wire: bool) -> Result<Option<Head>, ExchangeEr
                 wire = false;
             }
             10 if is("keep-alive") => continue,
+            12 if is("x-request-id") => left_out |= 1 << count,
             14 if is("content-length") => {
-                framing |= 1 << count;
+                left_out |= 1 << count;
                 if let Ok(found) = &mut content_length {
                     if let Err(why) = add_content_length(found, field.value) {
                         content_length = Err(why);
@@ -615,7 +624,7 @@ fn parse_head(buf: &mut BytesMut, wire: bool) -> Result<Option<Head>, ExchangeEr
                 }
             }
             17 if is("transfer-encoding") => {
-                framing |= 1 << count;
+                left_out |= 1 << count;
                 transfer_encoding = true;
                 chunked = field
                     .value
@@ -649,21 +658,32 @@ fn parse_head(buf: &mut BytesMut, wire: bool) -> Result<Option<Head>, ExchangeEr
     }
     let head = buf.split_to(len).freeze();
     // SAFETY: the loop above wrote the first `count` spans (one per parsed header).
-    let spans = spans[..count]
-        .iter()
-        .map(|span| unsafe { span.assume_init() });
-    let fields = if wire {
-        // Offsets fit: a head is read in bounded steps (MAX_HEAD_BYTES and one read more).
-        let kept = spans
+    let spans = || {
+        spans[..count]
+            .iter()
+            .map(|span| unsafe { span.assume_init() })
+    };
+    let mut runs = Runs::default();
+    // Each kept field's whole line, from its name to its line end, which must be a CRLF.
+    let wire = wire
+        && spans()
             .enumerate()
-            .filter(|(i, _)| framing & (1 << i) == 0)
-            .map(|(_, s)| s.map(|offset| offset as u32))
-            .collect();
-        Fields::Wire(WireFields::new(head, kept, dated))
+            .filter(|(i, _)| left_out & (1 << i) == 0)
+            .all(|(_, [ns, _, _, ve])| {
+                match head
+                    .get(ve..)
+                    .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+                {
+                    Some(n) if n > 0 && head[ve + n - 1] == b'\r' => runs.push(ns, ve + n + 1),
+                    _ => false,
+                }
+            });
+    let fields = if wire {
+        Fields::Wire(WireFields::new(head, runs, dated))
     } else {
         // Room for what the proxy adds to a response (Via, X-Request-Id) without growing.
         let mut headers = HeaderMap::with_capacity(count + 2);
-        for [ns, ne, vs, ve] in spans {
+        for [ns, ne, vs, ve] in spans() {
             let name = HeaderName::from_bytes(&head[ns..ne])
                 .map_err(|_| ExchangeError::Invalid("invalid header name".into()))?;
             // SAFETY: httparse accepted the value, so it holds only HTAB, SP, visible ASCII
@@ -1273,19 +1293,32 @@ mod tests {
         assert!(parse_head(&mut folded, true).is_err());
     }
 
-    /// Parses `head` asking for wire form: the fields as written back out (without
-    /// X-Request-Id) when it was kept, None when they went to a map.
+    /// Parses `head` asking for wire form: the fields as written back out when it was kept,
+    /// None when they went to a map. Checks that the map made from the wire form (for hyper)
+    /// holds what a map made from the head holds, less the fields left out.
     fn wire_form(head: &str) -> Option<(String, bool, bool)> {
         let mut buf = BytesMut::from(head.as_bytes());
-        let head = parse_head(&mut buf, true).unwrap().unwrap();
-        match head.fields {
-            Fields::Map(_) => None,
-            Fields::Wire(w) => {
-                let mut out = Vec::new();
-                w.write(&mut out, b"x-request-id");
-                Some((String::from_utf8(out).unwrap(), w.has_date(), head.chunked))
-            }
+        let parsed = parse_head(&mut buf, true).unwrap().unwrap();
+        let Fields::Wire(w) = parsed.fields else {
+            return None;
+        };
+        let mut out = Vec::new();
+        w.write(&mut out);
+        let dated = w.has_date();
+        let mut from_wire = HeaderMap::new();
+        w.insert_into(&mut from_wire);
+        let Fields::Map(mut from_head) = parse_head(&mut BytesMut::from(head.as_bytes()), false)
+            .unwrap()
+            .unwrap()
+            .fields
+        else {
+            panic!("a map was asked for")
+        };
+        for left_out in ["content-length", "transfer-encoding", "x-request-id"] {
+            from_head.remove(left_out);
         }
+        assert_eq!(from_wire, from_head, "{head}");
+        Some((String::from_utf8(out).unwrap(), dated, parsed.chunked))
     }
 
     #[test]
@@ -1293,10 +1326,14 @@ mod tests {
         let (out, dated, chunked) = wire_form(
             "HTTP/1.1 200 OK\r\nServer: t\r\nDate: x\r\nContent-Length: 2\r\n\
              Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Request-Id: theirs\r\n\
-             Content-Type: text/plain\r\n\r\n",
+             Content-Type: text/plain\r\nX-Spaced:\t a  b \r\nX-Empty:\r\n\r\n",
         )
         .unwrap();
-        assert_eq!(out, "Server: t\r\nDate: x\r\nContent-Type: text/plain\r\n");
+        // Lines are copied as they came, spaces around values included.
+        assert_eq!(
+            out,
+            "Server: t\r\nDate: x\r\nContent-Type: text/plain\r\nX-Spaced:\t a  b \r\nX-Empty:\r\n"
+        );
         assert!(dated);
         assert!(!chunked);
         let (out, dated, chunked) =
@@ -1318,6 +1355,11 @@ mod tests {
             "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
             "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
             "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+            // A line ended by a bare LF is not copied as it came.
+            "HTTP/1.1 200 OK\r\nX-A: b\nX-B: c\r\n\r\n",
+            // Four runs of lines: more than a wire form holds.
+            "HTTP/1.1 200 OK\r\nA: 1\r\nContent-Length: 0\r\nB: 2\r\nConnection: keep-alive\r\n\
+             C: 3\r\nX-Request-Id: r\r\nD: 4\r\n\r\n",
         ] {
             assert!(wire_form(head).is_none(), "{head}");
         }
