@@ -663,9 +663,10 @@ impl Gateway {
                     req.headers_mut().insert(headers::X_REQUEST_ID, id);
                 }
                 let prefix = found.matched_prefix_len.min(path.len());
-                let mut resp = self
-                    .serve_ai(snapshot, route, &path[prefix..], req, caller.as_ref())
-                    .await?;
+                // Boxed: its future is kilobytes, room every proxied request would carry.
+                let mut resp =
+                    Box::pin(self.serve_ai(snapshot, route, &path[prefix..], req, caller.as_ref()))
+                        .await?;
                 if let Some(v) = &limited {
                     ratelimit_headers(resp.headers_mut(), v);
                 }
@@ -1484,9 +1485,11 @@ async fn forward(
                 .exchange(i, &target.connect_to, req, wait_until)
                 .await
                 .map(|resp| (resp, None)),
+            // Boxed: hyper's exchange is kilobytes of future, which every request's future
+            // (held per client connection) would otherwise make room for.
             Outgoing::Hyper(req) => tokio::time::timeout_at(
                 wait_until.into(),
-                upstream.pool.send(i, &target.connect_to, req),
+                Box::pin(upstream.pool.send(i, &target.connect_to, req)),
             )
             .await
             .unwrap_or(Err(SendError::TimedOut)),

@@ -152,8 +152,8 @@ impl ConnPool {
     ) -> Result<Response<UpstreamBody>, SendError> {
         let (conn, reused) = match self.take_idle_own(target) {
             Some(c) => (c, true),
-            None => match self.open_by(origin, deadline).await? {
-                Ok(io) => (upstream_h1::Connection::new(io), false),
+            None => match self.open_own_by(origin, deadline).await? {
+                Ok(conn) => (conn, false),
                 Err(detail) => {
                     return Err(SendError::Connect {
                         detail,
@@ -171,10 +171,9 @@ impl ConnPool {
             // (it read nothing, or dropped it unanswered): an idempotent request goes again,
             // once, on a new connection.
             Err(ExchangeError::ClosedBeforeResponse) if reused && req.resendable => {
-                match self.open_by(origin, deadline).await? {
-                    Ok(io) => {
-                        upstream_h1::Connection::new(io)
-                            .exchange(&req, deadline, self.shared.clone(), target)
+                match self.open_own_by(origin, deadline).await? {
+                    Ok(conn) => {
+                        conn.exchange(&req, deadline, self.shared.clone(), target)
                             .await
                     }
                     Err(detail) => {
@@ -194,15 +193,22 @@ impl ConnPool {
             })
     }
 
-    /// Opens a connection, unless `deadline` passes first.
-    async fn open_by(
+    /// Opens a connection for our own codec, unless `deadline` passes first.
+    async fn open_own_by(
         &self,
         origin: &Uri,
         deadline: Instant,
-    ) -> Result<Result<Io, String>, SendError> {
-        tokio::time::timeout_at(deadline.into(), self.open(origin))
-            .await
-            .map_err(|_| SendError::TimedOut)
+    ) -> Result<Result<upstream_h1::Connection, String>, SendError> {
+        // Boxed, and the stream boxed inside it: connecting (TCP, then TLS) is kilobytes of
+        // future and a TLS stream a kilobyte more, room that every request's future (held per
+        // client connection) would carry while almost all of them take a pooled connection.
+        Box::pin(async move {
+            tokio::time::timeout_at(deadline.into(), self.open(origin))
+                .await
+                .map(|opened| opened.map(upstream_h1::Connection::new))
+                .map_err(|_| SendError::TimedOut)
+        })
+        .await
     }
 
     fn take_idle_own(&self, target: usize) -> Option<upstream_h1::Connection> {
