@@ -414,7 +414,9 @@ impl Gateway {
             let gw = self.clone();
             let peer = peer.clone();
             async move {
-                let (mut resp, fields) = gw.handle(req.map(RequestBody::Hyper), peer).await;
+                let (mut resp, fields) = gw
+                    .handle(req.map(|body| RequestBody::Hyper(Box::new(body))), peer)
+                    .await;
                 fields.insert_into(resp.headers_mut());
                 Ok::<_, std::convert::Infallible>(resp)
             }

@@ -27,29 +27,31 @@ pub struct WireFields {
     /// The response head the runs are slices of.
     head: Bytes,
     /// Start and end of each run of lines in `head`; `runs[..count]` are used.
-    runs: [(u32, u32); MAX_RUNS],
+    runs: [(u16, u16); MAX_RUNS],
     count: u8,
     /// One of the fields is Date.
     dated: bool,
 }
 
 /// The most runs of lines a [`WireFields`] holds: each field left out between two kept ones
-/// starts a new run, and a head that needs more goes to a map.
+/// starts a new run, and a head that needs more goes to a map, as does one whose fields end
+/// past 64 KiB. (Small offsets keep a response under 256 bytes: see `RequestBody`.)
 pub const MAX_RUNS: usize = 3;
 
 /// The runs of lines of a [`WireFields`], gathered line by line.
 #[derive(Default)]
 pub struct Runs {
-    runs: [(u32, u32); MAX_RUNS],
+    runs: [(u16, u16); MAX_RUNS],
     count: u8,
 }
 
 impl Runs {
     /// Adds the line from `start` to `end` (after its CRLF), after those added before it;
-    /// false when that would take more than [`MAX_RUNS`] runs.
+    /// false when that would take more than [`MAX_RUNS`] runs, or it ends past 64 KiB.
     pub fn push(&mut self, start: usize, end: usize) -> bool {
-        // Offsets fit: a head is read in bounded steps (under a megabyte).
-        let (start, end) = (start as u32, end as u32);
+        let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else {
+            return false;
+        };
         let n = usize::from(self.count);
         if n > 0 && self.runs[n - 1].1 == start {
             self.runs[n - 1].1 = end;
@@ -82,7 +84,7 @@ impl WireFields {
     fn runs(&self) -> impl Iterator<Item = &[u8]> {
         self.runs[..usize::from(self.count)]
             .iter()
-            .map(|&(start, end)| &self.head[start as usize..end as usize])
+            .map(|&(start, end)| &self.head[usize::from(start)..usize::from(end)])
     }
 
     /// Writes the fields' lines as they came (each ends with CRLF).
