@@ -198,27 +198,12 @@ async fn head_and_no_content_answers_carry_no_body_and_the_connection_goes_on() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_of_unknown_length_is_sent_chunked_and_the_connection_goes_on() {
     // A target that answers until it closes: the proxy cannot know the length up front.
-    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = target.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        loop {
-            let (mut c, _) = target.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = c
-                    .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the target closes")
-                    .await;
-            });
-        }
-    });
-    let (_c, proxy) = gateway_to(&format!("http://127.0.0.1:{port}"), &[]).await;
+    let (url, server) = raw_target(
+        b"HTTP/1.1 200 OK\r\n\r\nuntil the target closes",
+        Then::Close,
+    )
+    .await;
+    let (_c, proxy) = gateway_to(&url, &[]).await;
     let mut s = TcpStream::connect(&proxy).await.unwrap();
     let mut buf = Vec::new();
     for _ in 0..2 {
@@ -337,9 +322,18 @@ async fn the_proxys_own_answers_are_framed_and_dated() {
     }
 }
 
-/// A target on a raw socket that answers every request on a connection with `answer` (its
-/// head, then `hello`): the fields a user's service sends, connection-level ones included.
-async fn raw_target(answer: &'static [u8]) -> (String, tokio::task::JoinHandle<()>) {
+/// What a [`raw_target`] does after an answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Then {
+    /// Reads the connection's next request.
+    KeepAlive,
+    /// Closes the connection (the end of an answer without a length).
+    Close,
+}
+
+/// A target on a raw socket that answers each request with `answer`, written as it is: the
+/// fields a user's service sends, connection-level ones included.
+async fn raw_target(answer: &'static [u8], then: Then) -> (String, tokio::task::JoinHandle<()>) {
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", target.local_addr().unwrap());
     let server = tokio::spawn(async move {
@@ -371,7 +365,7 @@ async fn raw_target(answer: &'static [u8]) -> (String, tokio::task::JoinHandle<(
                         }
                     }
                     buf.drain(..end + body);
-                    if c.write_all(answer).await.is_err() {
+                    if c.write_all(answer).await.is_err() || then == Then::Close {
                         return;
                     }
                 }
@@ -399,6 +393,7 @@ async fn a_targets_fields_reach_the_client_once_each_and_its_framing_is_the_prox
           Content-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
           X-Request-Id: theirs\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
           Content-Type: text/plain\r\n\r\nhello",
+        Then::KeepAlive,
     )
     .await;
     let (_c, proxy) = gateway_to(&url, &[]).await;
@@ -448,6 +443,7 @@ async fn a_targets_fields_reach_the_client_once_each_and_its_framing_is_the_prox
     let (url, server) = raw_target(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\
           X-A: b\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Then::KeepAlive,
     )
     .await;
     let (_c, proxy) = gateway_to(&url, &[]).await;
