@@ -164,6 +164,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KONNECT_HEADER_READ_TIMEOUT_MS")]
     pub header_read_timeout_ms: Option<u64>,
 
+    /// A client that takes none of a response for this many milliseconds (it stopped reading)
+    /// has its connection closed, and the request's upstream connection with it; the time
+    /// counts from each write that has to wait, not over the whole response (nginx's
+    /// `send_timeout`). HTTP/1.1 connections our own codec serves. Default: 60000.
+    #[arg(long, env = "KONNECT_CLIENT_SEND_TIMEOUT_MS")]
+    pub client_send_timeout_ms: Option<u64>,
+
     /// Largest request head (request line plus headers) in bytes; larger ones are refused.
     /// Default: 65536.
     #[arg(long, env = "KONNECT_MAX_HEADER_BYTES")]
@@ -309,6 +316,7 @@ pub struct Settings {
     pub ai_usage_log: crate::ai::usage::UsageLogTarget,
     pub usage_retention: Duration,
     pub header_read_timeout: Duration,
+    pub client_send_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
     /// `--test-clock-offset-ms` (0 unless a test shifts this node's clock).
@@ -469,6 +477,7 @@ impl ServeArgs {
             ai_usage_log: self.ai_usage_log.or(file.ai_usage_log),
             usage_retention: self.usage_retention.or(file.usage_retention),
             header_read_timeout_ms: self.header_read_timeout_ms.or(file.header_read_timeout_ms),
+            client_send_timeout_ms: self.client_send_timeout_ms.or(file.client_send_timeout_ms),
             max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
             drain_timeout_ms: self.drain_timeout_ms.or(file.drain_timeout_ms),
             test_clock_offset_ms: self.test_clock_offset_ms.or(file.test_clock_offset_ms),
@@ -596,6 +605,12 @@ impl ServeArgs {
         if a.key_usage_report_ms.is_some_and(|ms| ms < 100) {
             return Err(bad("--key-usage-report-ms", "must be at least 100"));
         }
+        if a.client_send_timeout_ms == Some(0) {
+            return Err(bad(
+                "--client-send-timeout-ms",
+                "must be at least 1 (0 would close every connection whose client is slower than the proxy)",
+            ));
+        }
         if max_header_bytes < 1024 {
             return Err(bad("--max-header-bytes", "must be at least 1024"));
         }
@@ -628,6 +643,7 @@ impl ServeArgs {
             ai_usage_log,
             usage_retention,
             header_read_timeout: Duration::from_millis(a.header_read_timeout_ms.unwrap_or(10_000)),
+            client_send_timeout: Duration::from_millis(a.client_send_timeout_ms.unwrap_or(60_000)),
             max_header_bytes,
             drain_timeout: Duration::from_millis(a.drain_timeout_ms.unwrap_or(30_000)),
             test_clock_offset_ms: a.test_clock_offset_ms.unwrap_or(0),

@@ -66,6 +66,8 @@ pub struct GatewaySettings {
     pub trusted_proxies: Vec<IpNet>,
     /// A client must send its request headers within this time (slowloris defence).
     pub header_read_timeout: Duration,
+    /// A client that takes none of a response for this long has its connection closed.
+    pub client_send_timeout: Duration,
     /// Largest request head (request line and headers) accepted, in bytes.
     pub max_header_bytes: usize,
     /// How long in-flight requests may run on after SIGTERM.
@@ -388,6 +390,7 @@ impl Gateway {
     {
         let limits = server_h1::Limits {
             header_read_timeout: self.settings.header_read_timeout,
+            send_timeout: self.settings.client_send_timeout,
             max_head_bytes: self.settings.max_header_bytes.max(8192),
         };
         let served = server_h1::serve(io, limits, &mut drain, |req| {

@@ -364,6 +364,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         GatewaySettings {
             trusted_proxies: settings.trusted_proxies.clone(),
             header_read_timeout: settings.header_read_timeout,
+            client_send_timeout: settings.client_send_timeout,
             max_header_bytes: settings.max_header_bytes,
             drain_timeout: settings.drain_timeout,
         },

@@ -463,3 +463,88 @@ async fn a_targets_fields_reach_the_client_once_each_and_its_framing_is_the_prox
     }
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    // A target with a response far larger than the socket buffers between it and the client
+    // (64 MiB); it reports how its connection ended.
+    const BODY: usize = 64 << 20;
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", target.local_addr().unwrap());
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut c, _) = target.accept().await.unwrap();
+            let ended_tx = ended_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let outcome = async {
+                    c.write_all(
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").as_bytes(),
+                    )
+                    .await?;
+                    let block = vec![b'x'; 1 << 20];
+                    for _ in 0..BODY / block.len() {
+                        c.write_all(&block).await?;
+                    }
+                    std::io::Result::Ok(())
+                };
+                let _ = ended_tx.send(match outcome.await {
+                    Ok(()) => "sent it all".to_string(),
+                    Err(e) => format!("cut off: {e}"),
+                });
+            });
+        }
+    });
+    let (_c, proxy) = gateway_to(&url, &["--client-send-timeout-ms", "500"]).await;
+    let mut s = TcpStream::connect(&proxy).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads nothing. The proxy gives up on it, and closes the target's connection
+    // with it: the target's writes fail. (Without a send timeout they wait for ever.) The
+    // check that the route is live was answered in full on a connection of its own.
+    let cut_off = async {
+        while let Some(outcome) = ended.recv().await {
+            if outcome.starts_with("cut off") {
+                return outcome;
+            }
+        }
+        unreachable!("the target runs until aborted")
+    };
+    tokio::time::timeout(Duration::from_secs(60), cut_off)
+        .await
+        .expect("the target's connection to be cut off within 60 s");
+    // What reaches the client is short of the body: its connection was closed.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await;
+    assert!(got.len() < BODY, "the client got the whole body");
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_send_timeout_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_konnect"))
+        .args([
+            "serve",
+            "--dev",
+            "--client-send-timeout-ms",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--client-send-timeout-ms"), "{err}");
+}
