@@ -10,7 +10,7 @@ use super::h1::WireFields;
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `keep-alive` and
 /// `proxy-connection`), as names built at compile time.
-static HOP_BY_HOP: [HeaderName; 9] = [
+pub(super) static HOP_BY_HOP: [HeaderName; 9] = [
     hyper::header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
