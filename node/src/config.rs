@@ -167,7 +167,8 @@ pub struct ServeArgs {
     /// A client that takes none of a response for this many milliseconds (it stopped reading)
     /// has its connection closed, and the request's upstream connection with it; the time
     /// counts from each write that has to wait, not over the whole response (nginx's
-    /// `send_timeout`). HTTP/1.1 connections our own codec serves. Default: 60000.
+    /// `send_timeout`). Every client connection: HTTP/1.1, HTTP/2, TLS, upgraded WebSocket.
+    /// Default: 60000.
     #[arg(long, env = "KONNECT_CLIENT_SEND_TIMEOUT_MS")]
     pub client_send_timeout_ms: Option<u64>,
 

@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod redact;
 pub mod route_metrics;
 pub mod router;
+pub mod send_timeout;
 pub mod server_h1;
 pub mod tls;
 pub mod transform;
@@ -52,6 +53,7 @@ use body::{full, MeteredBody, ProxyBody, RequestBody};
 use error::GatewayError;
 use pool::SendError;
 use route_metrics::RouteMetrics;
+use send_timeout::SendTimeout;
 use upstream::{InFlightGuard, Upstream};
 use upstream_h1::UpstreamBody;
 
@@ -320,6 +322,8 @@ impl Gateway {
                 _ = shutdown.wait_for(|s| *s) => break,
             };
             let _ = stream.set_nodelay(true);
+            // Under TLS too: every protocol served on the connection gets the bound.
+            let stream = SendTimeout::new(stream, self.settings.client_send_timeout);
             let gw = self.clone();
             let builder = builder.clone();
             // Held by the connection's task to its end: the drain waits for the last one.
@@ -390,7 +394,6 @@ impl Gateway {
     {
         let limits = server_h1::Limits {
             header_read_timeout: self.settings.header_read_timeout,
-            send_timeout: self.settings.client_send_timeout,
             max_head_bytes: self.settings.max_header_bytes.max(8192),
         };
         let served = server_h1::serve(io, limits, &mut drain, |req| {

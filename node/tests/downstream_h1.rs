@@ -466,8 +466,57 @@ async fn a_targets_fields_reach_the_client_once_each_and_its_framing_is_the_prox
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
-    // A target with a response far larger than the socket buffers between it and the client
-    // (64 MiB); it reports how its connection ended.
+    // A GET: our own HTTP/1.1 codec serves it.
+    let got = cut_off_when_not_reading(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_request_body_that_stops_reading_is_cut_off_too() {
+    // A request with a body: hyper's HTTP/1.1 server has the connection.
+    let got =
+        cut_off_when_not_reading(b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            .await;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_reading_is_cut_off_too() {
+    // HTTP/2 with prior knowledge, written by hand so that the client never reads: its
+    // windows are opened wide so that flow control does not stop the proxy first.
+    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let wide = (1u32 << 31) - 1;
+    // SETTINGS: INITIAL_WINDOW_SIZE (4) for every stream.
+    let mut settings = 4u16.to_be_bytes().to_vec();
+    settings.extend_from_slice(&wide.to_be_bytes());
+    request.extend(frame(0x4, 0, 0, &settings));
+    // WINDOW_UPDATE for the connection, up from its 65,535 bytes.
+    request.extend(frame(0x8, 0, 0, &(wide - 65_535).to_be_bytes()));
+    // HEADERS, END_STREAM | END_HEADERS: :method GET (static 2), :scheme http (static 6),
+    // :path /big and :authority x (names from the static table, values literal).
+    let mut block = vec![0x82, 0x86, 0x04, 4];
+    block.extend_from_slice(b"/big");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    request.extend(frame(0x1, 0x5, 1, &block));
+    let got = cut_off_when_not_reading(&request).await;
+    // The proxy's first frame is its SETTINGS.
+    assert_eq!(got.get(3), Some(&0x4), "{:?}", &got[..got.len().min(16)]);
+}
+
+/// Sends `request` for a 64 MiB answer and reads nothing. The proxy, started with a 500 ms
+/// send timeout, must close the client's connection and the target's with it: the target's
+/// writes fail (without a send timeout they would wait for ever), and the client then finds
+/// less than the body. Returns what the client got.
+async fn cut_off_when_not_reading(request: &[u8]) -> Vec<u8> {
+    // A target with a response far larger than the socket buffers between it and the client;
+    // it reports how its connection ended.
     const BODY: usize = 64 << 20;
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", target.local_addr().unwrap());
@@ -505,12 +554,8 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     });
     let (_c, proxy) = gateway_to(&url, &["--client-send-timeout-ms", "500"]).await;
     let mut s = TcpStream::connect(&proxy).await.unwrap();
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    // The client reads nothing. The proxy gives up on it, and closes the target's connection
-    // with it: the target's writes fail. (Without a send timeout they wait for ever.) The
-    // check that the route is live was answered in full on a connection of its own.
+    s.write_all(request).await.unwrap();
+    // The check that the route is live was answered in full on a connection of its own.
     let cut_off = async {
         while let Some(outcome) = ended.recv().await {
             if outcome.starts_with("cut off") {
@@ -522,12 +567,11 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     tokio::time::timeout(Duration::from_secs(60), cut_off)
         .await
         .expect("the target's connection to be cut off within 60 s");
-    // What reaches the client is short of the body: its connection was closed.
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await;
     assert!(got.len() < BODY, "the client got the whole body");
-    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     server.abort();
+    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

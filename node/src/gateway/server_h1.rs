@@ -64,8 +64,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Limits {
     /// How long a client may take to send a request head, idle keep-alive time included.
     pub header_read_timeout: Duration,
-    /// How long a write of a response may wait for a client that takes none of it.
-    pub send_timeout: Duration,
     /// The longest request head read (request line and headers).
     pub max_head_bytes: usize,
 }
@@ -108,7 +106,6 @@ where
         wbuf: Vec::with_capacity(1024),
         limits,
         timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
-        send_timer: None,
         drain,
     };
     // The handler's future lives here, in one allocation for the connection (as in hyper):
@@ -154,8 +151,6 @@ struct Conn<'d, I> {
     limits: Limits,
     /// Fires at or before the current head's deadline; see [`head_timeout`].
     timer: Pin<Box<Sleep>>,
-    /// The deadline of a write that waits (see [`send`]); made the first time one does.
-    send_timer: Option<Pin<Box<Sleep>>>,
     drain: &'d mut DrainSignal,
 }
 
@@ -432,67 +427,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         let _ = self.io.shutdown().await;
     }
 
-    /// Writes `what` to the client. A write that has to wait (the client is not reading)
-    /// arms the send timer; when the client takes none of the bytes before it fires, this
-    /// fails with `TimedOut` and the caller closes the connection. Progress re-arms it at the
-    /// next wait, as nginx's `send_timeout` does. A socket that takes the bytes at once, the
-    /// common case, touches no timer.
+    /// Writes `what` to the client. A client that stops reading makes this fail with
+    /// `TimedOut` (the stream is a [`super::send_timeout::SendTimeout`]), and the caller
+    /// closes the connection.
     async fn send(&mut self, what: Wire<'_>) -> io::Result<()> {
-        let Conn {
-            io: stream,
-            wbuf,
-            send_timer,
-            limits,
-            ..
-        } = self;
-        let flush = matches!(what, Wire::Flush);
-        let mut rest: &[u8] = match what {
-            Wire::Buffer => wbuf,
-            Wire::Data(data) => data,
-            Wire::Flush => &[],
-        };
-        let mut armed = false;
-        poll_fn(|cx| loop {
-            if !rest.is_empty() {
-                match Pin::new(&mut *stream).poll_write(cx, rest) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => {
-                        rest = &rest[n..];
-                        armed = false;
-                        continue;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
-                }
-            } else if flush {
-                if let Poll::Ready(r) = Pin::new(&mut *stream).poll_flush(cx) {
-                    return Poll::Ready(r);
-                }
-            } else {
-                return Poll::Ready(Ok(()));
-            }
-            // The client takes nothing for now.
-            if !armed {
-                let deadline = Instant::now() + limits.send_timeout;
-                match send_timer {
-                    Some(timer) => timer.as_mut().reset(deadline),
-                    None => *send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                }
-                armed = true;
-            }
-            let fired = send_timer
-                .as_mut()
-                .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
-            if fired {
-                tracing::debug!("closing a client connection: it took no response bytes within the send timeout");
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client took no response bytes within the send timeout",
-                )));
-            }
-            return Poll::Pending;
-        })
-        .await
+        match what {
+            Wire::Buffer => self.io.write_all(&self.wbuf).await,
+            Wire::Data(data) => self.io.write_all(data).await,
+            Wire::Flush => self.io.flush().await,
+        }
     }
 }
 
