@@ -40,10 +40,6 @@ impl<I> SendTimeout<I> {
         }
     }
 
-    pub fn get_ref(&self) -> &I {
-        &self.io
-    }
-
     /// Called when a write returned Pending: starts the wait's clock if this is its first
     /// Pending, and fails once the clock has run out.
     fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
