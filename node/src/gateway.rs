@@ -397,7 +397,7 @@ impl Gateway {
             max_head_bytes: self.settings.max_header_bytes.max(8192),
         };
         let served = server_h1::serve(io, limits, &mut drain, |req| {
-            self.clone().handle(req, peer.clone())
+            self.clone().handle(req, &peer)
         })
         .await;
         if let server_h1::Served::Handoff(io) = served {
@@ -421,7 +421,7 @@ impl Gateway {
             let peer = peer.clone();
             async move {
                 let (mut resp, fields) = gw
-                    .handle(req.map(|body| RequestBody::Hyper(Box::new(body))), peer)
+                    .handle(req.map(|body| RequestBody::Hyper(Box::new(body))), &peer)
                     .await;
                 fields.insert_into(resp.headers_mut());
                 Ok::<_, std::convert::Infallible>(resp)
@@ -447,7 +447,7 @@ impl Gateway {
     async fn handle(
         self: Arc<Self>,
         mut req: Request<RequestBody>,
-        peer: Peer,
+        peer: &Peer,
     ) -> (Response<ProxyBody>, headers::ResponseFields) {
         let client = peer.addr;
         let started = Instant::now();
@@ -474,14 +474,7 @@ impl Gateway {
         };
         let mut held = Held::default();
         let result = self
-            .proxy(
-                &snapshot,
-                req,
-                &peer,
-                made_request_id,
-                &mut entry,
-                &mut held,
-            )
+            .proxy(&snapshot, req, peer, made_request_id, &mut entry, &mut held)
             .await;
         let (mut resp, idle, via, wire) = match result {
             Ok(p) => (p.resp, p.idle, p.via, p.wire),
@@ -1095,7 +1088,13 @@ impl IpText {
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("-")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    /// The text's bytes, without the UTF-8 check `as_str` makes: for writing it into a head
+    /// (X-Forwarded-For), on every request.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -1421,18 +1420,13 @@ async fn forward(
             uri.push('?');
             uri.push_str(q);
         }
-        // The request takes the headers unless another attempt may follow one that reached
-        // the upstream: a connect failure gives the unsent request's headers back (below), so
-        // only retries on resets, timeouts or 5xx answers need a copy.
-        let mut headers = if attempt < max_attempts && retries_after_sending {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
         // A body in memory to an HTTP/1.1 target (the common case) goes through our own
-        // codec in this task; a streamed body, an upgrade or HTTP/2 through hyper.
+        // codec in this task, which borrows the headers; a streamed body, an upgrade or
+        // HTTP/2 through hyper.
         let outgoing = match &replay {
-            Some(body) if upstream.pool.takes_buffered() && !headers.contains_key(UPGRADE) => {
+            Some(body)
+                if upstream.pool.takes_buffered() && !parts.headers.contains_key(UPGRADE) =>
+            {
                 if !is_request_target(&uri) {
                     return Err(GatewayError::BadRequest(
                         "cannot build the upstream URI: it contains spaces or control characters"
@@ -1443,13 +1437,22 @@ async fn forward(
                     method: parts.method.clone(),
                     target: std::mem::take(&mut uri),
                     host: target.host_header.clone(),
-                    headers: std::mem::take(&mut headers),
+                    headers: &parts.headers,
                     added,
                     body: body.clone(),
                     wire_fields,
                 })
             }
             _ => {
+                // hyper's request takes the headers unless another attempt may follow one
+                // that reached the upstream: a connect failure gives the unsent request's
+                // headers back (below), so only retries on resets, timeouts or 5xx answers
+                // need a copy.
+                let mut headers = if attempt < max_attempts && retries_after_sending {
+                    parts.headers.clone()
+                } else {
+                    std::mem::take(&mut parts.headers)
+                };
                 let body = match (&replay, streaming.take()) {
                     (Some(b), _) => full(b.clone()),
                     (None, Some(s)) => s,
@@ -1508,7 +1511,7 @@ async fn forward(
                 Ok(resp)
             }
             Err(SendError::Connect { detail, headers }) => {
-                if parts.headers.is_empty() {
+                if let Some(headers) = headers {
                     parts.headers = headers;
                 }
                 Err(AttemptError::Connect(detail))

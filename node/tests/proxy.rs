@@ -225,9 +225,13 @@ async fn retries_happen_only_when_resending_is_safe() {
     // POST is not idempotent: the first 503 is returned as is.
     let post = http("POST", &proxy, "/flaky/2", &[], "payload").await;
     assert_eq!(post.status, 503);
-    // GET is retried past the remaining failure.
-    let get = http("GET", &proxy, "/flaky/2", &[], "").await;
+    // GET is retried past the remaining failure, with the client's fields on every attempt.
+    let get = http("GET", &proxy, "/flaky/2", &[("x-probe", "kept")], "").await;
     assert_eq!(get.status, 200);
+    assert_eq!(
+        get.headers.get("x-probe-seen").map(|v| v.as_bytes()),
+        Some(&b"kept"[..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

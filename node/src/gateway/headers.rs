@@ -281,12 +281,9 @@ impl<'a> UpstreamFields<'a> {
     /// and its value in one or two parts.
     fn each(&self, mut field: impl FnMut(&HeaderName, &'static [u8], &[u8], &[u8])) {
         match &self.forwarded_for {
-            ForwardedFor::Client(ip) => field(
-                &X_FORWARDED_FOR,
-                b"x-forwarded-for: ",
-                ip.as_str().as_bytes(),
-                b"",
-            ),
+            ForwardedFor::Client(ip) => {
+                field(&X_FORWARDED_FOR, b"x-forwarded-for: ", ip.as_bytes(), b"")
+            }
             ForwardedFor::Extended(v) => {
                 field(&X_FORWARDED_FOR, b"x-forwarded-for: ", v.as_bytes(), b"")
             }

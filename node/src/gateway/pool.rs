@@ -52,8 +52,12 @@ pub type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 #[derive(Debug)]
 pub enum SendError {
     /// No connection could be opened (TCP, TLS or the HTTP/2 handshake failed). Nothing was
-    /// sent; the request's headers come back for another attempt to reuse.
-    Connect { detail: String, headers: HeaderMap },
+    /// sent; a request that owned its headers (hyper's) gives them back for another attempt
+    /// to reuse. Our own codec's only borrowed them.
+    Connect {
+        detail: String,
+        headers: Option<HeaderMap>,
+    },
     /// The client stalled while its body streamed to the target (`timeouts.idle`): not the
     /// target's failure.
     BodyStalled,
@@ -154,10 +158,11 @@ impl ConnPool {
             Some(c) => (c, true),
             None => match self.open_own_by(origin, deadline).await? {
                 Ok(conn) => (conn, false),
+                // The caller still has the fields (they were borrowed).
                 Err(detail) => {
                     return Err(SendError::Connect {
                         detail,
-                        headers: req.headers,
+                        headers: None,
                     })
                 }
             },
@@ -240,7 +245,7 @@ impl ConnPool {
             Ok((resp, conn)) => Ok((resp.map(UpstreamBody::Hyper), conn)),
             Err(HyperSendError::Connect(detail, req)) => Err(SendError::Connect {
                 detail,
-                headers: req.into_parts().0.headers,
+                headers: Some(req.into_parts().0.headers),
             }),
             Err(HyperSendError::Request(e)) if caused_by_stalled_body(&e) => {
                 Err(SendError::BodyStalled)

@@ -81,7 +81,9 @@ pub struct BufferedRequest<'a> {
     pub target: String,
     /// The Host field, written first; a Host in `headers` is not written.
     pub host: HeaderValue,
-    pub headers: HeaderMap,
+    /// Borrowed: the request's own fields stay with the caller, for another attempt after
+    /// this one (a retry, or a connect failure) without a copy.
+    pub headers: &'a HeaderMap,
     /// The proxy's own fields, written after `headers`.
     pub added: Option<&'a UpstreamFields<'a>>,
     pub body: Bytes,
@@ -466,7 +468,7 @@ impl BufferedRequest<'_> {
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(req.host.as_bytes());
         out.extend_from_slice(b"\r\n");
-        for (name, value) in &req.headers {
+        for (name, value) in req.headers {
             // The body here is framed by its length alone; Host is the target's, above.
             if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == HOST {
                 continue;

@@ -5,7 +5,8 @@
 //!   or `X-Respond-Request-Id` as the response's `Via` or `X-Request-Id`;
 //! - `/status/N`: answers status N;
 //! - `/slow/MS`: waits MS milliseconds, then answers 200;
-//! - `/flaky/K`: answers 503 to the first K requests on this server, then 200;
+//! - `/flaky/K`: answers 503 to the first K requests on this server, then 200 with the
+//!   request's `X-Probe` (when it has one) as `X-Probe-Seen`;
 //! - `/sse`: sends one event, waits until the test calls `release_sse()`, sends another, ends.
 
 #![allow(dead_code)]
@@ -165,7 +166,11 @@ async fn serve(
             if seen < k.parse().unwrap_or(0) {
                 full(503, "{\"flaky\":true}", name)
             } else {
-                full(200, "{\"flaky\":false}", name)
+                let mut resp = full(200, "{\"flaky\":false}", name);
+                if let Some(v) = req.headers().get("x-probe") {
+                    resp.headers_mut().insert("x-probe-seen", v.clone());
+                }
+                resp
             }
         }
         ["ws"] => {
