@@ -520,10 +520,13 @@ impl Gateway {
 
         // Log when the body is done (or abandoned), with the bytes actually sent. The entry
         // goes with the body only when a log is kept: it is hundreds of bytes, which every
-        // move of the body (into its box, out at the end) would copy.
-        let logged = entry
-            .kept
-            .then(|| (Box::new(entry), self.access_log.clone()));
+        // move of the body (into its box, out at the end) would copy. (Not `bool::then`: its
+        // closure would take the entry, a 376-byte copy, whether it runs or not.)
+        let logged = if entry.kept {
+            Some((Box::new(entry), self.access_log.clone()))
+        } else {
+            None
+        };
         let (parts, body) = resp.into_parts();
         let metered = MeteredBody::new(body, idle, move |bytes, complete| {
             // The request leaves its target and its concurrency limits when its body is done.
@@ -874,11 +877,12 @@ impl Gateway {
             hash_key.as_deref(),
             retries_allowed,
             entry,
+            &mut held.target,
         )
         .await;
         if let Some(permit) = permit {
             match &result {
-                Ok((resp, _)) => permit.record(!matches!(
+                Ok(resp) => permit.record(!matches!(
                     resp.status(),
                     StatusCode::BAD_GATEWAY
                         | StatusCode::SERVICE_UNAVAILABLE
@@ -894,7 +898,7 @@ impl Gateway {
                 Err(_) => drop(permit),
             }
         }
-        let (resp, in_flight) = result?;
+        let resp = result?;
 
         // A switched protocol: splice the two upgraded connections together.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -904,7 +908,7 @@ impl Gateway {
                         client_upgrade,
                         resp,
                         protocol,
-                        (in_flight, std::mem::take(&mut held.places)),
+                        std::mem::take(held),
                         upstream.spec.timeouts.upgraded_idle.as_ref().map(|d| d.0),
                     ),
                     idle: upstream.spec.timeouts.idle.0,
@@ -933,9 +937,9 @@ impl Gateway {
         if let Some(t) = &route.spec.response {
             t.apply(&mut rparts.headers);
         }
-        // The target's request slot (in-flight count) and its connection are held until the
-        // body is done: `handle` meters the body (one layer for both).
-        held.target = Some(in_flight);
+        // The target's request slot (in-flight count) and its connection, in `held.target`
+        // since `forward`, are held until the body is done: `handle` meters the body (one
+        // layer for both).
         let resp = Response::from_parts(rparts, BodyExt::boxed(rbody));
         let resp = match (&route.cache, cache_ticket) {
             (Some(cache), Some(ticket)) => cache.store(ticket, resp),
@@ -1134,12 +1138,13 @@ fn splice_upgrade(
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut resp: Response<UpstreamBody>,
     protocol: HeaderValue,
-    guard: (InFlightGuard, Vec<concurrency::InFlightPlace>),
+    held: Held,
     idle: Option<Duration>,
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
-        let _guard = guard;
+        // The target's slot and the concurrency places, until the splice ends.
+        let _held = held;
         let (client, server) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => {
@@ -1337,9 +1342,11 @@ enum AttemptError {
 }
 
 /// Sends the request to a target, retrying on another target when the failure is listed in
-/// `retries.on` and resending is safe. Returns the response and the request slot it holds on
-/// its target (hold it until the body is done). `wire_fields`: the caller reads none of the
-/// response's fields, so our client may keep them in wire form (`h1::WireFields`).
+/// `retries.on` and resending is safe. Returns the response, and puts the request slot it
+/// holds on its target in `slot` (hold it until the body is done; not in the result, which
+/// would then pass 256 bytes, the size above which each of its moves costs twice as much).
+/// `wire_fields`: the caller reads none of the response's fields, so our client may keep
+/// them in wire form (`h1::WireFields`).
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     upstream: &Arc<Upstream>,
@@ -1352,7 +1359,8 @@ async fn forward(
     hash_key: Option<&[u8]>,
     retries_allowed: bool,
     entry: &mut AccessEntry,
-) -> Result<(Response<UpstreamBody>, InFlightGuard), GatewayError> {
+    slot: &mut Option<InFlightGuard>,
+) -> Result<Response<UpstreamBody>, GatewayError> {
     let spec = &upstream.spec;
     let deadline = spec.timeouts.total.map(|t| Instant::now() + t.0);
     let (replay, mut streaming) = match body {
@@ -1544,7 +1552,8 @@ async fn forward(
                     && spec.retries.on.contains(&RetryOn::Status5xx)
                     && deadline.is_none_or(|d| Instant::now() < d);
                 if !more {
-                    return Ok((resp, in_flight));
+                    *slot = Some(in_flight);
+                    return Ok(resp);
                 }
                 metrics::counter!("konnect_proxy_retries_total", "service" => upstream.name.clone()).increment(1);
                 continue;
