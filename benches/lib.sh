@@ -84,6 +84,18 @@ wait_port() { # port pid what
     die "$3 did not listen on 127.0.0.1:$1 within 30 s"
 }
 
+# Waits until a starting `konnect serve --dev` has written its admin token into DATA-DIR:
+# its admin API is then ready to take it. SECONDS defaults to 30 (under valgrind, more).
+wait_admin_token() { # data-dir pid [seconds]
+    local limit=${3:-30}
+    for _ in $(seq $((limit * 10))); do
+        [ -s "$1/admin-token" ] && return 0
+        kill -0 "$2" 2>/dev/null || die "konnect exited while starting"
+        sleep 0.1
+    done
+    die "konnect wrote no admin token within $limit s"
+}
+
 # CPU clock ticks (user + system, every thread, dead ones included) used so far by the pids.
 cpu_ticks() {
     local total=0 stat rest

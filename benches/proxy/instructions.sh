@@ -105,12 +105,7 @@ taskset -c "$PROXY_CPU" "${callgrind[@]}" --callgrind-out-file="$work/callgrind.
     >"$work/logs/konnect.log" 2>&1 &
 k_pid=$!
 pids+=("$k_pid")
-for _ in $(seq 1200); do
-    [ -s "$work/konnect/admin-token" ] && break
-    kill -0 "$k_pid" 2>/dev/null || die "konnect exited while starting"
-    sleep 0.1
-done
-[ -s "$work/konnect/admin-token" ] || die "konnect wrote no admin token within 120 s (under valgrind)"
+wait_admin_token "$work/konnect" "$k_pid" 120 # under valgrind
 ctl() { "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" --token-file "$work/konnect/admin-token" "$@"; }
 {
     printf 'kind: Service\nname: up\nspec: {targets: [{url: "http://127.0.0.1:%s"}]}\n' "$up_port"

@@ -239,12 +239,7 @@ taskset -c "$PROXY_CPU" "$bin/konnect" serve --dev --data-dir "$work/konnect" \
     >"$work/logs/konnect.log" 2>&1 &
 k_pid=$!
 pids+=("$k_pid")
-for _ in $(seq 300); do
-    [ -s "$work/konnect/admin-token" ] && break
-    kill -0 "$k_pid" 2>/dev/null || die "konnect exited while starting"
-    sleep 0.1
-done
-[ -s "$work/konnect/admin-token" ] || die "konnect wrote no admin token within 30 s"
+wait_admin_token "$work/konnect" "$k_pid"
 wait_port "$k_admin" "$k_pid" "konnect admin"
 k_threads=$(ls "/proc/$k_pid/task" | wc -l)
 

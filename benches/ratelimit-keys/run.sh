@@ -106,12 +106,7 @@ taskset -c "$PROXY_CPU" "$bin/konnect" serve --dev --data-dir "$data" \
     >"$work/logs/konnect.log" 2>&1 &
 k_pid=$!
 pids+=("$k_pid")
-for _ in $(seq 300); do
-    [ -s "$data/admin-token" ] && break
-    kill -0 "$k_pid" 2>/dev/null || die "konnect exited while starting"
-    sleep 0.1
-done
-[ -s "$data/admin-token" ] || die "konnect wrote no admin token within 30 s"
+wait_admin_token "$data" "$k_pid"
 wait_port "$k_admin" "$k_pid" "konnect admin"
 
 ctl() { "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" --token-file "$data/admin-token" "$@"; }
