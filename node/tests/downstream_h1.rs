@@ -1,6 +1,7 @@
 //! End to end: how the proxy serves HTTP/1.1 clients (its own codec, node/src/gateway/
 //! server_h1.rs, and the hand-over to hyper), seen from a client written on the socket:
-//! keep-alive, pipelining, framing, hanging up, idle connections.
+//! keep-alive, pipelining, framing, hanging up, idle connections, and clients that stop
+//! reading (upgraded WebSocket connections included).
 
 mod support;
 
@@ -13,13 +14,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn gateway_to(target: &str, extra: &[&str]) -> (Cluster, String) {
+    gateway_routing(target, extra, json!({"paths": ["/"], "service": "web"})).await
+}
+
+/// [`gateway_to`] with a route of the given spec.
+async fn gateway_routing(
+    target: &str,
+    extra: &[&str],
+    route: serde_json::Value,
+) -> (Cluster, String) {
     let cluster = Cluster::start_initialised(1, extra).await;
     cluster
         .client_of(1)
         .apply(
             vec![
                 resource("Service", "web", json!({"targets": [{"url": target}]})),
-                route("web", "/", "web"),
+                resource("Route", "web", route),
             ],
             vec![],
         )
@@ -510,10 +520,34 @@ async fn an_http2_client_that_stops_reading_is_cut_off_too() {
     assert_eq!(got.get(3), Some(&0x4), "{:?}", &got[..got.len().min(16)]);
 }
 
-/// Sends `request` for a 64 MiB answer and reads nothing. The proxy, started with a 500 ms
-/// send timeout, must close the client's connection and the target's with it: the target's
-/// writes fail (without a send timeout they would wait for ever), and the client then finds
-/// less than the body. Returns what the client got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_that_stops_reading_is_cut_off_too() {
+    // An upgrade: once the target has switched protocols, the proxy splices the client's
+    // connection to the target's, and what the target sends goes to the client as it comes.
+    let got = cut_off_when_not_reading(
+        b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    let head = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the switch's head");
+    assert!(
+        got.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&got[..head])
+    );
+    // Then the spliced bytes, until the cut.
+    assert!(got.len() > head + 4, "nothing came through the splice");
+}
+
+/// Sends `request` for a 64 MiB answer (after a switch of protocols when it asks for a
+/// WebSocket) and reads nothing. The proxy, started with a 500 ms send timeout, must close
+/// the client's connection and the target's with it: the target's writes fail (without a send
+/// timeout they would wait for ever), no sooner than the send timeout after the request, and
+/// the client then finds its connection closed with less than the body. Returns what the
+/// client got.
 async fn cut_off_when_not_reading(request: &[u8]) -> Vec<u8> {
     // A target with a response far larger than the socket buffers between it and the client;
     // it reports how its connection ended.
@@ -534,11 +568,24 @@ async fn cut_off_when_not_reading(request: &[u8]) -> Vec<u8> {
                         Ok(n) => head.extend_from_slice(&chunk[..n]),
                     }
                 }
+                let upgrade = String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("\r\nupgrade: websocket\r\n");
                 let outcome = async {
-                    c.write_all(
-                        format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").as_bytes(),
-                    )
-                    .await?;
+                    if upgrade {
+                        // Switched: the 64 MiB are the WebSocket's bytes, with no end but ours.
+                        c.write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                              Upgrade: websocket\r\n\
+                              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                        )
+                        .await?;
+                    } else {
+                        c.write_all(
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").as_bytes(),
+                        )
+                        .await?;
+                    }
                     let block = vec![b'x'; 1 << 20];
                     for _ in 0..BODY / block.len() {
                         c.write_all(&block).await?;
@@ -552,8 +599,16 @@ async fn cut_off_when_not_reading(request: &[u8]) -> Vec<u8> {
             });
         }
     });
-    let (_c, proxy) = gateway_to(&url, &["--client-send-timeout-ms", "500"]).await;
+    // The route allows WebSockets, for the upgrade; no other request asks for one. With no
+    // `upgraded_idle` timeout, nothing but the send timeout ends a stalled splice.
+    let (_c, proxy) = gateway_routing(
+        &url,
+        &["--client-send-timeout-ms", "500"],
+        json!({"paths": ["/"], "service": "web", "websocket": true}),
+    )
+    .await;
     let mut s = TcpStream::connect(&proxy).await.unwrap();
+    let sent = std::time::Instant::now();
     s.write_all(request).await.unwrap();
     // The check that the route is live was answered in full on a connection of its own.
     let cut_off = async {
@@ -567,8 +622,16 @@ async fn cut_off_when_not_reading(request: &[u8]) -> Vec<u8> {
     tokio::time::timeout(Duration::from_secs(60), cut_off)
         .await
         .expect("the target's connection to be cut off within 60 s");
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "cut off {waited:?} after the request, before the send timeout could have passed"
+    );
+    // What the sockets still held, then the end (a reset would be an end too).
     let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await;
+    let _end = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+        .await
+        .expect("the proxy to have closed the client's connection");
     assert!(got.len() < BODY, "the client got the whole body");
     server.abort();
     got
