@@ -123,12 +123,24 @@ need_packages() {
     PATH="$PATH:/usr/sbin"
 }
 
-# Builds the release binaries of the given cargo packages unless SKIP_BUILD=1, then checks
-# that the given binaries are in $bin: `build_release "konnect konnect-client" konnect konnectctl`.
+# Builds the release binaries of the given cargo packages unless SKIP_BUILD=1 or BIN_DIR is set
+# (binaries built elsewhere), then checks that the given binaries are in $bin:
+# `build_release "konnect konnect-client" konnect konnectctl`. With PGO=1 the two binaries
+# `konnect` and `konnectctl` come from the profile-guided build instead (deploy/pgo-build.sh,
+# about 25 minutes; with SKIP_BUILD=1 the one it left in target/<host>/pgo), and $bin is
+# set to its directory.
 build_release() { # packages binary...
     local packages=$1 b
     shift
-    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    if [ "${PGO:-0}" = 1 ]; then
+        [ "$packages" = "konnect konnect-client" ] || die "PGO=1 builds konnect and konnectctl only, not $packages"
+        if [ "${SKIP_BUILD:-0}" = 1 ]; then
+            bin="${CARGO_TARGET_DIR:-$root/target}/$(rustc -vV | sed -n 's/^host: //p')/pgo"
+        else
+            say "building $* (profile-guided: deploy/pgo-build.sh)"
+            bin=$("$root/deploy/pgo-build.sh" | tail -n 1) || die "deploy/pgo-build.sh failed"
+        fi
+    elif [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${BIN_DIR:-}" ]; then
         say "building $* (release)"
         # shellcheck disable=SC2086 # one argument per package
         (cd "$root" && cargo build --release $(printf -- '-p %s ' $packages))

@@ -26,7 +26,8 @@
 # counters to `perf`, and these explain a user-time gap larger than the instruction gap.
 #
 # Settings: DURATION=10, WARMUP=3, CONNECTIONS=8, TOP=25, CACHE_SIM=0, BENCH_TMP=/var/tmp, KEEP=0 (1 keeps
-# the callgrind files: open them with callgrind_annotate or kcachegrind), SKIP_BUILD=0,
+# the callgrind files: open them with callgrind_annotate or kcachegrind), SKIP_BUILD=0, PGO=0
+# (1: the profile-guided build, deploy/pgo-build.sh), BIN_DIR (binaries from there, nothing built),
 # ROUTES=10 (more loads /r10.. up to that many routes into konnect, 1,000 per apply, all to the
 # same Service, before the load: the cost of a large route table per request).
 # Needs valgrind, nginx and wrk (installed with apt-get when missing, as root).
@@ -48,7 +49,7 @@ callgrind=(valgrind --tool=callgrind)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+bin=${BIN_DIR:-"${CARGO_TARGET_DIR:-$root/target}/release"}
 
 BENCH_NAME=proxy-instructions
 # shellcheck source=../lib.sh

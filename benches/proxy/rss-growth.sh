@@ -7,7 +7,8 @@
 # requests, from histogram samples kept until a scrape).
 #
 # Settings: ROUNDS=3, SECONDS_PER_ROUND=10, BENCH_TMP=/var/tmp, KEEP=0, SKIP_BUILD=0,
-# LOAD_CPU=0, PROXY_CPU=1. Needs nginx and wrk (installed with apt-get when missing, as root).
+# PGO=0 (1: the profile-guided build, deploy/pgo-build.sh), BIN_DIR (binaries from there,
+# nothing built), LOAD_CPU=0, PROXY_CPU=1. Needs nginx and wrk (installed with apt-get when missing, as root).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -20,7 +21,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+bin=${BIN_DIR:-"${CARGO_TARGET_DIR:-$root/target}/release"}
 
 BENCH_NAME=proxy-rss-growth
 # shellcheck source=../lib.sh

@@ -71,6 +71,9 @@
 #   BENCH_TMP=/var/tmp  where the work directory is made
 #   KEEP=0            1 keeps the work directory (configs, logs, data, perf.data)
 #   SKIP_BUILD=0      1 uses the binaries already in target/release
+#   PGO=0             1 measures the profile-guided build (deploy/pgo-build.sh, about 25
+#                     minutes; with SKIP_BUILD=1 the one already in target/<host>/pgo)
+#   BIN_DIR=          takes konnect and konnectctl from there and builds nothing
 #
 # See benches/README.md for what the figures mean and their caveats.
 set -euo pipefail
@@ -95,7 +98,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+bin=${BIN_DIR:-"${CARGO_TARGET_DIR:-$root/target}/release"}
 
 BENCH_NAME=proxy-bench
 # shellcheck source=../lib.sh

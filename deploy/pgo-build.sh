@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# deploy/pgo-build.sh: builds `konnect` and `konnectctl` with profile-guided optimisation (PGO),
+# the build that `benches/proxy` measures against nginx and HAProxy as "konnect (PGO)".
+#
+# Why: with whole-program optimisation konnect runs about as many instructions per proxied
+# request as nginx, but misses the instruction cache about twice as often (callgrind's cache
+# simulation, benches/proxy/instructions.sh CACHE_SIM=1): the hot path is spread over many
+# crates' code. A profile of a real load tells LLVM which branches and functions are hot, so
+# it lays the hot path out together and keeps cold code (errors, admin, start-up) out of it.
+#
+# What it does, in four steps:
+#   1. builds both binaries instrumented (`-Cprofile-generate`, cargo profile `pgo-train`);
+#   2. trains: an nginx upstream (`return 200`), the instrumented `konnect serve --dev`, and wrk
+#      through it: plain routes at 64 and at 1 connection, a route behind an API key, and a
+#      rate-limited route (40,000 requests/s) that answers both 200 and 429; once with konnect
+#      on one core (the
+#      one-thread runtime) and once on every core (the multi-thread runtime), TRAIN_SECONDS
+#      each;
+#   3. merges the profiles with the `llvm-profdata` of rustc's own LLVM major version
+#      (installed from Debian's `llvm-N` package when missing, as root);
+#   4. builds both again with that profile (`-Cprofile-use`, cargo profile `pgo`).
+# The result is in target/<host>/pgo/ (the script prints the path). To ship it in the image:
+# docs/deploy.md, "Profile-guided build".
+#
+# What the profile leaves out runs as it would in a plain release build, optimised for size
+# where LLVM sees it as cold: TLS, HTTP/2, websockets, the AI gateway and the admin API are
+# not in the training load.
+#
+# Settings: TRAIN_SECONDS=12, LOAD_CPU=0 (wrk and the upstream), PROXY_CPU=1 (konnect in the
+# one-core half), BENCH_TMP=/var/tmp, KEEP=0 (1 keeps the work directory: logs).
+# Needs: nginx, wrk and curl (nginx and wrk installed with apt-get when missing, as root),
+# python3 (free ports). Takes about 25 minutes on 2 cores: two release builds with fat LTO.
+set -euo pipefail
+
+TRAIN_SECONDS=${TRAIN_SECONDS:-12}
+LOAD_CPU=${LOAD_CPU:-0}
+PROXY_CPU=${PROXY_CPU:-1}
+BENCH_TMP=${BENCH_TMP:-/var/tmp}
+KEEP=${KEEP:-0}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+
+BENCH_NAME=pgo-build
+# shellcheck source=../benches/lib.sh
+source "$root/benches/lib.sh"
+
+command -v python3 >/dev/null || die "python3 is needed (free ports)"
+command -v curl >/dev/null || die "curl is needed (readiness checks)"
+need_packages nginx wrk
+
+# The profile format is LLVM's and changes between its major versions: the merger must be the
+# one of the LLVM that rustc was built with.
+host=$(rustc -vV | sed -n 's/^host: //p')
+llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+[ -n "$host" ] && [ -n "$llvm_major" ] || die "could not read the host and LLVM version from rustc -vV"
+profdata=llvm-profdata-$llvm_major
+if ! command -v "$profdata" >/dev/null; then
+    say "not found: $profdata (rustc uses LLVM $llvm_major): installing Debian's llvm-$llvm_major"
+    [ "$(id -u)" = 0 ] || die "installing llvm-$llvm_major needs root; install it yourself"
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "llvm-$llvm_major" ||
+        die "could not install llvm-$llvm_major: its llvm-profdata must match rustc's LLVM $llvm_major"
+fi
+
+start_work_dir
+
+# Fixed paths, so that a second run reuses the instrumented build (the path is part of its
+# RUSTFLAGS, which cargo fingerprints).
+profiles="$target_dir/pgo-profiles"
+raw="$profiles/raw"
+mkdir -p "$raw"
+rm -f "$raw"/*.profraw
+
+# `--target` keeps RUSTFLAGS off build scripts and proc macros (host code, not shipped).
+cargo_build() { # profile rustflag
+    (cd "$root" && RUSTFLAGS="${RUSTFLAGS:-} $2" cargo build --locked --target "$host" \
+        --profile "$1" -p konnect -p konnect-client)
+}
+
+say "1/4 building the instrumented binaries (cargo profile pgo-train)"
+cargo_build pgo-train "-Cprofile-generate=$raw"
+train_bin="$target_dir/$host/pgo-train"
+
+say "2/4 training"
+read -r up_port k_proxy k_admin k_status k_peer < <(free_ports 5 | xargs)
+start_upstream_nginx "$up_port"
+konnect_key_file "$train_bin/konnect" "$work/secret.key"
+
+# konnectctl's own profile is not wanted: its runs write theirs into the work directory.
+ctl() {
+    LLVM_PROFILE_FILE="$work/ctl-%p.profraw" "$train_bin/konnectctl" \
+        --endpoint "http://127.0.0.1:$k_admin" --token-file "$work/konnect/admin-token" "$@"
+}
+
+wait_200() { # url [header]
+    local code
+    for _ in $(seq 100); do
+        code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' ${2:+-H "$2"} "$1" || true)
+        [ "$code" = 200 ] && return 0
+        sleep 0.1
+    done
+    die "konnect did not answer 200 at $1 within 10 s (last: $code)"
+}
+
+train_wrk() { # conns seconds path [header]
+    local args=()
+    [ -z "${4:-}" ] || args=(-H "$4")
+    timeout $(($2 + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$1" -d"$2"s "${args[@]}" \
+        "http://127.0.0.1:$k_proxy$3" >>"$work/logs/wrk.log" 2>&1 || die "wrk failed on $3"
+}
+
+# One node, configured the first time, loaded, then stopped with SIGTERM so that it writes its
+# profile on the way out (the profiler runtime writes it at exit).
+train_once() { # name taskset-cpus
+    local name=$1 cpus=$2 k_pid
+    taskset -c "$cpus" "$train_bin/konnect" serve --dev --data-dir "$work/konnect" \
+        --secret-key-file "$work/secret.key" --peer-addr "127.0.0.1:$k_peer" \
+        --admin-addr "127.0.0.1:$k_admin" --status-addr "127.0.0.1:$k_status" \
+        --proxy-addr "127.0.0.1:$k_proxy" >"$work/logs/konnect-$name.log" 2>&1 &
+    k_pid=$!
+    pids+=("$k_pid")
+    wait_admin_token "$work/konnect" "$k_pid"
+    wait_port "$k_admin" "$k_pid" "konnect admin"
+    if [ ! -s "$work/api-key" ]; then
+        {
+            cat <<EOF
+kind: Service
+name: up
+spec: {targets: [{url: "http://127.0.0.1:$up_port"}]}
+---
+kind: Route
+name: root
+spec: {paths: ["/"], service: up}
+---
+kind: Consumer
+name: train
+spec: {description: "deploy/pgo-build.sh"}
+---
+kind: Route
+name: auth-key
+spec: {paths: ["/key"], service: up, auth: {key: true}}
+---
+kind: Route
+name: limited
+spec: {paths: ["/limited"], service: up}
+---
+kind: RateLimit
+name: train-limit
+spec: {applies_to: {route: limited}, key: ip, limit: 40000, window: 1s, mode: strict}
+EOF
+            for i in $(seq 1 9); do
+                printf -- '---\nkind: Route\nname: r%d\nspec: {paths: ["/r%d"], service: up}\n' "$i" "$i"
+            done
+        } >"$work/config.yaml"
+        ctl apply -f "$work/config.yaml" >>"$work/logs/konnectctl.log" 2>&1 || die "konnectctl apply failed"
+        ctl keys create --consumer train --description "deploy/pgo-build.sh" >"$work/api-key" \
+            2>>"$work/logs/konnectctl.log" || die "konnectctl keys create failed"
+    fi
+    local key_header
+    key_header="x-api-key: $(<"$work/api-key")"
+    wait_200 "http://127.0.0.1:$k_proxy/r5"
+    wait_200 "http://127.0.0.1:$k_proxy/key/r5" "$key_header"
+    local quarter=$(((TRAIN_SECONDS + 3) / 4))
+    say "  konnect on cpus $cpus: wrk for $((quarter * 4)) s"
+    train_wrk 64 "$quarter" /r5
+    train_wrk 1 "$quarter" /r5
+    train_wrk 16 "$quarter" /key/r5 "$key_header"
+    train_wrk 16 "$quarter" /limited
+    kill -TERM "$k_pid"
+    wait "$k_pid" || die "konnect ($name) did not exit cleanly after SIGTERM"
+}
+
+train_once one-core "$PROXY_CPU"
+train_once all-cores "0-$(($(nproc) - 1))"
+
+say "3/4 merging the profiles with $profdata"
+shopt -s nullglob
+files=("$raw"/*.profraw)
+[ "${#files[@]}" -gt 0 ] || die "the training wrote no profile into $raw"
+"$profdata" merge -o "$profiles/merged.profdata" "${files[@]}" || die "$profdata merge failed"
+# Named by its content: a new profile changes RUSTFLAGS, so cargo rebuilds with it.
+sum=$(sha256sum "$profiles/merged.profdata" | cut -c1-16)
+profile="$profiles/konnect-$sum.profdata"
+mv "$profiles/merged.profdata" "$profile"
+
+say "4/4 building with the profile (cargo profile pgo)"
+cargo_build pgo "-Cprofile-use=$profile"
+out="$target_dir/$host/pgo"
+say "built: $out/konnect and $out/konnectctl (profile $profile)"
+echo "$out"
