@@ -96,6 +96,33 @@ wait_admin_token() { # data-dir pid [seconds]
     die "konnect wrote no admin token within $limit s"
 }
 
+# Waits until URL answers 200 (10 s at most; curl -k, so a test certificate will do), with the
+# request header HEADER when given; WHAT names it in the error.
+wait_200() { # url what [header]
+    local code
+    for _ in $(seq 100); do
+        code=$(curl -sk -o /dev/null -m 2 -w '%{http_code}' ${3:+-H "$3"} "$1" || true)
+        [ "$code" = 200 ] && return 0
+        sleep 0.1
+    done
+    die "$2 did not answer 200 at $1 within 10 s (last: $code)"
+}
+
+# Prints an HS256 JWT for a JwtProvider whose `hmac_secret` is SECRET: `iss` ISSUER, `sub`
+# SUBJECT, issued now, expiring in 2100. Python's standard library signs it.
+mint_hs256_jwt() { # issuer secret subject
+    python3 - "$1" "$2" "$3" <<'EOF' || die "could not mint the JWT"
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+part = lambda d: b64(json.dumps(d, separators=(",", ":")).encode())
+issuer, secret, subject = sys.argv[1], sys.argv[2], sys.argv[3]
+signed = part({"alg": "HS256", "typ": "JWT"}) + "." + part(
+    {"iss": issuer, "sub": subject, "iat": int(time.time()), "exp": 4102444800})
+sig = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
+print(signed + "." + b64(sig))
+EOF
+}
+
 # CPU clock ticks (user + system, every thread, dead ones included) used so far by the pids.
 cpu_ticks() {
     local total=0 stat rest

@@ -11,11 +11,11 @@
 # What it does, in four steps:
 #   1. builds both binaries instrumented (`-Cprofile-generate`, cargo profile `pgo-train`);
 #   2. trains: an nginx upstream (`return 200`), the instrumented `konnect serve --dev`, and wrk
-#      through it: plain routes at 64 and at 1 connection, a route behind an API key, and a
-#      rate-limited route (40,000 requests/s) that answers both 200 and 429; once with konnect
-#      on one core (the
-#      one-thread runtime) and once on every core (the multi-thread runtime), TRAIN_SECONDS
-#      each;
+#      through it: plain routes at 64 and at 1 connection, a route behind an API key, one
+#      behind a JWT (HS256), a rate-limited route (40,000 requests/s) that answers both 200
+#      and 429, and HTTPS on the TLS listener; then h2load for HTTP/2 (h2c, and h2 over TLS),
+#      and a 404 and a 401. Once with konnect on one core (the one-thread runtime) and once on every
+#      core (the multi-thread runtime), TRAIN_SECONDS of wrk each;
 #   3. merges the profiles with the `llvm-profdata` of rustc's own LLVM major version
 #      (installed from Debian's `llvm-N` package when missing, as root);
 #   4. builds both again with that profile (`-Cprofile-use`, cargo profile `pgo`).
@@ -23,13 +23,13 @@
 # docs/deploy.md, "Profile-guided build".
 #
 # What the profile leaves out runs as it would in a plain release build, optimised for size
-# where LLVM sees it as cold: TLS, HTTP/2, websockets, the AI gateway and the admin API are
-# not in the training load.
+# where LLVM sees it as cold: websockets, response caching, transformations, the AI gateway
+# and most of the admin API are not in the training load.
 #
 # Settings: TRAIN_SECONDS=12, LOAD_CPU=0 (wrk and the upstream), PROXY_CPU=1 (konnect in the
 # one-core half), BENCH_TMP=/var/tmp, KEEP=0 (1 keeps the work directory: logs).
-# Needs: nginx, wrk and curl (nginx and wrk installed with apt-get when missing, as root),
-# python3 (free ports). Takes about 25 minutes on 2 cores: two release builds with fat LTO.
+# Needs: nginx, wrk, h2load, curl and openssl (nginx, wrk and h2load's nghttp2-client installed
+# with apt-get when missing, as root), python3 (free ports, the JWT). Takes about 25 minutes on 2 cores: two release builds with fat LTO.
 set -euo pipefail
 
 TRAIN_SECONDS=${TRAIN_SECONDS:-12}
@@ -48,7 +48,9 @@ source "$root/benches/lib.sh"
 
 command -v python3 >/dev/null || die "python3 is needed (free ports)"
 command -v curl >/dev/null || die "curl is needed (readiness checks)"
+command -v openssl >/dev/null || die "openssl is needed (the training's TLS certificate)"
 need_packages nginx wrk
+command -v h2load >/dev/null || need_packages nghttp2-client
 
 # The profile format is LLVM's and changes between its major versions: the merger must be the
 # one of the LLVM that rustc was built with.
@@ -83,9 +85,17 @@ cargo_build pgo-train "-Cprofile-generate=$raw"
 train_bin="$target_dir/$host/pgo-train"
 
 say "2/4 training"
-read -r up_port k_proxy k_admin k_status k_peer < <(free_ports 5 | xargs)
+read -r up_port k_proxy k_tls k_admin k_status k_peer < <(free_ports 6 | xargs)
 start_upstream_nginx "$up_port"
 konnect_key_file "$train_bin/konnect" "$work/secret.key"
+# A certificate for `localhost` (wrk and curl send that name), and an HS256 JWT for a
+# JwtProvider with a random secret (`sub` = the consumer, expiring in 2100).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost -keyout "$work/tls.key" -out "$work/tls.crt" \
+    >>"$work/logs/openssl.log" 2>&1 || die "openssl could not make the certificate"
+jwt_issuer=https://pgo-train.invalid
+jwt_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+jwt=$(mint_hs256_jwt "$jwt_issuer" "$jwt_secret" train)
 
 # konnectctl's own profile is not wanted: its runs write theirs into the work directory.
 ctl() {
@@ -93,21 +103,18 @@ ctl() {
         --endpoint "http://127.0.0.1:$k_admin" --token-file "$work/konnect/admin-token" "$@"
 }
 
-wait_200() { # url [header]
-    local code
-    for _ in $(seq 100); do
-        code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' ${2:+-H "$2"} "$1" || true)
-        [ "$code" = 200 ] && return 0
-        sleep 0.1
-    done
-    die "konnect did not answer 200 at $1 within 10 s (last: $code)"
-}
-
-train_wrk() { # conns seconds path [header]
+train_wrk() { # conns seconds url [header]
     local args=()
     [ -z "${4:-}" ] || args=(-H "$4")
-    timeout $(($2 + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$1" -d"$2"s "${args[@]}" \
-        "http://127.0.0.1:$k_proxy$3" >>"$work/logs/wrk.log" 2>&1 || die "wrk failed on $3"
+    timeout $(($2 + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$1" -d"$2"s "${args[@]}" "$3" \
+        >>"$work/logs/wrk.log" 2>&1 || die "wrk failed on $3"
+}
+
+# HTTP/2 with h2load: 4 connections, 10 streams each, N requests, every answer a 2xx.
+train_h2() { # requests url
+    local out
+    out=$(timeout 120 taskset -c "$LOAD_CPU" h2load -n "$1" -c 4 -m 10 "$2" 2>&1) || die "h2load failed on $2: $out"
+    grep -q "status codes: $1 2xx" <<<"$out" || die "h2load on $2: not every answer was a 2xx: $out"
 }
 
 # One node, configured the first time, loaded, then stopped with SIGTERM so that it writes its
@@ -117,7 +124,8 @@ train_once() { # name taskset-cpus
     taskset -c "$cpus" "$train_bin/konnect" serve --dev --data-dir "$work/konnect" \
         --secret-key-file "$work/secret.key" --peer-addr "127.0.0.1:$k_peer" \
         --admin-addr "127.0.0.1:$k_admin" --status-addr "127.0.0.1:$k_status" \
-        --proxy-addr "127.0.0.1:$k_proxy" >"$work/logs/konnect-$name.log" 2>&1 &
+        --proxy-addr "127.0.0.1:$k_proxy" --proxy-tls-addr "127.0.0.1:$k_tls" \
+        >"$work/logs/konnect-$name.log" 2>&1 &
     k_pid=$!
     pids+=("$k_pid")
     wait_admin_token "$work/konnect" "$k_pid"
@@ -131,7 +139,7 @@ spec: {targets: [{url: "http://127.0.0.1:$up_port"}]}
 ---
 kind: Route
 name: root
-spec: {paths: ["/"], service: up}
+spec: {paths: ["/"], methods: [GET], service: up}
 ---
 kind: Consumer
 name: train
@@ -140,6 +148,15 @@ spec: {description: "deploy/pgo-build.sh"}
 kind: Route
 name: auth-key
 spec: {paths: ["/key"], service: up, auth: {key: true}}
+---
+kind: JwtProvider
+name: train-idp
+spec: {issuer: "$jwt_issuer", hmac_secret: "$jwt_secret", algorithms: [HS256]}
+---
+kind: Route
+name: auth-jwt
+spec: {paths: ["/jwt"], service: up, auth: {jwt: [train-idp]}}
+
 ---
 kind: Route
 name: limited
@@ -152,21 +169,37 @@ EOF
             for i in $(seq 1 9); do
                 printf -- '---\nkind: Route\nname: r%d\nspec: {paths: ["/r%d"], service: up}\n' "$i" "$i"
             done
+            printf -- '---\nkind: Certificate\nname: localhost\nspec:\n  snis: [localhost]\n  cert_pem: |\n'
+            sed 's/^/    /' "$work/tls.crt"
+            printf '  key_pem: |\n'
+            sed 's/^/    /' "$work/tls.key"
         } >"$work/config.yaml"
         ctl apply -f "$work/config.yaml" >>"$work/logs/konnectctl.log" 2>&1 || die "konnectctl apply failed"
         ctl keys create --consumer train --description "deploy/pgo-build.sh" >"$work/api-key" \
             2>>"$work/logs/konnectctl.log" || die "konnectctl keys create failed"
     fi
-    local key_header
+    local key_header plain="http://127.0.0.1:$k_proxy" tls="https://localhost:$k_tls"
     key_header="x-api-key: $(<"$work/api-key")"
-    wait_200 "http://127.0.0.1:$k_proxy/r5"
-    wait_200 "http://127.0.0.1:$k_proxy/key/r5" "$key_header"
-    local quarter=$(((TRAIN_SECONDS + 3) / 4))
-    say "  konnect on cpus $cpus: wrk for $((quarter * 4)) s"
-    train_wrk 64 "$quarter" /r5
-    train_wrk 1 "$quarter" /r5
-    train_wrk 16 "$quarter" /key/r5 "$key_header"
-    train_wrk 16 "$quarter" /limited
+    wait_200 "$plain/r5" konnect
+    wait_200 "$plain/key/r5" konnect "$key_header"
+    wait_200 "$plain/jwt/r5" konnect "Authorization: Bearer $jwt"
+    wait_200 "$tls/r5" "konnect (TLS)"
+    local sixth=$(((TRAIN_SECONDS + 5) / 6))
+    say "  konnect on cpus $cpus: wrk for $((sixth * 6)) s, h2load for HTTP/2"
+    train_wrk 64 "$sixth" "$plain/r5"
+    train_wrk 1 "$sixth" "$plain/r5"
+    train_wrk 16 "$sixth" "$plain/key/r5" "$key_header"
+    train_wrk 16 "$sixth" "$plain/jwt/r5" "Authorization: Bearer $jwt"
+    train_wrk 16 "$sixth" "$plain/limited"
+    train_wrk 16 "$sixth" "$tls/r5"
+    train_h2 100000 "$plain/r5"
+    train_h2 100000 "$tls/r5"
+    # Refusals: no route for the method (`/` takes GET only: 404), a missing credential (401).
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$plain/nothing")
+    [ "$code" = 404 ] || die "POST /nothing: expected 404, got $code"
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$plain/key/r5")
+    [ "$code" = 401 ] || die "/key/r5 without a key: expected 401, got $code"
     kill -TERM "$k_pid"
     wait "$k_pid" || die "konnect ($name) did not exit cleanly after SIGTERM"
 }

@@ -141,16 +141,6 @@ nl_port=${ports[8]} # the second nginx: limit_req (LIMITS=1)
 nl_pid=""
 
 
-wait_200() { # url what
-    local code
-    for _ in $(seq 100); do
-        code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" || true)
-        [ "$code" = 200 ] && return 0
-        sleep 0.1
-    done
-    die "$2 did not answer 200 at $1 within 10 s (last: $code)"
-}
-
 # The processes of an nginx (its master and workers).
 nginx_pids() { # master
     echo "$1"
@@ -297,17 +287,7 @@ ctl apply -f "$work/auth.yaml" >>"$work/logs/konnectctl.log" 2>&1 || die "konnec
 api_key=$(ctl keys create --consumer bench --description "benches/proxy" 2>>"$work/logs/konnectctl.log") ||
     die "konnectctl keys create failed"
 [ -n "$api_key" ] || die "konnectctl keys create printed no key"
-jwt=$(python3 - "$jwt_issuer" "$jwt_secret" <<'EOF'
-import base64, hashlib, hmac, json, sys, time
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-part = lambda d: b64(json.dumps(d, separators=(",", ":")).encode())
-issuer, secret = sys.argv[1], sys.argv[2]
-signed = part({"alg": "HS256", "typ": "JWT"}) + "." + part(
-    {"iss": issuer, "sub": "bench", "iat": int(time.time()), "exp": 4102444800})
-sig = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
-print(signed + "." + b64(sig))
-EOF
-) || die "could not mint the JWT"
+jwt=$(mint_hs256_jwt "$jwt_issuer" "$jwt_secret" bench)
 for url in "http://127.0.0.1:$up_port$req_path" "http://127.0.0.1:$nginx_port$req_path" \
     "http://127.0.0.1:$haproxy_port$req_path" "http://127.0.0.1:$k_proxy$req_path"; do
     wait_200 "$url" "target"
