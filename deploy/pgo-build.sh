@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# deploy/pgo-build.sh: builds `konnect` and `konnectctl` with profile-guided optimisation (PGO),
-# the build that `benches/proxy` measures against nginx and HAProxy as "konnect (PGO)".
+# deploy/pgo-build.sh: builds `konnect` and `konnectctl` with profile-guided optimisation (PGO):
+# the binaries to run in production, and the ones `PGO=1 benches/proxy/run.sh` measures against
+# nginx and HAProxy.
 #
 # Why: with whole-program optimisation konnect runs about as many instructions per proxied
 # request as nginx, but misses the instruction cache about twice as often (callgrind's cache
@@ -14,8 +15,8 @@
 #      through it: plain routes at 64 and at 1 connection, a route behind an API key, one
 #      behind a JWT (HS256), a rate-limited route (40,000 requests/s) that answers both 200
 #      and 429, and HTTPS on the TLS listener; then h2load for HTTP/2 (h2c, and h2 over TLS),
-#      and a 404 and a 401. Once with konnect on one core (the one-thread runtime) and once on every
-#      core (the multi-thread runtime), TRAIN_SECONDS of wrk each;
+#      and a 404 and a 401. Once with konnect on one core (the one-thread runtime) and once on
+#      every core (the multi-thread runtime), TRAIN_SECONDS of wrk each;
 #   3. merges the profiles with the `llvm-profdata` of rustc's own LLVM major version
 #      (installed from Debian's `llvm-N` package when missing, as root);
 #   4. builds both again with that profile (`-Cprofile-use`, cargo profile `pgo`).
@@ -29,7 +30,9 @@
 # Settings: TRAIN_SECONDS=12, LOAD_CPU=0 (wrk and the upstream), PROXY_CPU=1 (konnect in the
 # one-core half), BENCH_TMP=/var/tmp, KEEP=0 (1 keeps the work directory: logs).
 # Needs: nginx, wrk, h2load, curl and openssl (nginx, wrk and h2load's nghttp2-client installed
-# with apt-get when missing, as root), python3 (free ports, the JWT). Takes about 25 minutes on 2 cores: two release builds with fat LTO.
+# with apt-get when missing, as root), python3 (free ports, the JWT). Takes about 25 minutes
+# on 2 cores from scratch (two release builds with fat LTO); a second run reuses the
+# instrumented build and takes about 13.
 set -euo pipefail
 
 TRAIN_SECONDS=${TRAIN_SECONDS:-12}
@@ -88,7 +91,7 @@ say "2/4 training"
 read -r up_port k_proxy k_tls k_admin k_status k_peer < <(free_ports 6 | xargs)
 start_upstream_nginx "$up_port"
 konnect_key_file "$train_bin/konnect" "$work/secret.key"
-# A certificate for `localhost` (wrk and curl send that name), and an HS256 JWT for a
+# A certificate for `localhost` (the name wrk and h2load send), and an HS256 JWT for a
 # JwtProvider with a random secret (`sub` = the consumer, expiring in 2100).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost -keyout "$work/tls.key" -out "$work/tls.crt" \
@@ -156,7 +159,6 @@ spec: {issuer: "$jwt_issuer", hmac_secret: "$jwt_secret", algorithms: [HS256]}
 kind: Route
 name: auth-jwt
 spec: {paths: ["/jwt"], service: up, auth: {jwt: [train-idp]}}
-
 ---
 kind: Route
 name: limited
@@ -215,6 +217,7 @@ files=("$raw"/*.profraw)
 # Named by its content: a new profile changes RUSTFLAGS, so cargo rebuilds with it.
 sum=$(sha256sum "$profiles/merged.profdata" | cut -c1-16)
 profile="$profiles/konnect-$sum.profdata"
+rm -f "$profiles"/konnect-*.profdata
 mv "$profiles/merged.profdata" "$profile"
 
 say "4/4 building with the profile (cargo profile pgo)"
