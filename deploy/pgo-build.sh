@@ -17,8 +17,9 @@
 #      and 429, and HTTPS on the TLS listener; then h2load for HTTP/2 (h2c, and h2 over TLS),
 #      and a 404 and a 401. Once with konnect on one core (the one-thread runtime) and once on
 #      every core (the multi-thread runtime), TRAIN_SECONDS of wrk each;
-#   3. merges the profiles with the `llvm-profdata` of rustc's own LLVM major version
-#      (installed from Debian's `llvm-N` package when missing, as root);
+#   3. merges the profiles with the `llvm-profdata` of rustc's own LLVM: rustup's `llvm-tools`
+#      component (added when missing), or else Debian's `llvm-N` package of the same major
+#      version (installed when missing, as root);
 #   4. builds both again with that profile (`-Cprofile-use`, cargo profile `pgo`).
 # The result is in target/<host>/pgo/ (the script prints the path). To ship it in the image:
 # docs/deploy.md, "Profile-guided build".
@@ -56,16 +57,27 @@ need_packages nginx wrk
 command -v h2load >/dev/null || need_packages nghttp2-client
 
 # The profile format is LLVM's and changes between its major versions: the merger must be the
-# one of the LLVM that rustc was built with.
-host=$(rustc -vV | sed -n 's/^host: //p')
-llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+# one of the LLVM that rustc was built with. rustup ships exactly that one (`llvm-tools`);
+# without rustup, or where its server cannot be reached, Debian's package of the same major
+# version reads the same format.
+# (rustc as cargo runs it, in the workspace: a rustup override there would pick its toolchain.)
+rustc_here() { (cd "$root" && rustc "$@"); }
+host=$(rustc_here -vV | sed -n 's/^host: //p')
+llvm_major=$(rustc_here -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [ -n "$host" ] && [ -n "$llvm_major" ] || die "could not read the host and LLVM version from rustc -vV"
-profdata=llvm-profdata-$llvm_major
-if ! command -v "$profdata" >/dev/null; then
-    say "not found: $profdata (rustc uses LLVM $llvm_major): installing Debian's llvm-$llvm_major"
-    [ "$(id -u)" = 0 ] || die "installing llvm-$llvm_major needs root; install it yourself"
-    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "llvm-$llvm_major" ||
-        die "could not install llvm-$llvm_major: its llvm-profdata must match rustc's LLVM $llvm_major"
+profdata="$(rustc_here --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
+if [ ! -x "$profdata" ] && command -v rustup >/dev/null; then
+    say "adding rustup's llvm-tools component (llvm-profdata of rustc's LLVM $llvm_major)"
+    (cd "$root" && rustup component add llvm-tools) >&2 || say "rustup could not add llvm-tools"
+fi
+if [ ! -x "$profdata" ]; then
+    profdata=llvm-profdata-$llvm_major
+    if ! command -v "$profdata" >/dev/null; then
+        say "not found: $profdata (rustc uses LLVM $llvm_major): installing Debian's llvm-$llvm_major"
+        [ "$(id -u)" = 0 ] || die "installing llvm-$llvm_major needs root; install it yourself"
+        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "llvm-$llvm_major"; } >&2 ||
+            die "could not install llvm-$llvm_major: its llvm-profdata must match rustc's LLVM $llvm_major"
+    fi
 fi
 
 start_work_dir
@@ -209,7 +221,7 @@ EOF
 train_once one-core "$PROXY_CPU"
 train_once all-cores "0-$(($(nproc) - 1))"
 
-say "3/4 merging the profiles with $profdata"
+say "3/4 merging the profiles with $profdata ($("$profdata" --version | sed -n 's/^ *LLVM version //p'))"
 shopt -s nullglob
 files=("$raw"/*.profraw)
 [ "${#files[@]}" -gt 0 ] || die "the training wrote no profile into $raw"
