@@ -73,6 +73,22 @@ konnect_key_file() { # konnect-binary file
     (umask 077 && "$1" secrets new-key --id bench >"$2") || die "konnect secrets new-key failed"
 }
 
+# Starts BINARY `serve --dev` on CPUS (taskset), data in DATA-DIR, $work/secret.key as its data
+# key, on the ports in $k_peer, $k_admin, $k_status and $k_proxy, its output in LOG, with the
+# EXTRA arguments; sets k_pid (also added to `pids`) and returns once its admin API listens.
+start_konnect_dev() { # cpus binary data-dir log [extra-arg...]
+    local cpus=$1 binary=$2 data=$3 log=$4
+    shift 4
+    taskset -c "$cpus" "$binary" serve --dev --data-dir "$data" \
+        --secret-key-file "$work/secret.key" --peer-addr "127.0.0.1:$k_peer" \
+        --admin-addr "127.0.0.1:$k_admin" --status-addr "127.0.0.1:$k_status" \
+        --proxy-addr "127.0.0.1:$k_proxy" "$@" >"$log" 2>&1 &
+    k_pid=$!
+    pids+=("$k_pid")
+    wait_admin_token "$data" "$k_pid"
+    wait_port "$k_admin" "$k_pid" "konnect admin"
+}
+
 wait_port() { # port pid what
     for _ in $(seq 300); do
         kill -0 "$2" 2>/dev/null || die "$3 exited while starting"

@@ -136,15 +136,8 @@ train_h2() { # requests url
 # profile on the way out (the profiler runtime writes it at exit).
 train_once() { # name taskset-cpus
     local name=$1 cpus=$2 k_pid
-    taskset -c "$cpus" "$train_bin/konnect" serve --dev --data-dir "$work/konnect" \
-        --secret-key-file "$work/secret.key" --peer-addr "127.0.0.1:$k_peer" \
-        --admin-addr "127.0.0.1:$k_admin" --status-addr "127.0.0.1:$k_status" \
-        --proxy-addr "127.0.0.1:$k_proxy" --proxy-tls-addr "127.0.0.1:$k_tls" \
-        >"$work/logs/konnect-$name.log" 2>&1 &
-    k_pid=$!
-    pids+=("$k_pid")
-    wait_admin_token "$work/konnect" "$k_pid"
-    wait_port "$k_admin" "$k_pid" "konnect admin"
+    start_konnect_dev "$cpus" "$train_bin/konnect" "$work/konnect" "$work/logs/konnect-$name.log" \
+        --proxy-tls-addr "127.0.0.1:$k_tls"
     if [ ! -s "$work/api-key" ]; then
         {
             cat <<EOF

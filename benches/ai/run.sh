@@ -162,14 +162,7 @@ k_pid=""
 konnect_key=""
 if has_target konnect; then
     konnect_key_file "$bin/konnect" "$work/secret.key"
-    taskset -c "$PROXY_CPU" "$bin/konnect" serve --dev --data-dir "$work/konnect" \
-        --secret-key-file "$work/secret.key" --peer-addr "127.0.0.1:$k_peer" \
-        --admin-addr "127.0.0.1:$k_admin" --status-addr "127.0.0.1:$k_status" \
-        --proxy-addr "127.0.0.1:$k_proxy" >"$work/logs/konnect.log" 2>&1 &
-    k_pid=$!
-    pids+=("$k_pid")
-    wait_admin_token "$work/konnect" "$k_pid"
-    wait_port "$k_admin" "$k_pid" "konnect admin"
+    start_konnect_dev "$PROXY_CPU" "$bin/konnect" "$work/konnect" "$work/logs/konnect.log"
     ctl() { "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" --token-file "$work/konnect/admin-token" "$@"; }
     cat >"$work/ai.yaml" <<EOF
 kind: Team

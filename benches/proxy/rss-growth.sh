@@ -8,7 +8,8 @@
 #
 # Settings: ROUNDS=3, SECONDS_PER_ROUND=10, BENCH_TMP=/var/tmp, KEEP=0, SKIP_BUILD=0,
 # PGO=0 (1: the profile-guided build, deploy/pgo-build.sh), BIN_DIR (binaries from there,
-# nothing built), LOAD_CPU=0, PROXY_CPU=1. Needs nginx and wrk (installed with apt-get when missing, as root).
+# nothing built), LOAD_CPU=0, PROXY_CPU=1. Needs nginx and wrk (installed with apt-get when
+# missing, as root).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -36,21 +37,12 @@ start_work_dir
 read -r up_port k_proxy k_admin k_status k_peer < <(free_ports 5 | xargs)
 start_upstream_nginx "$up_port"
 konnect_key_file "$bin/konnect" "$work/secret.key"
-taskset -c "$PROXY_CPU" "$bin/konnect" serve --dev --data-dir "$work/konnect" \
-    --secret-key-file "$work/secret.key" --peer-addr "127.0.0.1:$k_peer" \
-    --admin-addr "127.0.0.1:$k_admin" --status-addr "127.0.0.1:$k_status" \
-    --proxy-addr "127.0.0.1:$k_proxy" >"$work/logs/konnect.log" 2>&1 &
-k_pid=$!
-pids+=("$k_pid")
-wait_admin_token "$work/konnect" "$k_pid"
+start_konnect_dev "$PROXY_CPU" "$bin/konnect" "$work/konnect" "$work/logs/konnect.log"
 printf 'kind: Service\nname: up\nspec: {targets: [{url: "http://127.0.0.1:%s"}]}\n---\nkind: Route\nname: bench\nspec: {paths: ["/"], service: up}\n' \
     "$up_port" >"$work/routes.yaml"
 "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" --token-file "$work/konnect/admin-token" \
     apply -f "$work/routes.yaml" >"$work/logs/konnectctl.log" 2>&1 || die "konnectctl apply failed"
-for _ in $(seq 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$k_proxy/")" = 200 ] && break
-    sleep 0.1
-done
+wait_200 "http://127.0.0.1:$k_proxy/" konnect
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$k_pid/status"; }
 taskset -c "$LOAD_CPU" wrk -t1 -c64 -d3s "http://127.0.0.1:$k_proxy/" >/dev/null

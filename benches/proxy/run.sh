@@ -226,14 +226,7 @@ wait_port "$haproxy_port" "$haproxy_pid" "haproxy"
 # --- konnect: one node (--dev), one core ---
 
 konnect_key_file "$bin/konnect" "$work/secret.key"
-taskset -c "$PROXY_CPU" "$bin/konnect" serve --dev --data-dir "$work/konnect" \
-    --secret-key-file "$work/secret.key" --peer-addr "127.0.0.1:$k_peer" --admin-addr "127.0.0.1:$k_admin" \
-    --status-addr "127.0.0.1:$k_status" --proxy-addr "127.0.0.1:$k_proxy" \
-    >"$work/logs/konnect.log" 2>&1 &
-k_pid=$!
-pids+=("$k_pid")
-wait_admin_token "$work/konnect" "$k_pid"
-wait_port "$k_admin" "$k_pid" "konnect admin"
+start_konnect_dev "$PROXY_CPU" "$bin/konnect" "$work/konnect" "$work/logs/konnect.log"
 k_threads=$(ls "/proc/$k_pid/task" | wc -l)
 
 ctl() { "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" --token-file "$work/konnect/admin-token" "$@"; }

@@ -100,14 +100,7 @@ start_upstream_nginx "$up_port"
 
 data="$work/konnect"
 konnect_key_file "$bin/konnect" "$work/secret.key"
-taskset -c "$PROXY_CPU" "$bin/konnect" serve --dev --data-dir "$data" \
-    --secret-key-file "$work/secret.key" --peer-addr "127.0.0.1:$k_peer" --admin-addr "127.0.0.1:$k_admin" \
-    --status-addr "127.0.0.1:$k_status" --proxy-addr "127.0.0.1:$k_proxy" \
-    >"$work/logs/konnect.log" 2>&1 &
-k_pid=$!
-pids+=("$k_pid")
-wait_admin_token "$data" "$k_pid"
-wait_port "$k_admin" "$k_pid" "konnect admin"
+start_konnect_dev "$PROXY_CPU" "$bin/konnect" "$data" "$work/logs/konnect.log"
 
 ctl() { "$bin/konnectctl" --endpoint "http://127.0.0.1:$k_admin" --token-file "$data/admin-token" "$@"; }
 
