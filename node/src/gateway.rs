@@ -421,7 +421,10 @@ impl Gateway {
             let peer = peer.clone();
             async move {
                 let (mut resp, fields) = gw
-                    .handle(req.map(|body| RequestBody::Hyper(Box::new(body))), &peer)
+                    .handle(
+                        Box::new(req.map(|body| RequestBody::Hyper(Box::new(body)))),
+                        &peer,
+                    )
                     .await;
                 fields.insert_into(resp.headers_mut());
                 Ok::<_, std::convert::Infallible>(resp)
@@ -444,9 +447,10 @@ impl Gateway {
         headers::client_ip(peer, headers, &self.settings.trusted_proxies)
     }
 
+    /// `req` is boxed: see `server_h1::Parse::Complete`.
     async fn handle(
         self: Arc<Self>,
-        mut req: Request<RequestBody>,
+        mut req: Box<Request<RequestBody>>,
         peer: &Peer,
     ) -> (Response<ProxyBody>, headers::ResponseFields) {
         let client = peer.addr;
@@ -527,7 +531,9 @@ impl Gateway {
         } else {
             None
         };
-        let (parts, body) = resp.into_parts();
+        // The body is wrapped in place: taking the response apart and putting it together
+        // again would copy its 144 bytes twice.
+        let body = std::mem::replace(resp.body_mut(), body::empty());
         let metered = MeteredBody::new(body, idle, move |bytes, complete| {
             // The request leaves its target and its concurrency limits when its body is done.
             held.release(complete);
@@ -542,10 +548,8 @@ impl Gateway {
                 log.record(*entry);
             }
         });
-        (
-            Response::from_parts(parts, BodyExt::boxed(metered)),
-            headers::ResponseFields::new(request_id, via, wire),
-        )
+        *resp.body_mut() = BodyExt::boxed(metered);
+        (resp, headers::ResponseFields::new(request_id, via, wire))
     }
 
     // The request's parts and what it carries out (log entry, held places) are separate
@@ -554,7 +558,7 @@ impl Gateway {
     async fn proxy(
         &self,
         snapshot: &GatewaySnapshot,
-        mut req: Request<RequestBody>,
+        mut req: Box<Request<RequestBody>>,
         peer: &Peer,
         made_request_id: Option<[u8; 32]>,
         entry: &mut AccessEntry,
@@ -668,9 +672,14 @@ impl Gateway {
                 }
                 let prefix = found.matched_prefix_len.min(path.len());
                 // Boxed: its future is kilobytes, room every proxied request would carry.
-                let mut resp =
-                    Box::pin(self.serve_ai(snapshot, route, &path[prefix..], req, caller.as_ref()))
-                        .await?;
+                let mut resp = Box::pin(self.serve_ai(
+                    snapshot,
+                    route,
+                    &path[prefix..],
+                    *req,
+                    caller.as_ref(),
+                ))
+                .await?;
                 if let Some(v) = &limited {
                     ratelimit_headers(resp.headers_mut(), v);
                 }
@@ -734,7 +743,7 @@ impl Gateway {
         if upgrade.is_some() && !route.spec.websocket {
             return Err(GatewayError::UpgradeNotAllowed);
         }
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
         let (mut parts, incoming) = req.into_parts();
         // Phase: validate_request (media type first, the body once read).
         let read_whole = route.access.as_ref().is_some_and(|a| a.needs_body());
@@ -898,7 +907,7 @@ impl Gateway {
                 Err(_) => drop(permit),
             }
         }
-        let resp = result?;
+        let mut resp = result?;
 
         // A switched protocol: splice the two upgraded connections together.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -918,34 +927,33 @@ impl Gateway {
             }
         }
 
-        // Phase: prepare_response.
-        let (mut rparts, mut rbody) = resp.into_parts();
+        // Phase: prepare_response (in place: each move of the response copies 144 bytes).
         // The target's fields, when our client kept them in wire form (asked for above when
         // the route neither transforms nor caches the response; nothing hop-by-hop among
         // them, no Via), go to the client as they are.
-        let wire = rbody.take_wire_fields();
-        headers::remove_hop_by_hop(&mut rparts.headers);
+        let wire = resp.body_mut().take_wire_fields();
+        let rheaders = resp.headers_mut();
+        headers::remove_hop_by_hop(rheaders);
         // This hop goes into the map when something reads the response's fields after this
         // (its transformation, the cache) or a Via is there to extend; otherwise the server
         // writes it with the response (`ResponseFields`), which costs less than inserting it.
         let via_outside = route.spec.response.is_none()
             && route.cache.is_none()
-            && !rparts.headers.contains_key(hyper::header::VIA);
+            && !rheaders.contains_key(hyper::header::VIA);
         if !via_outside {
-            headers::add_via(&mut rparts.headers);
+            headers::add_via(rheaders);
         }
         if let Some(t) = &route.spec.response {
-            t.apply(&mut rparts.headers);
+            t.apply(rheaders);
         }
         // The target's request slot (in-flight count) and its connection, in `held.target`
         // since `forward`, are held until the body is done: `handle` meters the body (one
         // layer for both).
-        let resp = Response::from_parts(rparts, BodyExt::boxed(rbody));
-        let resp = match (&route.cache, cache_ticket) {
+        let resp = resp.map(BodyExt::boxed);
+        let mut resp = match (&route.cache, cache_ticket) {
             (Some(cache), Some(ticket)) => cache.store(ticket, resp),
             _ => resp,
         };
-        let mut resp = resp;
         if let Some(v) = &limited {
             ratelimit_headers(resp.headers_mut(), v);
         }
@@ -1498,47 +1506,36 @@ async fn forward(
         if let Some(d) = deadline {
             wait_until = wait_until.min(d);
         }
-        let sending = match outgoing {
+        // The response is moved as little as possible on its way out (see above): our
+        // client's straight from its future to the return below.
+        let sent_result = match outgoing {
             // Our client keeps the deadline with the connection's own timer.
-            Outgoing::Own(req) => upstream
-                .pool
-                .exchange(i, &target.connect_to, req, wait_until)
-                .await
-                .map(|resp| (resp, None)),
+            Outgoing::Own(req) => {
+                upstream
+                    .pool
+                    .exchange(i, &target.connect_to, req, wait_until)
+                    .await
+            }
             // Boxed: hyper's exchange is kilobytes of future, which every request's future
             // (held per client connection) would otherwise make room for.
-            Outgoing::Hyper(req) => tokio::time::timeout_at(
+            Outgoing::Hyper(req) => match tokio::time::timeout_at(
                 wait_until.into(),
                 Box::pin(upstream.pool.send(i, &target.connect_to, req)),
             )
             .await
-            .unwrap_or(Err(SendError::TimedOut)),
-        };
-        let outcome = match sending {
-            Ok((resp, connection)) => {
-                in_flight.connection = connection;
-                Ok(resp)
-            }
-            Err(SendError::Connect { detail, headers }) => {
-                if let Some(headers) = headers {
-                    parts.headers = headers;
+            {
+                Ok(Ok((resp, connection))) => {
+                    in_flight.connection = connection;
+                    Ok(resp)
                 }
-                Err(AttemptError::Connect(detail))
-            }
-            // The client stalled while its body streamed to the upstream: not the upstream's
-            // failure, and nothing to retry.
-            Err(SendError::BodyStalled) => {
-                return Err(GatewayError::RequestBodyTimeout {
-                    idle: spec.timeouts.idle.0,
-                })
-            }
-            Err(SendError::Failed(detail)) => Err(AttemptError::Reset(detail)),
-            Err(SendError::TimedOut) => Err(AttemptError::Timeout),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(SendError::TimedOut),
+            },
         };
         if let Some(sent) = sent {
             entry.upstream_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
         }
-        let (retry_on, err) = match outcome {
+        let failure = match sent_result {
             Ok(resp) => {
                 let status = resp.status();
                 let failed = matches!(
@@ -1559,21 +1556,38 @@ async fn forward(
                 metrics::counter!("konnect_proxy_retries_total", "service" => upstream.name.clone()).increment(1);
                 continue;
             }
-            Err(AttemptError::Connect(detail)) => (
+            Err(SendError::Connect { detail, headers }) => {
+                if let Some(headers) = headers {
+                    parts.headers = headers;
+                }
+                AttemptError::Connect(detail)
+            }
+            // The client stalled while its body streamed to the upstream: not the upstream's
+            // failure, and nothing to retry.
+            Err(SendError::BodyStalled) => {
+                return Err(GatewayError::RequestBodyTimeout {
+                    idle: spec.timeouts.idle.0,
+                })
+            }
+            Err(SendError::Failed(detail)) => AttemptError::Reset(detail),
+            Err(SendError::TimedOut) => AttemptError::Timeout,
+        };
+        let (retry_on, err) = match failure {
+            AttemptError::Connect(detail) => (
                 RetryOn::ConnectFailure,
                 GatewayError::UpstreamConnect {
                     upstream: target.display.clone(),
                     detail,
                 },
             ),
-            Err(AttemptError::Reset(detail)) => (
+            AttemptError::Reset(detail) => (
                 RetryOn::Reset,
                 GatewayError::UpstreamReset {
                     upstream: target.display.clone(),
                     detail,
                 },
             ),
-            Err(AttemptError::Timeout) => (
+            AttemptError::Timeout => (
                 RetryOn::Timeout,
                 GatewayError::UpstreamTimeout {
                     upstream: target.display.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, SizeHint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,8 +19,10 @@ pub fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
+/// A body with nothing in it. Its box allocates nothing (the body is zero-sized), so it
+/// also serves as a stand-in while a response's real body is being wrapped.
 pub fn empty() -> ProxyBody {
-    full(Bytes::new())
+    Empty::new().map_err(|never| match never {}).boxed()
 }
 
 /// No chunk arrived within the idle timeout.
