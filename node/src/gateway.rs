@@ -1502,7 +1502,8 @@ async fn forward(
         // Timed for the log alone.
         let sent = entry.kept.then(Instant::now);
         // The read timeout (within the total one) bounds the attempt up to the response head.
-        let mut wait_until = Instant::now() + spec.timeouts.read.0;
+        let now = Instant::now();
+        let mut wait_until = now + spec.timeouts.read.0;
         if let Some(d) = deadline {
             wait_until = wait_until.min(d);
         }
@@ -1513,7 +1514,7 @@ async fn forward(
             Outgoing::Own(req) => {
                 upstream
                     .pool
-                    .exchange(i, &target.connect_to, req, wait_until)
+                    .exchange(i, &target.connect_to, req, now, wait_until)
                     .await
             }
             // Boxed: hyper's exchange is kilobytes of future, which every request's future

@@ -147,14 +147,16 @@ impl ConnPool {
     /// to the pool when the response body has been read to its end.
     ///
     /// Everything up to the response head must be done by `deadline`, connecting included.
+    /// `now`: the caller's reading of the clock, to judge how long idle connections waited.
     pub async fn exchange(
         &self,
         target: usize,
         origin: &Uri,
         req: BufferedRequest<'_>,
+        now: Instant,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let (conn, reused) = match self.take_idle_own(target) {
+        let (conn, reused) = match self.take_idle_own(target, now) {
             Some(c) => (c, true),
             None => match self.open_own_by(origin, deadline).await? {
                 Ok(conn) => (conn, false),
@@ -216,10 +218,10 @@ impl ConnPool {
         .await
     }
 
-    fn take_idle_own(&self, target: usize) -> Option<upstream_h1::Connection> {
+    fn take_idle_own(&self, target: usize, now: Instant) -> Option<upstream_h1::Connection> {
         let mut idle = lock(&self.shared.targets[target].idle_own);
         while let Some(mut c) = idle.pop() {
-            if c.since.elapsed() >= self.shared.idle_timeout {
+            if now.saturating_duration_since(c.since) >= self.shared.idle_timeout {
                 // The rest were idle even longer.
                 idle.clear();
                 return None;

@@ -477,8 +477,6 @@ async fn head_timeout(timer: &mut Pin<Box<Sleep>>, deadline: Instant) {
     }
 }
 
-// Returned once per request: boxing the request would cost an allocation each time.
-#[allow(clippy::large_enum_variant)]
 enum Parse {
     /// The request is boxed here and stays in that box to the gateway's `proxy`: it is 232
     /// bytes, and by value it was copied about twelve times on the way (each async call takes

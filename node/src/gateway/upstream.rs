@@ -174,8 +174,20 @@ impl Upstream {
         }
     }
 
+    /// Whether target `i` is ejected. The clock is read only for a target ejected at some
+    /// time (every balancer pick asks, and a clock read is 20 ns); an ejection found over is
+    /// cleared, unless a newer one replaced it meanwhile.
     pub fn is_ejected(&self, i: usize) -> bool {
-        self.targets[i].ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
+        let until = &self.targets[i].ejected_until_ms;
+        let at = until.load(Ordering::Relaxed);
+        if at == 0 {
+            return false;
+        }
+        if at > self.now_ms() {
+            return true;
+        }
+        let _ = until.compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// Backoff before retry number `n` (1-based).
@@ -259,5 +271,33 @@ impl Drop for InFlightGuard {
             .in_flight
             .0
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ejected_target_comes_back_when_its_ejection_is_over_and_can_be_ejected_again() {
+        let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
+            "targets": [{"url": "http://127.0.0.1:9"}, {"url": "http://127.0.0.1:10"}],
+            "health_check": {"passive": {"consecutive_failures": 2, "ejection": "200ms"}}
+        }))
+        .unwrap();
+        let up = Upstream::new("web", 1, spec).unwrap();
+        assert!(!up.is_ejected(0));
+        up.record(0, false);
+        assert!(!up.is_ejected(0), "one failure of two");
+        up.record(0, false);
+        assert!(up.is_ejected(0));
+        assert!(!up.is_ejected(1), "only the failing target");
+        // The ejection's own length is what is waited for.
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!up.is_ejected(0));
+        assert!(!up.is_ejected(0), "asked again after the ejection was cleared");
+        up.record(0, false);
+        up.record(0, false);
+        assert!(up.is_ejected(0), "ejected again after two more failures");
     }
 }
