@@ -817,14 +817,15 @@ impl Gateway {
             made_request_id,
         );
         // A transformation, or a hash on a header, sees the request as the target will: the
-        // added fields in the map. Otherwise they go straight into the head our client writes.
+        // added fields in the map. Otherwise they go straight into the head our client writes
+        // (borrowed there: wrapping them in an Option would copy them).
         let added = if route.spec.request.is_some()
             || matches!(upstream.hash_on, Some(HashOn::Header(_)))
         {
             added.insert_into(&mut parts.headers);
             None
         } else {
-            Some(added)
+            Some(&added)
         };
         if let Some(v) = &route.spec.api_version {
             if let (Ok(name), Ok(value)) = (
@@ -876,7 +877,7 @@ impl Gateway {
         let result = forward(
             &upstream,
             &mut parts,
-            added.as_ref(),
+            added,
             // Nothing here reads the target's fields unless the route transforms or caches
             // the response.
             route.spec.response.is_none() && route.cache.is_none(),
@@ -915,7 +916,7 @@ impl Gateway {
                 return Ok(Proxied {
                     resp: splice_upgrade(
                         client_upgrade,
-                        resp,
+                        *resp,
                         protocol,
                         std::mem::take(held),
                         upstream.spec.timeouts.upgraded_idle.as_ref().map(|d| d.0),
@@ -1369,7 +1370,7 @@ async fn forward(
     retries_allowed: bool,
     entry: &mut AccessEntry,
     slot: &mut Option<InFlightGuard>,
-) -> Result<Response<UpstreamBody>, GatewayError> {
+) -> Result<upstream_h1::UpstreamResponse, GatewayError> {
     let spec = &upstream.spec;
     let deadline = spec.timeouts.total.map(|t| Instant::now() + t.0);
     let (replay, mut streaming) = match body {
@@ -1527,7 +1528,7 @@ async fn forward(
             {
                 Ok(Ok((resp, connection))) => {
                     in_flight.connection = connection;
-                    Ok(resp)
+                    Ok(Box::new(resp))
                 }
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(SendError::TimedOut),

@@ -41,7 +41,7 @@ use tower_service::Service;
 
 use super::body::{IdleTimeout, ProxyBody};
 use super::error::error_chain;
-use super::upstream_h1::{self, BufferedRequest, ExchangeError, UpstreamBody};
+use super::upstream_h1::{self, BufferedRequest, ExchangeError, UpstreamBody, UpstreamResponse};
 use crate::resources::service::UpstreamProtocol;
 
 pub type Http1Connection = http1::SendRequest<ProxyBody>;
@@ -155,7 +155,7 @@ impl ConnPool {
         req: BufferedRequest<'_>,
         now: Instant,
         deadline: Instant,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<UpstreamResponse, SendError> {
         let (conn, reused) = match self.take_idle_own(target, now) {
             Some(c) => (c, true),
             None => match self.open_own_by(origin, deadline).await? {
@@ -192,12 +192,10 @@ impl ConnPool {
             }
             other => other,
         };
-        result
-            .map(|resp| resp.map(UpstreamBody::Own))
-            .map_err(|e| match e {
-                ExchangeError::TimedOut => SendError::TimedOut,
-                e => SendError::Failed(e.to_string()),
-            })
+        result.map_err(|e| match e {
+            ExchangeError::TimedOut => SendError::TimedOut,
+            e => SendError::Failed(e.to_string()),
+        })
     }
 
     /// Opens a connection for our own codec, unless `deadline` passes first.

@@ -295,7 +295,10 @@ mod tests {
         // The ejection's own length is what is waited for.
         std::thread::sleep(Duration::from_millis(250));
         assert!(!up.is_ejected(0));
-        assert!(!up.is_ejected(0), "asked again after the ejection was cleared");
+        assert!(
+            !up.is_ejected(0),
+            "asked again after the ejection was cleared"
+        );
         up.record(0, false);
         up.record(0, false);
         assert!(up.is_ejected(0), "ejected again after two more failures");
