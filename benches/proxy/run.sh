@@ -64,7 +64,7 @@
 #                     burst of 1 ms of the rate it admitted 0.78 of the rate, with 2 ms 0.98,
 #                     with 10 ms 1.00 (wrk -c64, 3 s, rate 12786r/s)
 #   PROFILE=0         1: afterwards, count each proxy's syscalls and context switches per request
-#                     (perf stat), `perf record -g` konnect for 5 s under wrk for each of konnect,
+#                     (perf stat; at 64 connections, and at one for the plain targets), `perf record -g` konnect for 5 s under wrk for each of konnect,
 #                     konnect-key and konnect-jwt (and konnect-limit, konnect-limit-half), and
 #                     print the top of each `perf report --no-children` (needs perf: Debian's
 #                     linux-perf)
@@ -729,8 +729,8 @@ k_thread_names=$(cat /proc/"$k_pid"/task/*/comm | sort | uniq -c | awk '{ printf
 
 # Syscalls and context switches per request of each proxy under wrk -c64 (perf stat counts
 # tracepoints, which costs little next to `perf trace`): the kernel side of the CPU per request.
-syscall_profile() { # target
-    local t=$1 proc pidlist out requests
+syscall_profile() { # target connections
+    local t=$1 conns=$2 proc pidlist out requests
     mapfile -t proc < <(target_pids "$t")
     pidlist=$(IFS=,; echo "${proc[*]}")
     perf stat -x, -o "$work/perf-stat-$t.csv" -e "$stat_events" -p "$pidlist" -- sleep 5 \
@@ -738,15 +738,15 @@ syscall_profile() { # target
     local stat_pid=$!
     pids+=("$stat_pid")
     sleep 0.5
-    out=$(run_wrk "$t" 64 4) || die "wrk failed against $t (syscall count)"
+    out=$(run_wrk "$t" "$conns" 4) || die "wrk -c$conns failed against $t (syscall count)"
     wait "$stat_pid" || {
         say "perf stat failed for $t: $(tail -n 3 "$work/logs/perf-stat-$t.log")"
         return 0
     }
     requests=$(sed -n 's/^requests=\([0-9]*\).*/\1/p' <<<"$out")
-    python3 - "$t" "$requests" "$work/perf-stat-$t.csv" >>"$work/syscalls.txt" <<'PY'
+    python3 - "$t" "$conns" "$requests" "$work/perf-stat-$t.csv" >>"$work/syscalls.txt" <<'PY'
 import sys
-target, requests, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+target, conns, requests, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 counts = {}
 for line in open(path):
     f = line.strip().split(",")
@@ -756,7 +756,7 @@ for line in open(path):
 per = lambda k: counts.get(k, 0) / max(requests, 1)
 detail = " ".join(f"{k}={per(k):.2f}" for k in sorted(counts, key=lambda k: -counts[k])
                   if k not in ("all", "context-switches") and per(k) >= 0.01)
-print(f"  {target:8} syscalls/req {per('all'):5.2f}  context switches/req {per('context-switches'):5.2f}  ({detail})")
+print(f"  {target:8} -c{conns:<3} syscalls/req {per('all'):5.2f}  context switches/req {per('context-switches'):5.2f}  ({detail})")
 PY
 }
 
@@ -775,14 +775,19 @@ if [ "$PROFILE" = 1 ]; then
         epoll_ctl futex sched_yield accept4 close connect setsockopt getsockopt clock_gettime; do
         if grep -q "syscalls:sys_enter_$e\b" <<<"$known"; then stat_events="$stat_events,syscalls:sys_enter_$e"; fi
     done
-    say "counting syscalls per request (perf stat, wrk -c64 for 4 s per proxy)"
+    say "counting syscalls per request (perf stat, wrk -c64 for 4 s per proxy, and -c1 for the plain ones)"
     : >"$work/syscalls.txt"
     profiled=(konnect konnect-key konnect-jwt)
     [ "$LIMITS" != 1 ] || profiled+=(konnect-limit konnect-limit-half)
     counted=(direct nginx haproxy "${profiled[@]}")
     [ "$LIMITS" != 1 ] || counted+=(nginx-limit nginx-limit-req)
     for t in "${counted[@]}"; do
-        syscall_profile "$t"
+        syscall_profile "$t" 64
+    done
+    # One connection: each request wakes the proxy from its wait twice (the request, then the
+    # target's answer), so what waiting and waking cost shows up here.
+    for t in direct nginx haproxy konnect; do
+        syscall_profile "$t" 1
     done
     # konnect without auth (perf.data), then with each credential (perf-konnect-key.data, ...)
     # and each rate limit (perf-konnect-limit.data, ...).
@@ -999,7 +1004,7 @@ for line in open(sys.argv[1]):
     print("  " + line.rstrip())
 EOF
 if [ -s "$work/syscalls.txt" ]; then
-    printf '\nsyscalls per request under wrk -c64, %s konnect routes (perf stat; direct = the upstream):\n' "$routes_now"
+    printf '\nsyscalls per request under wrk -c64 and -c1, %s konnect routes (perf stat; direct = the upstream):\n' "$routes_now"
     cat "$work/syscalls.txt"
 fi
 if [ -n "$perf_dso" ]; then
