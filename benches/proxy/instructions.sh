@@ -25,7 +25,14 @@
 # branches (Bcm, Bim) per request are printed too. This VM exposes no hardware cache or branch
 # counters to `perf`, and these explain a user-time gap larger than the instruction gap.
 #
-# Settings: DURATION=10, WARMUP=3, CONNECTIONS=8, TOP=25, CACHE_SIM=0, BENCH_TMP=/var/tmp, KEEP=0 (1 keeps
+# With SITES=N, callgrind also records where each call comes from (`--dump-instr=yes`), and the
+# N call sites of `SITES_OF` (default memcpy: the copies of large values moved through async
+# calls) with the most instructions per request are printed, each with its source lines from
+# `addr2line` (the inlined frames, innermost first). That is how the moves of the request and
+# response were found (benches/README.md, "Figures after boxing the request and response").
+#
+# Settings: DURATION=10, WARMUP=3, CONNECTIONS=8, TOP=25, CACHE_SIM=0, SITES=0, SITES_OF=memcpy,
+# BENCH_TMP=/var/tmp, KEEP=0 (1 keeps
 # the callgrind files: open them with callgrind_annotate or kcachegrind), SKIP_BUILD=0, PGO=0
 # (1: the profile-guided build, deploy/pgo-build.sh), BIN_DIR (binaries from there, nothing built),
 # ROUTES=10 (more loads /r10.. up to that many routes into konnect, 1,000 per apply, all to the
@@ -44,8 +51,11 @@ KEEP=${KEEP:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 ROUTES=${ROUTES:-10}
 CACHE_SIM=${CACHE_SIM:-0}
+SITES=${SITES:-0}
+SITES_OF=${SITES_OF:-memcpy}
 callgrind=(valgrind --tool=callgrind)
 [ "$CACHE_SIM" = 1 ] && callgrind+=(--cache-sim=yes --branch-sim=yes)
+[ "$SITES" -gt 0 ] && callgrind+=(--dump-instr=yes)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -58,6 +68,7 @@ source "$here/../lib.sh"
 command -v python3 >/dev/null || die "python3 is needed (free ports)"
 command -v curl >/dev/null || die "curl is needed (readiness checks)"
 need_packages nginx wrk valgrind
+[ "$SITES" -gt 0 ] && ! command -v addr2line >/dev/null && need_packages binutils
 build_release "konnect konnect-client" konnect konnectctl
 start_work_dir
 
@@ -196,4 +207,61 @@ if [ "$TOP" -gt 0 ]; then
         awk '/file:function/{on=1; next} on && NF' |
         # Rows of the threads' entry points (their whole run) are not functions' own work.
         awk '{p=$2; gsub(/[()%]/, "", p); if (p + 0 < 50) print}' | sed -n "1,${TOP}p" | cut -c1-160
+fi
+if [ "$SITES" -gt 0 ]; then
+    echo "konnect's top $SITES call sites of $SITES_OF (per request; source lines innermost first):"
+    python3 - "$k_file" "$SITES_OF" "$n_kreq" "$SITES" <<'PY' |
+import collections, re, sys
+path, callee, requests, top = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+names = {}
+def name(rest):
+    # callgrind compresses names: "(id) name" the first time, "(id)" after.
+    m = re.match(r"\((\d+)\)(?: (.*))?", rest)
+    if not m:
+        return rest
+    if m.group(2):
+        names[m.group(1)] = m.group(2)
+    return names.get(m.group(1), m.group(1))
+def position(token, previous):
+    # Absolute ("0x4a0b"), relative to the line before ("+3", "-0x10") or the same ("*").
+    if token == "*":
+        return previous
+    if token[0] in "+-":
+        return previous + int(token, 0)
+    return int(token, 0)
+cfn, calls, addr, line = "", None, 0, 0
+cost, count = collections.Counter(), collections.Counter()
+for text in open(path, errors="replace"):
+    if text.startswith("fn="):
+        name(text[3:].strip())
+    elif text.startswith("cfn="):
+        cfn = name(text[4:].strip())
+    elif text.startswith("calls="):
+        calls = int(text[6:].split()[0])
+    elif text[:1].isdigit() or text[:1] in "+-*":
+        fields = text.split()
+        try:
+            addr, line = position(fields[0], addr), position(fields[1], line)
+        except (ValueError, IndexError):
+            continue
+        if calls is not None:
+            if callee in cfn:
+                cost[addr] += int(fields[2])
+                count[addr] += calls
+            calls = None
+total = sum(cost.values())
+print(f"  all: {total / requests:,.0f} instructions in {sum(count.values()) / requests:.1f} calls")
+for addr, c in cost.most_common(top):
+    print(f"{addr:#x} {c / requests:.1f} {count[addr] / requests:.2f}")
+PY
+    while read -r addr instructions calls; do
+        if [ "$addr" = all: ]; then
+            echo "  $addr $instructions $calls"
+            continue
+        fi
+        frames=$(addr2line -e "$bin/konnect" -i "$addr" 2>/dev/null |
+            sed -E 's#^.*/(node|client)/src/#\1/src/#; s#^.*/(registry/src/[^/]+|library)/##; s# \(discriminator [0-9]+\)##' |
+            paste -sd' ' -)
+        printf '  %7s instr %5s calls  %s\n' "$instructions" "$calls" "$frames"
+    done
 fi
