@@ -37,7 +37,7 @@ use crate::admin::secrets::SecretsService;
 use crate::config::{SecretKeySource, Settings};
 use crate::gateway::access_log::AccessLog;
 use crate::gateway::{Gateway, GatewaySettings};
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{LogStore, OnDisk};
 use crate::raft::network::{ClusterIdentity, PeerChannels};
 use crate::raft::peer_service::PeerService;
 use crate::raft::proposer::Proposer;
@@ -60,6 +60,8 @@ pub struct NodeHandle {
     pub applied: watch::Receiver<u64>,
     /// The cluster data keys: the admin write path encrypts secret fields with the primary.
     pub keyring: Arc<Keyring>,
+    /// How far the snapshot on disk reaches, and the log purged from disk (admin status).
+    pub on_disk: OnDisk,
 }
 
 /// A startup failure, said in terms of the setting or file involved.
@@ -150,6 +152,10 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     let log_store = LogStore::open(&data_dir.join("raft-log.redb")).map_err(store_err)?;
     let (state_machine, reader, applied) = StateMachine::open(&data_dir).map_err(store_err)?;
     let log_store = log_store.with_snapshot_floor(state_machine.snapshot_floor());
+    let on_disk = OnDisk {
+        snapshot: state_machine.snapshot_floor(),
+        purged: log_store.purged(),
+    };
     // Refuse to serve a configuration whose secrets this node cannot open.
     let plaintext = crate::state::check_stored_secrets(&reader, &keyring)
         .map_err(|e| StartError::Secrets(e.to_string()))?;
@@ -207,6 +213,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         channels: channels.clone(),
         applied,
         keyring: keyring.clone(),
+        on_disk,
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -82,6 +82,10 @@ impl Cluster for ClusterService {
         count_request("Status");
         self.auth.authorize(&req, Permission::Read).await?;
         let m = self.node.raft.metrics().borrow().clone();
+        // From disk, purged first (`OnDisk`'s invariant): openraft's metrics can show the log
+        // purged past the snapshot while a follower installs one.
+        let purged_index = self.node.on_disk.purged.get();
+        let snapshot_index = self.node.on_disk.snapshot.get();
         Ok(Response::new(api::StatusResponse {
             cluster_id: self
                 .node
@@ -96,8 +100,8 @@ impl Cluster for ClusterService {
             term: m.current_term,
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
-            snapshot_index: m.snapshot.map(|l| l.index),
-            purged_index: m.purged.map(|l| l.index),
+            snapshot_index,
+            purged_index,
             members: self.members(),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
         }))

@@ -30,7 +30,7 @@ pub fn record(node_id: u64, seq: u64, consumers: u64, now_ms: u64) -> pb::UsageR
         node_id,
         endpoint: "chat".into(),
         prompt: String::new(),
-        stream: seq % 2 == 0,
+        stream: seq.is_multiple_of(2),
         input_tokens: 1_200 + seq % 500,
         output_tokens: 350 + seq % 200,
         cached_tokens: 0,
