@@ -532,7 +532,7 @@ impl Gateway {
             None
         };
         // The body is wrapped in place: taking the response apart and putting it together
-        // again would copy its 144 bytes twice.
+        // again would copy its 128 bytes twice.
         let body = std::mem::replace(resp.body_mut(), body::empty());
         let metered = MeteredBody::new(body, idle, move |bytes, complete| {
             // The request leaves its target and its concurrency limits when its body is done.
@@ -928,7 +928,7 @@ impl Gateway {
             }
         }
 
-        // Phase: prepare_response (in place: each move of the response copies 144 bytes).
+        // Phase: prepare_response, in the response's box.
         // The target's fields, when our client kept them in wire form (asked for above when
         // the route neither transforms nor caches the response; nothing hop-by-hop among
         // them, no Via), go to the client as they are.
@@ -1508,8 +1508,6 @@ async fn forward(
         if let Some(d) = deadline {
             wait_until = wait_until.min(d);
         }
-        // The response is moved as little as possible on its way out (see above): our
-        // client's straight from its future to the return below.
         let sent_result = match outgoing {
             // Our client keeps the deadline with the connection's own timer.
             Outgoing::Own(req) => {

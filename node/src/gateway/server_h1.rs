@@ -235,7 +235,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         .await
     }
 
-    /// Writes the response (borrowed: moving it in would copy its 144 bytes); true when the
+    /// Writes the response (borrowed: moving it in would copy its 128 bytes); true when the
     /// connection can take another request.
     async fn write_response(
         &mut self,
